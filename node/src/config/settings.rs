@@ -1,0 +1,300 @@
+//! The agent's effective settings: flags over the config file over defaults, validated.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use weft_ca::{ClusterName, NodeName};
+
+use super::file::{ConfigError, FileConfig, ServiceConfig};
+use crate::cli::AgentArgs;
+
+/// Default gossip port.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// Default QUIC port.
+pub const DEFAULT_QUIC_PORT: u16 = 7443;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated settings for one agent run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Node name.
+    pub name: NodeName,
+    /// Cluster name asked for on the command line or in the file.
+    pub cluster: Option<ClusterName>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address for gossip and QUIC.
+    pub bind: IpAddr,
+    /// Address other nodes use.
+    pub advertise: IpAddr,
+    /// Gossip UDP port.
+    pub gossip_port: u16,
+    /// QUIC UDP port.
+    pub quic_port: u16,
+    /// HTTP API address.
+    pub api: SocketAddr,
+    /// HTTP proxy address.
+    pub proxy: SocketAddr,
+    /// Seeds, `HOST[:PORT]`.
+    pub join: Vec<String>,
+    /// Join token.
+    pub token: Option<String>,
+    /// Create a new cluster.
+    pub bootstrap: bool,
+    /// Development mode.
+    pub dev: bool,
+    /// Zone label.
+    pub zone: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Lifetime of issued leaf certificates.
+    pub leaf_ttl: Duration,
+    /// Gossip round interval.
+    pub gossip_interval: Duration,
+    /// Services from the file.
+    pub services: Vec<ServiceConfig>,
+    /// The config file, for SIGHUP reloads.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Resolves flags and the config file into settings.
+    pub fn resolve(args: &AgentArgs) -> Result<Self, ConfigError> {
+        let (file, origin) = match &args.config {
+            Some(path) => (FileConfig::load(path)?, path.display().to_string()),
+            None => (FileConfig::default(), "command line".to_owned()),
+        };
+        Self::from_parts(args, file, &origin)
+    }
+
+    /// Resolves already-parsed parts; `origin` names the file in errors.
+    pub fn from_parts(args: &AgentArgs, file: FileConfig, origin: &str) -> Result<Self, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message,
+        };
+        let dev = args.dev || file.dev.unwrap_or(false);
+
+        let name = match args.name.clone().or(file.name) {
+            Some(n) => n,
+            None if dev => "dev".to_owned(),
+            None => hostname().ok_or_else(|| {
+                invalid("name", "no --name given and the hostname is unusable".into())
+            })?,
+        };
+        let name = NodeName::new(name).map_err(|e| invalid("name", e.to_string()))?;
+        let cluster = args
+            .cluster
+            .clone()
+            .or(file.cluster)
+            .map(|c| ClusterName::new(c).map_err(|e| invalid("cluster", e.to_string())))
+            .transpose()?;
+
+        let data_dir = match args.data_dir.clone().or(file.data_dir.map(PathBuf::from)) {
+            Some(d) => d,
+            None if dev => std::env::temp_dir().join(format!("weft-dev-{}", std::process::id())),
+            None => PathBuf::from("/var/lib/weft"),
+        };
+
+        let default_bind = if dev {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let bind = parse_opt(args.bind.as_deref().or(file.bind.as_deref()), default_bind)
+            .map_err(|m| invalid("bind", m))?;
+        let advertise = match args.advertise.as_deref().or(file.advertise.as_deref()) {
+            Some(a) => a.parse().map_err(|e| invalid("advertise", format!("{a:?}: {e}")))?,
+            None if !bind.is_unspecified() => bind,
+            None => first_non_loopback().ok_or_else(|| {
+                invalid("advertise", "no non-loopback address found; set --advertise".into())
+            })?,
+        };
+        if advertise.is_unspecified() {
+            return Err(invalid("advertise", "must be a specific address".into()));
+        }
+
+        let gossip_port = args.gossip_port.or(file.gossip_port).unwrap_or(DEFAULT_GOSSIP_PORT);
+        let quic_port = args.quic_port.or(file.quic_port).unwrap_or(DEFAULT_QUIC_PORT);
+        if gossip_port == 0 || quic_port == 0 {
+            return Err(invalid("gossip_port", "ports must be non-zero".into()));
+        }
+        let api = parse_opt(
+            args.api.as_deref().or(file.api.as_deref()),
+            SocketAddr::from(([127, 0, 0, 1], 7070)),
+        )
+        .map_err(|m| invalid("api", m))?;
+        let proxy = parse_opt(
+            args.proxy.as_deref().or(file.proxy.as_deref()),
+            SocketAddr::from(([127, 0, 0, 1], 15001)),
+        )
+        .map_err(|m| invalid("proxy", m))?;
+
+        let join = if args.join.is_empty() { file.join } else { args.join.clone() };
+        for seed in &join {
+            crate::net::seed::parse_seed(seed).map_err(|m| invalid("join", m))?;
+        }
+        let token = args.token.clone().or(file.token);
+        let bootstrap = dev || args.bootstrap || file.bootstrap.unwrap_or(false);
+        if bootstrap && !join.is_empty() {
+            return Err(invalid("join", "--bootstrap and --join exclude each other".into()));
+        }
+
+        let zone = args.zone.clone().or(file.zone).unwrap_or_default();
+        if zone.len() > 64 || !zone.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(invalid("zone", format!("{zone:?}: up to 64 of [A-Za-z0-9._-]")));
+        }
+        let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("log_format", format!("{other:?}: expected human or json"))),
+        };
+        let leaf_ttl = parse_duration(args.leaf_ttl.as_deref().or(file.leaf_ttl.as_deref()), "24h")
+            .map_err(|m| invalid("leaf_ttl", m))?;
+        if leaf_ttl < Duration::from_secs(5) || leaf_ttl > Duration::from_secs(366 * 86400) {
+            return Err(invalid("leaf_ttl", "must be between 5s and 366 days".into()));
+        }
+        let gossip_interval =
+            parse_duration(args.gossip_interval.as_deref().or(file.gossip_interval.as_deref()), "250ms")
+                .map_err(|m| invalid("gossip_interval", m))?;
+        if gossip_interval < Duration::from_millis(50) || gossip_interval > Duration::from_secs(10) {
+            return Err(invalid("gossip_interval", "must be between 50ms and 10s".into()));
+        }
+
+        Ok(Self {
+            name,
+            cluster,
+            data_dir,
+            bind,
+            advertise,
+            gossip_port,
+            quic_port,
+            api,
+            proxy,
+            join,
+            token,
+            bootstrap,
+            dev,
+            zone,
+            log_format,
+            leaf_ttl,
+            gossip_interval,
+            services: file.service,
+            config_path: args.config.clone(),
+        })
+    }
+
+    /// Where gossip listens.
+    pub fn gossip_listen(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.gossip_port)
+    }
+
+    /// Where other nodes send gossip.
+    pub fn gossip_advertise(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise, self.gossip_port)
+    }
+
+    /// Where QUIC listens.
+    pub fn quic_listen(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.quic_port)
+    }
+
+    /// Where other nodes reach this node's QUIC endpoint.
+    pub fn quic_advertise(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise, self.quic_port)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+fn parse_opt<T: std::str::FromStr>(value: Option<&str>, default: T) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e| format!("{v:?}: {e}")),
+    }
+}
+
+/// Parses a duration such as `250ms`, `10s`, `24h`.
+pub fn parse_duration(value: Option<&str>, default: &str) -> Result<Duration, String> {
+    let v = value.unwrap_or(default);
+    humantime::parse_duration(v).map_err(|e| format!("{v:?}: {e}"))
+}
+
+fn hostname() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = raw.trim().to_ascii_lowercase();
+    NodeName::new(name.clone()).ok().map(|_| name)
+}
+
+fn first_non_loopback() -> Option<IpAddr> {
+    let addrs = if_addrs::get_if_addrs().ok()?;
+    addrs
+        .iter()
+        .map(|i| i.ip())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .or_else(|| addrs.iter().map(|i| i.ip()).find(|ip| !ip.is_loopback()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> AgentArgs {
+        AgentArgs {
+            name: Some("vm-1".into()),
+            bind: Some("127.0.0.9".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flag_wins_over_file() {
+        let file = FileConfig::parse("name = \"from-file\"\nzone = \"z1\"\n", "f").expect("ok");
+        let s = Settings::from_parts(&args(), file, "f").expect("ok");
+        assert_eq!(s.name.as_str(), "vm-1");
+        assert_eq!(s.zone, "z1");
+        assert_eq!(s.advertise, "127.0.0.9".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("leaf_ttl = \"forever\"\n", "leaf_ttl"),
+            ("api = \"nope\"\n", "api"),
+            ("log_format = \"xml\"\n", "log_format"),
+            ("join = [\"a:b:c\"]\n", "join"),
+        ] {
+            let file = FileConfig::parse(text, "w.toml").expect("parses");
+            let err = Settings::from_parts(&args(), file, "w.toml").expect_err(text);
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains("w.toml"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn dev_needs_nothing() {
+        let a = AgentArgs {
+            dev: true,
+            ..Default::default()
+        };
+        let s = Settings::from_parts(&a, FileConfig::default(), "command line").expect("ok");
+        assert!(s.bootstrap);
+        assert_eq!(s.name.as_str(), "dev");
+    }
+}

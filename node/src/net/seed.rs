@@ -1,0 +1,50 @@
+//! Seed addresses given to `--join`.
+
+use std::net::SocketAddr;
+
+use crate::config::settings::DEFAULT_QUIC_PORT;
+
+/// Checks `HOST[:PORT]` syntax and returns host and port.
+pub fn parse_seed(seed: &str) -> Result<(String, u16), String> {
+    if seed.is_empty() || seed.len() > 255 {
+        return Err(format!("{seed:?}: empty or too long"));
+    }
+    if let Ok(addr) = seed.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr.port()));
+    }
+    if let Ok(ip) = seed.parse::<std::net::IpAddr>() {
+        return Ok((ip.to_string(), DEFAULT_QUIC_PORT));
+    }
+    let (host, port) = match seed.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{seed:?}: bad port"))?),
+        None => (seed, DEFAULT_QUIC_PORT),
+    };
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+        return Err(format!("{seed:?}: expected HOST[:PORT]"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// Resolves a seed to socket addresses (DNS allowed).
+pub async fn resolve_seed(seed: &str) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = parse_seed(seed)?;
+    let addrs = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {seed:?}: {e}"))?;
+    Ok(addrs.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds() {
+        assert_eq!(parse_seed("10.0.0.1"), Ok(("10.0.0.1".into(), 7443)));
+        assert_eq!(parse_seed("10.0.0.1:9"), Ok(("10.0.0.1".into(), 9)));
+        assert_eq!(parse_seed("seed.local"), Ok(("seed.local".into(), 7443)));
+        assert_eq!(parse_seed("[::1]:5"), Ok(("::1".into(), 5)));
+        assert!(parse_seed("a:b:c").is_err());
+        assert!(parse_seed("").is_err());
+    }
+}
