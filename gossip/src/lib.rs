@@ -1,1 +1,18 @@
-//! placeholder
+//! weft's gossip layer: chitchat over UDP datagrams sealed with the cluster gossip key,
+//! carrying node records signed with each node's key, and the CA-signed revocation list.
+//!
+//! `seal` is the pure datagram sealing; `transport` plugs it into chitchat; `record`
+//! defines and verifies what nodes publish; `membership` runs chitchat and yields the
+//! verified member list. See `GOSSIP.md` beside this crate for the design.
+
+pub mod membership;
+pub mod record;
+pub mod seal;
+pub mod stats;
+pub mod transport;
+
+pub use membership::{Gossip, GossipConfig, GossipError, Member, MemberStatus};
+pub use record::{encode_signed, NodeRecord, RecordError, RevocationList, Revoked};
+pub use seal::{GossipKey, Keyring, SealError, Sealer};
+pub use stats::GossipStats;
+pub use transport::{SealedTransport, SharedKeyring};

@@ -1,0 +1,363 @@
+//! Runs chitchat over the sealed transport and turns its state into a verified member
+//! list. Only records whose signature and certificate verify are used; for each chitchat
+//! id the last verified record is kept, so a member cannot rewrite another node's state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use serde::Serialize;
+use tracing::{info, warn};
+use weft_ca::{LeafInfo, NodeName, TrustRoot};
+
+use crate::record::{
+    verify_crl, verify_node_record, NodeRecord, RevocationList, CRL_KEY, NODE_KEY,
+};
+use crate::stats::GossipStats;
+use crate::transport::{SealedTransport, SharedKeyring};
+
+/// Settings for one gossip participant.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// This node's name (the chitchat node id).
+    pub name: NodeName,
+    /// Increases on every start (Unix milliseconds of the start).
+    pub generation: u64,
+    /// Bind address of the gossip socket.
+    pub listen: SocketAddr,
+    /// Address peers send gossip to.
+    pub advertise: SocketAddr,
+    /// Gossip addresses of known peers.
+    pub seeds: Vec<String>,
+    /// The cluster name: chitchat refuses gossip from another cluster id.
+    pub cluster: String,
+    /// Time between gossip rounds.
+    pub interval: Duration,
+    /// chitchat's failure-detector threshold (time since last heartbeat / mean interval).
+    pub phi_threshold: f64,
+}
+
+/// A member's state as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberStatus {
+    /// Heartbeats arrive.
+    Alive,
+    /// Heartbeats stopped without a leave announcement.
+    Failed,
+    /// Announced a graceful leave.
+    Left,
+}
+
+impl std::fmt::Display for MemberStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Alive => "alive",
+            Self::Failed => "failed",
+            Self::Left => "left",
+        })
+    }
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// QUIC address.
+    pub address: SocketAddr,
+    /// alive, failed or left.
+    pub status: MemberStatus,
+    /// Zone label.
+    pub zone: String,
+    /// Agent version.
+    pub version: String,
+    /// Whether it holds the CA.
+    pub ca: bool,
+    /// Certificate expiry, Unix seconds.
+    pub cert_expiry_unix: u64,
+    /// Certificate serial (hex).
+    pub cert_serial: String,
+    /// SHA-256 of the certificate (hex).
+    pub cert_fingerprint: String,
+    /// Whether its certificate is revoked.
+    pub revoked: bool,
+    /// Whether this entry is the local node.
+    pub is_self: bool,
+    /// The node certificate, DER (not serialised).
+    #[serde(skip)]
+    pub cert_der: Vec<u8>,
+}
+
+struct Verified {
+    raw: String,
+    record: NodeRecord,
+    leaf: LeafInfo,
+}
+
+#[derive(Default)]
+struct Cache {
+    records: HashMap<ChitchatId, Verified>,
+    rejected: HashMap<ChitchatId, String>,
+    crl: RevocationList,
+    crl_raw: String,
+}
+
+/// A running gossip participant. Call `leave` (optional) and then `shutdown`.
+pub struct Gossip {
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    self_id: ChitchatId,
+    root: Arc<RwLock<TrustRoot>>,
+    cache: Mutex<Cache>,
+    stats: Arc<GossipStats>,
+    keyring: SharedKeyring,
+    interval: Duration,
+}
+
+/// Gossip could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("gossip failed to start: {0}")]
+pub struct GossipError(String);
+
+impl Gossip {
+    /// Starts chitchat with the initial signed record value.
+    pub async fn start(
+        config: GossipConfig,
+        keyring: SharedKeyring,
+        root: Arc<RwLock<TrustRoot>>,
+        stats: Arc<GossipStats>,
+        signed_record: String,
+    ) -> Result<Self, GossipError> {
+        let self_id = ChitchatId::new(config.name.as_str(), config.generation, config.advertise);
+        let chitchat_config = ChitchatConfig {
+            chitchat_id: self_id.clone(),
+            cluster_id: config.cluster.clone(),
+            gossip_interval: config.interval,
+            listen_addr: config.listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: config.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: config.interval,
+                dead_node_grace_period: Duration::from_secs(24 * 3600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let transport = SealedTransport::new(keyring.clone(), stats.clone());
+        let handle = spawn_chitchat(
+            chitchat_config,
+            vec![(NODE_KEY.to_owned(), signed_record)],
+            &transport,
+        )
+        .await
+        .map_err(|e| GossipError(format!("{e:#}")))?;
+        info!(listen = %config.listen, seeds = ?config.seeds, "gossip started");
+        Ok(Self {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            self_id,
+            root,
+            cache: Mutex::new(Cache::default()),
+            stats,
+            keyring,
+            interval: config.interval,
+        })
+    }
+
+    /// The transport's counters.
+    pub fn stats(&self) -> &Arc<GossipStats> {
+        &self.stats
+    }
+
+    /// The keyring, for rotation.
+    pub fn keyring(&self) -> &SharedKeyring {
+        &self.keyring
+    }
+
+    /// Sets a key of this node's gossip state.
+    async fn set(&self, key: &str, value: String) {
+        if let Some(h) = self.handle.lock().await.as_ref() {
+            h.with_chitchat(|c| c.self_node_state().set(key, value.clone()))
+                .await;
+        }
+    }
+
+    /// Publishes a new signed node record.
+    pub async fn publish_record(&self, signed_record: String) {
+        self.set(NODE_KEY, signed_record).await;
+    }
+
+    /// Publishes a CA-signed revocation list (CA node only).
+    pub async fn publish_crl(&self, signed_crl: String) {
+        self.set(CRL_KEY, signed_crl).await;
+    }
+
+    /// Verifies what changed since the last call and returns the members, sorted by name.
+    pub async fn members(&self) -> Vec<Member> {
+        let Some((states, live)) = self.snapshot().await else {
+            return Vec::new();
+        };
+        let now = SystemTime::now();
+        let root = self.root.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+
+        // The revocation list: the highest version whose CA signature verifies.
+        for (_, values) in states.iter() {
+            if let Some(raw) = values.get(CRL_KEY) {
+                if *raw != cache.crl_raw {
+                    match verify_crl(raw, &root) {
+                        Ok(crl) if crl.version > cache.crl.version => {
+                            cache.crl = crl;
+                            cache.crl_raw = raw.clone();
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.stats
+                                .rejected_records
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            warn!(error = %e, "ignoring revocation list that does not verify");
+                        }
+                    }
+                }
+            }
+        }
+
+        for (id, values) in states.iter() {
+            let Some(raw) = values.get(NODE_KEY) else {
+                continue;
+            };
+            if cache.records.get(id).is_some_and(|v| v.raw == *raw)
+                || cache.rejected.get(id) == Some(raw)
+            {
+                continue;
+            }
+            match verify_node_record(raw, &id.node_id, &root, now) {
+                Ok((record, leaf)) => {
+                    let newer = cache
+                        .records
+                        .get(id)
+                        .is_none_or(|old| record.signed_at_ms >= old.record.signed_at_ms);
+                    if newer {
+                        cache.records.insert(
+                            id.clone(),
+                            Verified {
+                                raw: raw.clone(),
+                                record,
+                                leaf,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    self.stats
+                        .rejected_records
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(node = %id.node_id, error = %e, "ignoring gossiped node record that does not verify");
+                    cache.rejected.insert(id.clone(), raw.clone());
+                }
+            }
+        }
+        cache.records.retain(|id, _| states.contains_key(id));
+        cache.rejected.retain(|id, _| states.contains_key(id));
+
+        // One member per name: its newest verified generation.
+        let mut by_name: BTreeMap<&str, (&ChitchatId, &Verified)> = BTreeMap::new();
+        for (id, v) in &cache.records {
+            let entry = by_name.entry(&id.node_id).or_insert((id, v));
+            if id.generation_id > entry.0.generation_id {
+                *entry = (id, v);
+            }
+        }
+        by_name
+            .into_values()
+            .map(|(id, v)| {
+                let status = if v.record.leaving {
+                    MemberStatus::Left
+                } else if live.contains(id) {
+                    MemberStatus::Alive
+                } else {
+                    MemberStatus::Failed
+                };
+                Member {
+                    name: v.record.name.to_string(),
+                    gossip_addr: id.gossip_advertise_addr,
+                    address: v.record.quic_addr,
+                    status,
+                    zone: v.record.zone.clone(),
+                    version: v.record.version.clone(),
+                    ca: v.record.ca,
+                    cert_expiry_unix: v.leaf.not_after_unix,
+                    cert_serial: v.leaf.serial.clone(),
+                    cert_fingerprint: v.leaf.fingerprint.clone(),
+                    revoked: cache.crl.is_revoked(&v.leaf.serial),
+                    is_self: *id == self.self_id,
+                    cert_der: v.record.cert_der().unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The newest verified revocation list (call `members` first to refresh it).
+    pub fn revocations(&self) -> RevocationList {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .crl
+            .clone()
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn snapshot(
+        &self,
+    ) -> Option<(
+        BTreeMap<ChitchatId, HashMap<String, String>>,
+        std::collections::HashSet<ChitchatId>,
+    )> {
+        let guard = self.handle.lock().await;
+        let handle = guard.as_ref()?;
+        Some(
+            handle
+                .with_chitchat(|c| {
+                    let states = c
+                        .node_states()
+                        .iter()
+                        .map(|(id, st)| {
+                            let kv = st
+                                .key_values()
+                                .filter(|(k, _)| *k == NODE_KEY || *k == CRL_KEY)
+                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                                .collect();
+                            (id.clone(), kv)
+                        })
+                        .collect();
+                    let live = c.live_nodes().cloned().collect();
+                    (states, live)
+                })
+                .await,
+        )
+    }
+
+    /// Announces a graceful leave: publishes `leaving_record` and waits a few gossip
+    /// rounds (at most 3 s) so peers see it before the node stops.
+    pub async fn leave(&self, leaving_record: String) {
+        self.publish_record(leaving_record).await;
+        let wait = (self.interval * 6).min(Duration::from_secs(3));
+        tokio::time::sleep(wait).await;
+    }
+
+    /// Stops gossiping.
+    pub async fn shutdown(&self) {
+        if let Some(h) = self.handle.lock().await.take() {
+            if let Err(e) = h.shutdown().await {
+                warn!(error = %e, "gossip stopped with an error");
+            }
+        }
+    }
+}

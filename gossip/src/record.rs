@@ -1,0 +1,165 @@
+//! What a node publishes by gossip, signed with its node key, and the CA-signed
+//! revocation list. Holding the gossip key only proves membership: a peer accepts a node's
+//! record only if it is signed by the key of a valid certificate for that very node.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use weft_ca::{LeafInfo, NodeName, TrustRoot, VerifyError};
+
+/// chitchat key under which a node publishes its signed record.
+pub const NODE_KEY: &str = "weft.node";
+/// chitchat key under which the CA node publishes the signed revocation list.
+pub const CRL_KEY: &str = "weft.crl";
+/// Largest signed value accepted from gossip.
+pub const MAX_SIGNED_VALUE: usize = 16 * 1024;
+
+/// A node's self-description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    /// Node name; must match the chitchat node id and the certificate.
+    pub name: NodeName,
+    /// Where its QUIC endpoint listens.
+    pub quic_addr: SocketAddr,
+    /// Zone label.
+    pub zone: String,
+    /// Agent version.
+    pub version: String,
+    /// The node certificate, base64url DER.
+    pub cert: String,
+    /// Whether this node holds the CA key (takes joins, renewals, revocations).
+    pub ca: bool,
+    /// Set when the node announces a graceful leave.
+    pub leaving: bool,
+    /// Unix milliseconds when signed; later records replace earlier ones.
+    pub signed_at_ms: u64,
+}
+
+impl NodeRecord {
+    /// The certificate DER.
+    pub fn cert_der(&self) -> Result<Vec<u8>, RecordError> {
+        URL_SAFE_NO_PAD
+            .decode(&self.cert)
+            .map_err(|_| RecordError::Malformed("certificate is not base64url"))
+    }
+
+    /// Encodes a certificate for the `cert` field.
+    pub fn encode_cert(der: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(der)
+    }
+}
+
+/// One revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    /// Node the certificate was issued to.
+    pub node: NodeName,
+    /// Hex serial.
+    pub serial: String,
+    /// When it was revoked, Unix seconds.
+    pub revoked_at_unix: u64,
+}
+
+/// The cluster's revocation list, signed by the CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationList {
+    /// Increases with every change; nodes keep the highest they verified.
+    pub version: u64,
+    /// Revoked certificates.
+    pub revoked: Vec<Revoked>,
+}
+
+impl RevocationList {
+    /// Whether the certificate with this serial is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.iter().any(|r| r.serial == serial)
+    }
+}
+
+/// Why a gossiped value was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Wrong shape, size or encoding.
+    #[error("malformed signed value: {0}")]
+    Malformed(&'static str),
+    /// The record names another node than the one publishing it.
+    #[error("record for {record:?} published as {publisher:?}")]
+    WrongNode {
+        /// Name in the record.
+        record: String,
+        /// Gossip node id.
+        publisher: String,
+    },
+    /// Certificate or signature problem.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
+/// Signs `payload`'s JSON with `sign` and returns the gossip value `json64.sig64`.
+pub fn encode_signed<T: Serialize>(payload: &T, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+    let json = serde_json::to_vec(payload).unwrap_or_default();
+    let sig = sign(&json);
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&json),
+        URL_SAFE_NO_PAD.encode(sig)
+    )
+}
+
+fn split_signed(value: &str) -> Result<(Vec<u8>, Vec<u8>), RecordError> {
+    if value.len() > MAX_SIGNED_VALUE {
+        return Err(RecordError::Malformed("value too large"));
+    }
+    let (body, sig) = value
+        .split_once('.')
+        .ok_or(RecordError::Malformed("missing signature"))?;
+    let body = URL_SAFE_NO_PAD
+        .decode(body)
+        .map_err(|_| RecordError::Malformed("body is not base64url"))?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| RecordError::Malformed("signature is not base64url"))?;
+    Ok((body, sig))
+}
+
+/// Verifies a node record published by gossip node id `publisher` at `now`.
+pub fn verify_node_record(
+    value: &str,
+    publisher: &str,
+    root: &TrustRoot,
+    now: SystemTime,
+) -> Result<(NodeRecord, LeafInfo), RecordError> {
+    let (body, sig) = split_signed(value)?;
+    let record: NodeRecord = serde_json::from_slice(&body)
+        .map_err(|_| RecordError::Malformed("record is not valid JSON"))?;
+    if record.name.as_str() != publisher {
+        return Err(RecordError::WrongNode {
+            record: record.name.to_string(),
+            publisher: publisher.chars().take(80).collect(),
+        });
+    }
+    let der = record.cert_der()?;
+    let leaf = root.verify_node(&der, now)?;
+    if leaf.id.node_name() != &record.name {
+        return Err(RecordError::WrongNode {
+            record: record.name.to_string(),
+            publisher: leaf.id.node_name().to_string(),
+        });
+    }
+    weft_ca::verify_signature(&der, &body, &sig)?;
+    Ok((record, leaf))
+}
+
+/// Verifies a revocation list signed by the cluster CA.
+pub fn verify_crl(value: &str, root: &TrustRoot) -> Result<RevocationList, RecordError> {
+    let (body, sig) = split_signed(value)?;
+    root.verify_ca_signature(&body, &sig)?;
+    serde_json::from_slice(&body)
+        .map_err(|_| RecordError::Malformed("revocation list is not valid JSON"))
+}

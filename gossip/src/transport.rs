@@ -1,0 +1,387 @@
+//! A chitchat `Transport` whose every datagram is sealed with the cluster gossip key.
+//!
+//! chitchat's message codec is private to it, so its public `UdpSocket` serves as the
+//! codec through a loopback round trip:
+//!
+//! * send: chitchat's socket encodes the envelope and sends it to our `capture` socket
+//!   on 127.0.0.1; we read the bytes back, seal them (splitting into at most
+//!   `MAX_FRAGMENTS` fragments when sealing would pass the UDP limit) and send them from
+//!   the real socket.
+//! * receive: we open a datagram from the real socket and inject the plaintext into
+//!   chitchat's socket from `capture`, followed by a sentinel (a `BadCluster` message)
+//!   from a second socket. chitchat's socket silently skips payloads it cannot decode, so
+//!   the sentinel tells us when a payload was skipped and keeps peers and payloads paired.
+//!
+//! chitchat polls `recv` inside `select!` and drops it mid-way, so all receive state (which
+//! peer sent the payload being decoded) lives in the socket, every await is cancel-safe, and
+//! injection uses non-blocking sends. Only one payload is in flight at a time.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as CodecSocket};
+use chitchat::{ChitchatEnvelope, ChitchatMessage, ProtocolVersion};
+use tracing::{debug, warn};
+
+use crate::seal::{Keyring, SealError, Sealer, MAX_DATAGRAM, OVERHEAD};
+use crate::stats::GossipStats;
+
+/// Fragment header inside the sealed plaintext: message id (u16), index, count.
+const FRAG_HEADER: usize = 4;
+/// Largest plaintext chunk per datagram.
+const MAX_CHUNK: usize = MAX_DATAGRAM - OVERHEAD - FRAG_HEADER;
+/// A chitchat message never needs more than two; four leaves room.
+const MAX_FRAGMENTS: usize = 4;
+/// Partially received messages kept at once.
+const MAX_PARTIALS: usize = 32;
+/// How long a partial message waits for its other fragments.
+const PARTIAL_TTL: Duration = Duration::from_secs(5);
+
+/// The keyring shared by the agent (which may rotate it) and the gossip socket.
+#[derive(Debug, Clone)]
+pub struct SharedKeyring {
+    inner: Arc<RwLock<Keyring>>,
+    generation: Arc<AtomicU64>,
+}
+
+impl SharedKeyring {
+    /// Wraps a keyring.
+    pub fn new(ring: Keyring) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(ring)),
+            generation: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Replaces the keyring; sockets pick it up before their next datagram.
+    pub fn replace(&self, ring: Keyring) -> Result<(), SealError> {
+        Sealer::new(&ring)?;
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = ring;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The current keyring.
+    pub fn get(&self) -> Keyring {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn sealer(&self) -> Result<(u64, Sealer), SealError> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        Ok((generation, Sealer::new(&self.get())?))
+    }
+}
+
+/// Opens sealed UDP sockets for chitchat.
+#[derive(Debug, Clone)]
+pub struct SealedTransport {
+    keyring: SharedKeyring,
+    stats: Arc<GossipStats>,
+}
+
+impl SealedTransport {
+    /// A transport sealing with `keyring` and counting into `stats`.
+    pub fn new(keyring: SharedKeyring, stats: Arc<GossipStats>) -> Self {
+        Self { keyring, stats }
+    }
+}
+
+#[async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        Ok(Box::new(
+            SealedSocket::open(listen_addr, self.keyring.clone(), self.stats.clone()).await?,
+        ))
+    }
+}
+
+struct Partial {
+    from: SocketAddr,
+    chunks: Vec<Option<Vec<u8>>>,
+    started: Instant,
+}
+
+/// One sealed gossip socket. See the module documentation.
+pub struct SealedSocket {
+    wire: tokio::net::UdpSocket,
+    codec: CodecSocket,
+    codec_addr: SocketAddr,
+    capture: tokio::net::UdpSocket,
+    capture_addr: SocketAddr,
+    sentinel: tokio::net::UdpSocket,
+    sentinel_addr: SocketAddr,
+    sentinel_bytes: Vec<u8>,
+    sentinel_owed: bool,
+    keyring: SharedKeyring,
+    sealer_generation: u64,
+    sealer: Sealer,
+    /// Payloads injected into the codec, oldest first: (peer, already returned).
+    pending: VecDeque<(SocketAddr, bool)>,
+    partials: HashMap<(SocketAddr, u16), Partial>,
+    next_message_id: u16,
+    buf: Box<[u8]>,
+    stats: Arc<GossipStats>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+impl SealedSocket {
+    /// Binds the real socket on `listen_addr` and the loopback codec sockets.
+    pub async fn open(
+        listen_addr: SocketAddr,
+        keyring: SharedKeyring,
+        stats: Arc<GossipStats>,
+    ) -> anyhow::Result<Self> {
+        let wire = tokio::net::UdpSocket::bind(listen_addr)
+            .await
+            .with_context(|| format!("cannot bind gossip socket {listen_addr}/udp"))?;
+        let codec = CodecSocket::open(LOOPBACK).await?;
+        let codec_addr = codec.local_addr()?;
+        let capture = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+        let capture_addr = capture.local_addr()?;
+        let sentinel = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+        let sentinel_addr = sentinel.local_addr()?;
+        let (sealer_generation, sealer) = keyring.sealer()?;
+        let mut socket = Self {
+            wire,
+            codec_addr,
+            capture,
+            capture_addr,
+            sentinel,
+            sentinel_addr,
+            sentinel_bytes: Vec::new(),
+            sentinel_owed: false,
+            keyring,
+            sealer_generation,
+            sealer,
+            pending: VecDeque::new(),
+            partials: HashMap::new(),
+            next_message_id: rand::random(),
+            buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+            stats,
+            codec,
+        };
+        let bad_cluster = ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::BadCluster,
+        };
+        socket.sentinel_bytes = socket.encode(bad_cluster).await?;
+        Ok(socket)
+    }
+
+    /// Encodes an envelope with chitchat's own codec via the capture socket.
+    async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
+        self.codec.send(self.capture_addr, envelope).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let (len, from) =
+                tokio::time::timeout_at(deadline, self.capture.recv_from(&mut self.buf))
+                    .await
+                    .context("gossip codec did not answer")??;
+            if from == self.codec_addr {
+                return Ok(self.buf[..len].to_vec());
+            }
+        }
+    }
+
+    fn refresh_sealer(&mut self) {
+        let generation = self.keyring.generation.load(Ordering::SeqCst);
+        if generation != self.sealer_generation {
+            match self.keyring.sealer() {
+                Ok((g, s)) => {
+                    self.sealer_generation = g;
+                    self.sealer = s;
+                }
+                Err(e) => warn!(error = %e, "new gossip keyring unusable; keeping the old one"),
+            }
+        }
+    }
+
+    /// Opens one datagram; returns a whole plaintext message when one is complete.
+    fn accept_datagram(&mut self, len: usize, from: SocketAddr) -> Option<Vec<u8>> {
+        self.refresh_sealer();
+        let plain = match self.sealer.open(&self.buf[..len], now_ms()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.count_drop(e);
+                debug!(%from, error = %e, "dropped gossip datagram");
+                return None;
+            }
+        };
+        if plain.len() < FRAG_HEADER {
+            self.stats.count_drop(SealError::Malformed);
+            return None;
+        }
+        let id = u16::from_be_bytes([plain[0], plain[1]]);
+        let (index, count) = (plain[2] as usize, plain[3] as usize);
+        if count == 0 || count > MAX_FRAGMENTS || index >= count {
+            self.stats.count_drop(SealError::Malformed);
+            return None;
+        }
+        if count == 1 {
+            return Some(plain[FRAG_HEADER..].to_vec());
+        }
+        let now = Instant::now();
+        self.partials
+            .retain(|_, p| now.duration_since(p.started) < PARTIAL_TTL);
+        if self.partials.len() >= MAX_PARTIALS && !self.partials.contains_key(&(from, id)) {
+            if let Some(oldest) = self
+                .partials
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| *k)
+            {
+                self.partials.remove(&oldest);
+            }
+        }
+        let partial = self.partials.entry((from, id)).or_insert_with(|| Partial {
+            from,
+            chunks: vec![None; count],
+            started: now,
+        });
+        if partial.chunks.len() != count || partial.from != from {
+            self.stats.count_drop(SealError::Malformed);
+            self.partials.remove(&(from, id));
+            return None;
+        }
+        partial.chunks[index] = Some(plain[FRAG_HEADER..].to_vec());
+        if partial.chunks.iter().all(Option::is_some) {
+            let done = self.partials.remove(&(from, id))?;
+            return Some(done.chunks.into_iter().flatten().flatten().collect());
+        }
+        None
+    }
+
+    /// Hands a plaintext message to the codec, followed by the sentinel. Never awaits.
+    fn inject(&mut self, plain: &[u8], from: SocketAddr) {
+        if let Err(e) = self.capture.try_send_to(plain, self.codec_addr) {
+            warn!(error = %e, "gossip codec injection failed; datagram dropped");
+            self.stats
+                .dropped_undecodable
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.pending.push_back((from, false));
+        self.sentinel_owed = true;
+        self.pay_sentinel();
+    }
+
+    fn pay_sentinel(&mut self) {
+        if self.sentinel_owed
+            && self
+                .sentinel
+                .try_send_to(&self.sentinel_bytes, self.codec_addr)
+                .is_ok()
+        {
+            self.sentinel_owed = false;
+        }
+    }
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.wire.local_addr()?)
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let plain = self.encode(envelope).await?;
+        self.refresh_sealer();
+        let chunks: Vec<&[u8]> = if plain.is_empty() {
+            vec![&[]]
+        } else {
+            plain.chunks(MAX_CHUNK).collect()
+        };
+        if chunks.len() > MAX_FRAGMENTS {
+            self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!("gossip message of {} bytes is too large", plain.len());
+        }
+        let id = self.next_message_id;
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        let mut sent = 0;
+        for (index, chunk) in chunks.iter().enumerate() {
+            let mut framed = Vec::with_capacity(FRAG_HEADER + chunk.len());
+            framed.extend_from_slice(&id.to_be_bytes());
+            framed.push(index as u8);
+            framed.push(chunks.len() as u8);
+            framed.extend_from_slice(chunk);
+            let sealed = self.sealer.seal(&framed, now_ms())?;
+            sent += self
+                .wire
+                .send_to(&sealed, to)
+                .await
+                .with_context(|| format!("cannot send gossip to {to}"))?;
+        }
+        self.stats
+            .datagrams_out
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        self.stats
+            .bytes_out
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        Ok(SendOutcome {
+            num_bytes_sent: sent,
+        })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            self.pay_sentinel();
+            if !self.pending.is_empty() {
+                let out = self.codec.recv().await?;
+                if out.from_addr == self.sentinel_addr {
+                    if let Some((peer, returned)) = self.pending.pop_front() {
+                        if !returned {
+                            self.stats
+                                .dropped_undecodable
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(%peer, "authentic gossip datagram did not decode");
+                        }
+                    }
+                } else if out.from_addr == self.capture_addr {
+                    if let Some(front) = self.pending.front_mut() {
+                        if !front.1 {
+                            front.1 = true;
+                            return Ok(RecvOutcome {
+                                from_addr: front.0,
+                                envelope: out.envelope,
+                                num_bytes_received: out.num_bytes_received,
+                            });
+                        }
+                    }
+                }
+                continue;
+            }
+            let (len, from) = match self.wire.recv_from(&mut self.buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Never return an error: chitchat would stop gossiping for good.
+                    self.stats.recv_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, "gossip socket receive error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+            if let Some(plain) = self.accept_datagram(len, from) {
+                self.inject(&plain, from);
+            }
+        }
+    }
+}
