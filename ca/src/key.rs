@@ -74,3 +74,14 @@ impl NodeKey {
         self.pair
     }
 }
+
+impl NodeKey {
+    /// A CSR naming only the node (common name), for joining before the cluster name is
+    /// known. The CA adds the SPIFFE ID itself.
+    pub fn join_csr_der(&self, name: &crate::names::NodeName) -> Result<Vec<u8>, CaError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name.as_str());
+        Ok(params.serialize_request(&self.pair)?.der().to_vec())
+    }
+}

@@ -1,1 +1,54 @@
-fn main() {}
+//! The `weft` binary: parses the command line and runs the agent or a client command.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use weft_node::cli::{client, Cli, Command, NodeAction, TokenAction};
+use weft_node::config::{LogFormat, Settings};
+
+fn init_logs(format: LogFormat, verbose: bool) {
+    let default = if verbose { "debug,quinn=info,rustls=info,chitchat=info,sled=info,hyper=info" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match cli.command {
+            Command::Agent(args) => {
+                let settings = Settings::resolve(&args)?;
+                init_logs(settings.log_format, settings.dev);
+                weft_node::agent::run(*args, settings).await?;
+                Ok(())
+            }
+            Command::Members(c) => client::members(&c).await,
+            Command::Token {
+                action: TokenAction::Create { ttl, client: c },
+            } => client::token_create(&c, &ttl).await,
+            Command::Node {
+                action: NodeAction::Revoke { name, client: c },
+            } => client::node_revoke(&c, &name).await,
+            Command::Leave(c) => client::leave(&c).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

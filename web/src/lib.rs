@@ -1,1 +1,146 @@
-//! placeholder
+//! weft's HTTP API and dashboard. `router` serves what the node hands it through the
+//! narrow `NodeApi` trait: this crate knows nothing of gossip, QUIC or certificates.
+//! Errors become HTTP responses in one place (`ApiError`).
+
+mod html;
+mod routes;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+pub use routes::router;
+
+/// A member as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberView {
+    /// Node name.
+    pub name: String,
+    /// QUIC address.
+    pub address: String,
+    /// Gossip address.
+    pub gossip_address: String,
+    /// alive, failed or left.
+    pub status: String,
+    /// Zone label.
+    pub zone: String,
+    /// Agent version.
+    pub version: String,
+    /// Holds the cluster CA.
+    pub ca: bool,
+    /// Certificate expiry, Unix seconds.
+    pub cert_expiry_unix: u64,
+    /// Certificate serial, hex.
+    pub cert_serial: String,
+    /// SHA-256 of the certificate, hex.
+    pub cert_fingerprint: String,
+    /// Certificate revoked.
+    pub revoked: bool,
+    /// The node serving this API.
+    pub is_self: bool,
+}
+
+/// This node's state, for `/v1/self`, `/readyz` and the overview page.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Agent version.
+    pub version: String,
+    /// Joined, with a valid certificate.
+    pub ready: bool,
+    /// Why not ready.
+    pub not_ready_reason: Option<String>,
+    /// Certificate expiry, Unix seconds.
+    pub cert_expiry_unix: u64,
+    /// Certificate lifetime left, seconds.
+    pub cert_remaining_secs: u64,
+    /// Holds the CA.
+    pub ca: bool,
+    /// Warnings worth showing an operator.
+    pub warnings: Vec<String>,
+}
+
+/// A created join token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenView {
+    /// The token to pass to `--token`.
+    pub token: String,
+    /// Its id (appears in logs).
+    pub id: String,
+    /// Expiry, Unix seconds.
+    pub expires_at_unix: u64,
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Lifetime in seconds (default 3600).
+    pub ttl_secs: Option<u64>,
+}
+
+/// Result of a revocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RevokeView {
+    /// The node.
+    pub node: String,
+    /// Serials newly revoked.
+    pub serials: Vec<String>,
+}
+
+/// API failures, mapped to HTTP once, here.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong admin token.
+    #[error("admin token required (Authorization: Bearer …)")]
+    Unauthorized,
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something this node depends on is unavailable (e.g. the CA node).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Refused by policy (e.g. revoked).
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+        };
+        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+/// What the node provides to the API. Implemented by the agent; faked in tests.
+pub trait NodeApi: Send + Sync + 'static {
+    /// Cluster members.
+    fn members(&self) -> impl Future<Output = Vec<MemberView>> + Send;
+    /// This node's state.
+    fn status(&self) -> impl Future<Output = NodeStatus> + Send;
+    /// Creates a join token (admin).
+    fn create_token(&self, ttl: Duration) -> impl Future<Output = Result<TokenView, ApiError>> + Send;
+    /// Revokes a node (admin).
+    fn revoke(&self, node: String) -> impl Future<Output = Result<RevokeView, ApiError>> + Send;
+    /// Leaves the cluster and stops the agent (admin).
+    fn leave(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Prometheus text exposition.
+    fn metrics(&self) -> impl Future<Output = String> + Send;
+    /// Whether `token` is this node's admin token.
+    fn is_admin(&self, token: &str) -> bool;
+}

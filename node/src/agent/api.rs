@@ -1,0 +1,142 @@
+//! The node's side of the web API (`weft_web::NodeApi`).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tracing::info;
+use weft_ca::NodeName;
+use weft_web::{ApiError, MemberView, NodeApi, NodeStatus, RevokeView, TokenView};
+
+use super::metrics;
+use super::node::{Node, VERSION};
+use crate::rpc::{CtlRequest, CtlResponse, RefusalKind};
+
+fn api_error(kind: RefusalKind, message: String) -> ApiError {
+    match kind {
+        RefusalKind::BadRequest | RefusalKind::BadCsr | RefusalKind::BadToken | RefusalKind::NameTaken => {
+            ApiError::BadRequest(message)
+        }
+        RefusalKind::Revoked => ApiError::Forbidden(message),
+        RefusalKind::RateLimited | RefusalKind::Unavailable => ApiError::Unavailable(message),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl NodeApi for Node {
+    async fn members(&self) -> Vec<MemberView> {
+        Node::members(self)
+            .await
+            .into_iter()
+            .map(|m| MemberView {
+                name: m.name,
+                address: m.address.to_string(),
+                gossip_address: m.gossip_addr.to_string(),
+                status: m.status.to_string(),
+                zone: m.zone,
+                version: m.version,
+                ca: m.ca,
+                cert_expiry_unix: m.cert_expiry_unix,
+                cert_serial: m.cert_serial,
+                cert_fingerprint: m.cert_fingerprint,
+                revoked: m.revoked,
+                is_self: m.is_self,
+            })
+            .collect()
+    }
+
+    async fn status(&self) -> NodeStatus {
+        let (_, leaf) = self.cert();
+        let remaining = leaf.remaining(SystemTime::now());
+        let reason = self.not_ready_reason();
+        let mut warnings = Vec::new();
+        let failures = self.renew_failures.load(Ordering::Relaxed);
+        if failures > 0 {
+            warnings.push(format!(
+                "certificate renewal failed {failures} time(s) in a row; {}s of validity left",
+                remaining.as_secs()
+            ));
+        }
+        NodeStatus {
+            name: self.info.name.to_string(),
+            cluster: self.info.cluster.to_string(),
+            version: VERSION.to_owned(),
+            ready: reason.is_none(),
+            not_ready_reason: reason,
+            cert_expiry_unix: leaf.not_after_unix,
+            cert_remaining_secs: remaining.as_secs(),
+            ca: self.authority.is_some(),
+            warnings,
+        }
+    }
+
+    async fn create_token(&self, ttl: Duration) -> Result<TokenView, ApiError> {
+        if let Some(a) = &self.authority {
+            let (token, expires) = a
+                .create_token(ttl, SystemTime::now())
+                .map_err(|r| api_error(r.kind, r.message))?;
+            return Ok(TokenView {
+                token: token.to_string(),
+                id: token.id().to_string(),
+                expires_at_unix: expires,
+            });
+        }
+        match self
+            .call_ca(&CtlRequest::CreateToken { ttl_secs: ttl.as_secs() })
+            .await
+            .map_err(|(k, m)| api_error(k, m))?
+        {
+            CtlResponse::Token {
+                token,
+                id,
+                expires_at_unix,
+            } => Ok(TokenView {
+                token,
+                id,
+                expires_at_unix,
+            }),
+            CtlResponse::Error { kind, message } => Err(api_error(kind, message)),
+            _ => Err(ApiError::Unavailable("unexpected answer from the CA node".into())),
+        }
+    }
+
+    async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
+        let name = NodeName::new(node).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let serials = if let Some(a) = &self.authority {
+            let s = a.revoke(&name, SystemTime::now()).map_err(|r| api_error(r.kind, r.message))?;
+            self.sync_revocations().await;
+            s
+        } else {
+            match self
+                .call_ca(&CtlRequest::Revoke { node: name.clone() })
+                .await
+                .map_err(|(k, m)| api_error(k, m))?
+            {
+                CtlResponse::Revoked { serials } => serials,
+                CtlResponse::Error { kind, message } => return Err(api_error(kind, message)),
+                _ => return Err(ApiError::Unavailable("unexpected answer from the CA node".into())),
+            }
+        };
+        Ok(RevokeView {
+            node: name.to_string(),
+            serials,
+        })
+    }
+
+    async fn leave(&self) -> Result<(), ApiError> {
+        info!("leave requested through the API");
+        self.leaving.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+        Ok(())
+    }
+
+    async fn metrics(&self) -> String {
+        metrics::render(self).await
+    }
+
+    fn is_admin(&self, token: &str) -> bool {
+        constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
+    }
+}

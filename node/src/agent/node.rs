@@ -1,0 +1,279 @@
+//! The running node's shared state: identity, certificate, gossip, QUIC endpoint, store.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use weft_ca::{unix, LeafInfo, NodeKey, TrustRoot};
+use weft_gossip::{encode_signed, Gossip, Member, MemberStatus, NodeRecord};
+
+use crate::authority::Authority;
+use crate::config::Settings;
+use crate::identity::{ClusterInfo, IdentityFiles};
+use crate::rpc::{self, CtlRequest, CtlResponse, MemberAddr, RefusalKind};
+use crate::store::Store;
+use crate::tls::{CertStore, Revocations};
+
+/// Agent version published by gossip.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shared state of a running agent.
+pub struct Node {
+    /// Effective settings.
+    pub settings: RwLock<Settings>,
+    /// Cluster and node name.
+    pub info: ClusterInfo,
+    /// The node key.
+    pub key: NodeKey,
+    /// Current certificate (DER) and its parsed fields.
+    cert: RwLock<(Vec<u8>, LeafInfo)>,
+    /// Certificates presented by TLS.
+    pub certs: CertStore,
+    /// The cluster root.
+    pub trust: Arc<TrustRoot>,
+    /// Revocation list used by every verifier.
+    pub revoked: Revocations,
+    /// Identity files.
+    pub files: IdentityFiles,
+    /// The store.
+    pub store: Store,
+    /// Gossip.
+    pub gossip: Gossip,
+    /// QUIC endpoint (server and client).
+    pub endpoint: quinn::Endpoint,
+    /// Client config for control requests.
+    pub ctl_client: quinn::ClientConfig,
+    /// The CA role, on the CA node.
+    pub authority: Option<Authority>,
+    /// The admin token.
+    pub admin_token: String,
+    /// Cancelled when the agent must stop.
+    pub shutdown: CancellationToken,
+    /// Set when a graceful leave was asked for.
+    pub leaving: AtomicBool,
+    /// Last `signed_at_ms` used, so records always move forward.
+    last_signed_ms: AtomicU64,
+    /// Renewal failures in a row (for warnings and metrics).
+    pub renew_failures: AtomicU64,
+    /// Successful renewals since start.
+    pub renewals: AtomicU64,
+}
+
+/// Parts assembled by the agent before the node exists.
+pub struct NodeParts {
+    /// Settings.
+    pub settings: Settings,
+    /// Cluster info.
+    pub info: ClusterInfo,
+    /// Node key.
+    pub key: NodeKey,
+    /// Certificate DER.
+    pub cert_der: Vec<u8>,
+    /// TLS certificates.
+    pub certs: CertStore,
+    /// Root.
+    pub trust: Arc<TrustRoot>,
+    /// Revocations.
+    pub revoked: Revocations,
+    /// Files.
+    pub files: IdentityFiles,
+    /// Store.
+    pub store: Store,
+    /// Gossip.
+    pub gossip: Gossip,
+    /// Endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Control client config.
+    pub ctl_client: quinn::ClientConfig,
+    /// CA role.
+    pub authority: Option<Authority>,
+    /// Admin token.
+    pub admin_token: String,
+}
+
+impl Node {
+    /// Assembles the node.
+    pub fn new(p: NodeParts) -> Result<Self, weft_ca::VerifyError> {
+        let leaf = LeafInfo::parse(&p.cert_der)?;
+        Ok(Self {
+            settings: RwLock::new(p.settings),
+            info: p.info,
+            key: p.key,
+            cert: RwLock::new((p.cert_der, leaf)),
+            certs: p.certs,
+            trust: p.trust,
+            revoked: p.revoked,
+            files: p.files,
+            store: p.store,
+            gossip: p.gossip,
+            endpoint: p.endpoint,
+            ctl_client: p.ctl_client,
+            authority: p.authority,
+            admin_token: p.admin_token,
+            shutdown: CancellationToken::new(),
+            leaving: AtomicBool::new(false),
+            last_signed_ms: AtomicU64::new(0),
+            renew_failures: AtomicU64::new(0),
+            renewals: AtomicU64::new(0),
+        })
+    }
+
+    /// A copy of the current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The current certificate and its fields.
+    pub fn cert(&self) -> (Vec<u8>, LeafInfo) {
+        self.cert.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Installs a renewed certificate: on disk first, then in TLS, then in gossip.
+    pub async fn install_cert(&self, der: Vec<u8>) -> Result<LeafInfo, String> {
+        let leaf = self
+            .trust
+            .verify_node(&der, SystemTime::now())
+            .map_err(|e| format!("renewed certificate does not verify: {e}"))?;
+        if leaf.id.node_name() != &self.info.name {
+            return Err(format!("renewed certificate is for {}", leaf.id));
+        }
+        self.certs
+            .replace(&self.key, &der, self.trust.ca_der())
+            .map_err(|e| e.to_string())?;
+        self.files.save_cert(&der).map_err(|e| e.to_string())?;
+        *self.cert.write().unwrap_or_else(|e| e.into_inner()) = (der, leaf.clone());
+        self.publish_record().await;
+        Ok(leaf)
+    }
+
+    fn next_signed_ms(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let prev = self.last_signed_ms.fetch_max(now, Ordering::SeqCst);
+        if prev >= now {
+            self.last_signed_ms.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            now
+        }
+    }
+
+    /// This node's signed gossip record.
+    pub fn signed_record(&self) -> String {
+        let s = self.settings();
+        let (der, _) = self.cert();
+        let record = NodeRecord {
+            name: self.info.name.clone(),
+            quic_addr: s.quic_advertise(),
+            zone: s.zone.clone(),
+            version: VERSION.to_owned(),
+            cert: NodeRecord::encode_cert(&der),
+            ca: self.authority.is_some(),
+            leaving: self.leaving.load(Ordering::SeqCst),
+            signed_at_ms: self.next_signed_ms(),
+        };
+        encode_signed(&record, |m| self.key.sign(m).unwrap_or_default())
+    }
+
+    /// Re-publishes this node's record (after a renewal, a reload or a leave).
+    pub async fn publish_record(&self) {
+        self.gossip.publish_record(self.signed_record()).await;
+    }
+
+    /// Verified members.
+    pub async fn members(&self) -> Vec<Member> {
+        self.gossip.members().await
+    }
+
+    /// Members' addresses for a joining node.
+    pub async fn member_addrs(&self) -> Vec<MemberAddr> {
+        self.members()
+            .await
+            .into_iter()
+            .filter(|m| m.status == MemberStatus::Alive)
+            .map(|m| MemberAddr {
+                name: m.name,
+                gossip_addr: m.gossip_addr,
+                quic_addr: m.address,
+            })
+            .collect()
+    }
+
+    /// Opens a control connection to `member`, authenticated both ways.
+    pub async fn connect(&self, member: &Member) -> Result<quinn::Connection, rpc::RpcError> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.ctl_client.clone(), member.address, &member.name)
+            .map_err(|e| rpc::RpcError::Connect(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| rpc::RpcError::Timeout)?
+            .map_err(|e| rpc::RpcError::Connect(e.to_string()))
+    }
+
+    /// Sends a control request to the CA node.
+    pub async fn call_ca(&self, request: &CtlRequest) -> Result<CtlResponse, (RefusalKind, String)> {
+        let members = self.members().await;
+        let Some(ca) = members
+            .iter()
+            .find(|m| m.ca && !m.is_self && m.status == MemberStatus::Alive)
+        else {
+            return Err((RefusalKind::Unavailable, "the CA node is not reachable (not alive in gossip)".into()));
+        };
+        let conn = self
+            .connect(ca)
+            .await
+            .map_err(|e| (RefusalKind::Unavailable, format!("CA node {}: {e}", ca.name)))?;
+        let resp = rpc::call(&conn, request, rpc::MAX_RESPONSE)
+            .await
+            .map_err(|e| (RefusalKind::Unavailable, format!("CA node {}: {e}", ca.name)));
+        conn.close(0u32.into(), b"done");
+        resp
+    }
+
+    /// Adopts a newer revocation list from gossip (or the local CA), and on the CA node
+    /// publishes its own. Closes connections of revoked peers.
+    pub async fn sync_revocations(&self) {
+        let mut newest = self.gossip.revocations();
+        if let Some(a) = &self.authority {
+            let own = a.crl();
+            if own.version >= newest.version {
+                newest = own;
+                if let Some(signed) = a.signed_crl() {
+                    self.gossip.publish_crl(signed).await;
+                }
+            }
+        }
+        let current_version = self.revoked.read().unwrap_or_else(|e| e.into_inner()).version;
+        if newest.version > current_version {
+            info!(version = newest.version, revoked = newest.revoked.len(), "revocation list updated");
+            if let Err(e) = self.store.set_crl(&newest) {
+                warn!(error = %e, "cannot persist the revocation list");
+            }
+            *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
+        }
+    }
+
+    /// Why this node is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        let (_, leaf) = self.cert();
+        if leaf.not_after_unix <= unix(SystemTime::now()) {
+            return Some("node certificate has expired".into());
+        }
+        if self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_revoked(&leaf.serial)
+        {
+            return Some("node certificate is revoked".into());
+        }
+        if self.shutdown.is_cancelled() {
+            return Some("shutting down".into());
+        }
+        None
+    }
+}

@@ -1,0 +1,39 @@
+//! When to renew the node certificate: at about half its lifetime, with ±10 % jitter
+//! (SPIRE's rule), and how long to wait between failed attempts. Pure: no clock, no I/O.
+
+use std::time::Duration;
+
+/// Seconds from `not_before` at which to renew, for a jitter draw in `[-1, 1]`.
+pub fn renew_after(lifetime: Duration, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(-1.0, 1.0);
+    lifetime.mul_f64(0.5 + 0.1 * jitter)
+}
+
+/// Wait before retry `attempt` (0-based): 1 s doubling, capped at a tenth of the
+/// lifetime (at most 60 s), so a short-lived certificate still gets several tries.
+pub fn retry_backoff(attempt: u32, lifetime: Duration) -> Duration {
+    let cap = (lifetime / 10).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    Duration::from_secs(1u64 << attempt.min(10)).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_between_40_and_60_percent() {
+        let life = Duration::from_secs(24 * 3600);
+        assert_eq!(renew_after(life, 0.0), Duration::from_secs(12 * 3600));
+        assert_eq!(renew_after(life, -5.0), life.mul_f64(0.4));
+        assert_eq!(renew_after(life, 1.0), life.mul_f64(0.6));
+    }
+
+    #[test]
+    fn backoff_is_capped_by_lifetime() {
+        let short = Duration::from_secs(20);
+        assert_eq!(retry_backoff(0, short), Duration::from_secs(1));
+        assert_eq!(retry_backoff(5, short), Duration::from_secs(2));
+        let long = Duration::from_secs(86400);
+        assert_eq!(retry_backoff(30, long), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,160 @@
+//! Establishing the node's identity at start: load it, create a cluster
+//! (`--bootstrap`), or join one (`--join` + `--token`), and refresh an expired certificate.
+
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+use weft_ca::{unix, CertificateAuthority, ClusterName, JoinToken, LeafInfo, NodeKey, SpiffeId};
+use weft_gossip::{GossipKey, Keyring};
+
+use super::join::{self, JoinFailure};
+use super::AgentError;
+use crate::authority::Authority;
+use crate::config::Settings;
+use crate::identity::{ClusterInfo, Identity, IdentityFiles};
+use crate::store::{Peer, Store};
+
+/// Validity of a new root CA.
+const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// Loads, creates or joins: returns the identity to run with.
+pub async fn establish(settings: &Settings, files: &IdentityFiles, store: &Store) -> Result<Identity, AgentError> {
+    if !files.exists() {
+        if settings.bootstrap {
+            bootstrap(settings, files, store)?;
+        } else if let Some(token) = &settings.token {
+            join_with_token(settings, files, store, token).await?;
+        } else {
+            return Err(AgentError::Setup(format!(
+                "{} holds no identity: start the first node with --bootstrap, or join with --join SEED --token TOKEN",
+                settings.data_dir.display()
+            )));
+        }
+    } else if settings.bootstrap && !settings.dev {
+        info!("this node already belongs to a cluster; --bootstrap ignored");
+    }
+    let identity = files.load()?;
+    if identity.info.name != settings.name {
+        return Err(AgentError::Setup(format!(
+            "{} belongs to node {:?}, not {:?}: use its name or another --data-dir",
+            settings.data_dir.display(),
+            identity.info.name.as_str(),
+            settings.name.as_str()
+        )));
+    }
+    if let Some(c) = &settings.cluster {
+        if *c != identity.info.cluster {
+            return Err(AgentError::Setup(format!(
+                "this node belongs to cluster {:?}, not {:?}",
+                identity.info.cluster.as_str(),
+                c.as_str()
+            )));
+        }
+    }
+    refresh_if_expired(settings, files, store, identity).await
+}
+
+fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Result<(), AgentError> {
+    let cluster = settings
+        .cluster
+        .clone()
+        .unwrap_or_else(|| ClusterName::new("weft").unwrap_or_else(|_| unreachable!("constant is valid")));
+    let now = SystemTime::now();
+    let (ca, ca_key) = CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY).map_err(setup)?;
+    let authority = Authority::new(ca, store.clone(), settings.leaf_ttl)?;
+    let key = NodeKey::generate().map_err(setup)?;
+    let csr = key
+        .csr_der(&SpiffeId::node(cluster.clone(), settings.name.clone()))
+        .map_err(setup)?;
+    let issued = authority
+        .issue_own(&settings.name, &csr, now)
+        .map_err(|r| AgentError::Setup(r.message))?;
+    let ca_der = authority.ca_cert_der().to_vec();
+    let keyring = Keyring::single(GossipKey::generate());
+    let info = ClusterInfo {
+        cluster: cluster.clone(),
+        name: settings.name.clone(),
+    };
+    files.save_new(&info, &key, &issued.der, &ca_der, Some(&ca_key), &keyring)?;
+    info!(cluster = %cluster, node = %settings.name, "bootstrapped a new cluster; this node holds its CA");
+    Ok(())
+}
+
+async fn join_with_token(
+    settings: &Settings,
+    files: &IdentityFiles,
+    store: &Store,
+    token: &str,
+) -> Result<(), AgentError> {
+    if settings.join.is_empty() {
+        return Err(AgentError::Setup("--token needs at least one --join SEED".into()));
+    }
+    let token: JoinToken = token.parse().map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
+    let key = NodeKey::generate().map_err(setup)?;
+    let joined = join::join(&settings.join, settings.bind, &settings.name, &token, &key).await?;
+    let info = ClusterInfo {
+        cluster: joined.cluster.clone(),
+        name: settings.name.clone(),
+    };
+    files.save_new(&info, &key, &joined.cert_der, &joined.ca_der, None, &joined.keyring)?;
+    let peers: Vec<Peer> = joined
+        .members
+        .iter()
+        .filter(|m| m.name != settings.name.as_str())
+        .map(|m| Peer {
+            name: m.name.clone(),
+            gossip_addr: m.gossip_addr,
+            quic_addr: m.quic_addr,
+        })
+        .collect();
+    store.set_peers(&peers)?;
+    info!(cluster = %joined.cluster, node = %settings.name, peers = peers.len(), "joined the cluster");
+    Ok(())
+}
+
+/// A certificate that expired while the agent was down: the CA node re-issues its own;
+/// another node re-joins with a new token, or stops with a message saying so.
+async fn refresh_if_expired(
+    settings: &Settings,
+    files: &IdentityFiles,
+    store: &Store,
+    mut identity: Identity,
+) -> Result<Identity, AgentError> {
+    let leaf = LeafInfo::parse(&identity.cert_der).map_err(setup)?;
+    let now = SystemTime::now();
+    if leaf.not_after_unix > unix(now) {
+        return Ok(identity);
+    }
+    if let Some(ca) = identity.ca.take() {
+        let authority = Authority::new(ca, store.clone(), settings.leaf_ttl)?;
+        let csr = identity
+            .key
+            .csr_der(&SpiffeId::node(identity.info.cluster.clone(), identity.info.name.clone()))
+            .map_err(setup)?;
+        let issued = authority
+            .issue_own(&identity.info.name, &csr, now)
+            .map_err(|r| AgentError::Setup(r.message))?;
+        files.save_cert(&issued.der)?;
+        warn!("the node certificate had expired; the CA node issued itself a new one");
+        return files.load().map_err(Into::into);
+    }
+    let Some(token) = &settings.token else {
+        return Err(AgentError::Setup(format!(
+            "this node's certificate expired at unix {} while the agent was down; re-join with a new token: \
+             weft token create (on a member), then start with --join SEED --token TOKEN",
+            leaf.not_after_unix
+        )));
+    };
+    warn!("the node certificate expired while the agent was down; re-joining with the given token");
+    let token: JoinToken = token.parse().map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
+    let key = NodeKey::generate().map_err(setup)?;
+    let mut seeds = settings.join.clone();
+    seeds.extend(store.peers()?.iter().map(|p| p.quic_addr.to_string()));
+    let joined = join::join(&seeds, settings.bind, &settings.name, &token, &key).await?;
+    files.save_new(&identity.info, &key, &joined.cert_der, &joined.ca_der, None, &joined.keyring)?;
+    files.load().map_err(Into::into)
+}
+
+fn setup(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Setup(e.to_string())
+}

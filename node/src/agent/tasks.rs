@@ -1,0 +1,100 @@
+//! The agent's background loops. Each runs until `node.shutdown` is cancelled.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+use weft_ca::{unix, SpiffeId};
+
+use super::node::Node;
+use super::renewal::{renew_after, retry_backoff};
+use crate::rpc::{b64, unb64, CtlRequest, CtlResponse};
+use crate::store::Peer;
+
+/// Renews the node certificate at about half its lifetime, over mTLS with the current
+/// certificate (never the token). On failure keeps the certificate and retries with
+/// backoff, warning with the time left.
+pub async fn renew_loop(node: Arc<Node>) {
+    let mut attempt: u32 = 0;
+    loop {
+        let (_, leaf) = node.cert();
+        let lifetime = leaf.lifetime();
+        let wait = if attempt == 0 {
+            let at = leaf.not_before_unix + renew_after(lifetime, rand::random_range(-1.0..=1.0)).as_secs();
+            Duration::from_secs(at.saturating_sub(unix(SystemTime::now())))
+        } else {
+            retry_backoff(attempt - 1, lifetime).mul_f64(rand::random_range(0.8..=1.2))
+        };
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match renew_once(&node).await {
+            Ok(()) => {
+                attempt = 0;
+                node.renew_failures.store(0, Ordering::Relaxed);
+                node.renewals.fetch_add(1, Ordering::Relaxed);
+                let (_, leaf) = node.cert();
+                info!(serial = %leaf.serial, expires_at_unix = leaf.not_after_unix, "certificate renewed");
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                node.renew_failures.fetch_add(1, Ordering::Relaxed);
+                let left = leaf.remaining(SystemTime::now());
+                warn!(error = %e, remaining_secs = left.as_secs(), attempt, "certificate renewal failed; will retry");
+            }
+        }
+    }
+}
+
+async fn renew_once(node: &Arc<Node>) -> Result<(), String> {
+    let id = SpiffeId::node(node.info.cluster.clone(), node.info.name.clone());
+    let csr = node.key.csr_der(&id).map_err(|e| e.to_string())?;
+    let der = if let Some(a) = &node.authority {
+        a.issue_own(&node.info.name, &csr, SystemTime::now())
+            .map_err(|r| r.message)?
+            .der
+    } else {
+        match node.call_ca(&CtlRequest::Renew { csr: b64(&csr) }).await {
+            Ok(CtlResponse::Cert { cert }) => unb64(&cert, "cert").map_err(|e| e.to_string())?,
+            Ok(CtlResponse::Error { message, .. }) => return Err(message),
+            Ok(_) => return Err("unexpected answer from the CA node".into()),
+            Err((_, message)) => return Err(message),
+        }
+    };
+    node.install_cert(der).await.map(|_| ())
+}
+
+/// Every few seconds: remember peers for restarts, adopt revocation lists, prune the
+/// failed-renewal warning when healthy.
+pub async fn housekeeping_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        node.sync_revocations().await;
+        n += 1;
+        if n % 5 == 1 {
+            let peers: Vec<Peer> = node
+                .members()
+                .await
+                .into_iter()
+                .filter(|m| !m.is_self && m.status != weft_gossip::MemberStatus::Left)
+                .map(|m| Peer {
+                    name: m.name,
+                    gossip_addr: m.gossip_addr,
+                    quic_addr: m.address,
+                })
+                .collect();
+            if !peers.is_empty() {
+                if let Err(e) = node.store.set_peers(&peers) {
+                    warn!(error = %e, "cannot persist known peers");
+                }
+            }
+        }
+    }
+}

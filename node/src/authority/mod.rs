@@ -1,0 +1,217 @@
+//! The CA role of the node that holds the cluster's CA key: join tokens, joins,
+//! renewals and revocations. Other members forward these requests here over mTLS QUIC.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+use weft_ca::{unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeName, TokenRefusal};
+use weft_gossip::{encode_signed, Revoked, RevocationList};
+
+use crate::rpc::{ParsedJoin, RefusalKind};
+use crate::store::{Consume, NameEntry, Store, StoreError};
+
+/// A refused request: its kind and a one-line reason for the requester.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// Category.
+    pub kind: RefusalKind,
+    /// Reason.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        warn!(error = %e, "CA store failure");
+        Refusal::new(RefusalKind::Unavailable, "the CA's store failed; see its log")
+    }
+}
+
+/// Longest join-token lifetime accepted.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);
+
+/// The CA role.
+pub struct Authority {
+    ca: CertificateAuthority,
+    store: Store,
+    leaf_ttl: Duration,
+    crl: Mutex<RevocationList>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").field("leaf_ttl", &self.leaf_ttl).finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// The CA role over `ca`, keeping its records in `store`.
+    pub fn new(ca: CertificateAuthority, store: Store, leaf_ttl: Duration) -> Result<Self, StoreError> {
+        let crl = store.crl()?;
+        Ok(Self {
+            ca,
+            store,
+            leaf_ttl,
+            crl: Mutex::new(crl),
+        })
+    }
+
+    /// The root certificate, DER.
+    pub fn ca_cert_der(&self) -> &[u8] {
+        self.ca.cert_der()
+    }
+
+    /// Leaf lifetime this CA issues.
+    pub fn leaf_ttl(&self) -> Duration {
+        self.leaf_ttl
+    }
+
+    /// Creates and stores a join token valid for `ttl`.
+    pub fn create_token(&self, ttl: Duration, now: SystemTime) -> Result<(JoinToken, u64), Refusal> {
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(Refusal::new(RefusalKind::BadRequest, "token ttl must be between 1s and 7 days"));
+        }
+        let token = JoinToken::generate(self.ca.cert_sha256());
+        let expires = unix(now) + ttl.as_secs();
+        self.store.put_token(&token.record(expires))?;
+        let _ = self.store.prune_tokens(unix(now));
+        info!(token_id = %token.id(), expires_at_unix = expires, "join token created");
+        Ok((token, expires))
+    }
+
+    /// Signs a CSR for `name`, retrying on the (astronomically unlikely) serial collision.
+    fn sign(&self, csr: &[u8], name: &NodeName, now: SystemTime) -> Result<IssuedCert, Refusal> {
+        for _ in 0..4 {
+            let issued = self
+                .ca
+                .sign_node_csr(csr, name, self.leaf_ttl, now)
+                .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
+            if self.store.serials_of(name.as_str())?.contains(&issued.serial) {
+                continue;
+            }
+            return Ok(issued);
+        }
+        Err(Refusal::new(RefusalKind::Unavailable, "could not pick a fresh serial"))
+    }
+
+    fn record(&self, name: &NodeName, issued: &IssuedCert) -> Result<(), Refusal> {
+        let entry = NameEntry {
+            serial: issued.serial.clone(),
+            not_after_unix: issued.not_after_unix,
+        };
+        if !self.store.record_issued(name.as_str(), &entry)? {
+            return Err(Refusal::new(RefusalKind::Unavailable, "serial collision; retry"));
+        }
+        Ok(())
+    }
+
+    /// Admits a joining node: checks the token and the name, signs the CSR, consumes the
+    /// token (exactly one concurrent join with a token succeeds).
+    pub fn join(&self, req: &ParsedJoin, now: SystemTime) -> Result<IssuedCert, Refusal> {
+        let id = req.token.id().clone();
+        let refuse = |kind, message: String| {
+            warn!(token_id = %id, node = %req.name, reason = %message, "join refused");
+            Refusal::new(kind, message)
+        };
+        if req.token.ca_hash() != self.ca.cert_sha256() {
+            return Err(refuse(RefusalKind::BadToken, format!("join token {id} was made for another cluster's CA")));
+        }
+        let Some(record) = self.store.token(&id)? else {
+            return Err(refuse(RefusalKind::BadToken, TokenRefusal::Unknown(id.clone()).to_string()));
+        };
+        if let Err(e) = record.check(&req.token.secret_hash(), unix(now)) {
+            return Err(refuse(RefusalKind::BadToken, e.to_string()));
+        }
+        if let Some(entry) = self.store.name(req.name.as_str())? {
+            let revoked = self.crl.lock().unwrap_or_else(|e| e.into_inner()).is_revoked(&entry.serial);
+            if entry.not_after_unix > unix(now) && !revoked {
+                return Err(refuse(
+                    RefusalKind::NameTaken,
+                    format!("node name {} is taken by a node with a valid certificate", req.name),
+                ));
+            }
+        }
+        let issued = self.sign(&req.csr, &req.name, now).map_err(|r| refuse(r.kind, r.message))?;
+        match self.store.consume_token(&record)? {
+            Consume::Consumed => {}
+            Consume::Raced => return Err(refuse(RefusalKind::BadToken, TokenRefusal::Used(id.clone()).to_string())),
+            Consume::Missing => return Err(refuse(RefusalKind::BadToken, TokenRefusal::Unknown(id.clone()).to_string())),
+        }
+        self.record(&req.name, &issued)?;
+        info!(token_id = %id, node = %req.name, serial = %issued.serial, "node joined; certificate issued");
+        Ok(issued)
+    }
+
+    /// Renews the certificate of an authenticated node (`peer` is its current,
+    /// verified certificate).
+    pub fn renew(&self, peer: &LeafInfo, csr: &[u8], now: SystemTime) -> Result<IssuedCert, Refusal> {
+        let name = peer.id.node_name();
+        if self.crl.lock().unwrap_or_else(|e| e.into_inner()).is_revoked(&peer.serial) {
+            warn!(node = %name, serial = %peer.serial, "renewal refused: certificate revoked");
+            return Err(Refusal::new(RefusalKind::Revoked, format!("certificate of {name} is revoked")));
+        }
+        let issued = self.sign(csr, name, now)?;
+        self.record(name, &issued)?;
+        info!(node = %name, serial = %issued.serial, "certificate renewed");
+        Ok(issued)
+    }
+
+    /// Issues this node's own certificate (bootstrap, and renewal on the CA node).
+    pub fn issue_own(&self, name: &NodeName, csr: &[u8], now: SystemTime) -> Result<IssuedCert, Refusal> {
+        let issued = self.sign(csr, name, now)?;
+        self.record(name, &issued)?;
+        Ok(issued)
+    }
+
+    /// Revokes every certificate issued to `node`; returns the serials newly revoked.
+    pub fn revoke(&self, node: &NodeName, now: SystemTime) -> Result<Vec<String>, Refusal> {
+        let serials = self.store.serials_of(node.as_str())?;
+        if serials.is_empty() {
+            return Err(Refusal::new(RefusalKind::BadRequest, format!("no certificate was issued to {node}")));
+        }
+        let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = crl.clone();
+        let mut added = Vec::new();
+        for serial in serials {
+            if !next.is_revoked(&serial) {
+                next.revoked.push(Revoked {
+                    node: node.clone(),
+                    serial: serial.clone(),
+                    revoked_at_unix: unix(now),
+                });
+                added.push(serial);
+            }
+        }
+        if !added.is_empty() {
+            next.version += 1;
+            self.store.set_crl(&next)?;
+            *crl = next;
+            warn!(node = %node, serials = ?added, "certificates revoked");
+        }
+        Ok(added)
+    }
+
+    /// The revocation list, signed by the CA, for gossip (None while empty).
+    pub fn signed_crl(&self) -> Option<String> {
+        let crl = self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if crl.version == 0 {
+            return None;
+        }
+        Some(encode_signed(&crl, |m| self.ca.sign(m).unwrap_or_default()))
+    }
+
+    /// The current revocation list.
+    pub fn crl(&self) -> RevocationList {
+        self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

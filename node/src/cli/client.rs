@@ -1,0 +1,184 @@
+//! Client commands: talk to the local agent's API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use serde::de::DeserializeOwned;
+use weft_web::{MemberView, RevokeView, TokenView};
+
+use super::args::ClientArgs;
+
+/// An HTTP client for the local agent.
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+    data_dir: std::path::PathBuf,
+}
+
+impl ApiClient {
+    /// A client for the agent at `args.api`.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let base = if args.api.starts_with("http://") || args.api.starts_with("https://") {
+            args.api.trim_end_matches('/').to_owned()
+        } else {
+            format!("http://{}", args.api)
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            base,
+            http,
+            data_dir: args.data_dir.clone(),
+        })
+    }
+
+    fn admin_token(&self) -> anyhow::Result<String> {
+        if let Ok(t) = std::env::var("WEFT_TOKEN") {
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_owned());
+            }
+        }
+        let path = self.data_dir.join("admin-token");
+        read_token(&path).with_context(|| {
+            format!(
+                "admin token needed: set WEFT_TOKEN or make {} readable (or pass --data-dir)",
+                path.display()
+            )
+        })
+    }
+
+    async fn parse<T: DeserializeOwned>(resp: reqwest::Response) -> anyhow::Result<T> {
+        let status = resp.status();
+        let body = resp.bytes().await.context("reading the agent's answer")?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            bail!("{msg} (HTTP {status})");
+        }
+        serde_json::from_slice(&body).context("the agent's answer is not the expected JSON")
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow::anyhow!("cannot reach the agent at {}: {e} (is it running? set --api or WEFT_API)", self.base)
+    }
+
+    /// GET a JSON resource.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::parse(resp).await
+    }
+
+    /// POST with the admin token.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> anyhow::Result<T> {
+        let token = self.admin_token()?;
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::parse(resp).await
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let bytes = crate::store::files::read_limited(path, 4096)?;
+    let t = String::from_utf8(bytes)?.trim().to_owned();
+    if t.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(t)
+}
+
+fn ago_or_in(unix: u64) -> String {
+    let now = crate::agent::api_now_unix();
+    if unix >= now {
+        format!("in {}", humantime::format_duration(Duration::from_secs(unix - now)))
+    } else {
+        format!("{} ago", humantime::format_duration(Duration::from_secs(now - unix)))
+    }
+}
+
+/// `weft members`
+pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let members: Vec<MemberView> = client.get("/v1/members").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<22} {:<7} {:<10} {:<9} CERT EXPIRES", "NAME", "ADDRESS", "STATUS", "ZONE", "VERSION");
+    for m in members {
+        let mut name = m.name.clone();
+        if m.is_self {
+            name.push('*');
+        }
+        let status = if m.revoked { "revoked".to_owned() } else { m.status.clone() };
+        println!(
+            "{:<24} {:<22} {:<7} {:<10} {:<9} {}",
+            name,
+            m.address,
+            status,
+            if m.zone.is_empty() { "-" } else { &m.zone },
+            m.version,
+            ago_or_in(m.cert_expiry_unix)
+        );
+    }
+    Ok(())
+}
+
+/// `weft token create`
+pub async fn token_create(args: &ClientArgs, ttl: &str) -> anyhow::Result<()> {
+    let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}: expected e.g. 10m or 1h"))?;
+    let client = ApiClient::new(args)?;
+    let token: TokenView = client
+        .post("/v1/tokens", serde_json::json!({ "ttl_secs": ttl.as_secs() }))
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&token)?);
+    } else {
+        println!("{}", token.token);
+        eprintln!("token {} expires {}; it can be used once", token.id, ago_or_in(token.expires_at_unix));
+    }
+    Ok(())
+}
+
+/// `weft node revoke NAME`
+pub async fn node_revoke(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let r: RevokeView = client
+        .post(&format!("/v1/nodes/{name}/revoke"), serde_json::json!({}))
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if r.serials.is_empty() {
+        println!("{}: already revoked", r.node);
+    } else {
+        println!("{}: revoked {} certificate(s)", r.node, r.serials.len());
+    }
+    Ok(())
+}
+
+/// `weft leave`
+pub async fn leave(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let _: serde_json::Value = client.post("/v1/leave", serde_json::json!({})).await?;
+    if args.json {
+        println!("{{\"leaving\":true}}");
+    } else {
+        println!("leaving the cluster; the agent stops once peers have seen it");
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The `weft` command line: argument definitions and client commands.
+
+pub mod args;
+pub mod client;
+
+pub use args::{AgentArgs, Cli, ClientArgs, Command, NodeAction, TokenAction};

@@ -1,0 +1,198 @@
+//! The node's identity on disk: its key, certificate, the cluster root, the CA key (on
+//! the CA node only), the gossip keyring and the admin token. Every file is written
+//! atomically; private material with mode 0600.
+
+pub mod pem;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use weft_ca::{CertificateAuthority, ClusterName, NodeKey, NodeName};
+use weft_gossip::Keyring;
+
+use crate::store::files::{read_limited, write_atomic};
+
+const MAX_FILE: u64 = 64 * 1024;
+
+/// Reading or writing identity files failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// I/O on a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file's content is unusable.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Who this node is, as recorded in `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterInfo {
+    /// Cluster name.
+    pub cluster: ClusterName,
+    /// This node's name.
+    pub name: NodeName,
+}
+
+/// Paths of the identity files in a data directory.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    dir: PathBuf,
+}
+
+/// Everything loaded from the identity files.
+#[derive(Debug)]
+pub struct Identity {
+    /// Cluster and node name.
+    pub info: ClusterInfo,
+    /// The node key.
+    pub key: NodeKey,
+    /// The node certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The cluster root certificate, DER.
+    pub ca_der: Vec<u8>,
+    /// The CA, on the node that holds its key.
+    pub ca: Option<CertificateAuthority>,
+    /// Gossip keys.
+    pub keyring: Keyring,
+}
+
+impl IdentityFiles {
+    /// Identity files under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Whether this data directory already holds an identity.
+    pub fn exists(&self) -> bool {
+        self.path("cluster.json").exists()
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, IdentityError> {
+        let p = self.path(name);
+        read_limited(&p, MAX_FILE).map_err(|source| IdentityError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    }
+
+    fn read_text(&self, name: &str) -> Result<String, IdentityError> {
+        String::from_utf8(self.read(name)?).map_err(|_| self.corrupt(name, "not UTF-8"))
+    }
+
+    fn corrupt(&self, name: &str, message: impl Into<String>) -> IdentityError {
+        IdentityError::Corrupt {
+            path: self.path(name).display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn write(&self, name: &str, contents: &[u8], mode: u32) -> Result<(), IdentityError> {
+        let p = self.path(name);
+        write_atomic(&p, contents, mode).map_err(|source| IdentityError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    }
+
+    fn read_cert(&self, name: &str) -> Result<Vec<u8>, IdentityError> {
+        pem::decode("CERTIFICATE", &self.read_text(name)?)
+            .ok_or_else(|| self.corrupt(name, "no PEM certificate"))
+    }
+
+    /// Loads the whole identity.
+    pub fn load(&self) -> Result<Identity, IdentityError> {
+        let info: ClusterInfo = serde_json::from_slice(&self.read("cluster.json")?)
+            .map_err(|e| self.corrupt("cluster.json", e.to_string()))?;
+        let key = NodeKey::from_pem(&self.read_text("node.key")?)
+            .map_err(|e| self.corrupt("node.key", e.to_string()))?;
+        let cert_der = self.read_cert("node.crt")?;
+        let ca_der = self.read_cert("ca.crt")?;
+        let ca = if self.path("ca.key").exists() {
+            let ca_key = NodeKey::from_pem(&self.read_text("ca.key")?)
+                .map_err(|e| self.corrupt("ca.key", e.to_string()))?;
+            Some(
+                CertificateAuthority::load(info.cluster.clone(), &ca_der, ca_key)
+                    .map_err(|e| self.corrupt("ca.key", e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let keyring: Keyring = serde_json::from_slice(&self.read("gossip.keys")?)
+            .map_err(|e| self.corrupt("gossip.keys", e.to_string()))?;
+        Ok(Identity {
+            info,
+            key,
+            cert_der,
+            ca_der,
+            ca,
+            keyring,
+        })
+    }
+
+    /// Writes a complete new identity (bootstrap or join). `cluster.json` goes last, so a
+    /// crash part-way leaves no identity rather than half of one.
+    pub fn save_new(
+        &self,
+        info: &ClusterInfo,
+        key: &NodeKey,
+        cert_der: &[u8],
+        ca_der: &[u8],
+        ca_key: Option<&NodeKey>,
+        keyring: &Keyring,
+    ) -> Result<(), IdentityError> {
+        self.write("node.key", key.to_pem().as_bytes(), 0o600)?;
+        self.save_cert(cert_der)?;
+        self.write("ca.crt", pem::encode("CERTIFICATE", ca_der).as_bytes(), 0o644)?;
+        if let Some(k) = ca_key {
+            self.write("ca.key", k.to_pem().as_bytes(), 0o600)?;
+        }
+        self.save_keyring(keyring)?;
+        let json = serde_json::to_vec_pretty(info).unwrap_or_default();
+        self.write("cluster.json", &json, 0o644)
+    }
+
+    /// Replaces the node certificate (renewal).
+    pub fn save_cert(&self, cert_der: &[u8]) -> Result<(), IdentityError> {
+        self.write("node.crt", pem::encode("CERTIFICATE", cert_der).as_bytes(), 0o644)
+    }
+
+    /// Replaces the gossip keyring.
+    pub fn save_keyring(&self, keyring: &Keyring) -> Result<(), IdentityError> {
+        let json = serde_json::to_vec(keyring).unwrap_or_default();
+        self.write("gossip.keys", &json, 0o600)
+    }
+
+    /// Reads the admin token, creating it (0600) if missing.
+    pub fn admin_token(&self) -> Result<String, IdentityError> {
+        let name = "admin-token";
+        if self.path(name).exists() {
+            let t = self.read_text(name)?.trim().to_owned();
+            if t.len() >= 32 {
+                return Ok(t);
+            }
+        }
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        let token = hex::encode(bytes);
+        self.write(name, format!("{token}\n").as_bytes(), 0o600)?;
+        Ok(token)
+    }
+}

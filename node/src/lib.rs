@@ -1,0 +1,16 @@
+//! The weft agent and the `weft` command.
+//!
+//! `main.rs` only wires: it parses the command line (`cli`), resolves `config`, sets up
+//! logging and runs the `agent` or a client command. The agent's parts: `identity` (files
+//! on disk), `store` (sled), `authority` (the CA role), `tls` (rustls/quinn configs and
+//! verifiers), `rpc` (join and control messages over QUIC), `net` (addresses, limits).
+
+pub mod agent;
+pub mod authority;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod net;
+pub mod rpc;
+pub mod store;
+pub mod tls;

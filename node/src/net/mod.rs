@@ -1,0 +1,4 @@
+//! Addresses and admission control.
+
+pub mod ratelimit;
+pub mod seed;

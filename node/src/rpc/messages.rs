@@ -1,0 +1,255 @@
+//! Messages of the join protocol (ALPN `weft-join/1`) and of node-to-node control
+//! requests (ALPN `weft-ctl/1`). JSON, one request and one response per QUIC stream.
+
+use std::net::SocketAddr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use weft_ca::{ClusterName, JoinToken, NodeName};
+use weft_gossip::Keyring;
+
+/// Largest request a server reads.
+pub const MAX_REQUEST: usize = 16 * 1024;
+/// Largest response a client reads.
+pub const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// A request could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than allowed.
+    #[error("message too large ({0} bytes)")]
+    TooLarge(usize),
+    /// Not the expected JSON.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Decodes a JSON message of at most `limit` bytes.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string().chars().take(200).collect()))
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).unwrap_or_default()
+}
+
+/// Binary fields travel as base64url.
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes a base64url field.
+pub fn unb64(s: &str, field: &str) -> Result<Vec<u8>, DecodeError> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| DecodeError::Malformed(format!("{field} is not base64url")))
+}
+
+/// A joining node's request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The name it asks for.
+    pub name: NodeName,
+    /// Its CSR, base64url DER.
+    pub csr: String,
+    /// The one-time token.
+    pub token: String,
+}
+
+/// A join request whose fields all parsed.
+#[derive(Debug)]
+pub struct ParsedJoin {
+    /// Name asked for.
+    pub name: NodeName,
+    /// CSR DER.
+    pub csr: Vec<u8>,
+    /// The token.
+    pub token: JoinToken,
+}
+
+impl JoinRequest {
+    /// Decodes and checks every field of a join request from the network.
+    pub fn parse(bytes: &[u8]) -> Result<ParsedJoin, DecodeError> {
+        let req: JoinRequest = decode(bytes, MAX_REQUEST)?;
+        req.into_parsed()
+    }
+
+    /// Checks the fields of an already-decoded request.
+    pub fn into_parsed(self) -> Result<ParsedJoin, DecodeError> {
+        let csr = unb64(&self.csr, "csr")?;
+        let token = self
+            .token
+            .parse::<JoinToken>()
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Ok(ParsedJoin {
+            name: self.name,
+            csr,
+            token,
+        })
+    }
+}
+
+/// A member's addresses, handed to joining nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberAddr {
+    /// Node name.
+    pub name: String,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// QUIC address.
+    pub quic_addr: SocketAddr,
+}
+
+/// What an accepted joiner receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinGrant {
+    /// Cluster name.
+    pub cluster: ClusterName,
+    /// Its certificate, base64url DER.
+    pub cert: String,
+    /// The root certificate, base64url DER.
+    pub ca: String,
+    /// Gossip keys.
+    pub keyring: Keyring,
+    /// Current members.
+    pub members: Vec<MemberAddr>,
+}
+
+/// Why a join (or renewal) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// Unknown, used, expired or wrong token.
+    BadToken,
+    /// Another node holds a valid certificate for this name.
+    NameTaken,
+    /// The CSR asks for something the CA does not grant.
+    BadCsr,
+    /// The certificate is revoked.
+    Revoked,
+    /// Too many requests.
+    RateLimited,
+    /// The CA cannot be reached or failed.
+    Unavailable,
+    /// The request is malformed.
+    BadRequest,
+}
+
+/// The answer to a join request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JoinResponse {
+    /// Accepted.
+    Granted(Box<JoinGrant>),
+    /// Refused.
+    Refused {
+        /// Category.
+        kind: RefusalKind,
+        /// One-line reason.
+        message: String,
+    },
+}
+
+/// Requests between members (mTLS; the caller is identified by its certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CtlRequest {
+    /// Renew the caller's certificate.
+    Renew {
+        /// CSR, base64url DER.
+        csr: String,
+    },
+    /// A join request received by another member, forwarded to the CA node.
+    Join(JoinRequest),
+    /// Create a join token (forwarded from a member's admin API).
+    CreateToken {
+        /// Lifetime in seconds.
+        ttl_secs: u64,
+    },
+    /// Revoke a node's certificates (forwarded from a member's admin API).
+    Revoke {
+        /// The node.
+        node: NodeName,
+    },
+}
+
+/// Answers to `CtlRequest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CtlResponse {
+    /// A renewed certificate.
+    Cert {
+        /// base64url DER.
+        cert: String,
+    },
+    /// Answer to a forwarded join.
+    Join(JoinResponse),
+    /// A created token.
+    Token {
+        /// The token.
+        token: String,
+        /// Its id.
+        id: String,
+        /// Expiry, Unix seconds.
+        expires_at_unix: u64,
+    },
+    /// Serials revoked.
+    Revoked {
+        /// Hex serials.
+        serials: Vec<String>,
+    },
+    /// Refused or failed.
+    Error {
+        /// Category.
+        kind: RefusalKind,
+        /// One-line reason.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn join_request_round_trip() {
+        let token = JoinToken::generate([3; 32]);
+        let req = JoinRequest {
+            name: NodeName::new("vm-2").expect("valid"),
+            csr: b64(b"csr"),
+            token: token.to_string(),
+        };
+        let parsed = JoinRequest::parse(&encode(&req)).expect("parses");
+        assert_eq!(parsed.csr, b"csr");
+        assert_eq!(parsed.token, token);
+    }
+
+    #[test]
+    fn refuses_bad_fields() {
+        for bad in [
+            r#"{"name":"VM","csr":"","token":""}"#,
+            r#"{"name":"vm","csr":"***","token":"weft1.x"}"#,
+            r#"{"name":"vm","csr":"","token":"weft1.x","extra":1}"#,
+            "null",
+        ] {
+            assert!(JoinRequest::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert!(matches!(JoinRequest::parse(&vec![b' '; MAX_REQUEST + 1]), Err(DecodeError::TooLarge(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn join_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = JoinRequest::parse(&bytes);
+        }
+    }
+}

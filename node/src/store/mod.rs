@@ -1,0 +1,272 @@
+//! The node's embedded store (sled). Nothing else in weft touches sled: this module
+//! offers a narrow, typed API. Identity files (keys, certificates) are not here but in
+//! `identity`, written with `files::write_atomic`.
+//!
+//! What the store holds and how it is rebuilt if lost:
+//! * `peers`: gossip addresses of known members — rebuilt from gossip after one join.
+//! * `tokens`, `names`, `issued`, `crl` (CA node only): join tokens, the current
+//!   certificate per node name, issued serials, the revocation list. The CRL is also
+//!   gossiped and is re-learned from peers; outstanding tokens are lost with the CA store
+//!   (create new ones), and `names` is re-learned from the member list.
+
+pub mod files;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use weft_ca::{TokenId, TokenRecord};
+use weft_gossip::RevocationList;
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption).
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A value did not decode.
+    #[error("store: corrupt value under {0}")]
+    Corrupt(String),
+}
+
+/// A known peer, remembered so a restart can rejoin without `--join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// QUIC address.
+    pub quic_addr: SocketAddr,
+}
+
+/// The certificate the CA currently considers a node name's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameEntry {
+    /// Serial of its newest certificate.
+    pub serial: String,
+    /// Expiry of that certificate, Unix seconds.
+    pub not_after_unix: u64,
+}
+
+/// The outcome of consuming a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consume {
+    /// This call consumed it.
+    Consumed,
+    /// Another call changed it first (used concurrently).
+    Raced,
+    /// It does not exist.
+    Missing,
+}
+
+/// The sled database of one node.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    peers: sled::Tree,
+    tokens: sled::Tree,
+    names: sled::Tree,
+    issued: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(key.to_owned()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        Ok(Self {
+            peers: db.open_tree("peers")?,
+            tokens: db.open_tree("tokens")?,
+            names: db.open_tree("names")?,
+            issued: db.open_tree("issued")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Flushes to disk; called after every write that matters.
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Replaces the remembered peers.
+    pub fn set_peers(&self, peers: &[Peer]) -> Result<(), StoreError> {
+        let current = self.peers()?;
+        if current == peers {
+            return Ok(());
+        }
+        self.peers.clear()?;
+        for p in peers {
+            self.peers.insert(p.name.as_bytes(), encode(p))?;
+        }
+        self.flush()
+    }
+
+    /// The remembered peers.
+    pub fn peers(&self) -> Result<Vec<Peer>, StoreError> {
+        self.peers
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("peers", &v)
+            })
+            .collect()
+    }
+
+    /// Stores a new token record.
+    pub fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens.insert(record.id.as_str(), encode(record))?;
+        self.flush()
+    }
+
+    /// Reads a token record.
+    pub fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens
+            .get(id.as_str())?
+            .map(|v| decode("tokens", &v))
+            .transpose()
+    }
+
+    /// Marks `record` used if it is still exactly as read: exactly one concurrent caller
+    /// wins.
+    pub fn consume_token(&self, record: &TokenRecord) -> Result<Consume, StoreError> {
+        let Some(current) = self.tokens.get(record.id.as_str())? else {
+            return Ok(Consume::Missing);
+        };
+        if decode::<TokenRecord>("tokens", &current)?.used {
+            return Ok(Consume::Raced);
+        }
+        let used = TokenRecord {
+            used: true,
+            ..record.clone()
+        };
+        match self
+            .tokens
+            .compare_and_swap(record.id.as_str(), Some(current), Some(encode(&used)))?
+        {
+            Ok(()) => {
+                self.flush()?;
+                Ok(Consume::Consumed)
+            }
+            Err(_) => Ok(Consume::Raced),
+        }
+    }
+
+    /// Drops token records that expired more than a day ago.
+    pub fn prune_tokens(&self, now_unix: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for kv in self.tokens.iter() {
+            let (k, v) = kv?;
+            let rec: TokenRecord = decode("tokens", &v)?;
+            if rec.expires_at_unix + 86_400 < now_unix {
+                self.tokens.remove(k)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// The certificate currently held under a node name.
+    pub fn name(&self, node: &str) -> Result<Option<NameEntry>, StoreError> {
+        self.names.get(node)?.map(|v| decode("names", &v)).transpose()
+    }
+
+    /// Records a certificate issued to `node`. Returns false if the serial was already
+    /// used (the caller must issue again with another serial).
+    pub fn record_issued(&self, node: &str, entry: &NameEntry) -> Result<bool, StoreError> {
+        let fresh = self
+            .issued
+            .compare_and_swap(entry.serial.as_bytes(), None::<&[u8]>, Some(node.as_bytes()))?
+            .is_ok();
+        if !fresh {
+            return Ok(false);
+        }
+        self.names.insert(node, encode(entry))?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Serials issued to `node` (from the issued index).
+    pub fn serials_of(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.issued.iter() {
+            let (k, v) = kv?;
+            if v.as_ref() == node.as_bytes() {
+                out.push(String::from_utf8_lossy(&k).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest revocation list this node knows.
+    pub fn crl(&self) -> Result<RevocationList, StoreError> {
+        Ok(self
+            .meta
+            .get("crl")?
+            .map(|v| decode("crl", &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Stores a revocation list.
+    pub fn set_crl(&self, crl: &RevocationList) -> Result<(), StoreError> {
+        self.meta.insert("crl", encode(crl))?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_ca::JoinToken;
+
+    #[test]
+    fn token_is_consumed_once_even_concurrently() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(dir.path()).expect("open");
+        let token = JoinToken::generate([0; 32]);
+        let rec = token.record(u64::MAX);
+        store.put_token(&rec).expect("put");
+        let results: Vec<Consume> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.consume_token(&rec).expect("consume")))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("join")).collect()
+        });
+        assert_eq!(results.iter().filter(|r| **r == Consume::Consumed).count(), 1);
+        assert!(store.token(token.id()).expect("read").expect("exists").used);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let peer = Peer {
+            name: "b".into(),
+            gossip_addr: "127.0.0.2:7946".parse().expect("addr"),
+            quic_addr: "127.0.0.2:7443".parse().expect("addr"),
+        };
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.set_peers(std::slice::from_ref(&peer)).expect("peers");
+            let e = NameEntry { serial: "01".into(), not_after_unix: 5 };
+            assert!(store.record_issued("b", &e).expect("issued"));
+            assert!(!store.record_issued("c", &e).expect("dup"), "serial reuse refused");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.peers().expect("peers"), vec![peer]);
+        assert_eq!(store.serials_of("b").expect("serials"), vec!["01".to_owned()]);
+    }
+}

@@ -1,0 +1,156 @@
+//! rustls and quinn configuration: TLS 1.3 only, aws-lc-rs as the one crypto provider,
+//! node certificates that can be swapped on renewal without a restart, and verifiers that
+//! check the SPIFFE node identity and the revocation list.
+
+mod verify;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use weft_ca::{NodeKey, TrustRoot};
+use weft_gossip::RevocationList;
+
+pub use verify::{ClientVerifier, PeerVerifier, PinnedCaVerifier};
+
+/// ALPN of the join protocol (no client certificate).
+pub const ALPN_JOIN: &[u8] = b"weft-join/1";
+/// ALPN of node-to-node control requests (mTLS).
+pub const ALPN_CTL: &[u8] = b"weft-ctl/1";
+
+/// Setting up TLS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration or key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// quinn refused the rustls configuration.
+    #[error("QUIC crypto configuration: {0}")]
+    Quic(String),
+}
+
+/// The crypto provider used everywhere (aws-lc-rs; see ANCHORS.md for why).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The revocation list shared by every verifier.
+pub type Revocations = Arc<RwLock<RevocationList>>;
+
+/// The node's current certificate and key, swapped in place on renewal: new handshakes
+/// use the new certificate, established connections keep theirs.
+#[derive(Debug, Clone)]
+pub struct CertStore {
+    current: Arc<RwLock<Arc<CertifiedKey>>>,
+}
+
+impl CertStore {
+    /// Builds the store from the node key, its certificate and the root.
+    pub fn new(key: &NodeKey, cert_der: &[u8], ca_der: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(certified(key, cert_der, ca_der)?))),
+        })
+    }
+
+    /// Replaces the certificate (same or new key).
+    pub fn replace(&self, key: &NodeKey, cert_der: &[u8], ca_der: &[u8]) -> Result<(), TlsError> {
+        let ck = Arc::new(certified(key, cert_der, ca_der)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = ck;
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn certified(key: &NodeKey, cert_der: &[u8], ca_der: &[u8]) -> Result<CertifiedKey, TlsError> {
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
+    let chain = vec![
+        CertificateDer::from(cert_der.to_vec()),
+        CertificateDer::from(ca_der.to_vec()),
+    ];
+    Ok(CertifiedKey::from_der(chain, key_der, &provider())?)
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertStore {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    Arc::new(t)
+}
+
+/// The QUIC server configuration of a node: its certificate, optional client
+/// certificates (required later per ALPN), all weft ALPNs.
+pub fn server_config(
+    certs: &CertStore,
+    trust: Arc<TrustRoot>,
+    revoked: Revocations,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(ClientVerifier::new(trust, revoked)))
+        .with_cert_resolver(Arc::new(certs.clone()));
+    tls.alpn_protocols = vec![ALPN_JOIN.to_vec(), ALPN_CTL.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Client configuration for mTLS control requests to another node; the server name
+/// passed to `connect_with` must be the node name expected on the other side.
+pub fn ctl_client_config(
+    certs: &CertStore,
+    trust: Arc<TrustRoot>,
+    revoked: Revocations,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(trust, revoked)))
+        .with_client_cert_resolver(Arc::new(certs.clone()));
+    tls.alpn_protocols = vec![ALPN_CTL.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Client configuration of a joining node: no client certificate, and the server must
+/// present a chain whose root hashes to `ca_sha256` (from the token).
+pub fn join_client_config(ca_sha256: [u8; 32]) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier::new(ca_sha256)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN_JOIN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}

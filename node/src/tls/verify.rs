@@ -1,0 +1,196 @@
+//! Certificate verifiers: node-to-node (chain to the cluster root, expected SPIFFE node
+//! ID, not revoked) and the joiner's pinned-root check.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest as _, Sha256};
+use tracing::warn;
+use weft_ca::{LeafInfo, TrustRoot};
+
+use super::{provider, Revocations};
+
+fn to_system(now: UnixTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs())
+}
+
+fn general(msg: String) -> Error {
+    Error::General(msg)
+}
+
+fn check_node(
+    trust: &TrustRoot,
+    revoked: &Revocations,
+    der: &CertificateDer<'_>,
+    now: UnixTime,
+) -> Result<LeafInfo, Error> {
+    let info = trust.verify_node(der, to_system(now)).map_err(|e| {
+        warn!(error = %e, "refused a peer certificate");
+        general(e.to_string())
+    })?;
+    if revoked
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_revoked(&info.serial)
+    {
+        warn!(node = %info.id, serial = %info.serial, "refused a revoked certificate");
+        return Err(general(format!("certificate of {} is revoked", info.id)));
+    }
+    Ok(info)
+}
+
+fn tls13(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider().signature_verification_algorithms.supported_schemes()
+}
+
+/// Verifies the server of a node-to-node connection: the server name given to
+/// `connect` is the node name it must prove.
+#[derive(Debug)]
+pub struct PeerVerifier {
+    trust: Arc<TrustRoot>,
+    revoked: Revocations,
+}
+
+impl PeerVerifier {
+    /// A verifier over the cluster root and revocation list.
+    pub fn new(trust: Arc<TrustRoot>, revoked: Revocations) -> Self {
+        Self { trust, revoked }
+    }
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let info = check_node(&self.trust, &self.revoked, end_entity, now)?;
+        let expected = match server_name {
+            ServerName::DnsName(n) => n.as_ref().to_owned(),
+            other => return Err(general(format!("unexpected server name {other:?}"))),
+        };
+        if info.id.node_name().as_str() != expected {
+            warn!(expected = %expected, found = %info.id, "peer presented another node's certificate");
+            return Err(general(format!("expected node {expected}, peer is {}", info.id)));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+        Err(general("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+        tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// Verifies client certificates when one is offered. Whether one is required depends on
+/// the ALPN, so it is checked per connection after the handshake.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    trust: Arc<TrustRoot>,
+    revoked: Revocations,
+}
+
+impl ClientVerifier {
+    /// A verifier over the cluster root and revocation list.
+    pub fn new(trust: Arc<TrustRoot>, revoked: Revocations) -> Self {
+        Self { trust, revoked }
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        check_node(&self.trust, &self.revoked, end_entity, now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+        Err(general("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+        tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// The joiner's verifier: the chain must end in a root whose SHA-256 is the token's pin,
+/// and the leaf must be a valid node certificate under that root. No trust on first use.
+#[derive(Debug)]
+pub struct PinnedCaVerifier {
+    pin: [u8; 32],
+}
+
+impl PinnedCaVerifier {
+    /// Pins the root with this SHA-256.
+    pub fn new(pin: [u8; 32]) -> Self {
+        Self { pin }
+    }
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let root = intermediates
+            .iter()
+            .find(|c| <[u8; 32]>::from(Sha256::digest(c.as_ref())) == self.pin)
+            .ok_or_else(|| general("the seed's CA does not match the token (wrong cluster or tampered token)".into()))?;
+        let leaf = LeafInfo::parse(end_entity).map_err(|e| general(e.to_string()))?;
+        let trust = TrustRoot::new(leaf.id.cluster().clone(), root.to_vec()).map_err(|e| general(e.to_string()))?;
+        trust
+            .verify_node(end_entity, to_system(now))
+            .map_err(|e| general(e.to_string()))?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+        Err(general("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+        tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}

@@ -1,0 +1,121 @@
+//! Routes of the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::{html, ApiError, NodeApi, TokenRequest};
+
+/// Largest request body the API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The API and dashboard router over `node`.
+pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
+    Router::new()
+        .route("/", get(overview::<N>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<N>))
+        .route("/metrics", get(metrics::<N>))
+        .route("/v1/self", get(self_status::<N>))
+        .route("/v1/members", get(members::<N>))
+        .route("/v1/tokens", post(create_token::<N>))
+        .route("/v1/nodes/{name}/revoke", post(revoke::<N>))
+        .route("/v1/leave", post(leave::<N>))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(node)
+}
+
+async fn security_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn require_admin<N: NodeApi>(node: &N, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if node.is_admin(token.trim()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+async fn overview<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
+    Html(html::overview(&node.status().await, &node.members().await))
+}
+
+async fn readyz<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    let status = node.status().await;
+    if status.ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let reason = status.not_ready_reason.unwrap_or_else(|| "not ready".into());
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
+    }
+}
+
+async fn metrics<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        node.metrics().await,
+    )
+        .into_response()
+}
+
+async fn self_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.status().await).into_response()
+}
+
+async fn members<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.members().await).into_response()
+}
+
+async fn create_token<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest { ttl_secs: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
+    };
+    let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
+    let token = node.create_token(ttl).await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+async fn revoke<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    Ok(Json(node.revoke(name).await?).into_response())
+}
+
+async fn leave<N: NodeApi>(State(node): State<Arc<N>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    node.leave().await?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"leaving": true}))).into_response())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! Router tests with `oneshot`, no socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+use crate::*;
+
+struct Fake {
+    ready: bool,
+}
+
+fn member(name: &str) -> MemberView {
+    MemberView {
+        name: name.into(),
+        address: "127.0.0.1:7443".into(),
+        gossip_address: "127.0.0.1:7946".into(),
+        status: "alive".into(),
+        zone: String::new(),
+        version: "0".into(),
+        ca: false,
+        cert_expiry_unix: 0,
+        cert_serial: "01".into(),
+        cert_fingerprint: "ff".into(),
+        revoked: false,
+        is_self: false,
+    }
+}
+
+impl NodeApi for Fake {
+    async fn members(&self) -> Vec<MemberView> {
+        vec![member("vm-1"), member("<script>alert(1)</script>")]
+    }
+    async fn status(&self) -> NodeStatus {
+        NodeStatus {
+            name: "vm-1".into(),
+            cluster: "weft".into(),
+            version: "0".into(),
+            ready: self.ready,
+            not_ready_reason: (!self.ready).then(|| "certificate expired".into()),
+            cert_expiry_unix: 0,
+            cert_remaining_secs: 10,
+            ca: true,
+            warnings: vec![],
+        }
+    }
+    async fn create_token(&self, ttl: Duration) -> Result<TokenView, ApiError> {
+        Ok(TokenView {
+            token: "weft1.x".into(),
+            id: "x".into(),
+            expires_at_unix: ttl.as_secs(),
+        })
+    }
+    async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
+        Err(ApiError::NotFound(format!("no certificate was issued to {node}")))
+    }
+    async fn leave(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+    async fn metrics(&self) -> String {
+        "weft_members{status=\"alive\"} 2\n".into()
+    }
+    fn is_admin(&self, token: &str) -> bool {
+        token == "secret"
+    }
+}
+
+async fn call(ready: bool, req: Request<Body>) -> (StatusCode, String, axum::http::HeaderMap) {
+    let resp = router(Arc::new(Fake { ready })).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+#[tokio::test]
+async fn health_and_ready() {
+    assert_eq!(call(true, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(call(true, get("/readyz")).await.0, StatusCode::OK);
+    let (status, body, _) = call(false, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("certificate expired"));
+}
+
+#[tokio::test]
+async fn members_json_and_escaped_page() {
+    let (status, body, _) = call(true, get("/v1/members")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Vec<MemberView> = serde_json::from_str(&body).expect("json");
+    assert_eq!(v.len(), 2);
+    let (status, page, headers) = call(true, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!page.contains("<script>alert(1)"));
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("default-src 'self'")));
+    assert_eq!(headers.get("x-frame-options").map(|v| v.as_bytes()), Some(&b"DENY"[..]));
+}
+
+#[tokio::test]
+async fn writes_need_the_admin_token() {
+    let post = |auth: Option<&str>, uri: &str, body: &str| {
+        let mut b = Request::post(uri);
+        if let Some(a) = auth {
+            b = b.header("authorization", format!("Bearer {a}"));
+        }
+        b.body(Body::from(body.to_owned())).expect("request")
+    };
+    assert_eq!(call(true, post(None, "/v1/tokens", "")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(true, post(Some("wrong"), "/v1/tokens", "")).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body, _) = call(true, post(Some("secret"), "/v1/tokens", r#"{"ttl_secs":600}"#)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(serde_json::from_str::<TokenView>(&body).expect("json").expires_at_unix, 600);
+    let (status, body, _) = call(true, post(Some("secret"), "/v1/tokens", r#"{"ttl":600}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("ttl"), "{body}");
+    assert_eq!(call(true, post(None, "/v1/leave", "")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(true, post(Some("secret"), "/v1/leave", "")).await.0, StatusCode::ACCEPTED);
+    let (status, body, _) = call(true, post(Some("secret"), "/v1/nodes/vm-9/revoke", "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("vm-9"));
+}
+
+#[tokio::test]
+async fn metrics_are_text() {
+    let (status, body, headers) = call(true, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("weft_members"));
+    assert!(headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain")));
+}
