@@ -19,7 +19,7 @@ use crate::names::{ClusterName, NodeName, SpiffeId};
 use crate::CaError;
 
 /// How far back `not_before` is set, to tolerate clock skew between nodes.
-const BACKDATE: Duration = Duration::from_secs(60);
+pub const BACKDATE: Duration = Duration::from_secs(60);
 
 /// The root certificate authority of one cluster. Holds the CA private key: only the
 /// bootstrap node has one.

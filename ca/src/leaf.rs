@@ -87,9 +87,14 @@ impl LeafInfo {
         Duration::from_secs(self.not_after_unix.saturating_sub(now))
     }
 
-    /// Total validity period.
+    /// When the CA issued it: `not_before` is backdated by `BACKDATE` for clock skew.
+    pub fn issued_at_unix(&self) -> u64 {
+        self.not_before_unix + crate::authority::BACKDATE.as_secs()
+    }
+
+    /// Validity from issuance to expiry (what renewal schedules against).
     pub fn lifetime(&self) -> Duration {
-        Duration::from_secs(self.not_after_unix.saturating_sub(self.not_before_unix))
+        Duration::from_secs(self.not_after_unix.saturating_sub(self.issued_at_unix()))
     }
 }
 
