@@ -81,7 +81,9 @@ impl NodeKey {
     pub fn join_csr_der(&self, name: &crate::names::NodeName) -> Result<Vec<u8>, CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, name.as_str());
         Ok(params.serialize_request(&self.pair)?.der().to_vec())
     }
 }

@@ -7,7 +7,11 @@ use weft_node::cli::{client, Cli, Command, NodeAction, TokenAction};
 use weft_node::config::{LogFormat, Settings};
 
 fn init_logs(format: LogFormat, verbose: bool) {
-    let default = if verbose { "debug,quinn=info,rustls=info,chitchat=info,sled=info,hyper=info" } else { "info" };
+    let default = if verbose {
+        "debug,quinn=info,rustls=info,chitchat=info,sled=info,hyper=info"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -23,7 +27,10 @@ fn init_logs(format: LogFormat, verbose: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weft: cannot start the async runtime: {e}");

@@ -1,1 +1,432 @@
-//! placeholder
+//! Harness for tests that run real `weft` agents: each agent is a separate process on its
+//! own 127.x.y.z address, with its own data dir and log file; a guard kills every agent
+//! when the test ends, even on failure, and fails the test if an agent logged an ERROR
+//! the test did not expect.
+//!
+//! The binary is the workspace's `target/<profile>/weft`, built by `cargo test
+//! --workspace` (weft-node's own integration tests make cargo build it).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// Path of the `weft` binary next to the running test executable.
+pub fn weft_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("WEFT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> -> target/<profile>/weft
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let bin = profile_dir.join("weft");
+    assert!(
+        bin.exists(),
+        "{} not found: run the suite with `cargo test --workspace` (or set WEFT_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `check` every 100 ms until it returns `Ok(Some(v))` or `timeout` passes.
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            match last_err {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+static NEXT_SUBNET: AtomicU32 = AtomicU32::new(0);
+
+/// A /24 on loopback reserved for one test: holds a TCP listener on `.254` so that no
+/// other test (in this process or another) picks the same one.
+pub struct Subnet {
+    base: [u8; 3],
+    _lease: TcpListener,
+}
+
+impl Subnet {
+    /// Reserves a free subnet `127.B.C.0/24`.
+    pub fn reserve() -> Self {
+        let start = std::process::id().wrapping_mul(7919);
+        loop {
+            let n = start.wrapping_add(NEXT_SUBNET.fetch_add(1, Ordering::SeqCst));
+            let b = 100 + (n / 250 % 150) as u8;
+            let c = 1 + (n % 250) as u8;
+            let lease = SocketAddr::from((Ipv4Addr::new(127, b, c, 254), 47_999));
+            if let Ok(l) = TcpListener::bind(lease) {
+                return Self {
+                    base: [127, b, c],
+                    _lease: l,
+                };
+            }
+        }
+    }
+
+    /// Address `.host` in this subnet.
+    pub fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(self.base[0], self.base[1], self.base[2], host)
+    }
+}
+
+/// A running agent process.
+pub struct Agent {
+    /// Node name.
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// The API address.
+    pub fn api(&self) -> String {
+        format!("{}:7070", self.ip)
+    }
+
+    /// The gossip address.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, 7946))
+    }
+
+    /// Runs a `weft` client command against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(weft_bin())
+            .args(args)
+            .env("WEFT_API", self.api())
+            .env("WEFT_DATA_DIR", &self.data_dir)
+            .env_remove("WEFT_TOKEN")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run weft: {e}"))
+    }
+
+    /// `weft members --json` on this agent.
+    pub fn members(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.cli(&["members", "--json"]);
+        if !out.status.success() {
+            bail!(
+                "weft members failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Status of `name` as this agent sees it.
+    pub fn status_of(&self, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .members()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["status"].as_str().map(str::to_owned)))
+    }
+
+    /// A metric value from `/metrics` (first line starting with `prefix`).
+    pub fn metric(&self, prefix: &str) -> anyhow::Result<f64> {
+        let body = http_get(&self.api(), "/metrics")?;
+        for line in body.lines() {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.trim().parse()?);
+            }
+        }
+        bail!("metric {prefix} not found")
+    }
+
+    /// Creates a join token with `weft token create`.
+    pub fn token(&self, ttl: &str) -> anyhow::Result<String> {
+        let out = self.cli(&["token", "create", "--ttl", ttl]);
+        if !out.status.success() {
+            bail!(
+                "token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} is not running", self.name);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 GET over a plain TCP socket (tests avoid an HTTP client dependency).
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_owned())
+}
+
+/// A test's agents, addresses, and temp dirs. Dropping it kills every agent and checks
+/// their logs for unexpected ERROR lines.
+pub struct Cluster {
+    /// The reserved subnet.
+    pub subnet: Subnet,
+    /// Agents by name.
+    pub agents: HashMap<String, Agent>,
+    dir: tempfile::TempDir,
+    logs: PathBuf,
+    allowed_errors: Vec<String>,
+    next_host: u8,
+}
+
+impl Cluster {
+    /// A new empty cluster for test `test_name`; logs go to `target/test-logs/<test_name>`.
+    pub fn new(test_name: &str) -> Self {
+        let logs = weft_bin()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("target"))
+            .join("test-logs")
+            .join(test_name);
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", logs.display()));
+        Self {
+            subnet: Subnet::reserve(),
+            agents: HashMap::new(),
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            logs,
+            allowed_errors: Vec::new(),
+            next_host: 1,
+        }
+    }
+
+    /// Lets log lines containing `needle` at ERROR level pass.
+    pub fn allow_error(&mut self, needle: &str) {
+        self.allowed_errors.push(needle.to_owned());
+    }
+
+    /// The data dir a node named `name` uses.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn host_for(&mut self, name: &str) -> Ipv4Addr {
+        if let Some(a) = self.agents.get(name) {
+            return a.ip;
+        }
+        let ip = self.subnet.ip(self.next_host);
+        self.next_host += 1;
+        ip
+    }
+
+    /// Starts `weft agent --name NAME --bind IP --api IP:7070 --data-dir D EXTRA...`.
+    /// Restarting a name reuses its address and data dir.
+    pub fn spawn(&mut self, name: &str, extra: &[&str]) -> &mut Agent {
+        let ip = self.host_for(name);
+        let data_dir = self.data_dir(name);
+        let log = self.logs.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("log file: {e}"));
+        let err_file = log_file
+            .try_clone()
+            .unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = Command::new(weft_bin())
+            .arg("agent")
+            .args(["--name", name, "--bind", &ip.to_string()])
+            .args([
+                "--api",
+                &format!("{ip}:7070"),
+                "--proxy",
+                &format!("{ip}:15001"),
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra)
+            .env("WEFT_LOG", "info,weft_gossip=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start weft: {e}"));
+        let agent = Agent {
+            name: name.to_owned(),
+            ip,
+            data_dir,
+            log,
+            child: Some(child),
+        };
+        self.agents.insert(name.to_owned(), agent);
+        self.agents.get_mut(name).unwrap_or_else(|| unreachable!())
+    }
+
+    /// The agent named `name`.
+    pub fn agent(&self, name: &str) -> &Agent {
+        self.agents
+            .get(name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// Mutable access to an agent.
+    pub fn agent_mut(&mut self, name: &str) -> &mut Agent {
+        self.agents
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// Waits until `name`'s API answers `/readyz`.
+    pub fn wait_ready(&self, name: &str) -> anyhow::Result<()> {
+        let api = self.agent(name).api();
+        eventually(&format!("{name} ready"), Duration::from_secs(20), || {
+            Ok(http_get(&api, "/readyz").ok().map(|_| ()))
+        })
+    }
+
+    /// Starts a bootstrap node and waits until it is ready.
+    pub fn bootstrap(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["--bootstrap"];
+        args.extend_from_slice(extra);
+        self.spawn(name, &args);
+        self.wait_ready(name)
+    }
+
+    /// Starts `name` joining through `seed` with a fresh token from the seed.
+    pub fn join(&mut self, name: &str, seed: &str, extra: &[&str]) -> anyhow::Result<()> {
+        let token = self.agent(seed).token("10m")?;
+        let seed_ip = self.agent(seed).ip.to_string();
+        let mut args = vec!["--join", &seed_ip, "--token", &token];
+        args.extend_from_slice(extra);
+        self.spawn(name, &args);
+        self.wait_ready(name)
+    }
+
+    /// Waits until every agent in `on` lists exactly `names` as alive.
+    pub fn wait_all_alive(
+        &self,
+        on: &[&str],
+        names: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        for observer in on {
+            let agent = self.agent(observer);
+            eventually(&format!("{names:?} alive on {observer}"), timeout, || {
+                let members = agent.members()?;
+                let alive: Vec<&str> = members
+                    .iter()
+                    .filter(|m| m["status"] == "alive")
+                    .filter_map(|m| m["name"].as_str())
+                    .collect();
+                Ok(
+                    (alive.len() == names.len() && names.iter().all(|n| alive.contains(n)))
+                        .then_some(()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn unexpected_errors(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for agent in self.agents.values() {
+            for line in agent.log_text().lines() {
+                if line.contains(" ERROR ") && !self.allowed_errors.iter().any(|a| line.contains(a))
+                {
+                    found.push(format!("{}: {line}", agent.name));
+                }
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for a in self.agents.values_mut() {
+            a.kill();
+        }
+        let errors = self.unexpected_errors();
+        if !errors.is_empty() && !std::thread::panicking() {
+            panic!(
+                "agents logged unexpected errors (logs in {}):\n{}",
+                self.logs.display(),
+                errors.join("\n")
+            );
+        }
+    }
+}

@@ -123,7 +123,11 @@ impl IntoResponse for ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
         };
-        (status, axum::Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        (
+            status,
+            axum::Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
@@ -134,7 +138,10 @@ pub trait NodeApi: Send + Sync + 'static {
     /// This node's state.
     fn status(&self) -> impl Future<Output = NodeStatus> + Send;
     /// Creates a join token (admin).
-    fn create_token(&self, ttl: Duration) -> impl Future<Output = Result<TokenView, ApiError>> + Send;
+    fn create_token(
+        &self,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<TokenView, ApiError>> + Send;
     /// Revokes a node (admin).
     fn revoke(&self, node: String) -> impl Future<Output = Result<RevokeView, ApiError>> + Send;
     /// Leaves the cluster and stops the agent (admin).

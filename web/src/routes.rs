@@ -38,7 +38,10 @@ async fn security_headers(mut resp: Response) -> Response {
         HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -65,14 +68,19 @@ async fn readyz<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     if status.ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        let reason = status.not_ready_reason.unwrap_or_else(|| "not ready".into());
+        let reason = status
+            .not_ready_reason
+            .unwrap_or_else(|| "not ready".into());
         (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
     }
 }
 
 async fn metrics<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         node.metrics().await,
     )
         .into_response()
@@ -95,7 +103,8 @@ async fn create_token<N: NodeApi>(
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest { ttl_secs: None }
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
     };
     let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
     let token = node.create_token(ttl).await?;
@@ -111,10 +120,17 @@ async fn revoke<N: NodeApi>(
     Ok(Json(node.revoke(name).await?).into_response())
 }
 
-async fn leave<N: NodeApi>(State(node): State<Arc<N>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn leave<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     require_admin(&*node, &headers)?;
     node.leave().await?;
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"leaving": true}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"leaving": true})),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use crate::rpc::{CtlRequest, CtlResponse, RefusalKind};
 
 fn api_error(kind: RefusalKind, message: String) -> ApiError {
     match kind {
-        RefusalKind::BadRequest | RefusalKind::BadCsr | RefusalKind::BadToken | RefusalKind::NameTaken => {
-            ApiError::BadRequest(message)
-        }
+        RefusalKind::BadRequest
+        | RefusalKind::BadCsr
+        | RefusalKind::BadToken
+        | RefusalKind::NameTaken => ApiError::BadRequest(message),
         RefusalKind::Revoked => ApiError::Forbidden(message),
         RefusalKind::RateLimited | RefusalKind::Unavailable => ApiError::Unavailable(message),
     }
@@ -84,7 +85,9 @@ impl NodeApi for Node {
             });
         }
         match self
-            .call_ca(&CtlRequest::CreateToken { ttl_secs: ttl.as_secs() })
+            .call_ca(&CtlRequest::CreateToken {
+                ttl_secs: ttl.as_secs(),
+            })
             .await
             .map_err(|(k, m)| api_error(k, m))?
         {
@@ -98,14 +101,18 @@ impl NodeApi for Node {
                 expires_at_unix,
             }),
             CtlResponse::Error { kind, message } => Err(api_error(kind, message)),
-            _ => Err(ApiError::Unavailable("unexpected answer from the CA node".into())),
+            _ => Err(ApiError::Unavailable(
+                "unexpected answer from the CA node".into(),
+            )),
         }
     }
 
     async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
         let name = NodeName::new(node).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let serials = if let Some(a) = &self.authority {
-            let s = a.revoke(&name, SystemTime::now()).map_err(|r| api_error(r.kind, r.message))?;
+            let s = a
+                .revoke(&name, SystemTime::now())
+                .map_err(|r| api_error(r.kind, r.message))?;
             self.sync_revocations().await;
             s
         } else {
@@ -116,7 +123,11 @@ impl NodeApi for Node {
             {
                 CtlResponse::Revoked { serials } => serials,
                 CtlResponse::Error { kind, message } => return Err(api_error(kind, message)),
-                _ => return Err(ApiError::Unavailable("unexpected answer from the CA node".into())),
+                _ => {
+                    return Err(ApiError::Unavailable(
+                        "unexpected answer from the CA node".into(),
+                    ))
+                }
             }
         };
         Ok(RevokeView {

@@ -63,9 +63,13 @@ pub async fn join(
     } else {
         SocketAddr::new(bind, 0)
     };
-    let endpoint = quinn::Endpoint::client(local).map_err(|e| JoinFailure::Unreachable(format!("cannot bind {local}: {e}")))?;
-    let config = tls::join_client_config(token.ca_hash()).map_err(|e| JoinFailure::Unreachable(e.to_string()))?;
-    let csr = key.join_csr_der(name).map_err(|e| JoinFailure::BadAnswer(e.to_string()))?;
+    let endpoint = quinn::Endpoint::client(local)
+        .map_err(|e| JoinFailure::Unreachable(format!("cannot bind {local}: {e}")))?;
+    let config = tls::join_client_config(token.ca_hash())
+        .map_err(|e| JoinFailure::Unreachable(e.to_string()))?;
+    let csr = key
+        .join_csr_der(name)
+        .map_err(|e| JoinFailure::BadAnswer(e.to_string()))?;
     let request = JoinRequest {
         name: name.clone(),
         csr: b64(&csr),
@@ -127,17 +131,24 @@ async fn try_seed(
 
 fn finish(resp: JoinResponse, name: &NodeName, token: &JoinToken) -> Result<Joined, JoinFailure> {
     let grant = match resp {
-        JoinResponse::Refused { kind, message } => return Err(JoinFailure::Refused { kind, message }),
+        JoinResponse::Refused { kind, message } => {
+            return Err(JoinFailure::Refused { kind, message })
+        }
         JoinResponse::Granted(g) => g,
     };
     let bad = |m: String| JoinFailure::BadAnswer(m);
     let ca_der = unb64(&grant.ca, "ca").map_err(|e| bad(e.to_string()))?;
     if <[u8; 32]>::from(Sha256::digest(&ca_der)) != token.ca_hash() {
-        return Err(JoinFailure::WrongCa("the CA in the answer is not the pinned one".into()));
+        return Err(JoinFailure::WrongCa(
+            "the CA in the answer is not the pinned one".into(),
+        ));
     }
     let cert_der = unb64(&grant.cert, "cert").map_err(|e| bad(e.to_string()))?;
-    let trust = TrustRoot::new(grant.cluster.clone(), ca_der.clone()).map_err(|e| bad(e.to_string()))?;
-    let leaf = trust.verify_node(&cert_der, SystemTime::now()).map_err(|e| bad(e.to_string()))?;
+    let trust =
+        TrustRoot::new(grant.cluster.clone(), ca_der.clone()).map_err(|e| bad(e.to_string()))?;
+    let leaf = trust
+        .verify_node(&cert_der, SystemTime::now())
+        .map_err(|e| bad(e.to_string()))?;
     if leaf.id.node_name() != name {
         return Err(bad(format!("certificate is for {}", leaf.id)));
     }

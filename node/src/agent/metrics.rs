@@ -13,36 +13,78 @@ use super::node::Node;
 pub async fn render(node: &Node) -> String {
     let mut out = String::new();
     let members = node.members().await;
-    let _ = writeln!(out, "# HELP weft_members Cluster members by status, as this node sees them.");
+    let _ = writeln!(
+        out,
+        "# HELP weft_members Cluster members by status, as this node sees them."
+    );
     let _ = writeln!(out, "# TYPE weft_members gauge");
-    for status in [MemberStatus::Alive, MemberStatus::Failed, MemberStatus::Left] {
+    for status in [
+        MemberStatus::Alive,
+        MemberStatus::Failed,
+        MemberStatus::Left,
+    ] {
         let n = members.iter().filter(|m| m.status == status).count();
         let _ = writeln!(out, "weft_members{{status=\"{status}\"}} {n}");
     }
     let (_, leaf) = node.cert();
     let remaining = leaf.not_after_unix as i64 - unix(SystemTime::now()) as i64;
-    let _ = writeln!(out, "# HELP weft_cert_expiry_seconds Seconds until this node's certificate expires.");
+    let _ = writeln!(
+        out,
+        "# HELP weft_cert_expiry_seconds Seconds until this node's certificate expires."
+    );
     let _ = writeln!(out, "# TYPE weft_cert_expiry_seconds gauge");
     let _ = writeln!(out, "weft_cert_expiry_seconds {remaining}");
-    let _ = writeln!(out, "# HELP weft_cert_renewals_total Certificate renewals since start.");
+    let _ = writeln!(
+        out,
+        "# HELP weft_cert_renewals_total Certificate renewals since start."
+    );
     let _ = writeln!(out, "# TYPE weft_cert_renewals_total counter");
-    let _ = writeln!(out, "weft_cert_renewals_total {}", node.renewals.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP weft_cert_renewal_failures Consecutive failed renewal attempts.");
+    let _ = writeln!(
+        out,
+        "weft_cert_renewals_total {}",
+        node.renewals.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weft_cert_renewal_failures Consecutive failed renewal attempts."
+    );
     let _ = writeln!(out, "# TYPE weft_cert_renewal_failures gauge");
-    let _ = writeln!(out, "weft_cert_renewal_failures {}", node.renew_failures.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "weft_cert_renewal_failures {}",
+        node.renew_failures.load(Ordering::Relaxed)
+    );
 
     let stats = node.gossip.stats();
-    let _ = writeln!(out, "# HELP weft_gossip_dropped_total Gossip datagrams dropped, by reason.");
+    let _ = writeln!(
+        out,
+        "# HELP weft_gossip_dropped_total Gossip datagrams dropped, by reason."
+    );
     let _ = writeln!(out, "# TYPE weft_gossip_dropped_total counter");
     for (reason, n) in stats.dropped_by_reason() {
         let _ = writeln!(out, "weft_gossip_dropped_total{{reason=\"{reason}\"}} {n}");
     }
     let _ = writeln!(out, "# HELP weft_gossip_rejected_records_total Gossiped records whose signature or certificate did not verify.");
     let _ = writeln!(out, "# TYPE weft_gossip_rejected_records_total counter");
-    let _ = writeln!(out, "weft_gossip_rejected_records_total {}", stats.rejected_records.load(Ordering::Relaxed));
-    let _ = writeln!(out, "# HELP weft_gossip_bytes_total Gossip bytes on the wire, by direction.");
+    let _ = writeln!(
+        out,
+        "weft_gossip_rejected_records_total {}",
+        stats.rejected_records.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weft_gossip_bytes_total Gossip bytes on the wire, by direction."
+    );
     let _ = writeln!(out, "# TYPE weft_gossip_bytes_total counter");
-    let _ = writeln!(out, "weft_gossip_bytes_total{{direction=\"in\"}} {}", stats.bytes_in.load(Ordering::Relaxed));
-    let _ = writeln!(out, "weft_gossip_bytes_total{{direction=\"out\"}} {}", stats.bytes_out.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "weft_gossip_bytes_total{{direction=\"in\"}} {}",
+        stats.bytes_in.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "weft_gossip_bytes_total{{direction=\"out\"}} {}",
+        stats.bytes_out.load(Ordering::Relaxed)
+    );
     out
 }

@@ -62,8 +62,12 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// Runs the agent until it is told to stop.
 pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), AgentError> {
-    ensure_private_dir(&settings.data_dir)
-        .map_err(|e| AgentError::Setup(format!("cannot create {}: {e}", settings.data_dir.display())))?;
+    ensure_private_dir(&settings.data_dir).map_err(|e| {
+        AgentError::Setup(format!(
+            "cannot create {}: {e}",
+            settings.data_dir.display()
+        ))
+    })?;
     let files = IdentityFiles::new(&settings.data_dir);
     let store = Store::open(&settings.data_dir.join("store"))?;
     let identity = setup::establish(&settings, &files, &store).await?;
@@ -77,8 +81,12 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     let certs = CertStore::new(&identity.key, &identity.cert_der, &identity.ca_der)?;
     let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
     let ctl_client = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
-    let endpoint = quinn::Endpoint::server(server_config, settings.quic_listen())
-        .map_err(|e| AgentError::Bind(format!("cannot bind QUIC {}/udp: {e}", settings.quic_listen())))?;
+    let endpoint = quinn::Endpoint::server(server_config, settings.quic_listen()).map_err(|e| {
+        AgentError::Bind(format!(
+            "cannot bind QUIC {}/udp: {e}",
+            settings.quic_listen()
+        ))
+    })?;
     let authority = identity
         .ca
         .map(|ca| Authority::new(ca, store.clone(), settings.leaf_ttl))
@@ -192,7 +200,8 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
 
     // Graceful stop: announce the leave, stop accepting, drain, stop gossip.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    node.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+    node.leaving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     node.shutdown.cancel();
     node.gossip.leave(node.signed_record()).await;
     node.endpoint.close(0u32.into(), b"agent stopping");
@@ -201,7 +210,9 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         warn!("some tasks did not finish within the drain period");
     }
     node.gossip.shutdown().await;
-    tokio::time::timeout(Duration::from_secs(2), node.endpoint.wait_idle()).await.ok();
+    tokio::time::timeout(Duration::from_secs(2), node.endpoint.wait_idle())
+        .await
+        .ok();
     info!("agent stopped after leaving the cluster");
     Ok(())
 }
@@ -242,7 +253,10 @@ async fn reload(node: &Arc<Node>, args: &crate::cli::AgentArgs) {
         Ok(mut fresh) => {
             fresh.data_dir = current.data_dir.clone();
             if fresh.name != current.name {
-                warn!("SIGHUP: the node name cannot change; keeping {}", current.name);
+                warn!(
+                    "SIGHUP: the node name cannot change; keeping {}",
+                    current.name
+                );
                 fresh.name = current.name.clone();
             }
             let restart_needed = fresh.bind != current.bind
@@ -250,7 +264,10 @@ async fn reload(node: &Arc<Node>, args: &crate::cli::AgentArgs) {
                 || fresh.quic_port != current.quic_port
                 || fresh.api != current.api;
             if restart_needed {
-                warn!("SIGHUP: addresses or ports changed in {}; they apply at the next restart", path.display());
+                warn!(
+                    "SIGHUP: addresses or ports changed in {}; they apply at the next restart",
+                    path.display()
+                );
                 fresh.bind = current.bind;
                 fresh.advertise = current.advertise;
                 fresh.gossip_port = current.gossip_port;

@@ -122,7 +122,10 @@ impl Node {
 
     /// A copy of the current settings.
     pub fn settings(&self) -> Settings {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current certificate and its fields.
@@ -215,21 +218,34 @@ impl Node {
     }
 
     /// Sends a control request to the CA node.
-    pub async fn call_ca(&self, request: &CtlRequest) -> Result<CtlResponse, (RefusalKind, String)> {
+    pub async fn call_ca(
+        &self,
+        request: &CtlRequest,
+    ) -> Result<CtlResponse, (RefusalKind, String)> {
         let members = self.members().await;
         let Some(ca) = members
             .iter()
             .find(|m| m.ca && !m.is_self && m.status == MemberStatus::Alive)
         else {
-            return Err((RefusalKind::Unavailable, "the CA node is not reachable (not alive in gossip)".into()));
+            return Err((
+                RefusalKind::Unavailable,
+                "the CA node is not reachable (not alive in gossip)".into(),
+            ));
         };
-        let conn = self
-            .connect(ca)
-            .await
-            .map_err(|e| (RefusalKind::Unavailable, format!("CA node {}: {e}", ca.name)))?;
+        let conn = self.connect(ca).await.map_err(|e| {
+            (
+                RefusalKind::Unavailable,
+                format!("CA node {}: {e}", ca.name),
+            )
+        })?;
         let resp = rpc::call(&conn, request, rpc::MAX_RESPONSE)
             .await
-            .map_err(|e| (RefusalKind::Unavailable, format!("CA node {}: {e}", ca.name)));
+            .map_err(|e| {
+                (
+                    RefusalKind::Unavailable,
+                    format!("CA node {}: {e}", ca.name),
+                )
+            });
         conn.close(0u32.into(), b"done");
         resp
     }
@@ -247,9 +263,17 @@ impl Node {
                 }
             }
         }
-        let current_version = self.revoked.read().unwrap_or_else(|e| e.into_inner()).version;
+        let current_version = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .version;
         if newest.version > current_version {
-            info!(version = newest.version, revoked = newest.revoked.len(), "revocation list updated");
+            info!(
+                version = newest.version,
+                revoked = newest.revoked.len(),
+                "revocation list updated"
+            );
             if let Err(e) = self.store.set_crl(&newest) {
                 warn!(error = %e, "cannot persist the revocation list");
             }

@@ -15,7 +15,8 @@ use weft_ca::LeafInfo;
 use super::node::Node;
 use crate::net::ratelimit::JoinLimiter;
 use crate::rpc::{
-    self, b64, decode, unb64, CtlRequest, CtlResponse, JoinGrant, JoinRequest, JoinResponse, RefusalKind, MAX_REQUEST,
+    self, b64, decode, unb64, CtlRequest, CtlResponse, JoinGrant, JoinRequest, JoinResponse,
+    RefusalKind, MAX_REQUEST,
 };
 use crate::tls::{ALPN_CTL, ALPN_JOIN};
 
@@ -75,9 +76,17 @@ fn peer_leaf(conn: &quinn::Connection) -> Option<LeafInfo> {
     LeafInfo::parse(certs.first()?).ok()
 }
 
-async fn serve_join(node: &Arc<Node>, conn: quinn::Connection, remote: SocketAddr, limiter: &Mutex<JoinLimiter>) {
+async fn serve_join(
+    node: &Arc<Node>,
+    conn: quinn::Connection,
+    remote: SocketAddr,
+    limiter: &Mutex<JoinLimiter>,
+) {
     let Ok((mut send, mut recv)) =
-        tokio::time::timeout(rpc::stream::EXCHANGE_TIMEOUT, conn.accept_bi()).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ()))
+        tokio::time::timeout(rpc::stream::EXCHANGE_TIMEOUT, conn.accept_bi())
+            .await
+            .map_err(|_| ())
+            .and_then(|r| r.map_err(|_| ()))
     else {
         return;
     };
@@ -87,7 +96,10 @@ async fn serve_join(node: &Arc<Node>, conn: quinn::Connection, remote: SocketAdd
         .allow(remote.ip(), Instant::now());
     let response = if !allowed {
         warn!(%remote, "join request refused: rate limited");
-        refused(RefusalKind::RateLimited, "too many join requests; retry later")
+        refused(
+            RefusalKind::RateLimited,
+            "too many join requests; retry later",
+        )
     } else {
         match rpc::read_request(&mut recv, MAX_REQUEST).await {
             Ok(bytes) => match decode::<JoinRequest>(&bytes, MAX_REQUEST) {
@@ -121,7 +133,10 @@ async fn handle_join(node: &Arc<Node>, req: JoinRequest, remote: SocketAddr) -> 
         return match node.call_ca(&CtlRequest::Join(req)).await {
             Ok(CtlResponse::Join(answer)) => answer,
             Ok(CtlResponse::Error { kind, message }) => refused(kind, &message),
-            Ok(_) => refused(RefusalKind::Unavailable, "unexpected answer from the CA node"),
+            Ok(_) => refused(
+                RefusalKind::Unavailable,
+                "unexpected answer from the CA node",
+            ),
             Err((kind, message)) => refused(kind, &message),
         };
     };
@@ -177,9 +192,17 @@ fn ctl_error(kind: RefusalKind, message: String) -> CtlResponse {
     CtlResponse::Error { kind, message }
 }
 
-async fn handle_ctl(node: &Arc<Node>, peer: &LeafInfo, req: CtlRequest, remote: SocketAddr) -> CtlResponse {
+async fn handle_ctl(
+    node: &Arc<Node>,
+    peer: &LeafInfo,
+    req: CtlRequest,
+    remote: SocketAddr,
+) -> CtlResponse {
     let Some(authority) = &node.authority else {
-        return ctl_error(RefusalKind::Unavailable, format!("{} does not hold the CA", node.info.name));
+        return ctl_error(
+            RefusalKind::Unavailable,
+            format!("{} does not hold the CA", node.info.name),
+        );
     };
     let now = SystemTime::now();
     match req {
@@ -189,7 +212,9 @@ async fn handle_ctl(node: &Arc<Node>, peer: &LeafInfo, req: CtlRequest, remote: 
                 Err(e) => return ctl_error(RefusalKind::BadRequest, e.to_string()),
             };
             match authority.renew(peer, &csr, now) {
-                Ok(issued) => CtlResponse::Cert { cert: b64(&issued.der) },
+                Ok(issued) => CtlResponse::Cert {
+                    cert: b64(&issued.der),
+                },
                 Err(r) => ctl_error(r.kind, r.message),
             }
         }

@@ -18,7 +18,11 @@ use crate::store::{Peer, Store};
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 
 /// Loads, creates or joins: returns the identity to run with.
-pub async fn establish(settings: &Settings, files: &IdentityFiles, store: &Store) -> Result<Identity, AgentError> {
+pub async fn establish(
+    settings: &Settings,
+    files: &IdentityFiles,
+    store: &Store,
+) -> Result<Identity, AgentError> {
     if !files.exists() {
         if settings.bootstrap {
             bootstrap(settings, files, store)?;
@@ -55,12 +59,12 @@ pub async fn establish(settings: &Settings, files: &IdentityFiles, store: &Store
 }
 
 fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Result<(), AgentError> {
-    let cluster = settings
-        .cluster
-        .clone()
-        .unwrap_or_else(|| ClusterName::new("weft").unwrap_or_else(|_| unreachable!("constant is valid")));
+    let cluster = settings.cluster.clone().unwrap_or_else(|| {
+        ClusterName::new("weft").unwrap_or_else(|_| unreachable!("constant is valid"))
+    });
     let now = SystemTime::now();
-    let (ca, ca_key) = CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY).map_err(setup)?;
+    let (ca, ca_key) =
+        CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY).map_err(setup)?;
     let authority = Authority::new(ca, store.clone(), settings.leaf_ttl)?;
     let key = NodeKey::generate().map_err(setup)?;
     let csr = key
@@ -87,16 +91,27 @@ async fn join_with_token(
     token: &str,
 ) -> Result<(), AgentError> {
     if settings.join.is_empty() {
-        return Err(AgentError::Setup("--token needs at least one --join SEED".into()));
+        return Err(AgentError::Setup(
+            "--token needs at least one --join SEED".into(),
+        ));
     }
-    let token: JoinToken = token.parse().map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
+    let token: JoinToken = token
+        .parse()
+        .map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
     let key = NodeKey::generate().map_err(setup)?;
     let joined = join::join(&settings.join, settings.bind, &settings.name, &token, &key).await?;
     let info = ClusterInfo {
         cluster: joined.cluster.clone(),
         name: settings.name.clone(),
     };
-    files.save_new(&info, &key, &joined.cert_der, &joined.ca_der, None, &joined.keyring)?;
+    files.save_new(
+        &info,
+        &key,
+        &joined.cert_der,
+        &joined.ca_der,
+        None,
+        &joined.keyring,
+    )?;
     let peers: Vec<Peer> = joined
         .members
         .iter()
@@ -129,7 +144,10 @@ async fn refresh_if_expired(
         let authority = Authority::new(ca, store.clone(), settings.leaf_ttl)?;
         let csr = identity
             .key
-            .csr_der(&SpiffeId::node(identity.info.cluster.clone(), identity.info.name.clone()))
+            .csr_der(&SpiffeId::node(
+                identity.info.cluster.clone(),
+                identity.info.name.clone(),
+            ))
             .map_err(setup)?;
         let issued = authority
             .issue_own(&identity.info.name, &csr, now)
@@ -146,12 +164,21 @@ async fn refresh_if_expired(
         )));
     };
     warn!("the node certificate expired while the agent was down; re-joining with the given token");
-    let token: JoinToken = token.parse().map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
+    let token: JoinToken = token
+        .parse()
+        .map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
     let key = NodeKey::generate().map_err(setup)?;
     let mut seeds = settings.join.clone();
     seeds.extend(store.peers()?.iter().map(|p| p.quic_addr.to_string()));
     let joined = join::join(&seeds, settings.bind, &settings.name, &token, &key).await?;
-    files.save_new(&identity.info, &key, &joined.cert_der, &joined.ca_der, None, &joined.keyring)?;
+    files.save_new(
+        &identity.info,
+        &key,
+        &joined.cert_der,
+        &joined.ca_der,
+        None,
+        &joined.keyring,
+    )?;
     files.load().map_err(Into::into)
 }
 

@@ -21,7 +21,8 @@ pub async fn renew_loop(node: Arc<Node>) {
         let (_, leaf) = node.cert();
         let lifetime = leaf.lifetime();
         let wait = if attempt == 0 {
-            let at = leaf.issued_at_unix() + renew_after(lifetime, rand::random_range(-1.0..=1.0)).as_secs();
+            let at = leaf.issued_at_unix()
+                + renew_after(lifetime, rand::random_range(-1.0..=1.0)).as_secs();
             Duration::from_secs(at.saturating_sub(unix(SystemTime::now())))
         } else {
             retry_backoff(attempt - 1, lifetime).mul_f64(rand::random_range(0.8..=1.2))

@@ -5,8 +5,10 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
-use weft_ca::{unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeName, TokenRefusal};
-use weft_gossip::{encode_signed, Revoked, RevocationList};
+use weft_ca::{
+    unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeName, TokenRefusal,
+};
+use weft_gossip::{encode_signed, RevocationList, Revoked};
 
 use crate::rpc::{ParsedJoin, RefusalKind};
 use crate::store::{Consume, NameEntry, Store, StoreError};
@@ -33,7 +35,10 @@ impl Refusal {
 impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         warn!(error = %e, "CA store failure");
-        Refusal::new(RefusalKind::Unavailable, "the CA's store failed; see its log")
+        Refusal::new(
+            RefusalKind::Unavailable,
+            "the CA's store failed; see its log",
+        )
     }
 }
 
@@ -50,13 +55,19 @@ pub struct Authority {
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("leaf_ttl", &self.leaf_ttl).finish_non_exhaustive()
+        f.debug_struct("Authority")
+            .field("leaf_ttl", &self.leaf_ttl)
+            .finish_non_exhaustive()
     }
 }
 
 impl Authority {
     /// The CA role over `ca`, keeping its records in `store`.
-    pub fn new(ca: CertificateAuthority, store: Store, leaf_ttl: Duration) -> Result<Self, StoreError> {
+    pub fn new(
+        ca: CertificateAuthority,
+        store: Store,
+        leaf_ttl: Duration,
+    ) -> Result<Self, StoreError> {
         let crl = store.crl()?;
         Ok(Self {
             ca,
@@ -77,9 +88,16 @@ impl Authority {
     }
 
     /// Creates and stores a join token valid for `ttl`.
-    pub fn create_token(&self, ttl: Duration, now: SystemTime) -> Result<(JoinToken, u64), Refusal> {
+    pub fn create_token(
+        &self,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(JoinToken, u64), Refusal> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-            return Err(Refusal::new(RefusalKind::BadRequest, "token ttl must be between 1s and 7 days"));
+            return Err(Refusal::new(
+                RefusalKind::BadRequest,
+                "token ttl must be between 1s and 7 days",
+            ));
         }
         let token = JoinToken::generate(self.ca.cert_sha256());
         let expires = unix(now) + ttl.as_secs();
@@ -96,12 +114,19 @@ impl Authority {
                 .ca
                 .sign_node_csr(csr, name, self.leaf_ttl, now)
                 .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
-            if self.store.serials_of(name.as_str())?.contains(&issued.serial) {
+            if self
+                .store
+                .serials_of(name.as_str())?
+                .contains(&issued.serial)
+            {
                 continue;
             }
             return Ok(issued);
         }
-        Err(Refusal::new(RefusalKind::Unavailable, "could not pick a fresh serial"))
+        Err(Refusal::new(
+            RefusalKind::Unavailable,
+            "could not pick a fresh serial",
+        ))
     }
 
     fn record(&self, name: &NodeName, issued: &IssuedCert) -> Result<(), Refusal> {
@@ -110,7 +135,10 @@ impl Authority {
             not_after_unix: issued.not_after_unix,
         };
         if !self.store.record_issued(name.as_str(), &entry)? {
-            return Err(Refusal::new(RefusalKind::Unavailable, "serial collision; retry"));
+            return Err(Refusal::new(
+                RefusalKind::Unavailable,
+                "serial collision; retry",
+            ));
         }
         Ok(())
     }
@@ -124,28 +152,53 @@ impl Authority {
             Refusal::new(kind, message)
         };
         if req.token.ca_hash() != self.ca.cert_sha256() {
-            return Err(refuse(RefusalKind::BadToken, format!("join token {id} was made for another cluster's CA")));
+            return Err(refuse(
+                RefusalKind::BadToken,
+                format!("join token {id} was made for another cluster's CA"),
+            ));
         }
         let Some(record) = self.store.token(&id)? else {
-            return Err(refuse(RefusalKind::BadToken, TokenRefusal::Unknown(id.clone()).to_string()));
+            return Err(refuse(
+                RefusalKind::BadToken,
+                TokenRefusal::Unknown(id.clone()).to_string(),
+            ));
         };
         if let Err(e) = record.check(&req.token.secret_hash(), unix(now)) {
             return Err(refuse(RefusalKind::BadToken, e.to_string()));
         }
         if let Some(entry) = self.store.name(req.name.as_str())? {
-            let revoked = self.crl.lock().unwrap_or_else(|e| e.into_inner()).is_revoked(&entry.serial);
+            let revoked = self
+                .crl
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_revoked(&entry.serial);
             if entry.not_after_unix > unix(now) && !revoked {
                 return Err(refuse(
                     RefusalKind::NameTaken,
-                    format!("node name {} is taken by a node with a valid certificate", req.name),
+                    format!(
+                        "node name {} is taken by a node with a valid certificate",
+                        req.name
+                    ),
                 ));
             }
         }
-        let issued = self.sign(&req.csr, &req.name, now).map_err(|r| refuse(r.kind, r.message))?;
+        let issued = self
+            .sign(&req.csr, &req.name, now)
+            .map_err(|r| refuse(r.kind, r.message))?;
         match self.store.consume_token(&record)? {
             Consume::Consumed => {}
-            Consume::Raced => return Err(refuse(RefusalKind::BadToken, TokenRefusal::Used(id.clone()).to_string())),
-            Consume::Missing => return Err(refuse(RefusalKind::BadToken, TokenRefusal::Unknown(id.clone()).to_string())),
+            Consume::Raced => {
+                return Err(refuse(
+                    RefusalKind::BadToken,
+                    TokenRefusal::Used(id.clone()).to_string(),
+                ))
+            }
+            Consume::Missing => {
+                return Err(refuse(
+                    RefusalKind::BadToken,
+                    TokenRefusal::Unknown(id.clone()).to_string(),
+                ))
+            }
         }
         self.record(&req.name, &issued)?;
         info!(token_id = %id, node = %req.name, serial = %issued.serial, "node joined; certificate issued");
@@ -154,11 +207,24 @@ impl Authority {
 
     /// Renews the certificate of an authenticated node (`peer` is its current,
     /// verified certificate).
-    pub fn renew(&self, peer: &LeafInfo, csr: &[u8], now: SystemTime) -> Result<IssuedCert, Refusal> {
+    pub fn renew(
+        &self,
+        peer: &LeafInfo,
+        csr: &[u8],
+        now: SystemTime,
+    ) -> Result<IssuedCert, Refusal> {
         let name = peer.id.node_name();
-        if self.crl.lock().unwrap_or_else(|e| e.into_inner()).is_revoked(&peer.serial) {
+        if self
+            .crl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_revoked(&peer.serial)
+        {
             warn!(node = %name, serial = %peer.serial, "renewal refused: certificate revoked");
-            return Err(Refusal::new(RefusalKind::Revoked, format!("certificate of {name} is revoked")));
+            return Err(Refusal::new(
+                RefusalKind::Revoked,
+                format!("certificate of {name} is revoked"),
+            ));
         }
         let issued = self.sign(csr, name, now)?;
         self.record(name, &issued)?;
@@ -167,7 +233,12 @@ impl Authority {
     }
 
     /// Issues this node's own certificate (bootstrap, and renewal on the CA node).
-    pub fn issue_own(&self, name: &NodeName, csr: &[u8], now: SystemTime) -> Result<IssuedCert, Refusal> {
+    pub fn issue_own(
+        &self,
+        name: &NodeName,
+        csr: &[u8],
+        now: SystemTime,
+    ) -> Result<IssuedCert, Refusal> {
         let issued = self.sign(csr, name, now)?;
         self.record(name, &issued)?;
         Ok(issued)
@@ -177,7 +248,10 @@ impl Authority {
     pub fn revoke(&self, node: &NodeName, now: SystemTime) -> Result<Vec<String>, Refusal> {
         let serials = self.store.serials_of(node.as_str())?;
         if serials.is_empty() {
-            return Err(Refusal::new(RefusalKind::BadRequest, format!("no certificate was issued to {node}")));
+            return Err(Refusal::new(
+                RefusalKind::BadRequest,
+                format!("no certificate was issued to {node}"),
+            ));
         }
         let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = crl.clone();

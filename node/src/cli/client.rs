@@ -64,7 +64,10 @@ impl ApiClient {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        anyhow::anyhow!("cannot reach the agent at {}: {e} (is it running? set --api or WEFT_API)", self.base)
+        anyhow::anyhow!(
+            "cannot reach the agent at {}: {e} (is it running? set --api or WEFT_API)",
+            self.base
+        )
     }
 
     /// GET a JSON resource.
@@ -79,7 +82,11 @@ impl ApiClient {
     }
 
     /// POST with the admin token.
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> anyhow::Result<T> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
         let token = self.admin_token()?;
         let resp = self
             .http
@@ -105,9 +112,15 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 fn ago_or_in(unix: u64) -> String {
     let now = crate::agent::api_now_unix();
     if unix >= now {
-        format!("in {}", humantime::format_duration(Duration::from_secs(unix - now)))
+        format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(unix - now))
+        )
     } else {
-        format!("{} ago", humantime::format_duration(Duration::from_secs(now - unix)))
+        format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(now - unix))
+        )
     }
 }
 
@@ -119,13 +132,20 @@ pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&members)?);
         return Ok(());
     }
-    println!("{:<24} {:<22} {:<7} {:<10} {:<9} CERT EXPIRES", "NAME", "ADDRESS", "STATUS", "ZONE", "VERSION");
+    println!(
+        "{:<24} {:<22} {:<7} {:<10} {:<9} CERT EXPIRES",
+        "NAME", "ADDRESS", "STATUS", "ZONE", "VERSION"
+    );
     for m in members {
         let mut name = m.name.clone();
         if m.is_self {
             name.push('*');
         }
-        let status = if m.revoked { "revoked".to_owned() } else { m.status.clone() };
+        let status = if m.revoked {
+            "revoked".to_owned()
+        } else {
+            m.status.clone()
+        };
         println!(
             "{:<24} {:<22} {:<7} {:<10} {:<9} {}",
             name,
@@ -141,16 +161,24 @@ pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
 
 /// `weft token create`
 pub async fn token_create(args: &ClientArgs, ttl: &str) -> anyhow::Result<()> {
-    let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl {ttl:?}: expected e.g. 10m or 1h"))?;
+    let ttl = humantime::parse_duration(ttl)
+        .with_context(|| format!("--ttl {ttl:?}: expected e.g. 10m or 1h"))?;
     let client = ApiClient::new(args)?;
     let token: TokenView = client
-        .post("/v1/tokens", serde_json::json!({ "ttl_secs": ttl.as_secs() }))
+        .post(
+            "/v1/tokens",
+            serde_json::json!({ "ttl_secs": ttl.as_secs() }),
+        )
         .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&token)?);
     } else {
         println!("{}", token.token);
-        eprintln!("token {} expires {}; it can be used once", token.id, ago_or_in(token.expires_at_unix));
+        eprintln!(
+            "token {} expires {}; it can be used once",
+            token.id,
+            ago_or_in(token.expires_at_unix)
+        );
     }
     Ok(())
 }

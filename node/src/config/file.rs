@@ -196,7 +196,10 @@ listen = "127.0.0.1:19001"
     fn unknown_key_is_named() {
         let err = FileConfig::parse("nmae = \"x\"\n", "/etc/weft/weft.toml").expect_err("refused");
         let msg = err.to_string();
-        assert!(msg.contains("nmae") && msg.contains("/etc/weft/weft.toml"), "{msg}");
+        assert!(
+            msg.contains("nmae") && msg.contains("/etc/weft/weft.toml"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl Settings {
     }
 
     /// Resolves already-parsed parts; `origin` names the file in errors.
-    pub fn from_parts(args: &AgentArgs, file: FileConfig, origin: &str) -> Result<Self, ConfigError> {
+    pub fn from_parts(
+        args: &AgentArgs,
+        file: FileConfig,
+        origin: &str,
+    ) -> Result<Self, ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
             key,
@@ -89,7 +93,10 @@ impl Settings {
             Some(n) => n,
             None if dev => "dev".to_owned(),
             None => hostname().ok_or_else(|| {
-                invalid("name", "no --name given and the hostname is unusable".into())
+                invalid(
+                    "name",
+                    "no --name given and the hostname is unusable".into(),
+                )
             })?,
         };
         let name = NodeName::new(name).map_err(|e| invalid("name", e.to_string()))?;
@@ -114,18 +121,29 @@ impl Settings {
         let bind = parse_opt(args.bind.as_deref().or(file.bind.as_deref()), default_bind)
             .map_err(|m| invalid("bind", m))?;
         let advertise = match args.advertise.as_deref().or(file.advertise.as_deref()) {
-            Some(a) => a.parse().map_err(|e| invalid("advertise", format!("{a:?}: {e}")))?,
+            Some(a) => a
+                .parse()
+                .map_err(|e| invalid("advertise", format!("{a:?}: {e}")))?,
             None if !bind.is_unspecified() => bind,
             None => first_non_loopback().ok_or_else(|| {
-                invalid("advertise", "no non-loopback address found; set --advertise".into())
+                invalid(
+                    "advertise",
+                    "no non-loopback address found; set --advertise".into(),
+                )
             })?,
         };
         if advertise.is_unspecified() {
             return Err(invalid("advertise", "must be a specific address".into()));
         }
 
-        let gossip_port = args.gossip_port.or(file.gossip_port).unwrap_or(DEFAULT_GOSSIP_PORT);
-        let quic_port = args.quic_port.or(file.quic_port).unwrap_or(DEFAULT_QUIC_PORT);
+        let gossip_port = args
+            .gossip_port
+            .or(file.gossip_port)
+            .unwrap_or(DEFAULT_GOSSIP_PORT);
+        let quic_port = args
+            .quic_port
+            .or(file.quic_port)
+            .unwrap_or(DEFAULT_QUIC_PORT);
         if gossip_port == 0 || quic_port == 0 {
             return Err(invalid("gossip_port", "ports must be non-zero".into()));
         }
@@ -140,35 +158,65 @@ impl Settings {
         )
         .map_err(|m| invalid("proxy", m))?;
 
-        let join = if args.join.is_empty() { file.join } else { args.join.clone() };
+        let join = if args.join.is_empty() {
+            file.join
+        } else {
+            args.join.clone()
+        };
         for seed in &join {
             crate::net::seed::parse_seed(seed).map_err(|m| invalid("join", m))?;
         }
         let token = args.token.clone().or(file.token);
         let bootstrap = dev || args.bootstrap || file.bootstrap.unwrap_or(false);
         if bootstrap && !join.is_empty() {
-            return Err(invalid("join", "--bootstrap and --join exclude each other".into()));
+            return Err(invalid(
+                "join",
+                "--bootstrap and --join exclude each other".into(),
+            ));
         }
 
         let zone = args.zone.clone().or(file.zone).unwrap_or_default();
-        if zone.len() > 64 || !zone.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(invalid("zone", format!("{zone:?}: up to 64 of [A-Za-z0-9._-]")));
+        if zone.len() > 64
+            || !zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "zone",
+                format!("{zone:?}: up to 64 of [A-Za-z0-9._-]"),
+            ));
         }
         let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(invalid("log_format", format!("{other:?}: expected human or json"))),
+            Some(other) => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?}: expected human or json"),
+                ))
+            }
         };
         let leaf_ttl = parse_duration(args.leaf_ttl.as_deref().or(file.leaf_ttl.as_deref()), "24h")
             .map_err(|m| invalid("leaf_ttl", m))?;
         if leaf_ttl < Duration::from_secs(5) || leaf_ttl > Duration::from_secs(366 * 86400) {
-            return Err(invalid("leaf_ttl", "must be between 5s and 366 days".into()));
+            return Err(invalid(
+                "leaf_ttl",
+                "must be between 5s and 366 days".into(),
+            ));
         }
-        let gossip_interval =
-            parse_duration(args.gossip_interval.as_deref().or(file.gossip_interval.as_deref()), "250ms")
-                .map_err(|m| invalid("gossip_interval", m))?;
-        if gossip_interval < Duration::from_millis(50) || gossip_interval > Duration::from_secs(10) {
-            return Err(invalid("gossip_interval", "must be between 50ms and 10s".into()));
+        let gossip_interval = parse_duration(
+            args.gossip_interval
+                .as_deref()
+                .or(file.gossip_interval.as_deref()),
+            "250ms",
+        )
+        .map_err(|m| invalid("gossip_interval", m))?;
+        if gossip_interval < Duration::from_millis(50) || gossip_interval > Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "gossip_interval",
+                "must be between 50ms and 10s".into(),
+            ));
         }
 
         Ok(Self {

@@ -160,7 +160,11 @@ impl IdentityFiles {
     ) -> Result<(), IdentityError> {
         self.write("node.key", key.to_pem().as_bytes(), 0o600)?;
         self.save_cert(cert_der)?;
-        self.write("ca.crt", pem::encode("CERTIFICATE", ca_der).as_bytes(), 0o644)?;
+        self.write(
+            "ca.crt",
+            pem::encode("CERTIFICATE", ca_der).as_bytes(),
+            0o644,
+        )?;
         if let Some(k) = ca_key {
             self.write("ca.key", k.to_pem().as_bytes(), 0o600)?;
         }
@@ -171,7 +175,11 @@ impl IdentityFiles {
 
     /// Replaces the node certificate (renewal).
     pub fn save_cert(&self, cert_der: &[u8]) -> Result<(), IdentityError> {
-        self.write("node.crt", pem::encode("CERTIFICATE", cert_der).as_bytes(), 0o644)
+        self.write(
+            "node.crt",
+            pem::encode("CERTIFICATE", cert_der).as_bytes(),
+            0o644,
+        )
     }
 
     /// Replaces the gossip keyring.

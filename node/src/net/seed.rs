@@ -16,10 +16,18 @@ pub fn parse_seed(seed: &str) -> Result<(String, u16), String> {
         return Ok((ip.to_string(), DEFAULT_QUIC_PORT));
     }
     let (host, port) = match seed.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{seed:?}: bad port"))?),
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{seed:?}: bad port"))?,
+        ),
         None => (seed, DEFAULT_QUIC_PORT),
     };
-    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    {
         return Err(format!("{seed:?}: expected HOST[:PORT]"));
     }
     Ok((host.to_owned(), port))

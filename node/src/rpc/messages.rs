@@ -30,7 +30,8 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) -> Resul
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string().chars().take(200).collect()))
+    serde_json::from_slice(bytes)
+        .map_err(|e| DecodeError::Malformed(e.to_string().chars().take(200).collect()))
 }
 
 /// Encodes a message.
@@ -183,7 +184,7 @@ pub enum CtlRequest {
 
 /// Answers to `CtlRequest`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CtlResponse {
     /// A renewed certificate.
     Cert {
@@ -243,7 +244,23 @@ mod tests {
         ] {
             assert!(JoinRequest::parse(bad.as_bytes()).is_err(), "{bad}");
         }
-        assert!(matches!(JoinRequest::parse(&vec![b' '; MAX_REQUEST + 1]), Err(DecodeError::TooLarge(_))));
+        assert!(matches!(
+            JoinRequest::parse(&vec![b' '; MAX_REQUEST + 1]),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn ctl_responses_round_trip() {
+        let join = CtlResponse::Join(JoinResponse::Refused {
+            kind: RefusalKind::BadToken,
+            message: "x".into(),
+        });
+        let back: CtlResponse = decode(&encode(&join), MAX_RESPONSE).expect("decodes");
+        assert!(matches!(
+            back,
+            CtlResponse::Join(JoinResponse::Refused { .. })
+        ));
     }
 
     proptest! {

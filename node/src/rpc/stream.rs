@@ -34,7 +34,10 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     limit: usize,
 ) -> Result<Resp, RpcError> {
     let exchange = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| RpcError::Stream(e.to_string()))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| RpcError::Stream(e.to_string()))?;
         send.write_all(&encode(request))
             .await
             .map_err(|e| RpcError::Stream(e.to_string()))?;
@@ -59,7 +62,10 @@ pub async fn read_request(recv: &mut quinn::RecvStream, limit: usize) -> Result<
 }
 
 /// Writes the response and finishes the stream.
-pub async fn respond<Resp: Serialize>(send: &mut quinn::SendStream, response: &Resp) -> Result<(), RpcError> {
+pub async fn respond<Resp: Serialize>(
+    send: &mut quinn::SendStream,
+    response: &Resp,
+) -> Result<(), RpcError> {
     let write = async {
         send.write_all(&encode(response))
             .await

@@ -9,10 +9,7 @@ use std::path::Path;
 /// Atomically replaces `path` with `contents`, created with `mode` (e.g. 0o600).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     {
         let mut f = OpenOptions::new()
@@ -36,7 +33,10 @@ pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     if len > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{} is {len} bytes, more than the {limit} allowed", path.display()),
+            format!(
+                "{} is {len} bytes, more than the {limit} allowed",
+                path.display()
+            ),
         ));
     }
     fs::read(path)
@@ -61,7 +61,11 @@ mod tests {
         assert_eq!(fs::read(&p).expect("read"), b"two");
         let mode = fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1, "no temp files left");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "no temp files left"
+        );
         assert!(read_limited(&p, 2).is_err());
     }
 }

@@ -82,7 +82,10 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
         Ok(Self {
             peers: db.open_tree("peers")?,
             tokens: db.open_tree("tokens")?,
@@ -150,10 +153,11 @@ impl Store {
             used: true,
             ..record.clone()
         };
-        match self
-            .tokens
-            .compare_and_swap(record.id.as_str(), Some(current), Some(encode(&used)))?
-        {
+        match self.tokens.compare_and_swap(
+            record.id.as_str(),
+            Some(current),
+            Some(encode(&used)),
+        )? {
             Ok(()) => {
                 self.flush()?;
                 Ok(Consume::Consumed)
@@ -181,7 +185,10 @@ impl Store {
 
     /// The certificate currently held under a node name.
     pub fn name(&self, node: &str) -> Result<Option<NameEntry>, StoreError> {
-        self.names.get(node)?.map(|v| decode("names", &v)).transpose()
+        self.names
+            .get(node)?
+            .map(|v| decode("names", &v))
+            .transpose()
     }
 
     /// Records a certificate issued to `node`. Returns false if the serial was already
@@ -189,7 +196,11 @@ impl Store {
     pub fn record_issued(&self, node: &str, entry: &NameEntry) -> Result<bool, StoreError> {
         let fresh = self
             .issued
-            .compare_and_swap(entry.serial.as_bytes(), None::<&[u8]>, Some(node.as_bytes()))?
+            .compare_and_swap(
+                entry.serial.as_bytes(),
+                None::<&[u8]>,
+                Some(node.as_bytes()),
+            )?
             .is_ok();
         if !fresh {
             return Ok(false);
@@ -244,9 +255,15 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| s.spawn(|| store.consume_token(&rec).expect("consume")))
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("join")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("join"))
+                .collect()
         });
-        assert_eq!(results.iter().filter(|r| **r == Consume::Consumed).count(), 1);
+        assert_eq!(
+            results.iter().filter(|r| **r == Consume::Consumed).count(),
+            1
+        );
         assert!(store.token(token.id()).expect("read").expect("exists").used);
     }
 
@@ -261,12 +278,30 @@ mod tests {
         {
             let store = Store::open(dir.path()).expect("open");
             store.set_peers(std::slice::from_ref(&peer)).expect("peers");
-            let e = NameEntry { serial: "01".into(), not_after_unix: 5 };
+            let e = NameEntry {
+                serial: "01".into(),
+                not_after_unix: 5,
+            };
             assert!(store.record_issued("b", &e).expect("issued"));
-            assert!(!store.record_issued("c", &e).expect("dup"), "serial reuse refused");
+            assert!(
+                !store.record_issued("c", &e).expect("dup"),
+                "serial reuse refused"
+            );
         }
-        let store = Store::open(dir.path()).expect("reopen");
+        // sled's flusher thread releases the file lock shortly after the last handle drops.
+        let mut reopened = Store::open(dir.path());
+        for _ in 0..50 {
+            if reopened.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reopened = Store::open(dir.path());
+        }
+        let store = reopened.expect("reopen");
         assert_eq!(store.peers().expect("peers"), vec![peer]);
-        assert_eq!(store.serials_of("b").expect("serials"), vec!["01".to_owned()]);
+        assert_eq!(
+            store.serials_of("b").expect("serials"),
+            vec!["01".to_owned()]
+        );
     }
 }

@@ -43,12 +43,23 @@ fn check_node(
     Ok(info)
 }
 
-fn tls13(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
-    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+fn tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider().signature_verification_algorithms,
+    )
 }
 
 fn schemes() -> Vec<SignatureScheme> {
-    provider().signature_verification_algorithms.supported_schemes()
+    provider()
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 /// Verifies the server of a node-to-node connection: the server name given to
@@ -82,16 +93,29 @@ impl ServerCertVerifier for PeerVerifier {
         };
         if info.id.node_name().as_str() != expected {
             warn!(expected = %expected, found = %info.id, "peer presented another node's certificate");
-            return Err(general(format!("expected node {expected}, peer is {}", info.id)));
+            return Err(general(format!(
+                "expected node {expected}, peer is {}",
+                info.id
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        _m: &[u8],
+        _c: &CertificateDer<'_>,
+        _d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         Err(general("TLS 1.2 is not used".into()))
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         tls13(m, c, d)
     }
 
@@ -134,11 +158,21 @@ impl ClientCertVerifier for ClientVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        _m: &[u8],
+        _c: &CertificateDer<'_>,
+        _d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         Err(general("TLS 1.2 is not used".into()))
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         tls13(m, c, d)
     }
 
@@ -173,20 +207,36 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let root = intermediates
             .iter()
             .find(|c| <[u8; 32]>::from(Sha256::digest(c.as_ref())) == self.pin)
-            .ok_or_else(|| general("the seed's CA does not match the token (wrong cluster or tampered token)".into()))?;
+            .ok_or_else(|| {
+                general(
+                    "the seed's CA does not match the token (wrong cluster or tampered token)"
+                        .into(),
+                )
+            })?;
         let leaf = LeafInfo::parse(end_entity).map_err(|e| general(e.to_string()))?;
-        let trust = TrustRoot::new(leaf.id.cluster().clone(), root.to_vec()).map_err(|e| general(e.to_string()))?;
+        let trust = TrustRoot::new(leaf.id.cluster().clone(), root.to_vec())
+            .map_err(|e| general(e.to_string()))?;
         trust
             .verify_node(end_entity, to_system(now))
             .map_err(|e| general(e.to_string()))?;
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, _m: &[u8], _c: &CertificateDer<'_>, _d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls12_signature(
+        &self,
+        _m: &[u8],
+        _c: &CertificateDer<'_>,
+        _d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         Err(general("TLS 1.2 is not used".into()))
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
         tls13(m, c, d)
     }
 

@@ -56,7 +56,9 @@ impl NodeApi for Fake {
         })
     }
     async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
-        Err(ApiError::NotFound(format!("no certificate was issued to {node}")))
+        Err(ApiError::NotFound(format!(
+            "no certificate was issued to {node}"
+        )))
     }
     async fn leave(&self) -> Result<(), ApiError> {
         Ok(())
@@ -70,7 +72,10 @@ impl NodeApi for Fake {
 }
 
 async fn call(ready: bool, req: Request<Body>) -> (StatusCode, String, axum::http::HeaderMap) {
-    let resp = router(Arc::new(Fake { ready })).oneshot(req).await.expect("infallible");
+    let resp = router(Arc::new(Fake { ready }))
+        .oneshot(req)
+        .await
+        .expect("infallible");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -104,7 +109,10 @@ async fn members_json_and_escaped_page() {
         .get("content-security-policy")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("default-src 'self'")));
-    assert_eq!(headers.get("x-frame-options").map(|v| v.as_bytes()), Some(&b"DENY"[..]));
+    assert_eq!(
+        headers.get("x-frame-options").map(|v| v.as_bytes()),
+        Some(&b"DENY"[..])
+    );
 }
 
 #[tokio::test]
@@ -116,16 +124,37 @@ async fn writes_need_the_admin_token() {
         }
         b.body(Body::from(body.to_owned())).expect("request")
     };
-    assert_eq!(call(true, post(None, "/v1/tokens", "")).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(true, post(Some("wrong"), "/v1/tokens", "")).await.0, StatusCode::UNAUTHORIZED);
-    let (status, body, _) = call(true, post(Some("secret"), "/v1/tokens", r#"{"ttl_secs":600}"#)).await;
+    assert_eq!(
+        call(true, post(None, "/v1/tokens", "")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(true, post(Some("wrong"), "/v1/tokens", "")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body, _) = call(
+        true,
+        post(Some("secret"), "/v1/tokens", r#"{"ttl_secs":600}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(serde_json::from_str::<TokenView>(&body).expect("json").expires_at_unix, 600);
+    assert_eq!(
+        serde_json::from_str::<TokenView>(&body)
+            .expect("json")
+            .expires_at_unix,
+        600
+    );
     let (status, body, _) = call(true, post(Some("secret"), "/v1/tokens", r#"{"ttl":600}"#)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("ttl"), "{body}");
-    assert_eq!(call(true, post(None, "/v1/leave", "")).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(true, post(Some("secret"), "/v1/leave", "")).await.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        call(true, post(None, "/v1/leave", "")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(true, post(Some("secret"), "/v1/leave", "")).await.0,
+        StatusCode::ACCEPTED
+    );
     let (status, body, _) = call(true, post(Some("secret"), "/v1/nodes/vm-9/revoke", "")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("vm-9"));
