@@ -5,6 +5,8 @@
 //! defines and verifies what nodes publish; `membership` runs chitchat and yields the
 //! verified member list. See `GOSSIP.md` beside this crate for the design.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod membership;
 pub mod record;
 pub mod seal;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs every system package weft's tests need, on Debian. Idempotent; run as root.
+# Called by .ci/run; run it once yourself before `cargo test --workspace`.
+set -euo pipefail
+
+packages=(
+  iproute2           # ip netns / veth / tc netem for fault tests
+  systemd-container  # systemd-nspawn for the systemd unit test (long suite)
+  debootstrap        # the Debian root that test boots
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all test packages present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: installed ${missing[*]}"
