@@ -296,6 +296,13 @@ impl Cluster {
     /// Starts `weft agent --name NAME --bind IP --api IP:7070 --data-dir D EXTRA...`.
     /// Restarting a name reuses its address and data dir.
     pub fn spawn(&mut self, name: &str, extra: &[&str]) -> &mut Agent {
+        self.spawn_as(name, name, extra)
+    }
+
+    /// Like `spawn`, but the agent known to the test as `label` (its address, data dir
+    /// and log) asks for node name `node_name` (e.g. an impostor of another node).
+    pub fn spawn_as(&mut self, label: &str, node_name: &str, extra: &[&str]) -> &mut Agent {
+        let name = label;
         let ip = self.host_for(name);
         let data_dir = self.data_dir(name);
         let log = self.logs.join(format!("{name}.log"));
@@ -309,7 +316,7 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("log file: {e}"));
         let child = Command::new(weft_bin())
             .arg("agent")
-            .args(["--name", name, "--bind", &ip.to_string()])
+            .args(["--name", node_name, "--bind", &ip.to_string()])
             .args([
                 "--api",
                 &format!("{ip}:7070"),

@@ -97,6 +97,19 @@ fn bad_tokens_are_refused_with_a_reason() -> anyhow::Result<()> {
         c.agent("vm-5").log_text()
     );
 
+    // A name held by a live node with a valid certificate is refused.
+    let fresh = c.agent("vm-1").token("10m")?;
+    c.spawn_as("impostor", "vm-2", &["--join", &seed, "--token", &fresh]);
+    assert_ne!(
+        c.agent_mut("impostor").wait_exit(Duration::from_secs(20))?,
+        Some(0)
+    );
+    assert!(
+        c.agent("impostor").log_text().contains("is taken"),
+        "{}",
+        c.agent("impostor").log_text()
+    );
+
     // No token at all: nobody gets in.
     c.spawn("vm-6", &[]);
     assert_ne!(
@@ -240,5 +253,56 @@ fn certificates_renew_without_dropping_out() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(vm2.metric("weft_cert_expiry_seconds")? > 0.0);
+    Ok(())
+}
+
+#[test]
+fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
+    let mut c = Cluster::new("revoked_node_is_refused_everywhere");
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    c.wait_all_alive(
+        &["vm-1", "vm-2", "vm-3"],
+        &["vm-1", "vm-2", "vm-3"],
+        CONVERGE,
+    )?;
+
+    // Revoked from a member that does not hold the CA: forwarded to the CA node.
+    let out = c.agent("vm-2").cli(&["node", "revoke", "vm-3", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        answer["serials"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+
+    // The revocation list spreads by gossip: every node marks vm-3 revoked ...
+    for observer in ["vm-1", "vm-2", "vm-3"] {
+        let agent = c.agent(observer);
+        eventually(&format!("vm-3 revoked on {observer}"), CONVERGE, || {
+            let members = agent.members()?;
+            Ok(members
+                .iter()
+                .any(|m| m["name"] == "vm-3" && m["revoked"] == true)
+                .then_some(()))
+        })?;
+    }
+    // ... vm-3 knows it is out, and no node accepts its handshakes any more.
+    let vm3 = c.agent("vm-3");
+    eventually("vm-3 not ready", CONVERGE, || {
+        Ok(weft_tests::http_get(&vm3.api(), "/readyz")
+            .is_err()
+            .then_some(()))
+    })?;
+    let out = vm3.cli(&["token", "create"]);
+    assert!(!out.status.success(), "a revoked node still reached the CA");
+    // Everyone else is unaffected.
+    assert!(c.agent("vm-2").token("10m").is_ok());
     Ok(())
 }
