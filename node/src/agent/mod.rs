@@ -192,7 +192,11 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         "agent ready; dashboard at http://{}/", settings.api
     );
     if settings.dev {
-        info!(admin_token_file = %settings.data_dir.join("admin-token").display(), "dev mode");
+        info!(
+            "dev mode: try `WEFT_API={} WEFT_DATA_DIR={} weft token create`",
+            settings.api,
+            settings.data_dir.display()
+        );
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
@@ -214,6 +218,12 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         .await
         .ok();
     info!("agent stopped after leaving the cluster");
+    if settings.ephemeral {
+        drop(node);
+        if let Err(e) = std::fs::remove_dir_all(&settings.data_dir) {
+            warn!(error = %e, dir = %settings.data_dir.display(), "cannot remove the dev data dir");
+        }
+    }
     Ok(())
 }
 

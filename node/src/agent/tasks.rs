@@ -67,8 +67,8 @@ async fn renew_once(node: &Arc<Node>) -> Result<(), String> {
     node.install_cert(der).await.map(|_| ())
 }
 
-/// Every few seconds: remember peers for restarts, adopt revocation lists, prune the
-/// failed-renewal warning when healthy.
+/// Every second: refresh the verified member view and adopt newer revocation lists;
+/// every five: remember peers for restarts.
 pub async fn housekeeping_loop(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
@@ -77,12 +77,12 @@ pub async fn housekeeping_loop(node: Arc<Node>) {
             _ = node.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Refreshes the verified view (and with it the gossiped revocation list).
+        let members = node.members().await;
         node.sync_revocations().await;
         n += 1;
         if n % 5 == 1 {
-            let peers: Vec<Peer> = node
-                .members()
-                .await
+            let peers: Vec<Peer> = members
                 .into_iter()
                 .filter(|m| !m.is_self && m.status != weft_gossip::MemberStatus::Left)
                 .map(|m| Peer {

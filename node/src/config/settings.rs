@@ -64,6 +64,8 @@ pub struct Settings {
     pub services: Vec<ServiceConfig>,
     /// The config file, for SIGHUP reloads.
     pub config_path: Option<PathBuf>,
+    /// `--dev` without `--data-dir`: the data dir is temporary and removed at exit.
+    pub ephemeral: bool,
 }
 
 impl Settings {
@@ -107,7 +109,9 @@ impl Settings {
             .map(|c| ClusterName::new(c).map_err(|e| invalid("cluster", e.to_string())))
             .transpose()?;
 
-        let data_dir = match args.data_dir.clone().or(file.data_dir.map(PathBuf::from)) {
+        let explicit_dir = args.data_dir.clone().or(file.data_dir.map(PathBuf::from));
+        let ephemeral = dev && explicit_dir.is_none();
+        let data_dir = match explicit_dir {
             Some(d) => d,
             None if dev => std::env::temp_dir().join(format!("weft-dev-{}", std::process::id())),
             None => PathBuf::from("/var/lib/weft"),
@@ -239,6 +243,7 @@ impl Settings {
             gossip_interval,
             services: file.service,
             config_path: args.config.clone(),
+            ephemeral,
         })
     }
 
