@@ -306,3 +306,72 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     assert!(c.agent("vm-2").token("10m").is_ok());
     Ok(())
 }
+
+#[test]
+fn one_token_admits_exactly_one_of_two_concurrent_joins() -> anyhow::Result<()> {
+    let mut c = Cluster::new("one_token_admits_exactly_one_of_two_concurrent_joins");
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    let token = c.agent("vm-1").token("10m")?;
+    // One joins through the CA node, the other through a member that forwards.
+    let (s1, s2) = (
+        c.agent("vm-1").ip.to_string(),
+        c.agent("vm-2").ip.to_string(),
+    );
+    c.spawn("vm-3", &["--join", &s1, "--token", &token]);
+    c.spawn("vm-4", &["--join", &s2, "--token", &token]);
+    let ready = |c: &Cluster, n: &str| weft_tests::http_get(&c.agent(n).api(), "/readyz").is_ok();
+    let winner = eventually(
+        "one joiner ready or both exited",
+        Duration::from_secs(20),
+        || {
+            for (me, other) in [("vm-3", "vm-4"), ("vm-4", "vm-3")] {
+                if ready(&c, me)
+                    && !c.agent(other).log_text().is_empty()
+                    && c.agent(other).log_text().contains("already used")
+                {
+                    return Ok(Some(me));
+                }
+            }
+            Ok(None)
+        },
+    )?;
+    let loser = if winner == "vm-3" { "vm-4" } else { "vm-3" };
+    assert_ne!(
+        c.agent_mut(loser).wait_exit(Duration::from_secs(10))?,
+        Some(0)
+    );
+    c.wait_all_alive(&["vm-1"], &["vm-1", "vm-2", winner], CONVERGE)?;
+    Ok(())
+}
+
+#[test]
+fn expired_certificate_needs_a_new_token() -> anyhow::Result<()> {
+    let mut c = Cluster::new("expired_certificate_needs_a_new_token");
+    c.bootstrap("vm-1", &["--leaf-ttl", "6s"])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.agent_mut("vm-2").kill();
+    std::thread::sleep(Duration::from_secs(8));
+
+    // Without a token it stops and says what to do.
+    c.spawn("vm-2", &[]);
+    assert_ne!(
+        c.agent_mut("vm-2").wait_exit(Duration::from_secs(20))?,
+        Some(0)
+    );
+    assert!(
+        c.agent("vm-2")
+            .log_text()
+            .contains("re-join with a new token"),
+        "{}",
+        c.agent("vm-2").log_text()
+    );
+
+    // With a new token it re-joins under the same name (the old certificate expired).
+    let token = c.agent("vm-1").token("10m")?;
+    let seed = c.agent("vm-1").ip.to_string();
+    c.spawn("vm-2", &["--join", &seed, "--token", &token]);
+    c.wait_ready("vm-2")?;
+    c.wait_all_alive(&["vm-1", "vm-2"], &["vm-1", "vm-2"], CONVERGE)?;
+    Ok(())
+}

@@ -201,15 +201,20 @@ impl Node {
                 name: m.name,
                 gossip_addr: m.gossip_addr,
                 quic_addr: m.address,
+                ca: m.ca,
             })
             .collect()
     }
 
-    /// Opens a control connection to `member`, authenticated both ways.
-    pub async fn connect(&self, member: &Member) -> Result<quinn::Connection, rpc::RpcError> {
+    /// Opens a control connection to node `name` at `addr`, authenticated both ways.
+    pub async fn connect(
+        &self,
+        name: &str,
+        addr: std::net::SocketAddr,
+    ) -> Result<quinn::Connection, rpc::RpcError> {
         let connecting = self
             .endpoint
-            .connect_with(self.ctl_client.clone(), member.address, &member.name)
+            .connect_with(self.ctl_client.clone(), addr, name)
             .map_err(|e| rpc::RpcError::Connect(e.to_string()))?;
         tokio::time::timeout(Duration::from_secs(5), connecting)
             .await
@@ -217,37 +222,58 @@ impl Node {
             .map_err(|e| rpc::RpcError::Connect(e.to_string()))
     }
 
+    /// Where the CA node may be: from gossip first (alive before failed), then the
+    /// address remembered from the join or an earlier gossip view. A node that joined a
+    /// moment ago can reach the CA before gossip has converged.
+    async fn ca_candidates(&self) -> Vec<(String, std::net::SocketAddr)> {
+        let mut members: Vec<Member> = self
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.ca && !m.is_self && m.status != MemberStatus::Left)
+            .collect();
+        members.sort_by_key(|m| m.status != MemberStatus::Alive);
+        let mut out: Vec<(String, std::net::SocketAddr)> =
+            members.into_iter().map(|m| (m.name, m.address)).collect();
+        if let Ok(Some(p)) = self.store.ca_peer() {
+            if !out.iter().any(|(n, a)| *n == p.name && *a == p.quic_addr) {
+                out.push((p.name, p.quic_addr));
+            }
+        }
+        out
+    }
+
     /// Sends a control request to the CA node.
     pub async fn call_ca(
         &self,
         request: &CtlRequest,
     ) -> Result<CtlResponse, (RefusalKind, String)> {
-        let members = self.members().await;
-        let Some(ca) = members
-            .iter()
-            .find(|m| m.ca && !m.is_self && m.status == MemberStatus::Alive)
-        else {
+        let candidates = self.ca_candidates().await;
+        if candidates.is_empty() {
             return Err((
                 RefusalKind::Unavailable,
-                "the CA node is not reachable (not alive in gossip)".into(),
+                "no CA node is known (not in gossip yet)".into(),
             ));
-        };
-        let conn = self.connect(ca).await.map_err(|e| {
-            (
-                RefusalKind::Unavailable,
-                format!("CA node {}: {e}", ca.name),
-            )
-        })?;
-        let resp = rpc::call(&conn, request, rpc::MAX_RESPONSE)
-            .await
-            .map_err(|e| {
-                (
-                    RefusalKind::Unavailable,
-                    format!("CA node {}: {e}", ca.name),
-                )
-            });
-        conn.close(0u32.into(), b"done");
-        resp
+        }
+        let mut errors = Vec::new();
+        for (name, addr) in candidates {
+            let conn = match self.connect(&name, addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("CA node {name} at {addr}: {e}"));
+                    continue;
+                }
+            };
+            let resp = rpc::call(&conn, request, rpc::MAX_RESPONSE)
+                .await
+                .map_err(|e| (RefusalKind::Unavailable, format!("CA node {name}: {e}")));
+            conn.close(0u32.into(), b"done");
+            return resp;
+        }
+        Err((
+            RefusalKind::Unavailable,
+            format!("the CA node is not reachable: {}", errors.join("; ")),
+        ))
     }
 
     /// Adopts a newer revocation list from gossip (or the local CA), and on the CA node

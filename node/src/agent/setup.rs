@@ -123,6 +123,13 @@ async fn join_with_token(
         })
         .collect();
     store.set_peers(&peers)?;
+    if let Some(ca) = joined.members.iter().find(|m| m.ca) {
+        store.set_ca_peer(&Peer {
+            name: ca.name.clone(),
+            gossip_addr: ca.gossip_addr,
+            quic_addr: ca.quic_addr,
+        })?;
+    }
     info!(cluster = %joined.cluster, node = %settings.name, peers = peers.len(), "joined the cluster");
     Ok(())
 }

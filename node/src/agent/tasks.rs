@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 use weft_ca::{unix, SpiffeId};
+use weft_gossip::MemberStatus;
 
 use super::node::Node;
 use super::renewal::{renew_after, retry_backoff};
@@ -82,9 +83,22 @@ pub async fn housekeeping_loop(node: Arc<Node>) {
         node.sync_revocations().await;
         n += 1;
         if n % 5 == 1 {
+            if let Some(ca) = members
+                .iter()
+                .find(|m| m.ca && !m.is_self && m.status == MemberStatus::Alive)
+            {
+                let peer = Peer {
+                    name: ca.name.clone(),
+                    gossip_addr: ca.gossip_addr,
+                    quic_addr: ca.address,
+                };
+                if let Err(e) = node.store.set_ca_peer(&peer) {
+                    warn!(error = %e, "cannot persist the CA node's address");
+                }
+            }
             let peers: Vec<Peer> = members
                 .into_iter()
-                .filter(|m| !m.is_self && m.status != weft_gossip::MemberStatus::Left)
+                .filter(|m| !m.is_self && m.status != MemberStatus::Left)
                 .map(|m| Peer {
                     name: m.name,
                     gossip_addr: m.gossip_addr,

@@ -106,6 +106,9 @@ pub struct MemberAddr {
     pub gossip_addr: SocketAddr,
     /// QUIC address.
     pub quic_addr: SocketAddr,
+    /// Holds the cluster CA.
+    #[serde(default)]
+    pub ca: bool,
 }
 
 /// What an accepted joiner receives.

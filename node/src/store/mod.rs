@@ -222,6 +222,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Remembers where the CA node is, for renewals and forwarded requests before gossip
+    /// has converged.
+    pub fn set_ca_peer(&self, peer: &Peer) -> Result<(), StoreError> {
+        if self.ca_peer()?.as_ref() == Some(peer) {
+            return Ok(());
+        }
+        self.meta.insert("ca_peer", encode(peer))?;
+        self.flush()
+    }
+
+    /// The CA node last seen.
+    pub fn ca_peer(&self) -> Result<Option<Peer>, StoreError> {
+        self.meta
+            .get("ca_peer")?
+            .map(|v| decode("ca_peer", &v))
+            .transpose()
+    }
+
     /// The newest revocation list this node knows.
     pub fn crl(&self) -> Result<RevocationList, StoreError> {
         Ok(self
