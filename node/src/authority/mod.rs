@@ -51,6 +51,9 @@ pub struct Authority {
     store: Store,
     leaf_ttl: Duration,
     crl: Mutex<RevocationList>,
+    /// The signed form of the current list, made once per version (ECDSA signatures
+    /// differ every time, and a changing value would be re-gossiped every round).
+    signed: Mutex<Option<(u64, String)>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -74,6 +77,7 @@ impl Authority {
             store,
             leaf_ttl,
             crl: Mutex::new(crl),
+            signed: Mutex::new(None),
         })
     }
 
@@ -281,7 +285,15 @@ impl Authority {
         if crl.version == 0 {
             return None;
         }
-        Some(encode_signed(&crl, |m| self.ca.sign(m).unwrap_or_default()))
+        let mut signed = self.signed.lock().unwrap_or_else(|e| e.into_inner());
+        match &*signed {
+            Some((v, s)) if *v == crl.version => Some(s.clone()),
+            _ => {
+                let s = encode_signed(&crl, |m| self.ca.sign(m).unwrap_or_default());
+                *signed = Some((crl.version, s.clone()));
+                Some(s)
+            }
+        }
     }
 
     /// The current revocation list.
