@@ -5,8 +5,9 @@ set -euo pipefail
 
 packages=(
   iproute2           # ip netns / veth / tc netem for fault tests
-  systemd-container  # systemd-nspawn for the systemd unit test (long suite)
+  systemd-container  # systemd-nspawn for the systemd unit test
   debootstrap        # the Debian root that test boots
+  jq                 # JSON checks in tests/systemd/run.sh
 )
 
 missing=()
