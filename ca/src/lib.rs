@@ -17,7 +17,7 @@ pub use authority::{CertificateAuthority, IssuedCert};
 pub use csr::CsrRefusal;
 pub use key::NodeKey;
 pub use leaf::{unix, verify_signature, LeafInfo, TrustRoot, VerifyError};
-pub use names::{ClusterName, NameError, NodeName, SpiffeId};
+pub use names::{ClusterName, NameError, NodeName, ServiceName, SpiffeId};
 pub use token::{JoinToken, TokenId, TokenParseError, TokenRecord, TokenRefusal};
 
 /// Failures of key and certificate generation (not refusals of a request).

@@ -99,6 +99,13 @@ name_type!(
     "cluster"
 );
 
+name_type!(
+    /// A service's name: `[a-z0-9][a-z0-9.-]{0,62}`, like node names. A name that could
+    /// carry markup (`<script>`) or a path can never be built.
+    ServiceName,
+    "service"
+);
+
 /// A node's SPIFFE identity, `spiffe://<cluster>/node/<name>`: the one URI SAN of its
 /// certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -171,6 +178,12 @@ mod tests {
         ] {
             assert!(NodeName::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn service_names_refuse_markup() {
+        assert!(ServiceName::new("reviews").is_ok());
+        assert!(ServiceName::new("<script>alert(1)</script>").is_err());
     }
 
     #[test]

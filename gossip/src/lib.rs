@@ -14,7 +14,10 @@ pub mod stats;
 pub mod transport;
 
 pub use membership::{Gossip, GossipConfig, GossipError, Member, MemberStatus};
-pub use record::{encode_signed, NodeRecord, RecordError, RevocationList, Revoked};
+pub use record::{
+    encode_signed, NodeRecord, Protocol, RecordError, RevocationList, Revoked, ServiceRecord,
+    ServiceSet, MAX_SERVICES_PER_NODE,
+};
 pub use seal::{GossipKey, Keyring, SealError, Sealer};
 pub use stats::GossipStats;
 pub use transport::{SealedTransport, SharedKeyring};

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 use weft_ca::{LeafInfo, NodeName, TrustRoot};
 
 use crate::record::{
-    verify_crl, verify_node_record, NodeRecord, RevocationList, CRL_KEY, NODE_KEY,
+    verify_crl, verify_node_record, verify_service_set, NodeRecord, RevocationList, ServiceRecord,
+    ServiceSet, CRL_KEY, NODE_KEY, SERVICES_KEY,
 };
 use crate::stats::GossipStats;
 use crate::transport::{SealedTransport, SharedKeyring};
@@ -88,6 +89,8 @@ pub struct Member {
     pub revoked: bool,
     /// Whether this entry is the local node.
     pub is_self: bool,
+    /// The services it runs (verified with its certificate).
+    pub services: Vec<ServiceRecord>,
     /// The node certificate, DER (not serialised).
     #[serde(skip)]
     pub cert_der: Vec<u8>,
@@ -97,6 +100,8 @@ struct Verified {
     raw: String,
     record: NodeRecord,
     leaf: LeafInfo,
+    services_raw: String,
+    services: ServiceSet,
 }
 
 #[derive(Default)]
@@ -194,6 +199,11 @@ impl Gossip {
         self.set(NODE_KEY, signed_record).await;
     }
 
+    /// Publishes this node's signed service set.
+    pub async fn publish_services(&self, signed_set: String) {
+        self.set(SERVICES_KEY, signed_set).await;
+    }
+
     /// Publishes a CA-signed revocation list (CA node only).
     pub async fn publish_crl(&self, signed_crl: String) {
         self.set(CRL_KEY, signed_crl).await;
@@ -245,12 +255,19 @@ impl Gossip {
                         .get(id)
                         .is_none_or(|old| record.signed_at_ms >= old.record.signed_at_ms);
                     if newer {
+                        let (services_raw, services) = cache
+                            .records
+                            .remove(id)
+                            .map(|old| (old.services_raw, old.services))
+                            .unwrap_or_default();
                         cache.records.insert(
                             id.clone(),
                             Verified {
                                 raw: raw.clone(),
                                 record,
                                 leaf,
+                                services_raw,
+                                services,
                             },
                         );
                     }
@@ -261,6 +278,33 @@ impl Gossip {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(node = %id.node_id, error = %e, "ignoring gossiped node record that does not verify");
                     cache.rejected.insert(id.clone(), raw.clone());
+                }
+            }
+        }
+        // Service sets, verified with the certificate of the same node's verified record.
+        for (id, values) in states.iter() {
+            let Some(raw) = values.get(SERVICES_KEY) else {
+                continue;
+            };
+            let Some(v) = cache.records.get_mut(id) else {
+                continue;
+            };
+            if v.services_raw == *raw {
+                continue;
+            }
+            let cert = v.record.cert_der().unwrap_or_default();
+            match verify_service_set(raw, &cert) {
+                Ok(set) if set.signed_at_ms >= v.services.signed_at_ms => {
+                    v.services = set;
+                    v.services_raw = raw.clone();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats
+                        .rejected_records
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(node = %id.node_id, error = %e, "ignoring gossiped service set that does not verify");
+                    v.services_raw = raw.clone();
                 }
             }
         }
@@ -298,6 +342,7 @@ impl Gossip {
                     cert_fingerprint: v.leaf.fingerprint.clone(),
                     revoked: cache.crl.is_revoked(&v.leaf.serial),
                     is_self: *id == self.self_id,
+                    services: v.services.services.clone(),
                     cert_der: v.record.cert_der().unwrap_or_default(),
                 }
             })
@@ -331,7 +376,9 @@ impl Gossip {
                         .map(|(id, st)| {
                             let kv = st
                                 .key_values()
-                                .filter(|(k, _)| *k == NODE_KEY || *k == CRL_KEY)
+                                .filter(|(k, _)| {
+                                    *k == NODE_KEY || *k == CRL_KEY || *k == SERVICES_KEY
+                                })
                                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                                 .collect();
                             (id.clone(), kv)

@@ -8,10 +8,14 @@ use std::time::SystemTime;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use weft_ca::{LeafInfo, NodeName, TrustRoot, VerifyError};
+use weft_ca::{LeafInfo, NodeName, ServiceName, TrustRoot, VerifyError};
 
 /// chitchat key under which a node publishes its signed record.
 pub const NODE_KEY: &str = "weft.node";
+/// chitchat key under which a node publishes its signed service set.
+pub const SERVICES_KEY: &str = "weft.svc";
+/// Most services one node may publish (keeps the signed value well under its limit).
+pub const MAX_SERVICES_PER_NODE: usize = 64;
 /// chitchat key under which the CA node publishes the signed revocation list.
 pub const CRL_KEY: &str = "weft.crl";
 /// Largest signed value accepted from gossip.
@@ -51,6 +55,53 @@ impl NodeRecord {
     pub fn encode_cert(der: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(der)
     }
+}
+
+/// How a service speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque bytes: spliced both ways.
+    Tcp,
+    /// HTTP/1.1 or HTTP/2: routed request by request.
+    Http,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+        })
+    }
+}
+
+/// One service instance a node runs, as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRecord {
+    /// Service name.
+    pub name: ServiceName,
+    /// Local port of the instance on its node.
+    pub port: u16,
+    /// tcp or http.
+    pub protocol: Protocol,
+    /// Version label (subset).
+    pub version: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Whether its health check passes (true when it has none).
+    pub healthy: bool,
+}
+
+/// The services of one node, signed by that node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSet {
+    /// The instances.
+    pub services: Vec<ServiceRecord>,
+    /// Unix milliseconds when signed.
+    pub signed_at_ms: u64,
 }
 
 /// One revoked certificate.
@@ -162,4 +213,16 @@ pub fn verify_crl(value: &str, root: &TrustRoot) -> Result<RevocationList, Recor
     root.verify_ca_signature(&body, &sig)?;
     serde_json::from_slice(&body)
         .map_err(|_| RecordError::Malformed("revocation list is not valid JSON"))
+}
+
+/// Verifies a service set published by a node whose verified certificate is `cert_der`.
+pub fn verify_service_set(value: &str, cert_der: &[u8]) -> Result<ServiceSet, RecordError> {
+    let (body, sig) = split_signed(value)?;
+    weft_ca::verify_signature(cert_der, &body, &sig)?;
+    let set: ServiceSet = serde_json::from_slice(&body)
+        .map_err(|_| RecordError::Malformed("service set is not valid JSON"))?;
+    if set.services.len() > MAX_SERVICES_PER_NODE {
+        return Err(RecordError::Malformed("too many services"));
+    }
+    Ok(set)
 }

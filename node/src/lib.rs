@@ -7,10 +7,15 @@
 
 pub mod agent;
 pub mod authority;
+pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod identity;
 pub mod net;
+pub mod proxy;
+pub mod routing;
 pub mod rpc;
 pub mod store;
+pub mod telemetry;
 pub mod tls;

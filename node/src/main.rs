@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use weft_node::cli::{client, Cli, Command, NodeAction, TokenAction};
+use weft_node::cli::{client, Cli, Command, NodeAction, ServiceAction, TokenAction};
 use weft_node::config::{LogFormat, Settings};
 
 fn init_logs(format: LogFormat, verbose: bool) {
@@ -53,6 +53,13 @@ fn main() -> ExitCode {
                 action: NodeAction::Revoke { name, client: c },
             } => client::node_revoke(&c, &name).await,
             Command::Leave(c) => client::leave(&c).await,
+            Command::Services(c) => client::services(&c).await,
+            Command::Service {
+                action: ServiceAction::Register(a),
+            } => client::service_register(&a).await,
+            Command::Service {
+                action: ServiceAction::Deregister { name, client: c },
+            } => client::service_deregister(&c, &name).await,
         }
     });
     match result {

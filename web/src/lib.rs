@@ -66,6 +66,36 @@ pub struct NodeStatus {
     pub warnings: Vec<String>,
 }
 
+/// One instance of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InstanceView {
+    /// Node running it.
+    pub node: String,
+    /// The node's QUIC address.
+    pub address: String,
+    /// Local port on its node.
+    pub port: u16,
+    /// tcp or http.
+    pub protocol: String,
+    /// Version label.
+    pub version: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// passing, failing (check) or node-failed / node-left / revoked.
+    pub health: String,
+    /// Its node's zone.
+    pub zone: String,
+}
+
+/// A service and its instances.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceView {
+    /// Service name.
+    pub service: String,
+    /// Instances.
+    pub instances: Vec<InstanceView>,
+}
+
 /// A created join token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenView {
@@ -146,6 +176,17 @@ pub trait NodeApi: Send + Sync + 'static {
     fn revoke(&self, node: String) -> impl Future<Output = Result<RevokeView, ApiError>> + Send;
     /// Leaves the cluster and stops the agent (admin).
     fn leave(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Services and their instances, cluster-wide.
+    fn services(&self) -> impl Future<Output = Vec<ServiceView>> + Send;
+    /// Registers (or replaces) a local service from a JSON body (admin).
+    fn register_service(
+        &self,
+        name: String,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Removes a local service registered through the API (admin).
+    fn deregister_service(&self, name: String)
+        -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> impl Future<Output = String> + Send;
     /// Whether `token` is this node's admin token.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::{html, ApiError, NodeApi, TokenRequest};
@@ -24,6 +24,11 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/self", get(self_status::<N>))
         .route("/v1/members", get(members::<N>))
         .route("/v1/tokens", post(create_token::<N>))
+        .route("/v1/services", get(services::<N>))
+        .route(
+            "/v1/services/{name}",
+            put(register_service::<N>).delete(deregister_service::<N>),
+        )
         .route("/v1/nodes/{name}/revoke", post(revoke::<N>))
         .route("/v1/leave", post(leave::<N>))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -92,6 +97,31 @@ async fn self_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
 
 async fn members<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     Json(node.members().await).into_response()
+}
+
+async fn services<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.services().await).into_response()
+}
+
+async fn register_service<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    node.register_service(name, body.to_vec()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn deregister_service<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    node.deregister_service(name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn create_token<N: NodeApi>(

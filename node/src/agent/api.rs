@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use tracing::info;
 use weft_ca::NodeName;
-use weft_web::{ApiError, MemberView, NodeApi, NodeStatus, RevokeView, TokenView};
+use weft_web::{
+    ApiError, InstanceView, MemberView, NodeApi, NodeStatus, RevokeView, ServiceView, TokenView,
+};
 
 use super::metrics;
 use super::node::{Node, VERSION};
@@ -141,6 +143,80 @@ impl NodeApi for Node {
         self.leaving.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
         Ok(())
+    }
+
+    async fn services(&self) -> Vec<ServiceView> {
+        let catalog = self.catalog.get();
+        let mut out: Vec<ServiceView> = Vec::new();
+        for i in &catalog.instances {
+            let health = if i.revoked {
+                "revoked"
+            } else if i.node_status != weft_gossip::MemberStatus::Alive {
+                "node-failed"
+            } else if i.healthy {
+                "passing"
+            } else {
+                "failing"
+            };
+            let view = InstanceView {
+                node: i.node.clone(),
+                address: i.node_addr.to_string(),
+                port: i.port,
+                protocol: i.protocol.to_string(),
+                version: i.version.clone(),
+                tags: i.tags.clone(),
+                health: health.into(),
+                zone: i.zone.clone(),
+            };
+            match out.last_mut() {
+                Some(s) if s.service == i.service.as_str() => s.instances.push(view),
+                _ => out.push(ServiceView {
+                    service: i.service.to_string(),
+                    instances: vec![view],
+                }),
+            }
+        }
+        out
+    }
+
+    async fn register_service(&self, name: String, body: Vec<u8>) -> Result<(), ApiError> {
+        let mut value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let Some(obj) = value.as_object_mut() else {
+            return Err(ApiError::BadRequest("body must be a JSON object".into()));
+        };
+        if obj
+            .get("name")
+            .is_some_and(|n| n.as_str() != Some(name.as_str()))
+        {
+            return Err(ApiError::BadRequest(
+                "`name` in the body differs from the path".into(),
+            ));
+        }
+        obj.insert("name".into(), serde_json::Value::String(name));
+        let config: crate::config::ServiceConfig = serde_json::from_value(value)
+            .map_err(|e| ApiError::BadRequest(format!("invalid service: {e}")))?;
+        let spec = self
+            .services
+            .register(&config)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        info!(service = %spec.name, port = spec.port, "service registered");
+        Ok(())
+    }
+
+    async fn deregister_service(&self, name: String) -> Result<(), ApiError> {
+        let name =
+            weft_ca::ServiceName::new(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        match self.services.deregister(&name) {
+            Ok(true) => {
+                info!(service = %name, "service deregistered");
+                Ok(())
+            }
+            Ok(false) => Err(ApiError::NotFound(format!(
+                "no service {name} registered through the API on this node"
+            ))),
+            Err(e) => Err(ApiError::BadRequest(e.to_string())),
+        }
     }
 
     async fn metrics(&self) -> String {

@@ -86,5 +86,6 @@ pub async fn render(node: &Node) -> String {
         "weft_gossip_bytes_total{{direction=\"out\"}} {}",
         stats.bytes_out.load(Ordering::Relaxed)
     );
+    out.push_str(&node.metrics.render());
     out
 }

@@ -20,9 +20,11 @@ use weft_ca::TrustRoot;
 use weft_gossip::{Gossip, GossipConfig, GossipStats, SharedKeyring};
 
 use crate::authority::Authority;
+use crate::catalog::LocalServices;
 use crate::config::{ConfigError, Settings};
 use crate::identity::{IdentityError, IdentityFiles};
 use crate::store::{files::ensure_private_dir, Store, StoreError};
+use crate::telemetry::{AccessLog, Metrics};
 use crate::tls::{self, CertStore, TlsError};
 use node::{Node, NodeParts};
 
@@ -81,6 +83,15 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     let certs = CertStore::new(&identity.key, &identity.cert_der, &identity.ca_der)?;
     let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
     let ctl_client = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
+    let data_client = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
+    let services = Arc::new(
+        LocalServices::new(
+            store.clone(),
+            vec![settings.bind, settings.advertise],
+            &settings.services,
+        )
+        .map_err(|e| AgentError::Setup(e.to_string()))?,
+    );
     let endpoint = quinn::Endpoint::server(server_config, settings.quic_listen()).map_err(|e| {
         AgentError::Bind(format!(
             "cannot bind QUIC {}/udp: {e}",
@@ -142,6 +153,23 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     let api_listener = tokio::net::TcpListener::bind(settings.api)
         .await
         .map_err(|e| AgentError::Bind(format!("cannot bind API {}/tcp: {e}", settings.api)))?;
+    let proxy_listener = tokio::net::TcpListener::bind(settings.proxy)
+        .await
+        .map_err(|e| {
+            AgentError::Bind(format!(
+                "cannot bind HTTP proxy {}/tcp: {e}",
+                settings.proxy
+            ))
+        })?;
+    let metrics = Arc::new(Metrics::default());
+    let shutdown_logs = tokio_util::sync::CancellationToken::new();
+    let access_log = AccessLog::start(
+        settings.access_log.clone(),
+        metrics.clone(),
+        shutdown_logs.clone(),
+    )
+    .await
+    .map_err(|e| AgentError::Setup(format!("cannot open the access log: {e}")))?;
 
     let node = Arc::new(
         Node::new(NodeParts {
@@ -159,15 +187,35 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
             ctl_client,
             authority,
             admin_token,
+            services,
+            data_client,
+            metrics,
+            access_log,
         })
         .map_err(|e| AgentError::Setup(e.to_string()))?,
     );
     node.publish_record().await;
+    node.publish_services().await;
 
     let tasks = TaskTracker::new();
     tasks.spawn(quic::serve(node.clone(), tasks.clone()));
     tasks.spawn(tasks::renew_loop(node.clone()));
     tasks.spawn(tasks::housekeeping_loop(node.clone()));
+    tasks.spawn(tasks::catalog_loop(node.clone()));
+    tasks.spawn(tasks::publish_services_loop(node.clone()));
+    tasks.spawn(crate::health::supervise(
+        node.services.clone(),
+        node.shutdown.clone(),
+    ));
+    tasks.spawn(crate::proxy::listeners::supervise_upstreams(
+        node.clone(),
+        node.shutdown.clone(),
+    ));
+    tasks.spawn(crate::proxy::listeners::serve_forward_proxy(
+        node.clone(),
+        proxy_listener,
+        node.shutdown.clone(),
+    ));
     {
         let node = node.clone();
         let router = weft_web::router(node.clone());
@@ -214,6 +262,7 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         warn!("some tasks did not finish within the drain period");
     }
     node.gossip.shutdown().await;
+    shutdown_logs.cancel();
     tokio::time::timeout(Duration::from_secs(2), node.endpoint.wait_idle())
         .await
         .ok();
@@ -285,6 +334,10 @@ async fn reload(node: &Arc<Node>, args: &crate::cli::AgentArgs) {
                 fresh.api = current.api;
             }
             let zone_changed = fresh.zone != current.zone;
+            if let Err(e) = node.services.set_file(&fresh.services) {
+                error!(error = %e, "SIGHUP: services not reloaded, keeping the running ones");
+                fresh.services = current.services.clone();
+            }
             *node.settings.write().unwrap_or_else(|e| e.into_inner()) = fresh;
             if zone_changed {
                 node.publish_record().await;

@@ -10,10 +10,14 @@ use weft_ca::{unix, LeafInfo, NodeKey, TrustRoot};
 use weft_gossip::{encode_signed, Gossip, Member, MemberStatus, NodeRecord};
 
 use crate::authority::Authority;
+use crate::catalog::{LocalServices, SharedCatalog};
 use crate::config::Settings;
 use crate::identity::{ClusterInfo, IdentityFiles};
+use crate::proxy::dial::ConnPool;
+use crate::routing::Router;
 use crate::rpc::{self, CtlRequest, CtlResponse, MemberAddr, RefusalKind};
 use crate::store::Store;
+use crate::telemetry::{AccessLog, Metrics};
 use crate::tls::{CertStore, Revocations};
 
 /// Agent version published by gossip.
@@ -59,6 +63,20 @@ pub struct Node {
     pub renew_failures: AtomicU64,
     /// Successful renewals since start.
     pub renewals: AtomicU64,
+    /// This node's services and their health.
+    pub services: Arc<LocalServices>,
+    /// The cluster-wide catalog, refreshed every gossip round.
+    pub catalog: SharedCatalog,
+    /// Instance choice.
+    pub router: Router,
+    /// Data-plane QUIC connections, one per peer.
+    pub pool: ConnPool,
+    /// Client config for data-plane connections.
+    pub data_client: quinn::ClientConfig,
+    /// Data-plane metrics.
+    pub metrics: Arc<Metrics>,
+    /// The access log.
+    pub access_log: AccessLog,
 }
 
 /// Parts assembled by the agent before the node exists.
@@ -91,6 +109,14 @@ pub struct NodeParts {
     pub authority: Option<Authority>,
     /// Admin token.
     pub admin_token: String,
+    /// Local services.
+    pub services: Arc<LocalServices>,
+    /// Data client config.
+    pub data_client: quinn::ClientConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Access log.
+    pub access_log: AccessLog,
 }
 
 impl Node {
@@ -117,6 +143,13 @@ impl Node {
             last_signed_ms: AtomicU64::new(0),
             renew_failures: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
+            services: p.services,
+            catalog: SharedCatalog::default(),
+            router: Router::default(),
+            pool: ConnPool::default(),
+            data_client: p.data_client,
+            metrics: p.metrics,
+            access_log: p.access_log,
         })
     }
 
@@ -184,6 +217,30 @@ impl Node {
     /// Re-publishes this node's record (after a renewal, a reload or a leave).
     pub async fn publish_record(&self) {
         self.gossip.publish_record(self.signed_record()).await;
+    }
+
+    /// This node's signed service set.
+    pub fn signed_services(&self) -> String {
+        let set = self.services.service_set(self.next_signed_ms());
+        encode_signed(&set, |m| self.key.sign(m).unwrap_or_default())
+    }
+
+    /// Publishes the service set (after a registration or a health change).
+    pub async fn publish_services(&self) {
+        self.gossip.publish_services(self.signed_services()).await;
+    }
+
+    /// Rebuilds the catalog from the verified members and drops connections to nodes
+    /// that left, failed or were revoked.
+    pub async fn refresh_catalog(&self) {
+        let members = self.members().await;
+        let gone: std::collections::HashSet<String> = members
+            .iter()
+            .filter(|m| m.status != MemberStatus::Alive || m.revoked)
+            .map(|m| m.name.clone())
+            .collect();
+        self.pool.retain(|n| !gone.contains(n));
+        self.catalog.set(crate::catalog::Catalog::build(&members));
     }
 
     /// Verified members.

@@ -18,7 +18,7 @@ use crate::rpc::{
     self, b64, decode, unb64, CtlRequest, CtlResponse, JoinGrant, JoinRequest, JoinResponse,
     RefusalKind, MAX_REQUEST,
 };
-use crate::tls::{ALPN_CTL, ALPN_JOIN};
+use crate::tls::{ALPN_CTL, ALPN_DATA, ALPN_JOIN};
 
 /// Connections handled at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 256;
@@ -62,6 +62,13 @@ pub async fn serve(node: Arc<Node>, tasks: TaskTracker) {
             match alpn.as_deref() {
                 Some(ALPN_JOIN) => serve_join(&node, conn, remote, &limiter).await,
                 Some(ALPN_CTL) => serve_ctl(&node, conn, remote).await,
+                Some(ALPN_DATA) => match peer_leaf(&conn) {
+                    Some(peer) => crate::proxy::inbound::serve(node, conn, peer).await,
+                    None => {
+                        warn!(%remote, "data connection without a client certificate refused");
+                        conn.close(2u32.into(), b"client certificate required");
+                    }
+                },
                 _ => conn.close(1u32.into(), b"unknown protocol"),
             }
         });

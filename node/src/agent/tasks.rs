@@ -68,6 +68,33 @@ async fn renew_once(node: &Arc<Node>) -> Result<(), String> {
     node.install_cert(der).await.map(|_| ())
 }
 
+/// Every gossip round: rebuild the catalog from verified gossip (instances leave the
+/// load-balancing set within one round of their node failing or their check failing).
+pub async fn catalog_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(node.settings().gossip_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        node.refresh_catalog().await;
+    }
+}
+
+/// Re-publishes the signed service set whenever local services or their health change.
+pub async fn publish_services_loop(node: Arc<Node>) {
+    let mut changes = node.services.subscribe();
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+        node.publish_services().await;
+        node.refresh_catalog().await;
+    }
+}
+
 /// Every second: refresh the verified member view and adopt newer revocation lists;
 /// every five: remember peers for restarts.
 pub async fn housekeeping_loop(node: Arc<Node>) {

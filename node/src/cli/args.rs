@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// weft: a service mesh for plain VMs and bare-metal hosts.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about, propagate_version = true)]
+#[command(name = "weft", version, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -34,6 +34,67 @@ pub enum Command {
     },
     /// Ask the local agent to leave the cluster gracefully and stop.
     Leave(ClientArgs),
+    /// List services and their instances, cluster-wide.
+    Services(ClientArgs),
+    /// Register or deregister a service on the local agent.
+    Service {
+        /// Service action.
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+}
+
+/// `weft service …`
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Register (or replace) a service on this node (admin).
+    Register(Box<RegisterArgs>),
+    /// Remove a service registered with `weft service register` (admin).
+    Deregister {
+        /// Service name.
+        name: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `weft service register` options.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Service name.
+    #[arg(long)]
+    pub name: String,
+    /// Local port the service listens on (127.0.0.1).
+    #[arg(long)]
+    pub port: u16,
+    /// http or tcp.
+    #[arg(long, default_value = "tcp")]
+    pub protocol: String,
+    /// Version label.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// HTTP health check URL on this host.
+    #[arg(long, conflicts_with = "check_tcp")]
+    pub check_http: Option<String>,
+    /// TCP health check address on this host.
+    #[arg(long)]
+    pub check_tcp: Option<String>,
+    /// Check interval (e.g. 5s).
+    #[arg(long)]
+    pub check_interval: Option<String>,
+    /// Check timeout (e.g. 1s).
+    #[arg(long)]
+    pub check_timeout: Option<String>,
+    /// Upstream listener SERVICE=ADDR (repeatable), e.g. reviews=127.0.0.1:19001.
+    #[arg(long = "upstream")]
+    pub upstreams: Vec<String>,
+    /// Common client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `weft token …`
@@ -135,4 +196,16 @@ pub struct AgentArgs {
     /// Interval between gossip rounds (default 250ms).
     #[arg(long, value_name = "DURATION")]
     pub gossip_interval: Option<String>,
+    /// Access log: FILE, stdout or off (default stdout).
+    #[arg(long, value_name = "FILE|stdout|off")]
+    pub access_log: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
-use weft_web::{MemberView, RevokeView, TokenView};
+use weft_web::{MemberView, RevokeView, ServiceView, TokenView};
 
-use super::args::ClientArgs;
+use super::args::{ClientArgs, RegisterArgs};
 
 /// An HTTP client for the local agent.
 pub struct ApiClient {
@@ -87,16 +87,41 @@ impl ApiClient {
         path: &str,
         body: serde_json::Value,
     ) -> anyhow::Result<T> {
-        let token = self.admin_token()?;
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send_admin(reqwest::Method::POST, path, Some(body))
+            .await?;
         Self::parse(resp).await
+    }
+
+    /// PUT or DELETE with the admin token, expecting no body back.
+    pub async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let resp = self.send_admin(method, path, body).await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Self::parse::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
+    async fn send_admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let token = self.admin_token()?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.map_err(|e| self.unreachable(e))
     }
 }
 
@@ -207,6 +232,89 @@ pub async fn leave(args: &ClientArgs) -> anyhow::Result<()> {
         println!("{{\"leaving\":true}}");
     } else {
         println!("leaving the cluster; the agent stops once peers have seen it");
+    }
+    Ok(())
+}
+
+/// `weft services`
+pub async fn services(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let services: Vec<ServiceView> = client.get("/v1/services").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&services)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<16} {:<22} {:<6} {:<5} {:<8} HEALTH",
+        "SERVICE", "NODE", "ADDRESS", "PORT", "PROTO", "VERSION"
+    );
+    for s in services {
+        for i in s.instances {
+            println!(
+                "{:<20} {:<16} {:<22} {:<6} {:<5} {:<8} {}",
+                s.service, i.node, i.address, i.port, i.protocol, i.version, i.health
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `weft service register`
+pub async fn service_register(a: &RegisterArgs) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({ "port": a.port, "protocol": a.protocol, "tags": a.tags });
+    if let Some(v) = &a.version {
+        body["version"] = v.clone().into();
+    }
+    if a.check_http.is_some() || a.check_tcp.is_some() {
+        let mut check = serde_json::json!({});
+        if let Some(u) = &a.check_http {
+            check["http"] = u.clone().into();
+        }
+        if let Some(t) = &a.check_tcp {
+            check["tcp"] = t.clone().into();
+        }
+        if let Some(i) = &a.check_interval {
+            check["interval"] = i.clone().into();
+        }
+        if let Some(t) = &a.check_timeout {
+            check["timeout"] = t.clone().into();
+        }
+        body["check"] = check;
+    }
+    let mut upstreams = Vec::new();
+    for u in &a.upstreams {
+        let (service, listen) = u
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--upstream {u:?}: expected SERVICE=ADDR"))?;
+        upstreams.push(serde_json::json!({ "service": service, "listen": listen }));
+    }
+    body["upstream"] = upstreams.into();
+    let client = ApiClient::new(&a.client)?;
+    client
+        .write(
+            reqwest::Method::PUT,
+            &format!("/v1/services/{}", a.name),
+            Some(body),
+        )
+        .await?;
+    if !a.client.json {
+        println!("registered {}", a.name);
+    }
+    Ok(())
+}
+
+/// `weft service deregister`
+pub async fn service_deregister(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    client
+        .write(
+            reqwest::Method::DELETE,
+            &format!("/v1/services/{name}"),
+            None,
+        )
+        .await?;
+    if !args.json {
+        println!("deregistered {name}");
     }
     Ok(())
 }

@@ -3,4 +3,6 @@
 pub mod args;
 pub mod client;
 
-pub use args::{AgentArgs, Cli, ClientArgs, Command, NodeAction, TokenAction};
+pub use args::{
+    AgentArgs, Cli, ClientArgs, Command, NodeAction, RegisterArgs, ServiceAction, TokenAction,
+};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything `weft.toml` may hold. Every agent flag has a key of the same name
 /// (dashes become underscores).
@@ -45,13 +45,15 @@ pub struct FileConfig {
     pub leaf_ttl: Option<String>,
     /// Interval between gossip rounds (e.g. "250ms").
     pub gossip_interval: Option<String>,
+    /// Access log: a file path, "stdout" or "off".
+    pub access_log: Option<String>,
     /// Services this host runs.
     #[serde(default)]
     pub service: Vec<ServiceConfig>,
 }
 
 /// A `[[service]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Service name.
@@ -78,7 +80,7 @@ fn default_protocol() -> String {
 }
 
 /// A service's health check.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     /// URL for an HTTP GET check.
@@ -89,10 +91,14 @@ pub struct CheckConfig {
     pub interval: Option<String>,
     /// Time a check may take.
     pub timeout: Option<String>,
+    /// Consecutive failures before the instance is unhealthy (default 2).
+    pub unhealthy_threshold: Option<u32>,
+    /// Consecutive passes before it is healthy again (default 2).
+    pub healthy_threshold: Option<u32>,
 }
 
 /// A `[[service.upstream]]` entry: a local listener that reaches another service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Destination service.

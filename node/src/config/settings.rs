@@ -66,6 +66,8 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// `--dev` without `--data-dir`: the data dir is temporary and removed at exit.
     pub ephemeral: bool,
+    /// Where the access log goes.
+    pub access_log: crate::telemetry::AccessLogTarget,
 }
 
 impl Settings {
@@ -223,7 +225,15 @@ impl Settings {
             ));
         }
 
+        let access_log = args
+            .access_log
+            .as_deref()
+            .or(file.access_log.as_deref())
+            .unwrap_or("stdout")
+            .parse()
+            .map_err(|m| invalid("access_log", m))?;
         Ok(Self {
+            access_log,
             name,
             cluster,
             data_dir,

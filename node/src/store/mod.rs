@@ -69,6 +69,7 @@ pub struct Store {
     names: sled::Tree,
     issued: sled::Tree,
     meta: sled::Tree,
+    services: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -92,6 +93,7 @@ impl Store {
             names: db.open_tree("names")?,
             issued: db.open_tree("issued")?,
             meta: db.open_tree("meta")?,
+            services: db.open_tree("services")?,
             db,
         })
     }
@@ -238,6 +240,29 @@ impl Store {
             .get("ca_peer")?
             .map(|v| decode("ca_peer", &v))
             .transpose()
+    }
+
+    /// Services registered through the API.
+    pub fn services(&self) -> Result<Vec<crate::config::ServiceConfig>, StoreError> {
+        self.services
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("services", &v)
+            })
+            .collect()
+    }
+
+    /// Stores an API-registered service.
+    pub fn put_service(&self, c: &crate::config::ServiceConfig) -> Result<(), StoreError> {
+        self.services.insert(c.name.as_bytes(), encode(c))?;
+        self.flush()
+    }
+
+    /// Removes an API-registered service.
+    pub fn delete_service(&self, name: &str) -> Result<(), StoreError> {
+        self.services.remove(name)?;
+        self.flush()
     }
 
     /// The newest revocation list this node knows.

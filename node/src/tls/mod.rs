@@ -20,6 +20,8 @@ pub use verify::{ClientVerifier, PeerVerifier, PinnedCaVerifier};
 pub const ALPN_JOIN: &[u8] = b"weft-join/1";
 /// ALPN of node-to-node control requests (mTLS).
 pub const ALPN_CTL: &[u8] = b"weft-ctl/1";
+/// ALPN of data-plane streams (mTLS).
+pub const ALPN_DATA: &[u8] = b"weft/1";
 
 /// Setting up TLS failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(ClientVerifier::new(trust, revoked)))
         .with_cert_resolver(Arc::new(certs.clone()));
-    tls.alpn_protocols = vec![ALPN_JOIN.to_vec(), ALPN_CTL.to_vec()];
+    tls.alpn_protocols = vec![ALPN_JOIN.to_vec(), ALPN_CTL.to_vec(), ALPN_DATA.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport());
@@ -135,12 +137,30 @@ pub fn ctl_client_config(
     trust: Arc<TrustRoot>,
     revoked: Revocations,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    mtls_client_config(certs, trust, revoked, ALPN_CTL)
+}
+
+/// Client configuration for data-plane connections (same checks as control requests).
+pub fn data_client_config(
+    certs: &CertStore,
+    trust: Arc<TrustRoot>,
+    revoked: Revocations,
+) -> Result<quinn::ClientConfig, TlsError> {
+    mtls_client_config(certs, trust, revoked, ALPN_DATA)
+}
+
+fn mtls_client_config(
+    certs: &CertStore,
+    trust: Arc<TrustRoot>,
+    revoked: Revocations,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(trust, revoked)))
         .with_client_cert_resolver(Arc::new(certs.clone()));
-    tls.alpn_protocols = vec![ALPN_CTL.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport());

@@ -63,6 +63,25 @@ impl NodeApi for Fake {
     async fn leave(&self) -> Result<(), ApiError> {
         Ok(())
     }
+    async fn services(&self) -> Vec<ServiceView> {
+        vec![ServiceView {
+            service: "reviews".into(),
+            instances: vec![],
+        }]
+    }
+    async fn register_service(&self, name: String, body: Vec<u8>) -> Result<(), ApiError> {
+        if name.contains('<') {
+            return Err(ApiError::BadRequest(format!(
+                "invalid service name {name:?}"
+            )));
+        }
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .map(|_| ())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+    async fn deregister_service(&self, name: String) -> Result<(), ApiError> {
+        Err(ApiError::NotFound(format!("no service {name}")))
+    }
     async fn metrics(&self) -> String {
         "weft_members{status=\"alive\"} 2\n".into()
     }
@@ -169,4 +188,39 @@ async fn metrics_are_text() {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/plain")));
+}
+
+#[tokio::test]
+async fn service_registration_needs_admin_and_valid_input() {
+    let put = |auth: bool, uri: &str, body: &str| {
+        let mut b = Request::put(uri);
+        if auth {
+            b = b.header("authorization", "Bearer secret");
+        }
+        b.body(Body::from(body.to_owned())).expect("request")
+    };
+    assert_eq!(
+        call(true, put(false, "/v1/services/web", "{}")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(true, put(true, "/v1/services/web", "{\"port\":1}"))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, body, _) = call(
+        true,
+        put(
+            true,
+            "/v1/services/%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("invalid service name"), "{body}");
+    let (status, body, _) = call(true, get("/v1/services")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("reviews"));
 }

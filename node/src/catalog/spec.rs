@@ -1,0 +1,331 @@
+//! A local service as validated from the config file or the API: typed fields only, each
+//! refusal naming the field.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use weft_ca::ServiceName;
+use weft_gossip::{Protocol, MAX_SERVICES_PER_NODE};
+
+use crate::config::file::{CheckConfig, ServiceConfig};
+
+/// What a health check probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckTarget {
+    /// GET this URL; 2xx and 3xx pass.
+    Http {
+        /// host:port to connect to.
+        addr: SocketAddr,
+        /// Host header value.
+        host: String,
+        /// Path and query.
+        path: String,
+    },
+    /// Connect to this address.
+    Tcp(SocketAddr),
+}
+
+/// A validated health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    /// What to probe.
+    pub target: CheckTarget,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time a probe may take.
+    pub timeout: Duration,
+    /// Failures in a row before unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Passes in a row before healthy.
+    pub healthy_threshold: u32,
+}
+
+/// A local listener that reaches another service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    /// Destination service.
+    pub service: ServiceName,
+    /// Local listen address.
+    pub listen: SocketAddr,
+}
+
+/// A validated local service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Name.
+    pub name: ServiceName,
+    /// Local port.
+    pub port: u16,
+    /// tcp or http.
+    pub protocol: Protocol,
+    /// Version label.
+    pub version: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Health check.
+    pub check: Option<CheckSpec>,
+    /// Upstream listeners (this service is their source).
+    pub upstreams: Vec<UpstreamSpec>,
+}
+
+/// A refused service definition: which field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {service}: invalid `{field}`: {message}")]
+pub struct SpecError {
+    /// The service (as given).
+    pub service: String,
+    /// The field.
+    pub field: &'static str,
+    /// Why.
+    pub message: String,
+}
+
+fn label_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Whether a probe target is this host (checks never leave the host: no SSRF).
+pub fn is_local_ip(ip: IpAddr, own: &[IpAddr]) -> bool {
+    ip.is_loopback() || own.contains(&ip)
+}
+
+impl ServiceSpec {
+    /// Validates a definition; `own` are this node's addresses (bind, advertise) that
+    /// checks may also target.
+    pub fn from_config(c: &ServiceConfig, own: &[IpAddr]) -> Result<Self, SpecError> {
+        let err = |field: &'static str, message: String| SpecError {
+            service: c.name.chars().take(64).collect(),
+            field,
+            message,
+        };
+        let name = ServiceName::new(c.name.clone()).map_err(|e| err("name", e.to_string()))?;
+        if c.port == 0 {
+            return Err(err("port", "must be 1-65535".into()));
+        }
+        let protocol = match c.protocol.as_str() {
+            "tcp" => Protocol::Tcp,
+            "http" => Protocol::Http,
+            other => return Err(err("protocol", format!("{other:?}: expected http or tcp"))),
+        };
+        let version = c.version.clone().unwrap_or_else(|| "v1".into());
+        if !label_ok(&version) {
+            return Err(err(
+                "version",
+                format!("{version:?}: up to 63 of [A-Za-z0-9._-]"),
+            ));
+        }
+        if c.tags.len() > 16 || c.tags.iter().any(|t| !label_ok(t)) {
+            return Err(err(
+                "tags",
+                "at most 16 tags of up to 63 [A-Za-z0-9._-]".into(),
+            ));
+        }
+        let check = c
+            .check
+            .as_ref()
+            .map(|k| check_spec(k, own))
+            .transpose()
+            .map_err(|(f, m)| err(f, m))?;
+        let mut upstreams = Vec::new();
+        for u in &c.upstream {
+            let service = ServiceName::new(u.service.clone())
+                .map_err(|e| err("upstream.service", e.to_string()))?;
+            let listen: SocketAddr = u
+                .listen
+                .parse()
+                .map_err(|e| err("upstream.listen", format!("{:?}: {e}", u.listen)))?;
+            if !listen.ip().is_loopback() {
+                return Err(err(
+                    "upstream.listen",
+                    format!("{listen}: upstream listeners bind loopback only"),
+                ));
+            }
+            upstreams.push(UpstreamSpec { service, listen });
+        }
+        Ok(Self {
+            name,
+            port: c.port,
+            protocol,
+            version,
+            tags: c.tags.clone(),
+            check,
+            upstreams,
+        })
+    }
+}
+
+fn duration(
+    v: Option<&str>,
+    default: Duration,
+    field: &'static str,
+) -> Result<Duration, (&'static str, String)> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s).map_err(|e| (field, format!("{s:?}: {e}"))),
+    }
+}
+
+fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, (&'static str, String)> {
+    let interval = duration(
+        k.interval.as_deref(),
+        Duration::from_secs(5),
+        "check.interval",
+    )?;
+    let timeout = duration(
+        k.timeout.as_deref(),
+        Duration::from_secs(1),
+        "check.timeout",
+    )?;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err(("check.interval", "must be between 100ms and 1h".into()));
+    }
+    if timeout.is_zero() || timeout > interval {
+        return Err((
+            "check.timeout",
+            "must be positive and at most the interval".into(),
+        ));
+    }
+    let target = match (&k.http, &k.tcp) {
+        (Some(url), None) => http_target(url, own).map_err(|m| ("check.http", m))?,
+        (None, Some(addr)) => {
+            let a: SocketAddr = addr
+                .parse()
+                .map_err(|e| ("check.tcp", format!("{addr:?}: {e}")))?;
+            if !is_local_ip(a.ip(), own) {
+                return Err((
+                    "check.tcp",
+                    format!("{a}: checks may only target this host"),
+                ));
+            }
+            CheckTarget::Tcp(a)
+        }
+        _ => return Err(("check", "set exactly one of `http` or `tcp`".into())),
+    };
+    let threshold = |v: Option<u32>, f| match v.unwrap_or(2) {
+        n @ 1..=10 => Ok(n),
+        _ => Err((f, "must be 1-10".to_owned())),
+    };
+    Ok(CheckSpec {
+        target,
+        interval,
+        timeout,
+        unhealthy_threshold: threshold(k.unhealthy_threshold, "check.unhealthy_threshold")?,
+        healthy_threshold: threshold(k.healthy_threshold, "check.healthy_threshold")?,
+    })
+}
+
+fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: only http:// URLs"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if path.len() > 1024 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{url:?}: bad path"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?,
+        ),
+        _ => (authority, 80),
+    };
+    let host_ip = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = if host_ip == "localhost" {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        host_ip.parse().map_err(|_| {
+            format!("{url:?}: the host must be an IP address of this host or localhost")
+        })?
+    };
+    if !is_local_ip(ip, own) {
+        return Err(format!("{url:?}: checks may only target this host"));
+    }
+    Ok(CheckTarget::Http {
+        addr: SocketAddr::new(ip, port),
+        host: authority.to_owned(),
+        path: path.to_owned(),
+    })
+}
+
+/// Checks a whole set of local services (unique names, unique upstream listeners, count).
+pub fn check_set(specs: &[ServiceSpec]) -> Result<(), String> {
+    if specs.len() > MAX_SERVICES_PER_NODE {
+        return Err(format!("at most {MAX_SERVICES_PER_NODE} services per node"));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut listens = std::collections::HashSet::new();
+    for s in specs {
+        if !names.insert(&s.name) {
+            return Err(format!("service {} is defined twice", s.name));
+        }
+        for u in &s.upstreams {
+            if !listens.insert(u.listen) {
+                return Err(format!("upstream listener {} is used twice", u.listen));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+
+    fn parse(text: &str) -> Result<ServiceSpec, SpecError> {
+        let c = FileConfig::parse(text, "t").expect("toml");
+        ServiceSpec::from_config(&c.service[0], &["10.0.0.5".parse().expect("ip")])
+    }
+
+    #[test]
+    fn design_example_validates() {
+        let s = parse(
+            r#"
+[[service]]
+name = "frontend"
+port = 8080
+protocol = "http"
+version = "v1"
+tags = ["web"]
+check = { http = "http://127.0.0.1:8080/health", interval = "5s", timeout = "1s" }
+[[service.upstream]]
+service = "reviews"
+listen = "127.0.0.1:19001"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(s.protocol, Protocol::Http);
+        assert!(
+            matches!(s.check.as_ref().map(|c| &c.target), Some(CheckTarget::Http { path, .. }) if path == "/health")
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (text, field) in [
+            ("[[service]]\nname = \"<script>alert(1)</script>\"\nport = 1\n", "name"),
+            ("[[service]]\nname = \"a\"\nport = 0\n", "port"),
+            ("[[service]]\nname = \"a\"\nport = 1\nprotocol = \"udp\"\n", "protocol"),
+            ("[[service]]\nname = \"a\"\nport = 1\ncheck = { http = \"http://169.254.169.254/latest\" }\n", "check.http"),
+            ("[[service]]\nname = \"a\"\nport = 1\ncheck = { http = \"http://evil.example/\" }\n", "check.http"),
+            ("[[service]]\nname = \"a\"\nport = 1\ncheck = { tcp = \"8.8.8.8:53\" }\n", "check.tcp"),
+            ("[[service]]\nname = \"a\"\nport = 1\ncheck = { tcp = \"127.0.0.1:1\", http = \"http://127.0.0.1/\" }\n", "check"),
+            ("[[service]]\nname = \"a\"\nport = 1\n[[service.upstream]]\nservice = \"b\"\nlisten = \"0.0.0.0:1\"\n", "upstream.listen"),
+        ] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn own_address_is_local() {
+        parse("[[service]]\nname = \"a\"\nport = 1\ncheck = { tcp = \"10.0.0.5:80\" }\n")
+            .expect("own IP allowed");
+    }
+}

@@ -1,0 +1,115 @@
+//! The cluster-wide catalog: every instance of every service, built from the verified
+//! member list. Refreshed every gossip round; readers take a cheap snapshot.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use weft_ca::ServiceName;
+use weft_gossip::{Member, MemberStatus, Protocol};
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Service.
+    pub service: ServiceName,
+    /// Node running it.
+    pub node: String,
+    /// That node's QUIC address.
+    pub node_addr: SocketAddr,
+    /// Its node's zone.
+    pub zone: String,
+    /// Local port on its node.
+    pub port: u16,
+    /// tcp or http.
+    pub protocol: Protocol,
+    /// Version label.
+    pub version: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Health check passing.
+    pub healthy: bool,
+    /// Its node's status.
+    pub node_status: MemberStatus,
+    /// Its node's certificate is revoked.
+    pub revoked: bool,
+    /// Runs on this node.
+    pub is_local: bool,
+}
+
+impl Instance {
+    /// Whether it may receive traffic.
+    pub fn routable(&self) -> bool {
+        self.healthy && self.node_status == MemberStatus::Alive && !self.revoked
+    }
+}
+
+/// A snapshot of all instances.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Instances, sorted by service then node.
+    pub instances: Vec<Instance>,
+}
+
+impl Catalog {
+    /// Builds the catalog from verified members.
+    pub fn build(members: &[Member]) -> Self {
+        let mut instances: Vec<Instance> = members
+            .iter()
+            .filter(|m| m.status != MemberStatus::Left)
+            .flat_map(|m| {
+                m.services.iter().map(move |s| Instance {
+                    service: s.name.clone(),
+                    node: m.name.clone(),
+                    node_addr: m.address,
+                    zone: m.zone.clone(),
+                    port: s.port,
+                    protocol: s.protocol,
+                    version: s.version.clone(),
+                    tags: s.tags.clone(),
+                    healthy: s.healthy,
+                    node_status: m.status,
+                    revoked: m.revoked,
+                    is_local: m.is_self,
+                })
+            })
+            .collect();
+        instances.sort_by(|a, b| (a.service.as_str(), &a.node).cmp(&(b.service.as_str(), &b.node)));
+        Self { instances }
+    }
+
+    /// Instances of `service` that may receive traffic.
+    pub fn routable(&self, service: &ServiceName) -> Vec<&Instance> {
+        self.instances
+            .iter()
+            .filter(|i| &i.service == service && i.routable())
+            .collect()
+    }
+
+    /// Whether node `node` runs `service` (any health): the check for asserted sources.
+    pub fn node_runs(&self, node: &str, service: &ServiceName) -> bool {
+        self.instances
+            .iter()
+            .any(|i| i.node == node && &i.service == service)
+    }
+
+    /// Whether any node runs `service`.
+    pub fn knows(&self, service: &ServiceName) -> bool {
+        self.instances.iter().any(|i| &i.service == service)
+    }
+}
+
+/// The shared, periodically refreshed catalog.
+#[derive(Debug, Clone, Default)]
+pub struct SharedCatalog(Arc<RwLock<Arc<Catalog>>>);
+
+impl SharedCatalog {
+    /// The current snapshot.
+    pub fn get(&self) -> Arc<Catalog> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the snapshot.
+    pub fn set(&self, c: Catalog) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+    }
+}

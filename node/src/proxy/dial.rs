@@ -1,0 +1,191 @@
+//! Reaching an instance of a service: pick one (same zone, then peak-EWMA p2c), open a
+//! stream on the pooled QUIC connection to its node (one connection per peer, many
+//! streams) and write the stream header; or, for an instance on this node, connect to it
+//! directly. A connect failure is retried on another instance.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::debug;
+use weft_ca::ServiceName;
+
+use super::header::StreamHeader;
+use super::io::QuicIo;
+use crate::agent::node::Node;
+use crate::catalog::Instance;
+use crate::routing::endpoint_key;
+
+/// Anything a connection can be spliced with.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// Why no instance could be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DialError {
+    /// No node runs this service.
+    #[error("unknown service {0}")]
+    UnknownService(ServiceName),
+    /// Instances exist but none is healthy.
+    #[error("no healthy instance of {0}")]
+    NoHealthyInstance(ServiceName),
+    /// Every attempt failed.
+    #[error("cannot reach {service}: {reason}")]
+    Connect {
+        /// The service.
+        service: ServiceName,
+        /// Last failure.
+        reason: String,
+    },
+}
+
+/// Attempts per connection or request before giving up.
+const ATTEMPTS: usize = 3;
+/// Time to establish a QUIC connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pooled QUIC connections, one per peer node.
+#[derive(Debug, Default)]
+pub struct ConnPool {
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl ConnPool {
+    fn get(&self, node: &str) -> Option<quinn::Connection> {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .get(node)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn put(&self, node: &str, conn: quinn::Connection) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_owned(), conn);
+    }
+
+    fn drop_conn(&self, node: &str) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
+    }
+
+    /// Closes connections to nodes for which `keep` is false (left, failed, revoked).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|node, conn| {
+                let k = keep(node);
+                if !k {
+                    conn.close(0u32.into(), b"peer gone");
+                }
+                k
+            });
+    }
+}
+
+async fn connect_node(
+    node: &Node,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, String> {
+    if let Some(c) = node.pool.get(name) {
+        return Ok(c);
+    }
+    let connecting = node
+        .endpoint
+        .connect_with(node.data_client.clone(), addr, name)
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| format!("QUIC connect to {name} timed out"))?
+        .map_err(|e| e.to_string())?;
+    node.pool.put(name, conn.clone());
+    Ok(conn)
+}
+
+async fn open_instance(
+    node: &Node,
+    inst: &Instance,
+    header: &StreamHeader,
+) -> Result<Box<dyn Io>, String> {
+    if inst.is_local {
+        let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], inst.port)))
+            .await
+            .map_err(|e| format!("local instance 127.0.0.1:{}: {e}", inst.port))?;
+        let _ = tcp.set_nodelay(true);
+        return Ok(Box::new(tcp));
+    }
+    let conn = connect_node(node, &inst.node, inst.node_addr).await?;
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            node.pool.drop_conn(&inst.node);
+            return Err(e.to_string());
+        }
+    };
+    send.write_all(&header.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Box::new(QuicIo { send, recv }))
+}
+
+/// A stream to an instance, and how to account for it.
+pub struct Dialed {
+    /// The byte stream.
+    pub io: Box<dyn Io>,
+    /// The instance reached.
+    pub instance: Instance,
+    /// When the dial started.
+    pub started: Instant,
+}
+
+/// Opens a stream to some routable instance of `header.destination`.
+pub async fn dial(node: &Node, header: &StreamHeader) -> Result<Dialed, DialError> {
+    let catalog = node.catalog.get();
+    let service = &header.destination;
+    if !catalog.knows(service) {
+        return Err(DialError::UnknownService(service.clone()));
+    }
+    let routable = catalog.routable(service);
+    if routable.is_empty() {
+        return Err(DialError::NoHealthyInstance(service.clone()));
+    }
+    let zone = node.settings().zone;
+    let mut excluded = Vec::new();
+    let mut reason = String::new();
+    for _ in 0..ATTEMPTS {
+        let Some(inst) = node.router.pick(&routable, &zone, &excluded) else {
+            break;
+        };
+        let started = Instant::now();
+        match open_instance(node, inst, header).await {
+            Ok(io) => {
+                return Ok(Dialed {
+                    io,
+                    instance: inst.clone(),
+                    started,
+                })
+            }
+            Err(e) => {
+                debug!(service = %service, node = %inst.node, error = %e, "instance unreachable; trying another");
+                let key = endpoint_key(inst);
+                node.router.start(&key);
+                node.router.finish(&key, Duration::from_secs(5));
+                excluded.push(key);
+                reason = e;
+            }
+        }
+    }
+    Err(DialError::Connect {
+        service: service.clone(),
+        reason,
+    })
+}

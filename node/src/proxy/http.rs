@@ -1,0 +1,421 @@
+//! L7: HTTP/1.1 and HTTP/2 (h2c) from local apps, each request routed and balanced on
+//! its own and carried over its own QUIC stream as HTTP/1.1 (no handshake per request:
+//! the QUIC connection is pooled). Used by upstream listeners of HTTP services and by the
+//! HTTP forward proxy (`http://SERVICE/…`, `CONNECT SERVICE:port`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
+};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tracing::{debug, warn};
+use weft_ca::ServiceName;
+use weft_gossip::Protocol;
+
+use super::dial::{dial, DialError};
+use super::header::{valid_traceparent, StreamHeader};
+use crate::agent::node::Node;
+use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+
+/// Response body type of the proxy.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Largest request body buffered (buffering lets a failed attempt be retried and lets
+/// bad chunking be refused before anything is forwarded).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Attempts per request (on other instances) when no response was received.
+const ATTEMPTS: usize = 3;
+
+/// Where a connection's requests go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Every request to one service (an upstream listener), as `source`.
+    Fixed {
+        /// Destination.
+        destination: ServiceName,
+        /// Source service.
+        source: ServiceName,
+    },
+    /// The forward proxy: the destination is the request's host.
+    Proxy,
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Serves one app connection (HTTP/1.1 or h2c, with CONNECT upgrades) until it closes.
+pub async fn serve_connection(node: Arc<Node>, io: tokio::net::TcpStream, target: Target) {
+    let svc = hyper::service::service_fn(move |req| {
+        let node = node.clone();
+        let target = target.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(node, req, target).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        debug!(error = %e, "app HTTP connection ended with an error");
+    }
+}
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1, plus those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(n);
+    }
+}
+
+/// Requests whose framing is ambiguous are refused, never forwarded (request smuggling).
+fn framing_error(headers: &HeaderMap) -> Option<&'static str> {
+    let cls: Vec<&HeaderValue> = headers.get_all(CONTENT_LENGTH).iter().collect();
+    if cls.len() > 1 {
+        return Some("duplicate Content-Length");
+    }
+    if !cls.is_empty() && headers.contains_key(TRANSFER_ENCODING) {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if let Some(cl) = cls.first() {
+        let ok = cl
+            .to_str()
+            .ok()
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+        if !ok {
+            return Some("invalid Content-Length");
+        }
+    }
+    None
+}
+
+fn new_traceparent() -> String {
+    let trace: u128 = rand::random::<u128>() | 1;
+    let span: u64 = rand::random::<u64>() | 1;
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+fn destination_of(req: &Request<Incoming>) -> Option<String> {
+    let host = req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or("").to_owned())
+    })?;
+    Some(host.to_ascii_lowercase())
+}
+
+async fn handle(node: Arc<Node>, req: Request<Incoming>, target: Target) -> Response<ProxyBody> {
+    let (destination, source) = match &target {
+        Target::Fixed {
+            destination,
+            source,
+        } => (destination.clone(), Some(source.clone())),
+        Target::Proxy => {
+            let Some(host) = destination_of(&req) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "weft: request names no service (use http://SERVICE/…)\n".into(),
+                );
+            };
+            match ServiceName::new(host.clone()) {
+                Ok(s) => (s, None),
+                Err(_) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("weft: unknown service {host:?}\n"),
+                    )
+                }
+            }
+        }
+    };
+    if req.method() == Method::CONNECT {
+        return connect(node, req, destination, source);
+    }
+    forward(&node, req, destination, source).await
+}
+
+/// `CONNECT service:port`: a TCP tunnel to the service.
+fn connect(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    destination: ServiceName,
+    source: Option<ServiceName>,
+) -> Response<ProxyBody> {
+    let catalog = node.catalog.get();
+    if !catalog.knows(&destination) {
+        warn!(destination = %destination, "CONNECT to an unknown service");
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!("weft: unknown service {destination}\n"),
+        );
+    }
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                super::tcp::proxy_connection(&node, TokioIo::new(upgraded), destination, source)
+                    .await
+            }
+            Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+async fn forward(
+    node: &Node,
+    req: Request<Incoming>,
+    destination: ServiceName,
+    source: Option<ServiceName>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let src = source
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "-".into());
+    let dst = destination.to_string();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    if let Some(why) = framing_error(req.headers()) {
+        warn!(source = %src, destination = %dst, reason = why, "request refused: invalid framing");
+        node.metrics.record(&src, &dst, "400", 0.0);
+        return text(StatusCode::BAD_REQUEST, format!("weft: {why}\n"));
+    }
+    let (mut parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_large = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let (status, msg) = if too_large {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("weft: request body over {MAX_BODY} bytes\n"),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "weft: malformed request body\n".to_owned(),
+                )
+            };
+            warn!(source = %src, destination = %dst, "request refused: {}", msg.trim());
+            node.metrics.record(&src, &dst, status.as_str(), 0.0);
+            return text(status, msg);
+        }
+    };
+
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| dst.clone());
+    strip_hop_by_hop(&mut parts.headers);
+    let traceparent = match parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) if valid_traceparent(t) => t.to_owned(),
+        _ => new_traceparent(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        parts.headers.insert("traceparent", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        parts.headers.insert(HOST, v);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let header = StreamHeader {
+        protocol: Protocol::Http,
+        destination: destination.clone(),
+        source,
+        traceparent: Some(traceparent.clone()),
+    };
+
+    let idempotent = matches!(
+        method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let mut last_error = String::new();
+    for attempt in 0..ATTEMPTS {
+        let dialed = match dial(node, &header).await {
+            Ok(d) => d,
+            Err(e) => {
+                let (status, label) = match &e {
+                    DialError::UnknownService(_) => (StatusCode::BAD_GATEWAY, "unknown".to_owned()),
+                    DialError::NoHealthyInstance(_) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, dst.clone())
+                    }
+                    DialError::Connect { .. } => (StatusCode::BAD_GATEWAY, dst.clone()),
+                };
+                warn!(source = %src, destination = %dst, error = %e, "request failed: no instance reachable");
+                node.metrics.record(
+                    &src,
+                    &label,
+                    status.as_str(),
+                    started.elapsed().as_secs_f64(),
+                );
+                return text(status, format!("weft: {e}\n"));
+            }
+        };
+        let key = crate::routing::endpoint_key(&dialed.instance);
+        node.router.start(&key);
+        let mut out = Request::new(Full::new(body.clone()));
+        *out.method_mut() = method.clone();
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = parts.headers.clone();
+        *out.uri_mut() = match path_and_query.parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "weft: invalid request target\n".into(),
+                )
+            }
+        };
+        let result = async {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(dialed.io)).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream HTTP connection ended with an error");
+                }
+            });
+            sender.send_request(out).await
+        }
+        .await;
+        match result {
+            Ok(resp) => {
+                node.router.finish(&key, dialed.started.elapsed());
+                let status = resp.status();
+                node.metrics
+                    .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
+                node.access_log.write(&AccessEntry {
+                    time: now_rfc3339(),
+                    direction: "outbound",
+                    protocol: "http",
+                    source: src.clone(),
+                    destination: dst.clone(),
+                    upstream_node: dialed.instance.node.clone(),
+                    method: Some(method.to_string()),
+                    path: Some(path.clone()),
+                    status: status.as_u16().to_string(),
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    bytes_out: body.len() as u64,
+                    bytes_in: 0,
+                    trace_id: traceparent.split('-').nth(1).map(str::to_owned),
+                });
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                return Response::from_parts(rparts, rbody.boxed());
+            }
+            Err(e) => {
+                node.router.finish(&key, std::time::Duration::from_secs(5));
+                debug!(attempt, node = %dialed.instance.node, error = %e, "upstream request failed");
+                last_error = e.to_string();
+                if !idempotent {
+                    break;
+                }
+            }
+        }
+    }
+    warn!(source = %src, destination = %dst, error = %last_error, "request failed on every attempt");
+    node.metrics
+        .record(&src, &dst, "502", started.elapsed().as_secs_f64());
+    text(
+        StatusCode::BAD_GATEWAY,
+        format!("weft: {dst} failed: {last_error}\n"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_checks() {
+        let mut h = HeaderMap::new();
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(framing_error(&h), None);
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(framing_error(&h), Some("duplicate Content-Length"));
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(framing_error(&h).is_some());
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("+5"));
+        assert_eq!(framing_error(&h), Some("invalid Content-Length"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn fresh_traceparents_are_valid() {
+        for _ in 0..100 {
+            assert!(valid_traceparent(&new_traceparent()));
+        }
+    }
+}

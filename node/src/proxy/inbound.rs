@@ -1,0 +1,146 @@
+//! Streams arriving from other nodes (ALPN `weft/1`, client certificate required): read
+//! the header, check that the destination runs here and is healthy and that the asserted
+//! source service runs on the authenticated peer node, then splice to the local instance.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+use weft_ca::LeafInfo;
+use weft_gossip::Protocol;
+
+use super::header::{
+    StreamHeader, ERR_BACKEND, ERR_HEADER, ERR_REFUSED, ERR_UNKNOWN_SERVICE, PREFIX_LEN,
+};
+use super::io::QuicIo;
+use crate::agent::node::Node;
+use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+
+/// Time a peer has to send the stream header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one peer connection until it closes or the node stops.
+pub async fn serve(node: Arc<Node>, conn: quinn::Connection, peer: LeafInfo) {
+    let peer_node = peer.id.node_name().to_string();
+    loop {
+        let (send, recv) = tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            s = conn.accept_bi() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let node = node.clone();
+        let peer_node = peer_node.clone();
+        let remote = conn.remote_address();
+        tokio::spawn(async move { handle_stream(&node, send, recv, &peer_node, remote).await });
+    }
+}
+
+async fn read_header(recv: &mut quinn::RecvStream) -> Result<StreamHeader, String> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = StreamHeader::decode_prefix(&prefix).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| e.to_string())?;
+    StreamHeader::decode_body(&body).map_err(|e| e.to_string())
+}
+
+fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32) {
+    let _ = send.reset(code.into());
+    let _ = recv.stop(code.into());
+}
+
+async fn handle_stream(
+    node: &Node,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer_node: &str,
+    remote: SocketAddr,
+) {
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            warn!(peer = %peer_node, %remote, error = %e, "malformed stream header; stream closed");
+            refuse(&mut send, &mut recv, ERR_HEADER);
+            return;
+        }
+        Err(_) => {
+            debug!(peer = %peer_node, "no stream header in time");
+            refuse(&mut send, &mut recv, ERR_HEADER);
+            return;
+        }
+    };
+    let source = header
+        .source
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "-".into());
+    let destination = header.destination.to_string();
+    // The peer may only speak for services it runs.
+    if let Some(src) = &header.source {
+        if !node.catalog.get().node_runs(peer_node, src) {
+            warn!(peer = %peer_node, source = %src, destination = %destination,
+                "stream refused: the source service is not registered on the peer node");
+            node.metrics.record(&source, &destination, "refused", 0.0);
+            refuse(&mut send, &mut recv, ERR_REFUSED);
+            return;
+        }
+    }
+    let Some(spec) = node.services.get(&header.destination) else {
+        warn!(peer = %peer_node, destination = %destination, "stream for a service that does not run here");
+        refuse(&mut send, &mut recv, ERR_UNKNOWN_SERVICE);
+        return;
+    };
+    if !node.services.is_healthy(&spec) {
+        debug!(destination = %destination, "stream for an unhealthy local instance");
+        refuse(&mut send, &mut recv, ERR_BACKEND);
+        return;
+    }
+    let started = Instant::now();
+    let backend = match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], spec.port))).await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(destination = %destination, port = spec.port, error = %e, "local instance unreachable");
+            node.metrics.record(
+                &source,
+                &destination,
+                "error",
+                started.elapsed().as_secs_f64(),
+            );
+            refuse(&mut send, &mut recv, ERR_BACKEND);
+            return;
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let mut backend = backend;
+    let mut stream = QuicIo { send, recv };
+    let result = tokio::io::copy_bidirectional(&mut stream, &mut backend).await;
+    let (to_backend, from_backend) = result.as_ref().map(|r| *r).unwrap_or((0, 0));
+    if header.protocol == Protocol::Tcp {
+        let code = if result.is_ok() { "ok" } else { "error" };
+        node.metrics
+            .record(&source, &destination, code, started.elapsed().as_secs_f64());
+        node.access_log.write(&AccessEntry {
+            time: now_rfc3339(),
+            direction: "inbound",
+            protocol: "tcp",
+            source,
+            destination,
+            upstream_node: node.info.name.to_string(),
+            method: None,
+            path: None,
+            status: code.into(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            bytes_out: from_backend,
+            bytes_in: to_backend,
+            trace_id: None,
+        });
+    }
+}

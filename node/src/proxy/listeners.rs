@@ -1,0 +1,141 @@
+//! Local listeners: one per `[[service.upstream]]` (reconciled whenever the local services
+//! change) and the HTTP forward proxy. An upstream listener speaks HTTP (L7) when its
+//! destination is an HTTP service and splices bytes (L4) otherwise, decided per connection
+//! from the catalog.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use weft_ca::ServiceName;
+use weft_gossip::Protocol;
+
+use super::http::{serve_connection, Target};
+use super::tcp::proxy_connection;
+use crate::agent::node::Node;
+
+/// Keeps upstream listeners in line with the local services until `shutdown`.
+pub async fn supervise_upstreams(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut changes = node.services.subscribe();
+    let mut running: HashMap<SocketAddr, (ServiceName, ServiceName, CancellationToken)> =
+        HashMap::new();
+    loop {
+        let wanted: HashMap<SocketAddr, (ServiceName, ServiceName)> = node
+            .services
+            .all()
+            .into_iter()
+            .flat_map(|s| {
+                let source = s.name.clone();
+                s.upstreams
+                    .into_iter()
+                    .map(move |u| (u.listen, (u.service, source.clone())))
+            })
+            .collect();
+        running.retain(|addr, (dst, src, stop)| {
+            let keep = wanted.get(addr) == Some(&(dst.clone(), src.clone()));
+            if !keep {
+                info!(listen = %addr, "upstream listener closed");
+                stop.cancel();
+            }
+            keep
+        });
+        for (addr, (dst, src)) in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    info!(listen = %addr, destination = %dst, source = %src, "upstream listener open");
+                    let stop = shutdown.child_token();
+                    tokio::spawn(serve_upstream(
+                        node.clone(),
+                        listener,
+                        dst.clone(),
+                        src.clone(),
+                        stop.clone(),
+                    ));
+                    running.insert(addr, (dst, src, stop));
+                }
+                Err(e) => {
+                    error!(listen = %addr, destination = %dst, error = %e, "cannot open upstream listener")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn serve_upstream(
+    node: Arc<Node>,
+    listener: TcpListener,
+    destination: ServiceName,
+    source: ServiceName,
+    stop: CancellationToken,
+) {
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "upstream listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        let node = node.clone();
+        let (dst, src) = (destination.clone(), source.clone());
+        tokio::spawn(async move {
+            let http = node
+                .catalog
+                .get()
+                .instances
+                .iter()
+                .any(|i| i.service == dst && i.protocol == Protocol::Http);
+            if http {
+                serve_connection(
+                    node,
+                    sock,
+                    Target::Fixed {
+                        destination: dst,
+                        source: src,
+                    },
+                )
+                .await;
+            } else {
+                proxy_connection(&node, sock, dst, Some(src)).await;
+            }
+        });
+    }
+}
+
+/// The HTTP forward proxy (`--proxy`): `http://SERVICE/…` and `CONNECT SERVICE:port`.
+pub async fn serve_forward_proxy(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(serve_connection(node.clone(), sock, Target::Proxy));
+    }
+}

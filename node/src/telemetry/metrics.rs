@@ -1,0 +1,145 @@
+//! Data-plane metrics (prometheus-client). Label sets are bounded: service names come
+//! from the catalog (unknown destinations are counted as "unknown"), codes are HTTP
+//! status codes or a fixed set of words; nothing is taken from paths or headers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of one request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Source service, or "-" for the node itself.
+    pub source: String,
+    /// Destination service.
+    pub destination: String,
+    /// HTTP status code, or for TCP: "ok", "refused", "error".
+    pub code: String,
+}
+
+/// Labels of a source → destination edge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    /// Source service, or "-".
+    pub source: String,
+    /// Destination service.
+    pub destination: String,
+}
+
+/// Labels of a byte count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// "in" (toward the local app) or "out" (from it).
+    pub direction: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// The data-plane metric families.
+pub struct Metrics {
+    registry: Registry,
+    /// `weft_requests_total{source,destination,code}`
+    pub requests: Family<RequestLabels, Counter>,
+    /// `weft_request_duration_seconds{source,destination}`
+    pub duration: Family<EdgeLabels, Histogram, fn() -> Histogram>,
+    /// `weft_tcp_connections_total{source,destination}`
+    pub tcp_connections: Family<EdgeLabels, Counter>,
+    /// `weft_bytes_total{direction}`
+    pub bytes: Family<DirectionLabels, Counter>,
+    /// `weft_access_log_dropped_total`
+    pub access_log_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<EdgeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let tcp_connections = Family::<EdgeLabels, Counter>::default();
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "requests",
+            "Requests and TCP streams by source, destination and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to response headers (HTTP) or stream lifetime (TCP)",
+            duration.clone(),
+        );
+        registry.register(
+            "tcp_connections",
+            "TCP connections proxied",
+            tcp_connections.clone(),
+        );
+        registry.register("bytes", "Bytes proxied, by direction", bytes.clone());
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            tcp_connections,
+            bytes,
+            access_log_dropped,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text of these families (without the final `# EOF`).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        out
+    }
+
+    /// Counts one request or stream.
+    pub fn record(&self, source: &str, destination: &str, code: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                source: source.to_owned(),
+                destination: destination.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&EdgeLabels {
+                source: source.to_owned(),
+                destination: destination.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Adds proxied bytes.
+    pub fn add_bytes(&self, inbound: u64, outbound: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                direction: "in".into(),
+            })
+            .inc_by(inbound);
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                direction: "out".into(),
+            })
+            .inc_by(outbound);
+    }
+}
