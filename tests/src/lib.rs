@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
+pub mod backends;
+
 /// Path of the `weft` binary next to the running test executable.
 pub fn weft_bin() -> PathBuf {
     if let Ok(p) = std::env::var("WEFT_BIN") {

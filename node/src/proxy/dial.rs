@@ -176,10 +176,7 @@ pub async fn dial(node: &Node, header: &StreamHeader) -> Result<Dialed, DialErro
             }
             Err(e) => {
                 debug!(service = %service, node = %inst.node, error = %e, "instance unreachable; trying another");
-                let key = endpoint_key(inst);
-                node.router.start(&key);
-                node.router.finish(&key, Duration::from_secs(5));
-                excluded.push(key);
+                excluded.push(endpoint_key(inst));
                 reason = e;
             }
         }

@@ -63,14 +63,20 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 
 /// Serves one app connection (HTTP/1.1 or h2c, with CONNECT upgrades) until it closes.
 pub async fn serve_connection(node: Arc<Node>, io: tokio::net::TcpStream, target: Target) {
+    let node_for_guard = node.clone();
     let svc = hyper::service::service_fn(move |req| {
         let node = node.clone();
         let target = target.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(node, req, target).await) }
     });
+    let metrics = node_for_guard.metrics.clone();
+    let guarded = super::framing::FramingGuard::new(io, move |reason| {
+        warn!(reason, "request refused with 400: ambiguous framing");
+        metrics.record("-", "unknown", "400", 0.0);
+    });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .serve_connection_with_upgrades(TokioIo::new(guarded), svc)
         .await
     {
         debug!(error = %e, "app HTTP connection ended with an error");
@@ -362,7 +368,7 @@ async fn forward(
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(e) => {
-                node.router.finish(&key, std::time::Duration::from_secs(5));
+                node.router.fail(&key);
                 debug!(attempt, node = %dialed.instance.node, error = %e, "upstream request failed");
                 last_error = e.to_string();
                 if !idempotent {

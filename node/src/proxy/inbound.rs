@@ -18,6 +18,9 @@ use super::io::QuicIo;
 use crate::agent::node::Node;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 
+/// Gossip rounds to wait for an unknown source service to appear before refusing.
+const SOURCE_GRACE_ROUNDS: u32 = 4;
+
 /// Time a peer has to send the stream header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,9 +86,19 @@ async fn handle_stream(
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
     let destination = header.destination.to_string();
-    // The peer may only speak for services it runs.
+    // The peer may only speak for services it runs. A registration on the peer may be a
+    // gossip round or two ahead of our catalog: give it a moment before refusing.
     if let Some(src) = &header.source {
-        if !node.catalog.get().node_runs(peer_node, src) {
+        let mut known = node.catalog.get().node_runs(peer_node, src);
+        for _ in 0..SOURCE_GRACE_ROUNDS {
+            if known {
+                break;
+            }
+            tokio::time::sleep(node.settings().gossip_interval).await;
+            node.refresh_catalog().await;
+            known = node.catalog.get().node_runs(peer_node, src);
+        }
+        if !known {
             warn!(peer = %peer_node, source = %src, destination = %destination,
                 "stream refused: the source service is not registered on the peer node");
             node.metrics.record(&source, &destination, "refused", 0.0);

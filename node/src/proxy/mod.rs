@@ -3,6 +3,7 @@
 //! (`listeners`).
 
 pub mod dial;
+pub mod framing;
 pub mod header;
 pub mod http;
 pub mod inbound;

@@ -84,7 +84,15 @@ impl Balancer {
         self.entry(key, now).pending += 1;
     }
 
-    /// A request to `key` ended after `rtt` (use a large value for failures).
+    /// A request to `key` failed before any response: it no longer counts as pending,
+    /// and its latency estimate is left alone (dead instances leave the set through
+    /// health checks and failure detection, not through latency).
+    pub fn cancel(&mut self, key: &str, now: Instant) {
+        let e = self.entry(key, now);
+        e.pending = e.pending.saturating_sub(1);
+    }
+
+    /// A request to `key` ended after `rtt`.
     pub fn finish(&mut self, key: &str, rtt: Duration, now: Instant) {
         let e = self.entry(key, now);
         e.pending = e.pending.saturating_sub(1);

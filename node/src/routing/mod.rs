@@ -58,6 +58,14 @@ impl Router {
             .start(key, Instant::now());
     }
 
+    /// Marks it failed (no latency sample).
+    pub fn fail(&self, key: &str) {
+        self.balancer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel(key, Instant::now());
+    }
+
     /// Marks it finished after `rtt`.
     pub fn finish(&self, key: &str, rtt: std::time::Duration) {
         self.balancer
