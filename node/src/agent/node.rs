@@ -243,9 +243,40 @@ impl Node {
         self.catalog.set(crate::catalog::Catalog::build(&members));
     }
 
-    /// Verified members.
+    /// Verified members. Adopts a newer revocation list seen with them at once, so TLS
+    /// refuses a revoked peer as soon as any view shows it revoked.
     pub async fn members(&self) -> Vec<Member> {
-        self.gossip.members().await
+        let members = self.gossip.members().await;
+        self.adopt_revocations();
+        members
+    }
+
+    fn adopt_revocations(&self) {
+        let newest = self.gossip.revocations();
+        let current = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .version;
+        if newest.version > current {
+            info!(
+                version = newest.version,
+                revoked = newest.revoked.len(),
+                "revocation list updated"
+            );
+            if let Err(e) = self.store.set_crl(&newest) {
+                warn!(error = %e, "cannot persist the revocation list");
+            }
+            *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
+        }
+    }
+
+    /// Whether a certificate serial is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_revoked(serial)
     }
 
     /// Members' addresses for a joining node.

@@ -35,6 +35,12 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection, peer: LeafInfo) {
                 Err(_) => break,
             },
         };
+        // A certificate revoked after the handshake stops this connection at once.
+        if node.is_revoked(&peer.serial) {
+            warn!(peer = %peer_node, serial = %peer.serial, "closing the connection of a revoked node");
+            conn.close(ERR_REFUSED.into(), b"certificate revoked");
+            break;
+        }
         let node = node.clone();
         let peer_node = peer_node.clone();
         let remote = conn.remote_address();
