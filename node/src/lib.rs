@@ -10,6 +10,7 @@ pub mod authority;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod health;
 pub mod identity;
 pub mod net;

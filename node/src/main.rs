@@ -54,6 +54,10 @@ fn main() -> ExitCode {
             } => client::node_revoke(&c, &name).await,
             Command::Leave(c) => client::leave(&c).await,
             Command::Services(c) => client::services(&c).await,
+            Command::Demo => {
+                init_logs(LogFormat::Human, false);
+                weft_node::demo::run().await
+            }
             Command::Service {
                 action: ServiceAction::Register(a),
             } => client::service_register(&a).await,

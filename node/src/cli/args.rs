@@ -36,6 +36,8 @@ pub enum Command {
     Leave(ClientArgs),
     /// List services and their instances, cluster-wide.
     Services(ClientArgs),
+    /// Start a local 3-node mesh with sample services and traffic (Ctrl-C to stop).
+    Demo,
     /// Register or deregister a service on the local agent.
     Service {
         /// Service action.

@@ -1,0 +1,308 @@
+//! `weft demo`: a local mesh for a first look. Three agents (separate processes of this
+//! binary) on 127.0.10.1–3, sample services (two versions of `reviews` over HTTP, a TCP
+//! `ratings` echo, a `frontend` calling both), light traffic, and the addresses to look
+//! at. Ctrl-C stops the agents gracefully and removes everything it created.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const NODES: [&str; 3] = ["demo-1", "demo-2", "demo-3"];
+
+fn ip(i: usize) -> String {
+    format!("127.0.10.{}", i + 1)
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run() -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let result = run_in(&dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A tiny HTTP backend answering with its version.
+async fn http_backend(listener: TcpListener, version: &'static str, stop: CancellationToken) {
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        tokio::spawn(async move {
+            let (r, mut w) = sock.into_split();
+            let mut lines = BufReader::new(r).lines();
+            loop {
+                let mut content_length = 0usize;
+                let Ok(Some(_request_line)) = lines.next_line().await else {
+                    return;
+                };
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if l.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                        content_length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                if content_length > 0 {
+                    let mut body = vec![0u8; content_length.min(1 << 20)];
+                    if lines.get_mut().read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                }
+                // v2 is a little slower, so the graph shows different latencies.
+                if version == "v2" {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+                let body = format!("{{\"service\":\"reviews\",\"version\":\"{version}\"}}\n");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if w.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A TCP echo backend.
+async fn echo_backend(listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        tokio::spawn(async move {
+            let (mut r, mut w) = sock.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+async fn local_listener() -> anyhow::Result<(TcpListener, u16)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    Ok((l, port))
+}
+
+fn write_config(dir: &Path, i: usize, services: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{}.toml", NODES[i]));
+    let text = format!(
+        "name = \"{name}\"\nbind = \"{ip}\"\napi = \"{ip}:7070\"\nproxy = \"{ip}:15001\"\ndata_dir = \"{data}\"\naccess_log = \"off\"\nzone = \"{zone}\"\n{services}",
+        name = NODES[i],
+        ip = ip(i),
+        data = dir.join(NODES[i]).display(),
+        zone = if i == 2 { "zone-b" } else { "zone-a" },
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn spawn_agent(dir: &Path, config: &Path, extra: &[&str], name: &str) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the weft binary")?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let log2 = log.try_clone()?;
+    Command::new(exe)
+        .arg("agent")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("WEFT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start an agent")
+}
+
+async fn wait_ready(api: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if let Ok(mut s) = TcpStream::connect(api).await {
+            let _ = s
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("agent at {api} did not become ready")
+}
+
+async fn create_token(api: &str, data_dir: &Path) -> anyhow::Result<String> {
+    let admin = std::fs::read_to_string(data_dir.join("admin-token"))?
+        .trim()
+        .to_owned();
+    let mut s = TcpStream::connect(api).await?;
+    let body = "{\"ttl_secs\":600}";
+    let req = format!(
+        "POST /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let json = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(json).context("token answer")?;
+    v["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no token in the answer")
+}
+
+async fn traffic(stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        if let Ok(mut s) = TcpStream::connect(format!("{}:19001", ip(0))).await {
+            let _ = s
+                .write_all(
+                    format!(
+                        "GET /reviews/{} HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n",
+                        n % 7
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+        }
+        if n % 10 == 0 {
+            if let Ok(mut s) = TcpStream::connect(format!("{}:19002", ip(0))).await {
+                let _ = s.write_all(b"rating?").await;
+                let _ = s.shutdown().await;
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink).await;
+            }
+        }
+    }
+}
+
+async fn run_in(dir: &Path) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let (l_v1, p_v1) = local_listener().await?;
+    let (l_v2, p_v2) = local_listener().await?;
+    let (l_echo, p_echo) = local_listener().await?;
+    tokio::spawn(http_backend(l_v1, "v1", stop.clone()));
+    tokio::spawn(http_backend(l_v2, "v2", stop.clone()));
+    tokio::spawn(echo_backend(l_echo, stop.clone()));
+
+    let frontend = format!(
+        "\n[[service]]\nname = \"frontend\"\nport = 1\nprotocol = \"http\"\n\n[[service.upstream]]\nservice = \"reviews\"\nlisten = \"{ip}:19001\"\n\n[[service.upstream]]\nservice = \"ratings\"\nlisten = \"{ip}:19002\"\n",
+        ip = ip(0)
+    );
+    let reviews_v1 = format!(
+        "\n[[service]]\nname = \"reviews\"\nport = {p_v1}\nprotocol = \"http\"\nversion = \"v1\"\ncheck = {{ http = \"http://127.0.0.1:{p_v1}/health\", interval = \"2s\", timeout = \"1s\" }}\n"
+    );
+    let reviews_v2 = format!(
+        "\n[[service]]\nname = \"reviews\"\nport = {p_v2}\nprotocol = \"http\"\nversion = \"v2\"\ncheck = {{ http = \"http://127.0.0.1:{p_v2}/health\", interval = \"2s\", timeout = \"1s\" }}\n\n[[service]]\nname = \"ratings\"\nport = {p_echo}\nprotocol = \"tcp\"\n"
+    );
+    let configs = [
+        write_config(dir, 0, &frontend)?,
+        write_config(dir, 1, &reviews_v1)?,
+        write_config(dir, 2, &reviews_v2)?,
+    ];
+
+    println!(
+        "weft demo: starting 3 agents on 127.0.10.1-3 (logs and data in {})",
+        dir.display()
+    );
+    let mut children = vec![spawn_agent(dir, &configs[0], &["--bootstrap"], NODES[0])?];
+    let api0 = format!("{}:7070", ip(0));
+    wait_ready(&api0).await?;
+    for i in 1..3 {
+        let token = create_token(&api0, &dir.join(NODES[0])).await?;
+        let seed = ip(0);
+        children.push(spawn_agent(
+            dir,
+            &configs[i],
+            &["--join", &seed, "--token", &token],
+            NODES[i],
+        )?);
+        wait_ready(&format!("{}:7070", ip(i))).await?;
+    }
+    tokio::spawn(traffic(stop.clone()));
+
+    println!();
+    println!(
+        "  dashboards:   http://{}:7070/   http://{}:7070/   http://{}:7070/",
+        ip(0),
+        ip(1),
+        ip(2)
+    );
+    println!("  members:      WEFT_API={api0} weft members");
+    println!("  services:     WEFT_API={api0} weft services");
+    println!("  metrics:      curl http://{api0}/metrics");
+    println!(
+        "  try it:       curl http://{}:19001/   (frontend's upstream to reviews v1/v2)",
+        ip(0)
+    );
+    println!(
+        "                curl -x http://{}:15001 http://reviews/",
+        ip(0)
+    );
+    println!(
+        "  admin token:  WEFT_DATA_DIR={} (for weft token create, weft service register)",
+        dir.join(NODES[0]).display()
+    );
+    println!();
+    println!("traffic is flowing; press Ctrl-C to stop");
+
+    let mut exited = None;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        r = wait_any(&mut children) => exited = Some(r),
+    }
+    stop.cancel();
+    println!("\nstopping the agents…");
+    for c in children.iter() {
+        if let Some(pid) = c.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for c in children.iter_mut() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+        let _ = c.kill().await;
+    }
+    if let Some(name) = exited {
+        bail!("agent {name} exited unexpectedly; see its log above the cleanup")
+    }
+    println!("done; removed {}", dir.display());
+    Ok(())
+}
+
+async fn wait_any(children: &mut [Child]) -> String {
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Ok(Some(_)) = c.try_wait() {
+                return NODES[i].to_owned();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,72 @@
+//! `weft demo` (the README's first command): three agents with sample services and
+//! traffic come up, requests flow through the mesh, and Ctrl-C leaves nothing behind.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use weft_tests::{eventually, http_get, weft_bin};
+
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_runs_traffic_and_cleans_up() -> anyhow::Result<()> {
+    let mut demo = Demo(
+        Command::new(weft_bin())
+            .arg("demo")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let pid = demo.0.id();
+    let dir = std::env::temp_dir().join(format!("weft-demo-{pid}"));
+    let api = "127.0.10.1:7070";
+    eventually(
+        "demo traffic through the mesh",
+        Duration::from_secs(40),
+        || {
+            let Ok(m) = http_get(api, "/metrics") else {
+                return Ok(None);
+            };
+            let ok = m.lines().any(|l| {
+                l.starts_with(
+                    "weft_requests_total{source=\"frontend\",destination=\"reviews\",code=\"200\"}",
+                ) && l
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    >= 5.0
+            });
+            Ok(ok.then_some(()))
+        },
+    )?;
+    let members = http_get(api, "/v1/members")?;
+    assert_eq!(
+        members.matches("\"status\":\"alive\"").count(),
+        3,
+        "{members}"
+    );
+    assert!(dir.exists());
+
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    let status = eventually("demo exits", Duration::from_secs(30), || {
+        Ok(demo.0.try_wait()?)
+    })?;
+    assert!(status.success(), "demo exited with {status}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(
+        http_get(api, "/healthz").is_err(),
+        "an agent is still running"
+    );
+    Ok(())
+}
