@@ -15,6 +15,7 @@ pub struct Backend {
     /// Requests (HTTP) or connections (TCP) served.
     pub hits: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -29,12 +30,21 @@ impl Backend {
         self.hits.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting and closes the listening socket (connections are refused after).
+    /// Stops like a crashed process: closes the listening socket (new connections are
+    /// refused) and every open connection.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = c.shutdown(Shutdown::Both);
         }
     }
 
@@ -50,13 +60,17 @@ impl Backend {
         let hits = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let handler = Arc::new(handler);
-        let (h, s) = (hits.clone(), stop.clone());
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, s, open) = (hits.clone(), stop.clone(), conns.clone());
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                if let Ok(c) = conn.try_clone() {
+                    open.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+                }
                 let (h, s, handler) = (h.clone(), s.clone(), handler.clone());
                 std::thread::spawn(move || handler(conn, &h, &s));
             }
@@ -65,6 +79,7 @@ impl Backend {
             addr,
             hits,
             stop,
+            conns,
             thread: Some(thread),
         }
     }

@@ -188,6 +188,18 @@ fn apps_reach_services_on_other_nodes() -> anyhow::Result<()> {
             && l.contains("\"status\":\"200\"")),
         "no access log line"
     );
+
+    // Services registered through the API survive a restart of their agent.
+    c.agent_mut("vm-2").kill();
+    c.spawn("vm-2", &[]);
+    c.wait_ready("vm-2")?;
+    wait_instances(&c, "vm-1", "reviews", "passing", 1)?;
+    let (status, body) = eventually("reviews after restart", CONVERGE, || {
+        Ok(http_get_host(&up_http, "reviews", "/again")
+            .ok()
+            .filter(|r| r.0 == 200))
+    })?;
+    assert_eq!(status, 200, "{body}");
     Ok(())
 }
 

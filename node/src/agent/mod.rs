@@ -92,7 +92,7 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         )
         .map_err(|e| AgentError::Setup(e.to_string()))?,
     );
-    let endpoint = quinn::Endpoint::server(server_config, settings.quic_listen()).map_err(|e| {
+    let endpoint = tls::bind_endpoint(server_config, settings.quic_listen()).map_err(|e| {
         AgentError::Bind(format!(
             "cannot bind QUIC {}/udp: {e}",
             settings.quic_listen()

@@ -77,6 +77,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// The access log.
     pub access_log: AccessLog,
+    /// Keep-alive pool of HTTP connections to local instances.
+    pub backend: crate::proxy::inbound::BackendClient,
 }
 
 /// Parts assembled by the agent before the node exists.
@@ -150,6 +152,7 @@ impl Node {
             data_client: p.data_client,
             metrics: p.metrics,
             access_log: p.access_log,
+            backend: crate::proxy::inbound::backend_client(),
         })
     }
 

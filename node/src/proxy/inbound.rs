@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 use weft_ca::LeafInfo;
@@ -17,6 +22,67 @@ use super::header::{
 use super::io::QuicIo;
 use crate::agent::node::Node;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+
+/// The pooled HTTP client to local instances.
+pub type BackendClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Incoming,
+>;
+
+/// Builds the backend pool: HTTP/1.1, keep-alive, idle connections closed after 30 s.
+pub fn backend_client() -> BackendClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build(connector)
+}
+
+/// Serves the HTTP/1.1 exchange(s) on an inbound stream through the keep-alive pool.
+async fn serve_http(node: &Node, stream: QuicIo, port: u16) {
+    let client = node.backend.clone();
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let client = client.clone();
+        async move {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into());
+            match format!("http://127.0.0.1:{port}{pq}").parse() {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => {
+                    return Ok::<_, std::convert::Infallible>(status(StatusCode::BAD_REQUEST))
+                }
+            }
+            match client.request(req).await {
+                Ok(resp) => Ok(resp.map(|b| b.boxed())),
+                Err(e) => {
+                    warn!(port, error = %e, "local instance failed the request");
+                    Ok(status(StatusCode::BAD_GATEWAY))
+                }
+            }
+        }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+        .await
+    {
+        debug!(error = %e, "inbound HTTP stream ended with an error");
+    }
+}
+
+fn status(code: StatusCode) -> Response<BoxBody<Bytes, hyper::Error>> {
+    let mut r = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    r
+}
 
 /// Gossip rounds to wait for an unknown source service to appear before refusing.
 const SOURCE_GRACE_ROUNDS: u32 = 4;
@@ -123,6 +189,10 @@ async fn handle_stream(
         return;
     }
     let started = Instant::now();
+    if header.protocol == Protocol::Http {
+        serve_http(node, QuicIo { send, recv }, spec.port).await;
+        return;
+    }
     let backend = match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], spec.port))).await {
         Ok(b) => b,
         Err(e) => {
