@@ -85,7 +85,10 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::HighThroughput)
+            .mode(sled::Mode::LowSpace)
+            // The store is small (peers, tokens, services, config): a small page cache
+            // keeps the agent's memory low.
+            .cache_capacity(4 << 20)
             .open()?;
         Ok(Self {
             peers: db.open_tree("peers")?,
