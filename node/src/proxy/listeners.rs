@@ -71,6 +71,30 @@ pub async fn supervise_upstreams(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
+/// Accepts on `listener` until `stop`, handing each socket (no-delay set) to `handle`.
+/// Accept errors (e.g. out of file descriptors) are logged and retried after a pause.
+async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (sock, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(handle(sock));
+    }
+}
+
 async fn serve_upstream(
     node: Arc<Node>,
     listener: TcpListener,
@@ -78,22 +102,10 @@ async fn serve_upstream(
     source: ServiceName,
     stop: CancellationToken,
 ) {
-    loop {
-        let (sock, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "upstream listener accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = sock.set_nodelay(true);
+    accept_loop(listener, stop, move |sock| {
         let node = node.clone();
         let (dst, src) = (destination.clone(), source.clone());
-        tokio::spawn(async move {
+        async move {
             let http = node
                 .catalog
                 .get()
@@ -113,8 +125,9 @@ async fn serve_upstream(
             } else {
                 proxy_connection(&node, sock, dst, Some(src)).await;
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// The HTTP forward proxy (`--proxy`): `http://SERVICE/…` and `CONNECT SERVICE:port`.
@@ -123,19 +136,8 @@ pub async fn serve_forward_proxy(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let (sock, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = sock.set_nodelay(true);
-        tokio::spawn(serve_connection(node.clone(), sock, Target::Proxy));
-    }
+    accept_loop(listener, shutdown, move |sock| {
+        serve_connection(node.clone(), sock, Target::Proxy)
+    })
+    .await;
 }
