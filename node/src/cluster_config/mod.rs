@@ -1,0 +1,62 @@
+//! Cluster config without servers: entries replicated by gossip digests and pulled over
+//! mTLS QUIC, last writer wins by hybrid logical clock (`hlc`, `state`), with typed kinds
+//! (`route`, `policy`) validated before they are stored or applied.
+
+pub mod hlc;
+pub mod policy;
+pub mod route;
+pub mod state;
+
+pub use state::{ConfigState, Entry, Kind};
+
+/// A config value that does not validate: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {message}")]
+pub struct ValueError {
+    /// The field (dotted path).
+    pub field: &'static str,
+    /// Why.
+    pub message: String,
+}
+
+impl ValueError {
+    /// A refusal of `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a value of `kind` named `name` from the API or a peer. Nothing is applied
+/// unless this passes.
+pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(), ValueError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(ValueError::new(
+            "name",
+            format!("{name:?}: up to 128 of [A-Za-z0-9._-]"),
+        ));
+    }
+    let parse_err = |e: serde_json::Error| ValueError::new("value", e.to_string());
+    match kind {
+        Kind::Route => {
+            weft_ca::ServiceName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
+            let r: route::Route = serde_json::from_value(value.clone()).map_err(parse_err)?;
+            r.validate()
+        }
+        Kind::Policy if name == "default" => {
+            serde_json::from_value::<policy::PolicyDefault>(value.clone()).map_err(parse_err)?;
+            Ok(())
+        }
+        Kind::Policy => {
+            let r: policy::PolicyRule = serde_json::from_value(value.clone()).map_err(parse_err)?;
+            r.validate()
+        }
+    }
+}
