@@ -19,6 +19,9 @@ use crate::record::{
 use crate::stats::GossipStats;
 use crate::transport::{SealedTransport, SharedKeyring};
 
+/// chitchat key carrying a node's config digest.
+pub const CONFIG_DIGEST_KEY: &str = "weft.cfg";
+
 /// Settings for one gossip participant.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
@@ -91,6 +94,8 @@ pub struct Member {
     pub is_self: bool,
     /// The services it runs (verified with its certificate).
     pub services: Vec<ServiceRecord>,
+    /// Digest of the cluster config it holds (a hint for pulls; not trusted otherwise).
+    pub config_digest: String,
     /// The node certificate, DER (not serialised).
     #[serde(skip)]
     pub cert_der: Vec<u8>,
@@ -202,6 +207,11 @@ impl Gossip {
     /// Publishes this node's signed service set.
     pub async fn publish_services(&self, signed_set: String) {
         self.set(SERVICES_KEY, signed_set).await;
+    }
+
+    /// Publishes the digest of this node's cluster config.
+    pub async fn publish_config_digest(&self, digest: String) {
+        self.set(CONFIG_DIGEST_KEY, digest).await;
     }
 
     /// Publishes a CA-signed revocation list (CA node only).
@@ -343,6 +353,11 @@ impl Gossip {
                     revoked: cache.crl.is_revoked(&v.leaf.serial),
                     is_self: *id == self.self_id,
                     services: v.services.services.clone(),
+                    config_digest: states
+                        .get(id)
+                        .and_then(|kv| kv.get(CONFIG_DIGEST_KEY))
+                        .cloned()
+                        .unwrap_or_default(),
                     cert_der: v.record.cert_der().unwrap_or_default(),
                 }
             })
@@ -377,7 +392,10 @@ impl Gossip {
                             let kv = st
                                 .key_values()
                                 .filter(|(k, _)| {
-                                    *k == NODE_KEY || *k == CRL_KEY || *k == SERVICES_KEY
+                                    *k == NODE_KEY
+                                        || *k == CRL_KEY
+                                        || *k == SERVICES_KEY
+                                        || *k == CONFIG_DIGEST_KEY
                                 })
                                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                                 .collect();

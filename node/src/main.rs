@@ -54,6 +54,9 @@ fn main() -> ExitCode {
             } => client::node_revoke(&c, &name).await,
             Command::Leave(c) => client::leave(&c).await,
             Command::Services(c) => client::services(&c).await,
+            Command::Config { action } => weft_node::cli::config_cmd::config(&action).await,
+            Command::Route { action } => weft_node::cli::config_cmd::route(&action).await,
+            Command::Policy { action } => weft_node::cli::config_cmd::policy(&action).await,
             Command::Demo => {
                 init_logs(LogFormat::Human, false);
                 weft_node::demo::run().await

@@ -115,6 +115,20 @@ pub struct TokenRequest {
     pub ttl_secs: Option<u64>,
 }
 
+/// Query of `GET /v1/policy/explain`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    /// Source service (`-` for none).
+    pub source: String,
+    /// Destination service.
+    pub destination: String,
+    /// HTTP path.
+    pub path: Option<String>,
+    /// HTTP method.
+    pub method: Option<String>,
+}
+
 /// Result of a revocation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RevokeView {
@@ -187,6 +201,35 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Removes a local service registered through the API (admin).
     fn deregister_service(&self, name: String)
         -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Live cluster-config entries, optionally of one kind.
+    fn config_list(
+        &self,
+        kind: Option<String>,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// One entry.
+    fn config_get(
+        &self,
+        kind: String,
+        name: String,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Writes an entry from a JSON value (admin); returns the stored entry.
+    fn config_put(
+        &self,
+        kind: String,
+        name: String,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Deletes an entry (admin).
+    fn config_delete(
+        &self,
+        kind: String,
+        name: String,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// Which policy rule decides `source → destination` (HTTP: path and method), and why.
+    fn policy_explain(
+        &self,
+        query: ExplainQuery,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> impl Future<Output = String> + Send;
     /// Whether `token` is this node's admin token.

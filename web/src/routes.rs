@@ -25,6 +25,15 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/members", get(members::<N>))
         .route("/v1/tokens", post(create_token::<N>))
         .route("/v1/services", get(services::<N>))
+        .route("/v1/config", get(config_list_all::<N>))
+        .route("/v1/config/{kind}", get(config_list_kind::<N>))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(config_get::<N>)
+                .put(config_put::<N>)
+                .delete(config_delete::<N>),
+        )
+        .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
             put(register_service::<N>).delete(deregister_service::<N>),
@@ -97,6 +106,51 @@ async fn self_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
 
 async fn members<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     Json(node.members().await).into_response()
+}
+
+async fn config_list_all<N: NodeApi>(State(node): State<Arc<N>>) -> Result<Response, ApiError> {
+    Ok(Json(node.config_list(None).await?).into_response())
+}
+
+async fn config_list_kind<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path(kind): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.config_list(Some(kind)).await?).into_response())
+}
+
+async fn config_get<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.config_get(kind, name).await?).into_response())
+}
+
+async fn config_put<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    Path((kind, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    Ok(Json(node.config_put(kind, name, body.to_vec()).await?).into_response())
+}
+
+async fn config_delete<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    node.config_delete(kind, name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn policy_explain<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    axum::extract::Query(q): axum::extract::Query<crate::ExplainQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.policy_explain(q).await?).into_response())
 }
 
 async fn services<N: NodeApi>(State(node): State<Arc<N>>) -> Response {

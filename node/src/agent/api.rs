@@ -3,10 +3,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use crate::cluster_config::policy::{decide, normalize_path};
+use crate::cluster_config::{Kind, WriteError};
 use tracing::info;
 use weft_ca::NodeName;
 use weft_web::{
-    ApiError, InstanceView, MemberView, NodeApi, NodeStatus, RevokeView, ServiceView, TokenView,
+    ApiError, ExplainQuery, InstanceView, MemberView, NodeApi, NodeStatus, RevokeView, ServiceView,
+    TokenView,
 };
 
 use super::metrics;
@@ -21,6 +24,13 @@ fn api_error(kind: RefusalKind, message: String) -> ApiError {
         | RefusalKind::NameTaken => ApiError::BadRequest(message),
         RefusalKind::Revoked => ApiError::Forbidden(message),
         RefusalKind::RateLimited | RefusalKind::Unavailable => ApiError::Unavailable(message),
+    }
+}
+
+fn config_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::Invalid(v) => ApiError::BadRequest(v.to_string()),
+        WriteError::Store(s) => ApiError::Unavailable(format!("config not stored: {s}")),
     }
 }
 
@@ -217,6 +227,66 @@ impl NodeApi for Node {
             ))),
             Err(e) => Err(ApiError::BadRequest(e.to_string())),
         }
+    }
+
+    async fn config_list(&self, kind: Option<String>) -> Result<serde_json::Value, ApiError> {
+        let kind = kind
+            .map(|k| k.parse::<Kind>().map_err(ApiError::BadRequest))
+            .transpose()?;
+        Ok(serde_json::to_value(self.config.list(kind)).unwrap_or_default())
+    }
+
+    async fn config_get(&self, kind: String, name: String) -> Result<serde_json::Value, ApiError> {
+        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        self.config
+            .get(kind, &name)
+            .map(|e| serde_json::to_value(e).unwrap_or_default())
+            .ok_or_else(|| ApiError::NotFound(format!("no {kind} {name}")))
+    }
+
+    async fn config_put(
+        &self,
+        kind: String,
+        name: String,
+        body: Vec<u8>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let entry = self
+            .config
+            .write(kind, &name, Some(value))
+            .map_err(config_error)?;
+        Ok(serde_json::to_value(entry).unwrap_or_default())
+    }
+
+    async fn config_delete(&self, kind: String, name: String) -> Result<(), ApiError> {
+        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        if self.config.get(kind, &name).is_none() {
+            return Err(ApiError::NotFound(format!("no {kind} {name}")));
+        }
+        self.config.write(kind, &name, None).map_err(config_error)?;
+        Ok(())
+    }
+
+    async fn policy_explain(&self, q: ExplainQuery) -> Result<serde_json::Value, ApiError> {
+        let http = match (&q.path, &q.method) {
+            (None, None) => None,
+            (p, m) => {
+                let path = normalize_path(p.as_deref().unwrap_or("/"))
+                    .map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+                Some((path, m.clone().unwrap_or_else(|| "GET".into())))
+            }
+        };
+        let applied = self.config.applied();
+        let d = decide(
+            &applied.policy_default,
+            applied.policy_rules.iter().map(|(n, r)| (n.as_str(), r)),
+            &q.source,
+            &q.destination,
+            http.as_ref().map(|(p, m)| (p.as_str(), m.as_str())),
+        );
+        Ok(serde_json::to_value(d).unwrap_or_default())
     }
 
     async fn metrics(&self) -> String {

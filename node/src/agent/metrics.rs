@@ -86,6 +86,12 @@ pub async fn render(node: &Node) -> String {
         "weft_gossip_bytes_total{{direction=\"out\"}} {}",
         stats.bytes_out.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP weft_config_entries Live cluster-config entries held by this node."
+    );
+    let _ = writeln!(out, "# TYPE weft_config_entries gauge");
+    let _ = writeln!(out, "weft_config_entries {}", node.config.live_count());
     out.push_str(&node.metrics.render());
     out
 }

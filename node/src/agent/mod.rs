@@ -84,6 +84,10 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
     let ctl_client = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
     let data_client = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
+    let config = Arc::new(crate::cluster_config::ConfigReplica::load(
+        store.clone(),
+        identity.info.name.as_str(),
+    )?);
     let services = Arc::new(
         LocalServices::new(
             store.clone(),
@@ -191,6 +195,7 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
             data_client,
             metrics,
             access_log,
+            config,
         })
         .map_err(|e| AgentError::Setup(e.to_string()))?,
     );
@@ -203,6 +208,7 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     tasks.spawn(tasks::housekeeping_loop(node.clone()));
     tasks.spawn(tasks::catalog_loop(node.clone()));
     tasks.spawn(tasks::publish_services_loop(node.clone()));
+    tasks.spawn(tasks::config_loop(node.clone()));
     tasks.spawn(crate::health::supervise(
         node.services.clone(),
         node.shutdown.clone(),

@@ -79,6 +79,8 @@ pub struct Node {
     pub access_log: AccessLog,
     /// Keep-alive pool of HTTP connections to local instances.
     pub backend: crate::proxy::inbound::BackendClient,
+    /// The replicated cluster config.
+    pub config: Arc<crate::cluster_config::ConfigReplica>,
 }
 
 /// Parts assembled by the agent before the node exists.
@@ -119,6 +121,8 @@ pub struct NodeParts {
     pub metrics: Arc<Metrics>,
     /// Access log.
     pub access_log: AccessLog,
+    /// Cluster config replica.
+    pub config: Arc<crate::cluster_config::ConfigReplica>,
 }
 
 impl Node {
@@ -153,6 +157,7 @@ impl Node {
             metrics: p.metrics,
             access_log: p.access_log,
             backend: crate::proxy::inbound::backend_client(),
+            config: p.config,
         })
     }
 
@@ -272,6 +277,37 @@ impl Node {
             }
             *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
         }
+    }
+
+    /// Authorises `src → dst` (`http`: raw path and method) under the current policy.
+    /// Counts denials (and would-be denials in dry-run) and logs them.
+    pub fn authorize(
+        &self,
+        src: &str,
+        dst: &str,
+        http: Option<(&str, &str)>,
+    ) -> crate::cluster_config::policy::Decision {
+        let applied = self.config.applied();
+        let d = crate::cluster_config::policy::decide(
+            &applied.policy_default,
+            applied.policy_rules.iter().map(|(n, r)| (n.as_str(), r)),
+            src,
+            dst,
+            http,
+        );
+        if d.verdict == crate::cluster_config::policy::Action::Deny {
+            let mode = if d.dry_run { "dry_run" } else { "enforce" };
+            self.metrics
+                .policy_denied
+                .get_or_create(&crate::telemetry::metrics::ModeLabels { mode: mode.into() })
+                .inc();
+            if d.dry_run {
+                info!(source = src, destination = dst, rule = %d.rule, "policy would deny (dry run)");
+            } else {
+                warn!(source = src, destination = dst, rule = %d.rule, "denied by policy");
+            }
+        }
+        d
     }
 
     /// Whether a certificate serial is revoked.

@@ -205,6 +205,11 @@ async fn handle_ctl(
     req: CtlRequest,
     remote: SocketAddr,
 ) -> CtlResponse {
+    if let CtlRequest::ConfigPull = req {
+        return CtlResponse::Config {
+            entries: node.config.dump(),
+        };
+    }
     let Some(authority) = &node.authority else {
         return ctl_error(
             RefusalKind::Unavailable,
@@ -242,6 +247,9 @@ async fn handle_ctl(
                 Err(r) => ctl_error(r.kind, r.message),
             }
         }
+        CtlRequest::ConfigPull => CtlResponse::Config {
+            entries: node.config.dump(),
+        },
         CtlRequest::Revoke { node: target } => match authority.revoke(&target, now) {
             Ok(serials) => {
                 info!(by = %peer.id, node = %target, "revocation requested by a member");

@@ -140,3 +140,61 @@ pub async fn housekeeping_loop(node: Arc<Node>) {
         }
     }
 }
+
+/// Keeps the cluster config in step: publishes this node's digest on every change, and
+/// every second pulls from one alive peer whose digest differs (anti-entropy; merges are
+/// idempotent, so pulling from anyone converges).
+pub async fn config_loop(node: Arc<Node>) {
+    let mut changes = node.config.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    node.gossip
+        .publish_config_digest(node.config.digest())
+        .await;
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = changes.changed() => {
+                if r.is_err() { return }
+                node.gossip.publish_config_digest(node.config.digest()).await;
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let ours = node.config.digest();
+        let candidates: Vec<_> = node
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| !m.is_self && m.status == MemberStatus::Alive && !m.revoked)
+            .filter(|m| !m.config_digest.is_empty() && m.config_digest != ours)
+            .collect();
+        if candidates.is_empty() {
+            continue;
+        }
+        let peer = &candidates[rand::random_range(0..candidates.len())];
+        let result = async {
+            let conn = node
+                .connect(&peer.name, peer.address)
+                .await
+                .map_err(|e| e.to_string())?;
+            let resp =
+                crate::rpc::call(&conn, &CtlRequest::ConfigPull, crate::rpc::MAX_RESPONSE).await;
+            conn.close(0u32.into(), b"done");
+            match resp.map_err(|e| e.to_string())? {
+                CtlResponse::Config { entries } => Ok(entries),
+                _ => Err("unexpected answer".to_owned()),
+            }
+        }
+        .await;
+        match result {
+            Ok(entries) => {
+                let n = node.config.merge_remote(entries, &peer.name);
+                if n > 0 {
+                    info!(peer = %peer.name, changed = n, "cluster config pulled");
+                }
+            }
+            Err(e) => warn!(peer = %peer.name, error = %e, "cluster config pull failed"),
+        }
+    }
+}

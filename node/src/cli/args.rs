@@ -38,6 +38,24 @@ pub enum Command {
     Services(ClientArgs),
     /// Start a local 3-node mesh with sample services and traffic (Ctrl-C to stop).
     Demo,
+    /// Cluster config entries of any kind.
+    Config {
+        /// Config action.
+        #[command(subcommand)]
+        action: super::config_cmd::ConfigAction,
+    },
+    /// HTTP routes (canaries, A/B).
+    Route {
+        /// Route action.
+        #[command(subcommand)]
+        action: super::config_cmd::RouteAction,
+    },
+    /// Authorization policies.
+    Policy {
+        /// Policy action.
+        #[command(subcommand)]
+        action: super::config_cmd::PolicyAction,
+    },
     /// Register or deregister a service on the local agent.
     Service {
         /// Service action.

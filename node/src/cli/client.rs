@@ -93,6 +93,18 @@ impl ApiClient {
         Self::parse(resp).await
     }
 
+    /// PUT JSON with the admin token and parse the JSON answer.
+    pub async fn put_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send_admin(reqwest::Method::PUT, path, Some(body))
+            .await?;
+        Self::parse(resp).await
+    }
+
     /// PUT or DELETE with the admin token, expecting no body back.
     pub async fn write(
         &self,

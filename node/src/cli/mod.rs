@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod client;
+pub mod config_cmd;
 
 pub use args::{
     AgentArgs, Cli, ClientArgs, Command, NodeAction, RegisterArgs, ServiceAction, TokenAction,

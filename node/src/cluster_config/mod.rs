@@ -4,9 +4,11 @@
 
 pub mod hlc;
 pub mod policy;
+pub mod replica;
 pub mod route;
 pub mod state;
 
+pub use replica::{Applied, ConfigReplica, WriteError};
 pub use state::{ConfigState, Entry, Kind};
 
 /// A config value that does not validate: the field and why.
@@ -29,24 +31,32 @@ impl ValueError {
     }
 }
 
-/// Checks a value of `kind` named `name` from the API or a peer. Nothing is applied
-/// unless this passes.
-pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(), ValueError> {
-    if name.is_empty()
-        || name.len() > 128
-        || !name
+/// Checks an entry name (also for deletes).
+pub fn validate_name(kind: Kind, name: &str) -> Result<(), ValueError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
         return Err(ValueError::new(
             "name",
             format!("{name:?}: up to 128 of [A-Za-z0-9._-]"),
         ));
     }
+    if kind == Kind::Route {
+        weft_ca::ServiceName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Checks a value of `kind` named `name` from the API or a peer. Nothing is applied
+/// unless this passes.
+pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(), ValueError> {
+    validate_name(kind, name)?;
     let parse_err = |e: serde_json::Error| ValueError::new("value", e.to_string());
     match kind {
         Kind::Route => {
-            weft_ca::ServiceName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
             let r: route::Route = serde_json::from_value(value.clone()).map_err(parse_err)?;
             r.validate()
         }

@@ -149,12 +149,24 @@ pub struct Dialed {
 
 /// Opens a stream to some routable instance of `header.destination`.
 pub async fn dial(node: &Node, header: &StreamHeader) -> Result<Dialed, DialError> {
+    dial_version(node, header, None).await
+}
+
+/// Like `dial`, restricted to instances of `version` when a route chose one.
+pub async fn dial_version(
+    node: &Node,
+    header: &StreamHeader,
+    version: Option<&str>,
+) -> Result<Dialed, DialError> {
     let catalog = node.catalog.get();
     let service = &header.destination;
     if !catalog.knows(service) {
         return Err(DialError::UnknownService(service.clone()));
     }
-    let routable = catalog.routable(service);
+    let mut routable = catalog.routable(service);
+    if let Some(v) = version {
+        routable.retain(|i| i.version == v);
+    }
     if routable.is_empty() {
         return Err(DialError::NoHealthyInstance(service.clone()));
     }

@@ -19,9 +19,11 @@ use tracing::{debug, warn};
 use weft_ca::ServiceName;
 use weft_gossip::Protocol;
 
-use super::dial::{dial, DialError};
+use super::dial::{dial_version, DialError};
 use super::header::{valid_traceparent, StreamHeader};
 use crate::agent::node::Node;
+use crate::cluster_config::policy::normalize_path;
+use crate::cluster_config::route::RequestView;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 
 /// Response body type of the proxy.
@@ -289,6 +291,26 @@ async fn forward(
         source,
         traceparent: Some(traceparent.clone()),
     };
+    // Routing sees the normalised path (the receiving agent enforces policy on it too).
+    let normalized = match normalize_path(&path) {
+        Ok(p) => p,
+        Err(why) => {
+            node.metrics.record(&src, &dst, "400", 0.0);
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("weft: path refused: {why}\n"),
+            );
+        }
+    };
+    let version = node.config.applied().routes.get(&dst).and_then(|route| {
+        let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let view = RequestView {
+            path: &normalized,
+            method: method.as_str(),
+            header: &lookup,
+        };
+        route.pick_version(&view, |total| rand::random_range(0..total))
+    });
 
     let idempotent = matches!(
         method,
@@ -296,7 +318,7 @@ async fn forward(
     );
     let mut last_error = String::new();
     for attempt in 0..ATTEMPTS {
-        let dialed = match dial(node, &header).await {
+        let dialed = match dial_version(node, &header, version.as_deref()).await {
             Ok(d) => d,
             Err(e) => {
                 let (status, label) = match &e {
@@ -316,6 +338,18 @@ async fn forward(
                 return text(status, format!("weft: {e}\n"));
             }
         };
+        // Same-node instances are reached without an inbound hop: check policy here.
+        if dialed.instance.is_local {
+            let d = node.authorize(&src, &dst, Some((&normalized, method.as_str())));
+            if !d.allowed {
+                node.metrics
+                    .record(&src, &dst, "403", started.elapsed().as_secs_f64());
+                return text(
+                    StatusCode::FORBIDDEN,
+                    format!("weft: denied by policy rule {}: {}\n", d.rule, d.reason),
+                );
+            }
+        }
         let key = crate::routing::endpoint_key(&dialed.instance);
         node.router.start(&key);
         let mut out = Request::new(Full::new(body.clone()));

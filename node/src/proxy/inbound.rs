@@ -21,6 +21,7 @@ use super::header::{
 };
 use super::io::QuicIo;
 use crate::agent::node::Node;
+use crate::cluster_config::policy::normalize_path;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 
 /// The pooled HTTP client to local instances.
@@ -40,22 +41,21 @@ pub fn backend_client() -> BackendClient {
         .build(connector)
 }
 
-/// Serves the HTTP/1.1 exchange(s) on an inbound stream through the keep-alive pool.
-async fn serve_http(node: &Node, stream: QuicIo, port: u16) {
+/// Serves the HTTP/1.1 exchange(s) on an inbound stream through the keep-alive pool,
+/// normalising paths and applying policy per request.
+async fn serve_http(node: &Node, stream: QuicIo, port: u16, source: String, destination: String) {
     let client = node.backend.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let client = client.clone();
+        let gate = authorize_request(node, &source, &destination, &req);
         async move {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_else(|| "/".into());
+            let pq = match gate {
+                Ok(pq) => pq,
+                Err(resp) => return Ok::<_, std::convert::Infallible>(*resp),
+            };
             match format!("http://127.0.0.1:{port}{pq}").parse() {
                 Ok(uri) => *req.uri_mut() = uri,
-                Err(_) => {
-                    return Ok::<_, std::convert::Infallible>(status(StatusCode::BAD_REQUEST))
-                }
+                Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             }
             match client.request(req).await {
                 Ok(resp) => Ok(resp.map(|b| b.boxed())),
@@ -72,6 +72,46 @@ async fn serve_http(node: &Node, stream: QuicIo, port: u16) {
     {
         debug!(error = %e, "inbound HTTP stream ended with an error");
     }
+}
+
+/// Normalises the path and applies policy; Ok(path and query to forward) or the
+/// response to send instead (400 for a path that cannot be normalised, 403 on deny).
+fn authorize_request(
+    node: &Node,
+    source: &str,
+    destination: &str,
+    req: &Request<Incoming>,
+) -> Result<String, Box<Response<BoxBody<Bytes, hyper::Error>>>> {
+    let path = match normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(why) => {
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!("weft: path refused: {why}\n"),
+            )))
+        }
+    };
+    let d = node.authorize(source, destination, Some((&path, req.method().as_str())));
+    if !d.allowed {
+        return Err(Box::new(text(
+            StatusCode::FORBIDDEN,
+            format!("weft: denied by policy rule {}: {}\n", d.rule, d.reason),
+        )));
+    }
+    Ok(match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    })
+}
+
+fn text(code: StatusCode, body: String) -> Response<BoxBody<Bytes, hyper::Error>> {
+    let mut r = Response::new(
+        http_body_util::Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    r
 }
 
 fn status(code: StatusCode) -> Response<BoxBody<Bytes, hyper::Error>> {
@@ -190,7 +230,12 @@ async fn handle_stream(
     }
     let started = Instant::now();
     if header.protocol == Protocol::Http {
-        serve_http(node, QuicIo { send, recv }, spec.port).await;
+        serve_http(node, QuicIo { send, recv }, spec.port, source, destination).await;
+        return;
+    }
+    if !node.authorize(&source, &destination, None).allowed {
+        node.metrics.record(&source, &destination, "denied", 0.0);
+        refuse(&mut send, &mut recv, ERR_REFUSED);
         return;
     }
     let backend = match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], spec.port))).await {

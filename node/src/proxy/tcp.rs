@@ -52,6 +52,11 @@ pub async fn proxy_connection(
             return;
         }
     };
+    if dialed.instance.is_local && !node.authorize(&src, &dst, None).allowed {
+        node.metrics
+            .record(&src, &dst, "denied", started.elapsed().as_secs_f64());
+        return;
+    }
     node.metrics
         .tcp_connections
         .get_or_create(&EdgeLabels {

@@ -183,6 +183,8 @@ pub enum CtlRequest {
         /// The node.
         node: NodeName,
     },
+    /// Send every cluster-config entry (the caller's digest differs from ours).
+    ConfigPull,
 }
 
 /// Answers to `CtlRequest`.
@@ -204,6 +206,11 @@ pub enum CtlResponse {
         id: String,
         /// Expiry, Unix seconds.
         expires_at_unix: u64,
+    },
+    /// The sender's cluster-config entries.
+    Config {
+        /// Entries, tombstones included.
+        entries: Vec<crate::cluster_config::Entry>,
     },
     /// Serials revoked.
     Revoked {

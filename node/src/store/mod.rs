@@ -70,6 +70,7 @@ pub struct Store {
     issued: sled::Tree,
     meta: sled::Tree,
     services: sled::Tree,
+    config: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -97,6 +98,7 @@ impl Store {
             issued: db.open_tree("issued")?,
             meta: db.open_tree("meta")?,
             services: db.open_tree("services")?,
+            config: db.open_tree("config")?,
             db,
         })
     }
@@ -265,6 +267,34 @@ impl Store {
     /// Removes an API-registered service.
     pub fn delete_service(&self, name: &str) -> Result<(), StoreError> {
         self.services.remove(name)?;
+        self.flush()
+    }
+
+    /// Every stored cluster-config entry.
+    pub fn config_entries(&self) -> Result<Vec<crate::cluster_config::Entry>, StoreError> {
+        self.config
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("config", &v)
+            })
+            .collect()
+    }
+
+    /// Stores a cluster-config entry (flushed before it is applied).
+    pub fn put_config(&self, e: &crate::cluster_config::Entry) -> Result<(), StoreError> {
+        self.config
+            .insert(format!("{}/{}", e.kind, e.name), encode(e))?;
+        self.flush()
+    }
+
+    /// Forgets a pruned tombstone.
+    pub fn delete_config(
+        &self,
+        kind: crate::cluster_config::Kind,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.config.remove(format!("{kind}/{name}"))?;
         self.flush()
     }
 

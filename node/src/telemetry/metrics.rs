@@ -28,6 +28,13 @@ pub struct EdgeLabels {
     pub destination: String,
 }
 
+/// Labels of a policy denial.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// "enforce" or "dry_run".
+    pub mode: String,
+}
+
 /// Labels of a byte count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
@@ -52,6 +59,8 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabels, Counter>,
     /// `weft_access_log_dropped_total`
     pub access_log_dropped: Counter,
+    /// `weft_policy_denied_total{mode}`
+    pub policy_denied: Family<ModeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,6 +79,12 @@ impl Default for Metrics {
         let tcp_connections = Family::<EdgeLabels, Counter>::default();
         let bytes = Family::<DirectionLabels, Counter>::default();
         let access_log_dropped = Counter::default();
+        let policy_denied = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "policy_denied",
+            "Requests and streams denied by policy (dry_run: would have been)",
+            policy_denied.clone(),
+        );
         registry.register(
             "requests",
             "Requests and TCP streams by source, destination and outcome",
@@ -98,6 +113,7 @@ impl Default for Metrics {
             tcp_connections,
             bytes,
             access_log_dropped,
+            policy_denied,
         }
     }
 }

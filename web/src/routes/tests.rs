@@ -82,6 +82,26 @@ impl NodeApi for Fake {
     async fn deregister_service(&self, name: String) -> Result<(), ApiError> {
         Err(ApiError::NotFound(format!("no service {name}")))
     }
+    async fn config_list(&self, _kind: Option<String>) -> Result<serde_json::Value, ApiError> {
+        Ok(serde_json::json!([]))
+    }
+    async fn config_get(&self, kind: String, name: String) -> Result<serde_json::Value, ApiError> {
+        Err(ApiError::NotFound(format!("no {kind} {name}")))
+    }
+    async fn config_put(
+        &self,
+        _kind: String,
+        _name: String,
+        _body: Vec<u8>,
+    ) -> Result<serde_json::Value, ApiError> {
+        Ok(serde_json::json!({}))
+    }
+    async fn config_delete(&self, _kind: String, _name: String) -> Result<(), ApiError> {
+        Ok(())
+    }
+    async fn policy_explain(&self, q: ExplainQuery) -> Result<serde_json::Value, ApiError> {
+        Ok(serde_json::json!({ "source": q.source }))
+    }
     async fn metrics(&self) -> String {
         "weft_members{status=\"alive\"} 2\n".into()
     }
@@ -223,4 +243,24 @@ async fn service_registration_needs_admin_and_valid_input() {
     let (status, body, _) = call(true, get("/v1/services")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("reviews"));
+}
+
+#[tokio::test]
+async fn config_writes_need_admin() {
+    let put = |auth: bool| {
+        let mut b = Request::put("/v1/config/route/reviews");
+        if auth {
+            b = b.header("authorization", "Bearer secret");
+        }
+        b.body(Body::from("{}")).expect("request")
+    };
+    assert_eq!(call(true, put(false)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(true, put(true)).await.0, StatusCode::OK);
+    assert_eq!(
+        call(true, get("/v1/config/route/nope")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body, _) = call(true, get("/v1/policy/explain?source=a&destination=b")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"a\""));
 }

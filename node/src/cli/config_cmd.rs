@@ -1,0 +1,435 @@
+//! `weft config …`, `weft route …`, `weft policy …`: cluster-config commands. Writes go
+//! to the local agent (admin token) and replicate from there.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+use super::args::ClientArgs;
+use super::client::ApiClient;
+use crate::cluster_config::route::{
+    parse_split, HeaderMatch, PathMatch, Route, RouteMatch, RouteRule, WeightedVersion,
+};
+
+/// `weft config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// List live entries (all kinds, or one).
+    List {
+        /// route or policy.
+        kind: Option<String>,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one entry.
+    Get {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete one entry (admin).
+    Delete {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Apply entries from a TOML or JSON file: `[[entry]] kind, name, value` (admin).
+    Apply {
+        /// The file (.toml or .json).
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `weft route …`
+#[derive(Debug, Subcommand)]
+pub enum RouteAction {
+    /// Set the route of a service (replaces it): header/path matches first, then the split.
+    Set(RouteSetArgs),
+}
+
+/// `weft route set` options.
+#[derive(Debug, Args)]
+pub struct RouteSetArgs {
+    /// Destination service.
+    pub service: String,
+    /// Default split across versions, e.g. v1=90,v2=10.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// A match (repeatable, each followed by --to): header:NAME=VALUE, header:NAME, path:/prefix.
+    #[arg(long = "match")]
+    pub matches: Vec<String>,
+    /// Version for the preceding --match.
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+    /// Common client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `weft policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Set the default for traffic no rule matches (admin).
+    Default {
+        /// allow or deny.
+        action: String,
+        /// Log and count would-be denials without enforcing them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Allow SRC → DST (admin).
+    Allow(PolicyRuleArgs),
+    /// Deny SRC → DST (admin).
+    Deny(PolicyRuleArgs),
+    /// List the default and the rules.
+    List(ClientArgs),
+    /// Which rule decides SRC → DST, and why.
+    Explain {
+        /// Source service (- for none).
+        source: String,
+        /// Destination service.
+        destination: String,
+        /// HTTP path.
+        #[arg(long)]
+        path: Option<String>,
+        /// HTTP method.
+        #[arg(long)]
+        method: Option<String>,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Options of `weft policy allow|deny`.
+#[derive(Debug, Args)]
+pub struct PolicyRuleArgs {
+    /// Source service, - (no service) or *.
+    pub source: String,
+    /// Destination service or *.
+    pub destination: String,
+    /// HTTP path prefix.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// HTTP method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Rule name (default: derived from the other fields).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Common client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn print(args: &ClientArgs, v: &serde_json::Value) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else if let Some(list) = v.as_array() {
+        for e in list {
+            println!(
+                "{:<8} {:<32} {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or(""),
+                e["value"]
+            );
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    }
+    Ok(())
+}
+
+async fn put(
+    client: &ApiClient,
+    kind: &str,
+    name: &str,
+    value: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    client
+        .put_json(&format!("/v1/config/{kind}/{name}"), value)
+        .await
+}
+
+/// Runs a `weft config` command.
+pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
+    match action {
+        ConfigAction::List { kind, client } => {
+            let c = ApiClient::new(client)?;
+            let path = kind
+                .as_ref()
+                .map_or("/v1/config".to_owned(), |k| format!("/v1/config/{k}"));
+            print(client, &c.get(&path).await?)
+        }
+        ConfigAction::Get { kind, name, client } => {
+            let c = ApiClient::new(client)?;
+            print(client, &c.get(&format!("/v1/config/{kind}/{name}")).await?)
+        }
+        ConfigAction::Delete { kind, name, client } => {
+            let c = ApiClient::new(client)?;
+            c.write(
+                reqwest::Method::DELETE,
+                &format!("/v1/config/{kind}/{name}"),
+                None,
+            )
+            .await?;
+            if !client.json {
+                println!("deleted {kind} {name}");
+            }
+            Ok(())
+        }
+        ConfigAction::Apply { file, client } => {
+            let c = ApiClient::new(client)?;
+            for e in read_entries(file)? {
+                put(&c, &e.kind, &e.name, e.value)
+                    .await
+                    .with_context(|| format!("{} {}", e.kind, e.name))?;
+                if !client.json {
+                    println!("applied {} {}", e.kind, e.name);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    kind: String,
+    name: String,
+    value: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    entry: Vec<FileEntry>,
+}
+
+fn read_entries(path: &Path) -> anyhow::Result<Vec<FileEntry>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let parsed: EntryFile = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected {{\"entry\": [{{kind, name, value}}]}}",
+                path.display()
+            )
+        })?
+    } else {
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected [[entry]] tables with kind, name, value",
+                path.display()
+            )
+        })?
+    };
+    Ok(parsed.entry)
+}
+
+fn parse_match(m: &str) -> anyhow::Result<RouteMatch> {
+    if let Some(h) = m.strip_prefix("header:") {
+        let (name, value) = match h.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (h, None),
+        };
+        return Ok(RouteMatch {
+            headers: vec![HeaderMatch {
+                name: name.to_ascii_lowercase(),
+                exact: value.map(str::to_owned),
+                regex: None,
+                present: value.is_none(),
+            }],
+            ..Default::default()
+        });
+    }
+    if let Some(p) = m.strip_prefix("path:") {
+        return Ok(RouteMatch {
+            path: Some(PathMatch::Prefix(p.to_owned())),
+            ..Default::default()
+        });
+    }
+    bail!("--match {m:?}: expected header:NAME=VALUE, header:NAME or path:/prefix")
+}
+
+/// Runs `weft route set`.
+pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
+    let RouteAction::Set(a) = action;
+    if a.matches.len() != a.to.len() {
+        bail!("each --match needs one --to VERSION");
+    }
+    let mut rules = Vec::new();
+    for (m, to) in a.matches.iter().zip(&a.to) {
+        rules.push(RouteRule {
+            matches: parse_match(m)?,
+            to: vec![WeightedVersion {
+                version: to.clone(),
+                weight: 1,
+            }],
+        });
+    }
+    if let Some(split) = &a.split {
+        rules.push(RouteRule {
+            matches: RouteMatch::default(),
+            to: parse_split(split).map_err(|e| anyhow::anyhow!("--split: {e}"))?,
+        });
+    }
+    if rules.is_empty() {
+        bail!("give --split and/or --match … --to …");
+    }
+    let c = ApiClient::new(&a.client)?;
+    let v = put(
+        &c,
+        "route",
+        &a.service,
+        serde_json::to_value(Route { rules })?,
+    )
+    .await?;
+    if a.client.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("route {} set", a.service);
+    }
+    Ok(())
+}
+
+fn rule_name(a: &PolicyRuleArgs, action: &str) -> String {
+    if let Some(n) = &a.name {
+        return n.clone();
+    }
+    let mut n = format!(
+        "{action}.{}.{}",
+        a.source.replace('*', "any").replace('-', "none"),
+        a.destination.replace('*', "any")
+    );
+    if a.path.is_some() || a.method.is_some() {
+        let extra = format!("{:?}{:?}", a.path, a.method);
+        let h = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+            extra.as_bytes(),
+        ));
+        n.push('.');
+        n.push_str(&hex::encode(&h[..4]));
+    }
+    n
+}
+
+/// Runs a `weft policy` command.
+pub async fn policy(action: &PolicyAction) -> anyhow::Result<()> {
+    match action {
+        PolicyAction::Default {
+            action,
+            dry_run,
+            client,
+        } => {
+            if action != "allow" && action != "deny" {
+                bail!("policy default {action:?}: expected allow or deny");
+            }
+            let c = ApiClient::new(client)?;
+            put(
+                &c,
+                "policy",
+                "default",
+                serde_json::json!({ "default": action, "dry_run": dry_run }),
+            )
+            .await?;
+            if !client.json {
+                println!(
+                    "policy default {action}{}",
+                    if *dry_run { " (dry run)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        PolicyAction::Allow(a) | PolicyAction::Deny(a) => {
+            let verb = if matches!(action, PolicyAction::Allow(_)) {
+                "allow"
+            } else {
+                "deny"
+            };
+            let mut value = serde_json::json!({ "source": a.source, "destination": a.destination, "action": verb });
+            if let Some(p) = &a.path {
+                value["path"] = p.clone().into();
+            }
+            if let Some(m) = &a.method {
+                value["method"] = m.clone().into();
+            }
+            let name = rule_name(a, verb);
+            let c = ApiClient::new(&a.client)?;
+            put(&c, "policy", &name, value).await?;
+            if !a.client.json {
+                println!("policy rule {name} set");
+            }
+            Ok(())
+        }
+        PolicyAction::List(client) => {
+            let c = ApiClient::new(client)?;
+            print(client, &c.get("/v1/config/policy").await?)
+        }
+        PolicyAction::Explain {
+            source,
+            destination,
+            path,
+            method,
+            client,
+        } => {
+            let c = ApiClient::new(client)?;
+            let mut q = format!(
+                "/v1/policy/explain?source={}&destination={}",
+                enc(source),
+                enc(destination)
+            );
+            if let Some(p) = path {
+                q.push_str(&format!("&path={}", enc(p)));
+            }
+            if let Some(m) = method {
+                q.push_str(&format!("&method={}", enc(m)));
+            }
+            let d: serde_json::Value = c.get(&q).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                let verdict = match (d["verdict"].as_str(), d["dry_run"] == true) {
+                    (Some("deny"), true) => "would be denied (dry run: allowed)",
+                    (Some("deny"), false) => "denied",
+                    _ => "allowed",
+                };
+                println!(
+                    "{verdict}: {} (rule {})",
+                    d["reason"].as_str().unwrap_or(""),
+                    d["rule"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

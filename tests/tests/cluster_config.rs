@@ -1,0 +1,425 @@
+//! Cluster config with real agents: replication (late joiners, restarts, the writer
+//! leaving, concurrent writes), canary splits and header routes, and policies.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use weft_tests::backends::{http_get_host, http_raw, Backend};
+use weft_tests::{eventually, Cluster};
+
+const CONVERGE: Duration = Duration::from_secs(15);
+
+fn cli_ok(c: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = c.agent(node).cli(args);
+    anyhow::ensure!(
+        out.status.success(),
+        "{args:?} on {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn entry(c: &Cluster, node: &str, kind: &str, name: &str) -> Option<serde_json::Value> {
+    let out = c.agent(node).cli(&["config", "get", kind, name, "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+fn wait_entry(
+    c: &Cluster,
+    nodes: &[&str],
+    kind: &str,
+    name: &str,
+    within: Duration,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    nodes
+        .iter()
+        .map(|n| {
+            eventually(&format!("{kind} {name} on {n}"), within, || {
+                Ok(entry(c, n, kind, name))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Result<()> {
+    let mut c = Cluster::new("config_replicates_survives_restarts_and_reaches_late_joiners");
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    c.wait_all_alive(
+        &["vm-1", "vm-2", "vm-3"],
+        &["vm-1", "vm-2", "vm-3"],
+        CONVERGE,
+    )?;
+
+    // Written on vm-2 (not the CA), applied on the others within 3 s.
+    let t = Instant::now();
+    cli_ok(
+        &c,
+        "vm-2",
+        &["route", "set", "reviews", "--split", "v1=90,v2=10"],
+    )?;
+    let seen = wait_entry(
+        &c,
+        &["vm-1", "vm-3"],
+        "route",
+        "reviews",
+        Duration::from_secs(3),
+    )?;
+    println!("route replicated to vm-1 and vm-3 in {:?}", t.elapsed());
+    assert!(seen
+        .iter()
+        .all(|e| e["value"]["rules"][0]["to"][1]["version"] == "v2"));
+
+    // Invalid config is refused at the API with the field named, and nothing changes.
+    let out = c
+        .agent("vm-1")
+        .cli(&["route", "set", "reviews", "--split", "v1=0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rules.to.weight"));
+
+    // Every node restarts: the config is still there.
+    for n in ["vm-1", "vm-2", "vm-3"] {
+        c.agent_mut(n).kill();
+    }
+    for n in ["vm-1", "vm-2", "vm-3"] {
+        c.spawn(n, &[]);
+    }
+    for n in ["vm-1", "vm-2", "vm-3"] {
+        c.wait_ready(n)?;
+    }
+    wait_entry(&c, &["vm-1", "vm-2", "vm-3"], "route", "reviews", CONVERGE)?;
+
+    // A node that joins later receives it; so does a delete (tombstone).
+    c.join("vm-4", "vm-1", &[])?;
+    wait_entry(&c, &["vm-4"], "route", "reviews", CONVERGE)?;
+    cli_ok(&c, "vm-3", &["policy", "allow", "frontend", "reviews"])?;
+    cli_ok(&c, "vm-3", &["config", "delete", "route", "reviews"])?;
+    for n in ["vm-1", "vm-2", "vm-4"] {
+        eventually(&format!("delete on {n}"), CONVERGE, || {
+            Ok(entry(&c, n, "route", "reviews").is_none().then_some(()))
+        })?;
+    }
+
+    // The writer (and the CA node) leaves for good: the others keep everything.
+    c.agent("vm-1").signal("TERM");
+    assert_eq!(
+        c.agent_mut("vm-1").wait_exit(Duration::from_secs(15))?,
+        Some(0)
+    );
+    wait_entry(
+        &c,
+        &["vm-2", "vm-4"],
+        "policy",
+        "allow.frontend.reviews",
+        CONVERGE,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn concurrent_writes_converge_to_one_winner() -> anyhow::Result<()> {
+    let mut c = Cluster::new("concurrent_writes_converge_to_one_winner");
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    c.wait_all_alive(
+        &["vm-1", "vm-2", "vm-3"],
+        &["vm-1", "vm-2", "vm-3"],
+        CONVERGE,
+    )?;
+    for round in 0..3 {
+        let (a, b) = (
+            format!("v1={},v2=1", 10 + round),
+            format!("v1=1,v2={}", 10 + round),
+        );
+        std::thread::scope(|s| {
+            let h1 = s.spawn(|| {
+                c.agent("vm-1")
+                    .cli(&["route", "set", "reviews", "--split", &a])
+            });
+            let h2 = s.spawn(|| {
+                c.agent("vm-2")
+                    .cli(&["route", "set", "reviews", "--split", &b])
+            });
+            let _ = (h1.join(), h2.join());
+        });
+        eventually("all three agree", CONVERGE, || {
+            let all: Vec<_> = ["vm-1", "vm-2", "vm-3"]
+                .iter()
+                .map(|n| entry(&c, n, "route", "reviews"))
+                .collect();
+            let same = all.iter().all(|e| e.is_some() && *e == all[0]);
+            Ok(same.then_some(()))
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn canary_split_and_header_route() -> anyhow::Result<()> {
+    let mut c = Cluster::new("canary_split_and_header_route");
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    let v1 = Backend::http("v1");
+    let v2 = Backend::http("v2");
+    for (node, be, version) in [("vm-2", &v1, "v1"), ("vm-3", &v2, "v2")] {
+        let port = be.port().to_string();
+        cli_ok(
+            &c,
+            node,
+            &[
+                "service",
+                "register",
+                "--name",
+                "reviews",
+                "--port",
+                &port,
+                "--protocol",
+                "http",
+                "--version",
+                version,
+            ],
+        )?;
+    }
+    let up = format!("{}:19001", c.agent("vm-1").ip);
+    cli_ok(
+        &c,
+        "vm-1",
+        &[
+            "service",
+            "register",
+            "--name",
+            "frontend",
+            "--port",
+            "1",
+            "--upstream",
+            &format!("reviews={up}"),
+        ],
+    )?;
+    cli_ok(
+        &c,
+        "vm-1",
+        &[
+            "route",
+            "set",
+            "reviews",
+            "--match",
+            "header:x-user=beta",
+            "--to",
+            "v2",
+            "--split",
+            "v1=90,v2=10",
+        ],
+    )?;
+    eventually("both versions routable", CONVERGE, || {
+        let out = c.agent("vm-1").cli(&["services", "--json"]);
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .matches("\"passing\"")
+            .count()
+            .ge(&3)
+            .then_some(()))
+    })?;
+    eventually("upstream answers", CONVERGE, || {
+        Ok(http_get_host(&up, "reviews", "/")
+            .ok()
+            .filter(|r| r.0 == 200))
+    })?;
+
+    let (b1, b2) = (v1.count(), v2.count());
+    let n = 2000;
+    let mut s = TcpStream::connect(&up)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    for i in 0..n {
+        // One keep-alive connection; every request is routed on its own.
+        s.write_all(format!("GET /r{i} HTTP/1.1\r\nHost: reviews\r\n\r\n").as_bytes())?;
+        read_response(&mut s)?;
+    }
+    let (d1, d2) = (v1.count() - b1, v2.count() - b2);
+    let share = d2 as f64 * 100.0 / n as f64;
+    println!("split 90/10 over {n} requests: v1={d1} v2={d2} ({share:.1}% to v2)");
+    assert_eq!(d1 + d2, n);
+    assert!(
+        (7.0..=13.0).contains(&share),
+        "v2 share {share:.1}% is outside 10 ± 3"
+    );
+
+    let before = v2.count();
+    for _ in 0..50 {
+        let (status, body) = http_raw(
+            &up,
+            "GET /beta HTTP/1.1\r\nHost: reviews\r\nx-user: beta\r\nConnection: close\r\n\r\n",
+        )?;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("hello from v2"), "{body}");
+    }
+    assert_eq!(v2.count() - before, 50);
+    Ok(())
+}
+
+fn read_response(s: &mut TcpStream) -> anyhow::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    anyhow::ensure!(text.starts_with("http/1.1 200"), "{text}");
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(())
+}
+
+#[test]
+fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
+    let mut c = Cluster::new("policies_deny_allow_dry_run_and_resist_path_tricks");
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    let hello = Backend::http("hello");
+    let echo = Backend::echo();
+    let (hp, ep) = (hello.port().to_string(), echo.port().to_string());
+    cli_ok(
+        &c,
+        "vm-2",
+        &[
+            "service",
+            "register",
+            "--name",
+            "hello",
+            "--port",
+            &hp,
+            "--protocol",
+            "http",
+        ],
+    )?;
+    cli_ok(
+        &c,
+        "vm-2",
+        &["service", "register", "--name", "echo", "--port", &ep],
+    )?;
+    let ip = c.agent("vm-1").ip;
+    let (up, tcp) = (format!("{ip}:19001"), format!("{ip}:19002"));
+    cli_ok(
+        &c,
+        "vm-1",
+        &[
+            "service",
+            "register",
+            "--name",
+            "client",
+            "--port",
+            "1",
+            "--upstream",
+            &format!("hello={up}"),
+            "--upstream",
+            &format!("echo={tcp}"),
+        ],
+    )?;
+    let get = |path: &str| {
+        http_raw(
+            &up,
+            &format!("GET {path} HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    eventually("hello reachable", CONVERGE, || {
+        Ok(get("/").ok().filter(|r| r.0 == 200))
+    })?;
+    let tcp_works = || -> bool {
+        let Ok(mut s) = TcpStream::connect(&tcp) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"x");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got == b"x"
+    };
+    assert!(tcp_works());
+
+    // Default deny: HTTP gets 403 naming the rule, TCP is closed.
+    cli_ok(&c, "vm-1", &["policy", "default", "deny"])?;
+    let (_, body) = eventually("deny applied", CONVERGE, || {
+        Ok(get("/").ok().filter(|r| r.0 == 403))
+    })?;
+    assert!(body.contains("default"), "{body}");
+    eventually("TCP denied", CONVERGE, || Ok((!tcp_works()).then_some(())))?;
+
+    // Allow client → hello (and echo): both pass again.
+    cli_ok(&c, "vm-1", &["policy", "allow", "client", "hello"])?;
+    cli_ok(&c, "vm-1", &["policy", "allow", "client", "echo"])?;
+    eventually("allow applied", CONVERGE, || {
+        Ok(get("/").ok().filter(|r| r.0 == 200))
+    })?;
+    eventually("TCP allowed", CONVERGE, || Ok(tcp_works().then_some(())))?;
+
+    // A deny on /admin cannot be dodged by path tricks.
+    cli_ok(
+        &c,
+        "vm-1",
+        &["policy", "deny", "client", "hello", "--path", "/admin"],
+    )?;
+    eventually("admin denied", CONVERGE, || {
+        Ok(get("/admin").ok().filter(|r| r.0 == 403))
+    })?;
+    let before = hello.count();
+    for trick in [
+        "/a/../admin",
+        "//admin",
+        "/%2Fadmin",
+        "/%2fadmin/x",
+        "/./admin",
+    ] {
+        let (status, body) = get(trick)?;
+        assert_eq!(status, 403, "{trick}: {body}");
+    }
+    let (status, _) = get("/../../etc/passwd")?;
+    assert_eq!(status, 400);
+    assert_eq!(hello.count(), before, "a dodge reached the backend");
+    assert_eq!(
+        get("/administrator")?.0,
+        200,
+        "prefixes match whole segments"
+    );
+
+    // Dry run: the default deny is counted but not enforced.
+    cli_ok(
+        &c,
+        "vm-1",
+        &["config", "delete", "policy", "allow.client.hello"],
+    )?;
+    cli_ok(&c, "vm-1", &["policy", "default", "deny", "--dry-run"])?;
+    eventually("dry run applied", CONVERGE, || {
+        Ok(get("/").ok().filter(|r| r.0 == 200))
+    })?;
+    let vm2 = c.agent("vm-2");
+    eventually("dry-run denials counted", CONVERGE, || {
+        let (status, _) = get("/")?;
+        anyhow::ensure!(status == 200, "dry run must not block: {status}");
+        Ok((vm2
+            .metric("weft_policy_denied_total{mode=\"dry_run\"}")
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(()))
+    })?;
+    assert!(vm2.metric("weft_policy_denied_total{mode=\"enforce\"}")? >= 1.0);
+    let explain = cli_ok(
+        &c,
+        "vm-2",
+        &["policy", "explain", "client", "hello", "--path", "/admin/x"],
+    )?;
+    assert!(explain.contains("deny"), "{explain}");
+    Ok(())
+}
