@@ -91,9 +91,21 @@ impl Backend {
 
     /// The same on a given port (0: any).
     pub fn http_on(name: &str, port: u16) -> Self {
+        Self::http_failing(name, port, 500, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// An HTTP server that answers `fail_status` to `fail_percent` of requests (exactly:
+    /// `fail_percent` of every 100 consecutive requests, never two in a row below 50 %;
+    /// changeable live).
+    pub fn http_failing(
+        name: &str,
+        port: u16,
+        fail_status: u16,
+        fail_percent: Arc<AtomicU64>,
+    ) -> Self {
         let name = name.to_owned();
         Self::start(
-            move |conn, hits, stop| serve_http(conn, &name, hits, stop),
+            move |conn, hits, stop| serve_http(conn, &name, hits, stop, fail_status, &fail_percent),
             port,
         )
     }
@@ -127,7 +139,14 @@ impl Drop for Backend {
     }
 }
 
-fn serve_http(conn: TcpStream, name: &str, hits: &AtomicU64, stop: &AtomicBool) {
+fn serve_http(
+    conn: TcpStream,
+    name: &str,
+    hits: &AtomicU64,
+    stop: &AtomicBool,
+    fail_status: u16,
+    fail_percent: &AtomicU64,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut writer) = conn.try_clone() else {
         return;
@@ -165,12 +184,17 @@ fn serve_http(conn: TcpStream, name: &str, hits: &AtomicU64, stop: &AtomicBool) 
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        let mut status = "200 OK".to_owned();
         if path != "/health" {
-            hits.fetch_add(1, Ordering::SeqCst);
+            let n = hits.fetch_add(1, Ordering::SeqCst);
+            // Spread failures over each block of 100 (37 is coprime with 100).
+            if (n * 37) % 100 < fail_percent.load(Ordering::SeqCst) {
+                status = format!("{fail_status} Failing");
+            }
         }
         let text = format!("hello from {name} {path} {}\n", body.len());
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{text}",
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {name}\r\n\r\n{text}",
             text.len()
         );
         if writer.write_all(resp.as_bytes()).is_err() || close || stop.load(Ordering::SeqCst) {

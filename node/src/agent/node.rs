@@ -81,6 +81,8 @@ pub struct Node {
     pub backend: crate::proxy::inbound::BackendClient,
     /// The replicated cluster config.
     pub config: Arc<crate::cluster_config::ConfigReplica>,
+    /// Rate limits, retry budgets, breakers, outliers.
+    pub traffic: crate::proxy::traffic::TrafficState,
 }
 
 /// Parts assembled by the agent before the node exists.
@@ -158,6 +160,7 @@ impl Node {
             access_log: p.access_log,
             backend: crate::proxy::inbound::backend_client(),
             config: p.config,
+            traffic: crate::proxy::traffic::TrafficState::default(),
         })
     }
 

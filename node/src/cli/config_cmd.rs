@@ -34,6 +34,19 @@ pub enum ConfigAction {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Write one entry from a JSON value (admin), e.g.
+    /// `weft config set ratelimit reviews '{"rps": 50}'`.
+    Set {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// The value, as JSON.
+        value: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete one entry (admin).
     Delete {
         /// Kind.
@@ -182,6 +195,23 @@ pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
         ConfigAction::Get { kind, name, client } => {
             let c = ApiClient::new(client)?;
             print(client, &c.get(&format!("/v1/config/{kind}/{name}")).await?)
+        }
+        ConfigAction::Set {
+            kind,
+            name,
+            value,
+            client,
+        } => {
+            let v: serde_json::Value =
+                serde_json::from_str(value).context("the value must be JSON")?;
+            let c = ApiClient::new(client)?;
+            let stored = put(&c, kind, name, v).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&stored)?);
+            } else {
+                println!("{kind} {name} set");
+            }
+            Ok(())
         }
         ConfigAction::Delete { kind, name, client } => {
             let c = ApiClient::new(client)?;

@@ -7,6 +7,7 @@ pub mod policy;
 pub mod replica;
 pub mod route;
 pub mod state;
+pub mod traffic;
 
 pub use replica::{Applied, ConfigReplica, WriteError};
 pub use state::{ConfigState, Entry, Kind};
@@ -44,7 +45,10 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), ValueError> {
             format!("{name:?}: up to 128 of [A-Za-z0-9._-]"),
         ));
     }
-    if kind == Kind::Route {
+    if matches!(
+        kind,
+        Kind::Route | Kind::Resilience | Kind::Fault | Kind::Ratelimit
+    ) {
         weft_ca::ServiceName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
     }
     Ok(())
@@ -68,5 +72,14 @@ pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(),
             let r: policy::PolicyRule = serde_json::from_value(value.clone()).map_err(parse_err)?;
             r.validate()
         }
+        Kind::Resilience => serde_json::from_value::<traffic::Resilience>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
+        Kind::Fault => serde_json::from_value::<traffic::Fault>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
+        Kind::Ratelimit => serde_json::from_value::<traffic::RateLimit>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
     }
 }

@@ -23,6 +23,12 @@ pub struct Applied {
     pub policy_default: PolicyDefault,
     /// Policy rules by name, sorted by name.
     pub policy_rules: Vec<(String, PolicyRule)>,
+    /// Resilience settings by destination service.
+    pub resilience: HashMap<String, super::traffic::Resilience>,
+    /// Faults by destination service.
+    pub faults: HashMap<String, super::traffic::Fault>,
+    /// Rate limits by destination service.
+    pub ratelimits: HashMap<String, super::traffic::RateLimit>,
 }
 
 /// Why a write failed.
@@ -56,6 +62,23 @@ fn build(state: &ConfigState) -> Applied {
             a.routes.insert(e.name.clone(), r);
         }
     }
+    fn typed<T: serde::de::DeserializeOwned>(
+        state: &ConfigState,
+        kind: Kind,
+    ) -> HashMap<String, T> {
+        state
+            .live(kind)
+            .filter_map(|e| {
+                Some((
+                    e.name.clone(),
+                    serde_json::from_value(e.value.clone()?).ok()?,
+                ))
+            })
+            .collect()
+    }
+    a.resilience = typed(state, Kind::Resilience);
+    a.faults = typed(state, Kind::Fault);
+    a.ratelimits = typed(state, Kind::Ratelimit);
     for e in state.live(Kind::Policy) {
         let Some(v) = e.value.clone() else { continue };
         if e.name == "default" {

@@ -27,6 +27,12 @@ pub enum Kind {
     Route,
     /// Authorization: `default` (allow|deny, dry-run) or one rule.
     Policy,
+    /// Timeouts, retries, circuit breaking, outlier ejection for a destination service.
+    Resilience,
+    /// Injected delays and aborts for a destination service.
+    Fault,
+    /// Token-bucket rate limit for a destination service.
+    Ratelimit,
 }
 
 impl std::str::FromStr for Kind {
@@ -35,11 +41,12 @@ impl std::str::FromStr for Kind {
         match s {
             "route" => Ok(Self::Route),
             "policy" => Ok(Self::Policy),
-            "resilience" | "fault" | "ratelimit" | "rollout" => Err(format!(
-                "config kind {s:?} is not supported by this agent version yet"
-            )),
+            "resilience" => Ok(Self::Resilience),
+            "fault" => Ok(Self::Fault),
+            "ratelimit" => Ok(Self::Ratelimit),
+            "rollout" => Err(format!("config kind {s:?} is not supported by this agent version yet")),
             other => Err(format!(
-                "unknown config kind {other:?} (expected route or policy)"
+                "unknown config kind {other:?} (expected route, policy, resilience, fault or ratelimit)"
             )),
         }
     }
@@ -50,6 +57,9 @@ impl std::fmt::Display for Kind {
         f.write_str(match self {
             Self::Route => "route",
             Self::Policy => "policy",
+            Self::Resilience => "resilience",
+            Self::Fault => "fault",
+            Self::Ratelimit => "ratelimit",
         })
     }
 }

@@ -158,6 +158,17 @@ pub async fn dial_version(
     header: &StreamHeader,
     version: Option<&str>,
 ) -> Result<Dialed, DialError> {
+    dial_with(node, header, version, Vec::new()).await
+}
+
+/// Like `dial_version`, never choosing the endpoints in `excluded` (e.g. ejected
+/// outliers, or instances a retry already tried), unless nothing else is left.
+pub async fn dial_with(
+    node: &Node,
+    header: &StreamHeader,
+    version: Option<&str>,
+    excluded: Vec<String>,
+) -> Result<Dialed, DialError> {
     let catalog = node.catalog.get();
     let service = &header.destination;
     if !catalog.knows(service) {
@@ -171,7 +182,10 @@ pub async fn dial_version(
         return Err(DialError::NoHealthyInstance(service.clone()));
     }
     let zone = node.settings().zone;
-    let mut excluded = Vec::new();
+    let mut excluded = excluded;
+    if routable.iter().all(|i| excluded.contains(&endpoint_key(i))) {
+        excluded.clear();
+    }
     let mut reason = String::new();
     for _ in 0..ATTEMPTS {
         let Some(inst) = node.router.pick(&routable, &zone, &excluded) else {

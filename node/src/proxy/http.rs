@@ -19,12 +19,13 @@ use tracing::{debug, warn};
 use weft_ca::ServiceName;
 use weft_gossip::Protocol;
 
-use super::dial::{dial_version, DialError};
+use super::dial::{dial_with, DialError};
 use super::header::{valid_traceparent, StreamHeader};
 use crate::agent::node::Node;
 use crate::cluster_config::policy::normalize_path;
 use crate::cluster_config::route::RequestView;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+use crate::telemetry::Metrics;
 
 /// Response body type of the proxy.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -252,6 +253,59 @@ async fn forward(
             return text(status, msg);
         }
     };
+    let normalized = match normalize_path(&path) {
+        Ok(p) => p,
+        Err(why) => {
+            node.metrics.record(&src, &dst, "400", 0.0);
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("weft: path refused: {why}\n"),
+            );
+        }
+    };
+    let applied = node.config.applied();
+
+    // Rate limit, then injected faults, then the circuit breaker.
+    if let Some(rl) = applied.ratelimits.get(&dst) {
+        if !node.traffic.allow_rate(&dst, &src, rl) {
+            Metrics::inc(&node.metrics.ratelimited, &dst);
+            node.metrics.record(&src, &dst, "429", 0.0);
+            let mut r = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("weft: rate limit for {dst} exceeded\n"),
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+    }
+    if let Some(f) = applied.faults.get(&dst) {
+        let (delay, abort) = f.decide(
+            &normalized,
+            rand::random_range(0..100),
+            rand::random_range(0..100),
+        );
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(code) = abort {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            node.metrics
+                .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
+            return text(status, "weft: fault injected\n".into());
+        }
+    }
+    let resilience = applied.resilience.get(&dst).cloned();
+    let Some(_slot) = node
+        .traffic
+        .enter(&dst, resilience.as_ref().and_then(|r| r.max_concurrent))
+    else {
+        node.metrics.record(&src, &dst, "503", 0.0);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("weft: circuit open for {dst} (too many requests in flight)\n"),
+        );
+    };
 
     let authority = parts
         .uri
@@ -285,24 +339,7 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let header = StreamHeader {
-        protocol: Protocol::Http,
-        destination: destination.clone(),
-        source,
-        traceparent: Some(traceparent.clone()),
-    };
-    // Routing sees the normalised path (the receiving agent enforces policy on it too).
-    let normalized = match normalize_path(&path) {
-        Ok(p) => p,
-        Err(why) => {
-            node.metrics.record(&src, &dst, "400", 0.0);
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("weft: path refused: {why}\n"),
-            );
-        }
-    };
-    let version = node.config.applied().routes.get(&dst).and_then(|route| {
+    let version = applied.routes.get(&dst).and_then(|route| {
         let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let view = RequestView {
             path: &normalized,
@@ -311,113 +348,219 @@ async fn forward(
         };
         route.pick_version(&view, |total| rand::random_range(0..total))
     });
-
-    let idempotent = matches!(
-        method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
-    let mut last_error = String::new();
-    for attempt in 0..ATTEMPTS {
-        let dialed = match dial_version(node, &header, version.as_deref()).await {
-            Ok(d) => d,
-            Err(e) => {
-                let (status, label) = match &e {
-                    DialError::UnknownService(_) => (StatusCode::BAD_GATEWAY, "unknown".to_owned()),
-                    DialError::NoHealthyInstance(_) => {
-                        (StatusCode::SERVICE_UNAVAILABLE, dst.clone())
-                    }
-                    DialError::Connect { .. } => (StatusCode::BAD_GATEWAY, dst.clone()),
-                };
-                warn!(source = %src, destination = %dst, error = %e, "request failed: no instance reachable");
-                node.metrics.record(
-                    &src,
-                    &label,
-                    status.as_str(),
-                    started.elapsed().as_secs_f64(),
-                );
-                return text(status, format!("weft: {e}\n"));
-            }
-        };
-        // Same-node instances are reached without an inbound hop: check policy here.
-        if dialed.instance.is_local {
-            let d = node.authorize(&src, &dst, Some((&normalized, method.as_str())));
-            if !d.allowed {
-                node.metrics
-                    .record(&src, &dst, "403", started.elapsed().as_secs_f64());
-                return text(
-                    StatusCode::FORBIDDEN,
-                    format!("weft: denied by policy rule {}: {}\n", d.rule, d.reason),
-                );
-            }
-        }
-        let key = crate::routing::endpoint_key(&dialed.instance);
-        node.router.start(&key);
-        let mut out = Request::new(Full::new(body.clone()));
-        *out.method_mut() = method.clone();
-        *out.version_mut() = Version::HTTP_11;
-        *out.headers_mut() = parts.headers.clone();
-        *out.uri_mut() = match path_and_query.parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "weft: invalid request target\n".into(),
-                )
-            }
-        };
-        let result = async {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(dialed.io)).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(error = %e, "upstream HTTP connection ended with an error");
-                }
+    let attempt_ctx = Attempt {
+        node,
+        header: StreamHeader {
+            protocol: Protocol::Http,
+            destination: destination.clone(),
+            source,
+            traceparent: Some(traceparent.clone()),
+        },
+        src: &src,
+        dst: &dst,
+        method: &method,
+        normalized: &normalized,
+        headers: &parts.headers,
+        path_and_query: &path_and_query,
+        body: &body,
+        version: version.as_deref(),
+        resilience: resilience.as_ref(),
+    };
+    node.traffic.budget_request(&dst);
+    let outcome = match resilience.as_ref().and_then(|r| r.timeout()) {
+        Some(t) => tokio::time::timeout(t, attempt_ctx.run())
+            .await
+            .unwrap_or_else(|_| {
+                Err(text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("weft: {dst} timed out after {t:?}\n"),
+                ))
+            }),
+        None => attempt_ctx.run().await,
+    };
+    match outcome {
+        Ok((resp, upstream_node)) => {
+            let status = resp.status();
+            node.metrics
+                .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
+            node.access_log.write(&AccessEntry {
+                time: now_rfc3339(),
+                direction: "outbound",
+                protocol: "http",
+                source: src.clone(),
+                destination: dst.clone(),
+                upstream_node,
+                method: Some(method.to_string()),
+                path: Some(path.clone()),
+                status: status.as_u16().to_string(),
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                bytes_out: body.len() as u64,
+                bytes_in: 0,
+                trace_id: traceparent.split('-').nth(1).map(str::to_owned),
             });
-            sender.send_request(out).await
+            let (mut rparts, rbody) = resp.into_parts();
+            strip_hop_by_hop(&mut rparts.headers);
+            Response::from_parts(rparts, rbody.boxed())
         }
-        .await;
-        match result {
-            Ok(resp) => {
-                node.router.finish(&key, dialed.started.elapsed());
-                let status = resp.status();
-                node.metrics
-                    .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
-                node.access_log.write(&AccessEntry {
-                    time: now_rfc3339(),
-                    direction: "outbound",
-                    protocol: "http",
-                    source: src.clone(),
-                    destination: dst.clone(),
-                    upstream_node: dialed.instance.node.clone(),
-                    method: Some(method.to_string()),
-                    path: Some(path.clone()),
-                    status: status.as_u16().to_string(),
-                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    bytes_out: body.len() as u64,
-                    bytes_in: 0,
-                    trace_id: traceparent.split('-').nth(1).map(str::to_owned),
-                });
-                let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers);
-                return Response::from_parts(rparts, rbody.boxed());
-            }
-            Err(e) => {
-                node.router.fail(&key);
-                debug!(attempt, node = %dialed.instance.node, error = %e, "upstream request failed");
-                last_error = e.to_string();
-                if !idempotent {
-                    break;
-                }
-            }
+        Err(resp) => {
+            node.metrics.record(
+                &src,
+                &dst,
+                resp.status().as_str(),
+                started.elapsed().as_secs_f64(),
+            );
+            resp
         }
     }
-    warn!(source = %src, destination = %dst, error = %last_error, "request failed on every attempt");
-    node.metrics
-        .record(&src, &dst, "502", started.elapsed().as_secs_f64());
-    text(
-        StatusCode::BAD_GATEWAY,
-        format!("weft: {dst} failed: {last_error}\n"),
-    )
+}
+
+/// Everything one request needs across its attempts.
+struct Attempt<'a> {
+    node: &'a Node,
+    header: StreamHeader,
+    src: &'a str,
+    dst: &'a str,
+    method: &'a Method,
+    normalized: &'a str,
+    headers: &'a HeaderMap,
+    path_and_query: &'a str,
+    body: &'a Bytes,
+    version: Option<&'a str>,
+    resilience: Option<&'a crate::cluster_config::traffic::Resilience>,
+}
+
+impl Attempt<'_> {
+    /// Tries instances until one answers acceptably, within the retry policy and budget.
+    /// Ok: the response and the node that served it. Err: the response to send.
+    async fn run(&self) -> Result<(Response<Incoming>, String), Response<ProxyBody>> {
+        let node = self.node;
+        let idempotent = matches!(
+            *self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let (max_attempts, retry_5xx, may_retry, budget) = match self.resilience {
+            Some(r) => (
+                1 + r.retries as usize,
+                r.retry_on_5xx,
+                idempotent || r.retry_non_idempotent,
+                r.retry_budget_percent,
+            ),
+            // Without settings: connect failures and resets only, idempotent methods.
+            None => (ATTEMPTS, false, idempotent, 100),
+        };
+        let mut tried: Vec<String> = node.traffic.ejected();
+        let mut last_error = String::new();
+        let mut last_5xx: Option<(Response<Incoming>, String)> = None;
+        for attempt in 0..max_attempts {
+            if attempt > 0 {
+                if !may_retry || !node.traffic.try_retry(self.dst, budget) {
+                    break;
+                }
+                Metrics::inc(&node.metrics.retries, self.dst);
+            }
+            let dialed = match dial_with(node, &self.header, self.version, tried.clone()).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let status = match &e {
+                        DialError::UnknownService(_) => StatusCode::BAD_GATEWAY,
+                        DialError::NoHealthyInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+                        DialError::Connect { .. } => StatusCode::BAD_GATEWAY,
+                    };
+                    warn!(source = %self.src, destination = %self.dst, error = %e, "request failed: no instance reachable");
+                    return Err(text(status, format!("weft: {e}\n")));
+                }
+            };
+            // Same-node instances are reached without an inbound hop: check policy here.
+            if dialed.instance.is_local {
+                let d = node.authorize(
+                    self.src,
+                    self.dst,
+                    Some((self.normalized, self.method.as_str())),
+                );
+                if !d.allowed {
+                    return Err(text(
+                        StatusCode::FORBIDDEN,
+                        format!("weft: denied by policy rule {}: {}\n", d.rule, d.reason),
+                    ));
+                }
+            }
+            let key = crate::routing::endpoint_key(&dialed.instance);
+            tried.push(key.clone());
+            node.router.start(&key);
+            let mut out = Request::new(Full::new(self.body.clone()));
+            *out.method_mut() = self.method.clone();
+            *out.version_mut() = Version::HTTP_11;
+            *out.headers_mut() = self.headers.clone();
+            *out.uri_mut() = match self.path_and_query.parse() {
+                Ok(u) => u,
+                Err(_) => {
+                    return Err(text(
+                        StatusCode::BAD_REQUEST,
+                        "weft: invalid request target\n".into(),
+                    ))
+                }
+            };
+            let exchange = async {
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(dialed.io))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "upstream HTTP connection ended with an error");
+                    }
+                });
+                sender.send_request(out).await.map_err(|e| e.to_string())
+            };
+            let result = match self.resilience.and_then(|r| r.per_try_timeout()) {
+                Some(t) => tokio::time::timeout(t, exchange)
+                    .await
+                    .unwrap_or_else(|_| Err(timeout_error())),
+                None => exchange.await,
+            };
+            match result {
+                Ok(resp) => {
+                    node.router.finish(&key, dialed.started.elapsed());
+                    let is_5xx = resp.status().is_server_error();
+                    if let Some(o) = self.resilience.and_then(|r| r.outlier.as_ref()) {
+                        let total = node.catalog.get().routable(&self.header.destination).len();
+                        if node.traffic.record_response(&key, is_5xx, o, total) {
+                            warn!(endpoint = %key, "instance ejected as an outlier");
+                            Metrics::inc(&node.metrics.ejections, self.dst);
+                        }
+                    }
+                    if is_5xx && retry_5xx {
+                        debug!(attempt, endpoint = %key, status = %resp.status(), "5xx; may retry");
+                        last_5xx = Some((resp, dialed.instance.node.clone()));
+                        continue;
+                    }
+                    return Ok((resp, dialed.instance.node.clone()));
+                }
+                Err(e) => {
+                    node.router.fail(&key);
+                    debug!(attempt, endpoint = %key, error = %e, "upstream request failed");
+                    last_error = e;
+                }
+            }
+        }
+        if let Some(r) = last_5xx {
+            return Ok(r);
+        }
+        warn!(source = %self.src, destination = %self.dst, error = %last_error, "request failed on every attempt");
+        Err(text(
+            StatusCode::BAD_GATEWAY,
+            format!("weft: {} failed: {last_error}\n", self.dst),
+        ))
+    }
+}
+
+fn timeout_error() -> String {
+    "per-try timeout".to_owned()
 }
 
 #[cfg(test)]

@@ -10,3 +10,4 @@ pub mod inbound;
 pub mod io;
 pub mod listeners;
 pub mod tcp;
+pub mod traffic;

@@ -35,6 +35,13 @@ pub struct ModeLabels {
     pub mode: String,
 }
 
+/// Labels naming a destination service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestLabels {
+    /// Destination service.
+    pub destination: String,
+}
+
 /// Labels of a byte count.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
@@ -61,6 +68,12 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// `weft_policy_denied_total{mode}`
     pub policy_denied: Family<ModeLabels, Counter>,
+    /// `weft_retries_total{destination}`
+    pub retries: Family<DestLabels, Counter>,
+    /// `weft_ejections_total{destination}`
+    pub ejections: Family<DestLabels, Counter>,
+    /// `weft_ratelimited_total{destination}`
+    pub ratelimited: Family<DestLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +93,20 @@ impl Default for Metrics {
         let bytes = Family::<DirectionLabels, Counter>::default();
         let access_log_dropped = Counter::default();
         let policy_denied = Family::<ModeLabels, Counter>::default();
+        let retries = Family::<DestLabels, Counter>::default();
+        let ejections = Family::<DestLabels, Counter>::default();
+        let ratelimited = Family::<DestLabels, Counter>::default();
+        registry.register("retries", "Retried request attempts", retries.clone());
+        registry.register(
+            "ejections",
+            "Instances ejected as outliers",
+            ejections.clone(),
+        );
+        registry.register(
+            "ratelimited",
+            "Requests refused with 429 by a rate limit",
+            ratelimited.clone(),
+        );
         registry.register(
             "policy_denied",
             "Requests and streams denied by policy (dry_run: would have been)",
@@ -114,6 +141,9 @@ impl Default for Metrics {
             bytes,
             access_log_dropped,
             policy_denied,
+            retries,
+            ejections,
+            ratelimited,
         }
     }
 }
@@ -143,6 +173,15 @@ impl Metrics {
                 destination: destination.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Increments a per-destination counter.
+    pub fn inc(family: &Family<DestLabels, Counter>, destination: &str) {
+        family
+            .get_or_create(&DestLabels {
+                destination: destination.to_owned(),
+            })
+            .inc();
     }
 
     /// Adds proxied bytes.
