@@ -371,10 +371,10 @@ async fn forward(
         Some(t) => tokio::time::timeout(t, attempt_ctx.run())
             .await
             .unwrap_or_else(|_| {
-                Err(text(
+                Err(Box::new(text(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("weft: {dst} timed out after {t:?}\n"),
-                ))
+                )))
             }),
         None => attempt_ctx.run().await,
     };
@@ -409,7 +409,7 @@ async fn forward(
                 resp.status().as_str(),
                 started.elapsed().as_secs_f64(),
             );
-            resp
+            *resp
         }
     }
 }
@@ -432,7 +432,7 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     /// Tries instances until one answers acceptably, within the retry policy and budget.
     /// Ok: the response and the node that served it. Err: the response to send.
-    async fn run(&self) -> Result<(Response<Incoming>, String), Response<ProxyBody>> {
+    async fn run(&self) -> Result<(Response<Incoming>, String), Box<Response<ProxyBody>>> {
         let node = self.node;
         let idempotent = matches!(
             *self.method,
@@ -472,7 +472,7 @@ impl Attempt<'_> {
                         DialError::Connect { .. } => StatusCode::BAD_GATEWAY,
                     };
                     warn!(source = %self.src, destination = %self.dst, error = %e, "request failed: no instance reachable");
-                    return Err(text(status, format!("weft: {e}\n")));
+                    return Err(Box::new(text(status, format!("weft: {e}\n"))));
                 }
             };
             // Same-node instances are reached without an inbound hop: check policy here.
@@ -483,10 +483,10 @@ impl Attempt<'_> {
                     Some((self.normalized, self.method.as_str())),
                 );
                 if !d.allowed {
-                    return Err(text(
+                    return Err(Box::new(text(
                         StatusCode::FORBIDDEN,
                         format!("weft: denied by policy rule {}: {}\n", d.rule, d.reason),
-                    ));
+                    )));
                 }
             }
             let key = crate::routing::endpoint_key(&dialed.instance);
@@ -499,10 +499,10 @@ impl Attempt<'_> {
             *out.uri_mut() = match self.path_and_query.parse() {
                 Ok(u) => u,
                 Err(_) => {
-                    return Err(text(
+                    return Err(Box::new(text(
                         StatusCode::BAD_REQUEST,
                         "weft: invalid request target\n".into(),
-                    ))
+                    )))
                 }
             };
             let exchange = async {
@@ -552,10 +552,10 @@ impl Attempt<'_> {
             return Ok(r);
         }
         warn!(source = %self.src, destination = %self.dst, error = %last_error, "request failed on every attempt");
-        Err(text(
+        Err(Box::new(text(
             StatusCode::BAD_GATEWAY,
             format!("weft: {} failed: {last_error}\n", self.dst),
-        ))
+        )))
     }
 }
 
