@@ -260,6 +260,55 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
         assert!(body.contains("hello from v2"), "{body}");
     }
     assert_eq!(v2.count() - before, 50);
+
+    // Sticky A/B by cookie: each user keeps one version, users spread over both.
+    cli_ok(
+        &c,
+        "vm-2",
+        &[
+            "route",
+            "set",
+            "reviews",
+            "--split",
+            "v1=50,v2=50",
+            "--sticky-cookie",
+            "session",
+        ],
+    )?;
+    eventually("sticky route on vm-1", CONVERGE, || {
+        Ok(entry(&c, "vm-1", "route", "reviews")
+            .filter(|e| e["value"]["sticky"]["cookie"] == "session"))
+    })?;
+    let mut versions = std::collections::HashSet::new();
+    for user in 0..20 {
+        let req = format!("GET /s HTTP/1.1\r\nHost: reviews\r\nCookie: a=1; session=user-{user}\r\nConnection: close\r\n\r\n");
+        let first = http_raw(&up, &req)?.1.contains("hello from v2");
+        for _ in 0..4 {
+            assert_eq!(
+                http_raw(&up, &req)?.1.contains("hello from v2"),
+                first,
+                "user {user} switched versions"
+            );
+        }
+        versions.insert(first);
+    }
+    assert_eq!(versions.len(), 2, "20 users all landed on one version");
+
+    // Every version of the entry is remembered, writer and time included.
+    // (vm-1 wrote the first version and merged vm-2's; a node only remembers versions it saw.)
+    let history = cli_ok(
+        &c,
+        "vm-1",
+        &["config", "history", "route", "reviews", "--json"],
+    )?;
+    let h: Vec<serde_json::Value> = serde_json::from_str(&history)?;
+    assert!(h.len() >= 2, "{history}");
+    assert_eq!(
+        h.last().map(|e| e["version"]["node"].clone()),
+        Some("vm-2".into())
+    );
+    let age = c.agent("vm-3").metric("weft_config_digest_age_seconds")?;
+    assert!(age < 10.0, "digest age {age}");
     Ok(())
 }
 

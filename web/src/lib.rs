@@ -219,6 +219,12 @@ pub trait NodeApi: Send + Sync + 'static {
         name: String,
         body: Vec<u8>,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// The versions of an entry this node remembers, oldest first.
+    fn config_history(
+        &self,
+        kind: String,
+        name: String,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// Deletes an entry (admin).
     fn config_delete(
         &self,

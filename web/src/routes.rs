@@ -33,6 +33,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
                 .put(config_put::<N>)
                 .delete(config_delete::<N>),
         )
+        .route("/v1/config/{kind}/{name}/history", get(config_history::<N>))
         .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
@@ -124,6 +125,13 @@ async fn config_get<N: NodeApi>(
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     Ok(Json(node.config_get(kind, name).await?).into_response())
+}
+
+async fn config_history<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.config_history(kind, name).await?).into_response())
 }
 
 async fn config_put<N: NodeApi>(

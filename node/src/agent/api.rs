@@ -260,6 +260,22 @@ impl NodeApi for Node {
         Ok(serde_json::to_value(entry).unwrap_or_default())
     }
 
+    async fn config_history(
+        &self,
+        kind: String,
+        name: String,
+    ) -> Result<serde_json::Value, ApiError> {
+        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        let h = self
+            .config
+            .history(kind, &name)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        if h.is_empty() {
+            return Err(ApiError::NotFound(format!("no history for {kind} {name}")));
+        }
+        Ok(serde_json::to_value(h).unwrap_or_default())
+    }
+
     async fn config_delete(&self, kind: String, name: String) -> Result<(), ApiError> {
         let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
         if self.config.get(kind, &name).is_none() {

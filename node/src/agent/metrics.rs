@@ -92,6 +92,18 @@ pub async fn render(node: &Node) -> String {
     );
     let _ = writeln!(out, "# TYPE weft_config_entries gauge");
     let _ = writeln!(out, "weft_config_entries {}", node.config.live_count());
+    let synced = node.config_synced_at_ms.load(Ordering::Relaxed);
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let _ = writeln!(out, "# HELP weft_config_digest_age_seconds Seconds since this node's config digest last matched every alive peer's.");
+    let _ = writeln!(out, "# TYPE weft_config_digest_age_seconds gauge");
+    let _ = writeln!(
+        out,
+        "weft_config_digest_age_seconds {:.1}",
+        now_ms.saturating_sub(synced) as f64 / 1000.0
+    );
     out.push_str(&node.metrics.render());
     out
 }

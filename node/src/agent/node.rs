@@ -83,6 +83,8 @@ pub struct Node {
     pub config: Arc<crate::cluster_config::ConfigReplica>,
     /// Rate limits, retry budgets, breakers, outliers.
     pub traffic: crate::proxy::traffic::TrafficState,
+    /// When this node's config digest last equalled every alive peer's (Unix ms).
+    pub config_synced_at_ms: AtomicU64,
 }
 
 /// Parts assembled by the agent before the node exists.
@@ -161,6 +163,12 @@ impl Node {
             backend: crate::proxy::inbound::backend_client(),
             config: p.config,
             traffic: crate::proxy::traffic::TrafficState::default(),
+            config_synced_at_ms: AtomicU64::new(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            ),
         })
     }
 

@@ -170,6 +170,11 @@ pub async fn config_loop(node: Arc<Node>) {
             .filter(|m| !m.config_digest.is_empty() && m.config_digest != ours)
             .collect();
         if candidates.is_empty() {
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            node.config_synced_at_ms.store(now_ms, Ordering::Relaxed);
             continue;
         }
         let peer = &candidates[rand::random_range(0..candidates.len())];

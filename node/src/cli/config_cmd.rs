@@ -47,6 +47,16 @@ pub enum ConfigAction {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the versions of one entry this node remembers (writer, time, value).
+    History {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete one entry (admin).
     Delete {
         /// Kind.
@@ -89,6 +99,12 @@ pub struct RouteSetArgs {
     /// Version for the preceding --match.
     #[arg(long = "to")]
     pub to: Vec<String>,
+    /// Sticky A/B: keep each value of this header on one version of the split.
+    #[arg(long)]
+    pub sticky_header: Option<String>,
+    /// Sticky A/B: keep each value of this cookie on one version of the split.
+    #[arg(long)]
+    pub sticky_cookie: Option<String>,
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -213,6 +229,30 @@ pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ConfigAction::History { kind, name, client } => {
+            let c = ApiClient::new(client)?;
+            let v: serde_json::Value = c.get(&format!("/v1/config/{kind}/{name}/history")).await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for e in v.as_array().cloned().unwrap_or_default() {
+                let when = e["version"]["wall"].as_u64().unwrap_or(0);
+                let time = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(when),
+                );
+                let value = if e["value"].is_null() {
+                    "(deleted)".to_owned()
+                } else {
+                    e["value"].to_string()
+                };
+                println!(
+                    "{time}  {:<16} {value}",
+                    e["version"]["node"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
         ConfigAction::Delete { kind, name, client } => {
             let c = ApiClient::new(client)?;
             c.write(
@@ -326,12 +366,18 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
     if rules.is_empty() {
         bail!("give --split and/or --match … --to …");
     }
+    let sticky = match (&a.sticky_header, &a.sticky_cookie) {
+        (Some(h), None) => Some(crate::cluster_config::route::Sticky::Header(h.clone())),
+        (None, Some(c)) => Some(crate::cluster_config::route::Sticky::Cookie(c.clone())),
+        (None, None) => None,
+        (Some(_), Some(_)) => bail!("use one of --sticky-header and --sticky-cookie"),
+    };
     let c = ApiClient::new(&a.client)?;
     let v = put(
         &c,
         "route",
         &a.service,
-        serde_json::to_value(Route { rules })?,
+        serde_json::to_value(Route { rules, sticky })?,
     )
     .await?;
     if a.client.json {

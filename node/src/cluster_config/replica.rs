@@ -162,6 +162,7 @@ impl ConfigReplica {
             value,
         };
         self.store.put_config(&entry)?;
+        let _ = self.store.push_config_history(&entry);
         state.merge(entry.clone());
         self.changed(state);
         info!(kind = %kind, name, deleted = entry.value.is_none(), "config written");
@@ -196,6 +197,7 @@ impl ConfigReplica {
                 warn!(error = %err, "cannot persist a config entry; not applied");
                 continue;
             }
+            let _ = self.store.push_config_history(&e);
             state.merge(e);
             changed += 1;
         }
@@ -247,6 +249,11 @@ impl ConfigReplica {
             .get(kind, name)
             .filter(|e| e.value.is_some())
             .cloned()
+    }
+
+    /// The remembered versions of an entry, oldest first (deletes included).
+    pub fn history(&self, kind: Kind, name: &str) -> Result<Vec<Entry>, StoreError> {
+        self.store.config_history(kind, name)
     }
 
     /// Live entries in total (for `weft_config_entries`).

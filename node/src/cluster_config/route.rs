@@ -70,12 +70,25 @@ pub struct RouteRule {
     pub to: Vec<WeightedVersion>,
 }
 
+/// Sticky A/B: the same user always lands on the same version of a weighted split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Sticky {
+    /// Hash of this request header's value.
+    Header(String),
+    /// Hash of this cookie's value.
+    Cookie(String),
+}
+
 /// A `route` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Rules, first match wins; no match → any version.
     pub rules: Vec<RouteRule>,
+    /// Makes weighted choices stable per user (requests without the value are random).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<Sticky>,
 }
 
 /// A request as routing sees it.
@@ -170,6 +183,25 @@ impl Route {
         Ok(())
     }
 
+    /// The stable draw for `req` in `0..total` when the route is sticky and the request
+    /// carries the header or cookie (FNV-1a of the value).
+    pub fn sticky_draw(&self, req: &RequestView<'_>, total: u64) -> Option<u64> {
+        let value = match self.sticky.as_ref()? {
+            Sticky::Header(h) => (req.header)(&h.to_ascii_lowercase())?.to_owned(),
+            Sticky::Cookie(c) => (req.header)("cookie")?
+                .split(';')
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == c)
+                .map(|(_, v)| v.to_owned())?,
+        };
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in value.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        Some(h % total.max(1))
+    }
+
     /// The rule matching `req`, if any.
     pub fn matching_rule(&self, req: &RequestView<'_>) -> Option<&RouteRule> {
         self.rules.iter().find(|r| rule_matches(&r.matches, req))
@@ -255,6 +287,7 @@ mod tests {
                 matches: RouteMatch::default(),
                 to: parse_split("v1=90,v2=10").expect("split"),
             }],
+            sticky: None,
         };
         r.validate().expect("valid");
         let none = |_: &str| None;
@@ -290,6 +323,7 @@ mod tests {
                     to: parse_split("v1=1").expect("split"),
                 },
             ],
+            sticky: None,
         };
         let beta = |n: &str| (n == "x-user").then_some("beta");
         let other = |_: &str| None;
@@ -304,6 +338,32 @@ mod tests {
     }
 
     #[test]
+    fn sticky_users_keep_their_version() {
+        let r = Route {
+            rules: vec![RouteRule {
+                matches: RouteMatch::default(),
+                to: parse_split("v1=50,v2=50").expect("split"),
+            }],
+            sticky: Some(Sticky::Cookie("session".into())),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for user in 0..200 {
+            let cookie = format!("theme=dark; session=user{user}");
+            let lookup = |n: &str| (n == "cookie").then_some(cookie.as_str());
+            let v = view("/", &lookup);
+            let first = r.pick_version(&v, |t| r.sticky_draw(&v, t).expect("sticky"));
+            for _ in 0..5 {
+                assert_eq!(
+                    r.pick_version(&v, |t| r.sticky_draw(&v, t).expect("sticky")),
+                    first
+                );
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 2, "users are spread over both versions");
+    }
+
+    #[test]
     fn validation_names_fields() {
         let bad = Route {
             rules: vec![RouteRule {
@@ -313,6 +373,7 @@ mod tests {
                 },
                 to: parse_split("v1=1").expect("split"),
             }],
+            sticky: None,
         };
         assert_eq!(
             bad.validate().map_err(|e| e.field),
@@ -323,6 +384,7 @@ mod tests {
                 matches: RouteMatch::default(),
                 to: parse_split("v1=0").expect("split"),
             }],
+            sticky: None,
         };
         assert_eq!(zero.validate().map_err(|e| e.field), Err("rules.to.weight"));
         assert!(parse_split("v1").is_err());

@@ -346,7 +346,11 @@ async fn forward(
             method: method.as_str(),
             header: &lookup,
         };
-        route.pick_version(&view, |total| rand::random_range(0..total))
+        route.pick_version(&view, |total| {
+            route
+                .sticky_draw(&view, total)
+                .unwrap_or_else(|| rand::random_range(0..total))
+        })
     });
     let attempt_ctx = Attempt {
         node,

@@ -29,6 +29,9 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Versions of one config entry kept for `weft config history`.
+pub const HISTORY_LEN: usize = 20;
+
 /// A known peer, remembered so a restart can rejoin without `--join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
@@ -71,6 +74,7 @@ pub struct Store {
     meta: sled::Tree,
     services: sled::Tree,
     config: sled::Tree,
+    config_history: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -99,6 +103,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             services: db.open_tree("services")?,
             config: db.open_tree("config")?,
+            config_history: db.open_tree("config_history")?,
             db,
         })
     }
@@ -286,6 +291,40 @@ impl Store {
         self.config
             .insert(format!("{}/{}", e.kind, e.name), encode(e))?;
         self.flush()
+    }
+
+    /// Appends a version of an entry to its history, keeping the newest `HISTORY_LEN`.
+    pub fn push_config_history(&self, e: &crate::cluster_config::Entry) -> Result<(), StoreError> {
+        let prefix = format!("{}/{}/", e.kind, e.name);
+        let key = format!(
+            "{prefix}{:020}-{:010}-{}",
+            e.version.wall, e.version.logical, e.version.node
+        );
+        self.config_history.insert(key.as_bytes(), encode(e))?;
+        let keys: Vec<sled::IVec> = self
+            .config_history
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        if keys.len() > HISTORY_LEN {
+            for k in &keys[..keys.len() - HISTORY_LEN] {
+                self.config_history.remove(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The remembered versions of an entry, oldest first.
+    pub fn config_history(
+        &self,
+        kind: crate::cluster_config::Kind,
+        name: &str,
+    ) -> Result<Vec<crate::cluster_config::Entry>, StoreError> {
+        self.config_history
+            .scan_prefix(format!("{kind}/{name}/").as_bytes())
+            .values()
+            .map(|v| decode("config_history", &v?))
+            .collect()
     }
 
     /// Forgets a pruned tombstone.

@@ -96,6 +96,13 @@ impl NodeApi for Fake {
     ) -> Result<serde_json::Value, ApiError> {
         Ok(serde_json::json!({}))
     }
+    async fn config_history(
+        &self,
+        _kind: String,
+        _name: String,
+    ) -> Result<serde_json::Value, ApiError> {
+        Ok(serde_json::json!([]))
+    }
     async fn config_delete(&self, _kind: String, _name: String) -> Result<(), ApiError> {
         Ok(())
     }
