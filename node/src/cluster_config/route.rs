@@ -230,19 +230,37 @@ impl Route {
     }
 }
 
+/// Compiled regexes by pattern, so requests never compile one (bounded; cleared when full).
+fn cached_regex(pattern: &str) -> Option<regex::Regex> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = map.get(pattern) {
+        return r.clone();
+    }
+    if map.len() >= 1024 {
+        map.clear();
+    }
+    let compiled = regex("", pattern).ok();
+    map.insert(pattern.to_owned(), compiled.clone());
+    compiled
+}
+
 fn rule_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
     let path_ok = match &m.path {
         None => true,
         Some(PathMatch::Exact(p)) => req.path == p,
         Some(PathMatch::Prefix(p)) => req.path.starts_with(p.as_str()),
-        Some(PathMatch::Regex(p)) => regex("", p).is_ok_and(|re| re.is_match(req.path)),
+        Some(PathMatch::Regex(p)) => cached_regex(p).is_some_and(|re| re.is_match(req.path)),
     };
     let method_ok = m.method.as_deref().is_none_or(|x| x == req.method);
     let headers_ok = m.headers.iter().all(|h| {
         let v = (req.header)(&h.name.to_ascii_lowercase());
         match (&h.exact, &h.regex) {
             (Some(e), _) => v == Some(e.as_str()),
-            (None, Some(r)) => v.is_some_and(|v| regex("", r).is_ok_and(|re| re.is_match(v))),
+            (None, Some(r)) => v.is_some_and(|v| cached_regex(r).is_some_and(|re| re.is_match(v))),
             (None, None) => v.is_some(),
         }
     });
