@@ -19,6 +19,11 @@ use crate::record::{
 use crate::stats::GossipStats;
 use crate::transport::{SealedTransport, SharedKeyring};
 
+/// chitchat key carrying a node's recent per-edge traffic summary.
+pub const EDGES_KEY: &str = "weft.edges";
+/// Largest edge summary published or read.
+pub const MAX_EDGES_VALUE: usize = 8 * 1024;
+
 /// chitchat key carrying a node's config digest.
 pub const CONFIG_DIGEST_KEY: &str = "weft.cfg";
 
@@ -96,6 +101,9 @@ pub struct Member {
     pub services: Vec<ServiceRecord>,
     /// Digest of the cluster config it holds (a hint for pulls; not trusted otherwise).
     pub config_digest: String,
+    /// Its recent per-edge traffic summary (JSON, for dashboards; not trusted otherwise).
+    #[serde(skip)]
+    pub edge_summary: String,
     /// The node certificate, DER (not serialised).
     #[serde(skip)]
     pub cert_der: Vec<u8>,
@@ -207,6 +215,13 @@ impl Gossip {
     /// Publishes this node's signed service set.
     pub async fn publish_services(&self, signed_set: String) {
         self.set(SERVICES_KEY, signed_set).await;
+    }
+
+    /// Publishes this node's edge summary (values over `MAX_EDGES_VALUE` are not sent).
+    pub async fn publish_edges(&self, summary: String) {
+        if summary.len() <= MAX_EDGES_VALUE {
+            self.set(EDGES_KEY, summary).await;
+        }
     }
 
     /// Publishes the digest of this node's cluster config.
@@ -353,6 +368,11 @@ impl Gossip {
                     revoked: cache.crl.is_revoked(&v.leaf.serial),
                     is_self: *id == self.self_id,
                     services: v.services.services.clone(),
+                    edge_summary: states
+                        .get(id)
+                        .and_then(|kv| kv.get(EDGES_KEY))
+                        .cloned()
+                        .unwrap_or_default(),
                     config_digest: states
                         .get(id)
                         .and_then(|kv| kv.get(CONFIG_DIGEST_KEY))
@@ -396,6 +416,7 @@ impl Gossip {
                                         || *k == CRL_KEY
                                         || *k == SERVICES_KEY
                                         || *k == CONFIG_DIGEST_KEY
+                                        || *k == EDGES_KEY
                                 })
                                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                                 .collect();

@@ -48,6 +48,25 @@ fn demo_runs_traffic_and_cleans_up() -> anyhow::Result<()> {
             Ok(ok.then_some(()))
         },
     )?;
+    // Any node's graph shows the edge from gossip alone (demo-2 sends no traffic itself).
+    eventually(
+        "live edge on another node's graph",
+        Duration::from_secs(30),
+        || {
+            let Ok(g) = http_get("127.0.10.2:7070", "/v1/graph") else {
+                return Ok(None);
+            };
+            let v: serde_json::Value = serde_json::from_str(&g)?;
+            let live = v["edges"].as_array().is_some_and(|edges| {
+                edges.iter().any(|e| {
+                    e["source"] == "frontend"
+                        && e["destination"] == "reviews"
+                        && e["rps"].as_f64().unwrap_or(0.0) > 0.0
+                })
+            });
+            Ok(live.then_some(()))
+        },
+    )?;
     let members = http_get(api, "/v1/members")?;
     assert_eq!(
         members.matches("\"status\":\"alive\"").count(),

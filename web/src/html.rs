@@ -43,15 +43,9 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>weft · {name}</title>
-<style>
-:root {{ color-scheme: light dark; font-family: system-ui, sans-serif; }}
-body {{ max-width: 960px; margin: 2rem auto; padding: 0 1rem; }}
-table {{ border-collapse: collapse; width: 100%; }}
-td, th {{ text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #8884; }}
-.alive {{ color: #2a8a3a; }} .failed {{ color: #c0392b; }} .left {{ color: #888; }}
-.warn {{ color: #b9770e; }}
-</style></head>
+<link rel="stylesheet" href="/assets/style.css"></head>
 <body>
+<nav><a href="/">overview</a><a href="/graph">service graph</a></nav>
 <h1>weft · {name}</h1>
 <p>cluster <b>{cluster}</b> · {ready} · certificate expires in {remaining}s · {alive}/{total} members alive</p>
 {warnings}
@@ -66,5 +60,26 @@ td, th {{ text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #8884
         ready = if status.ready { "ready" } else { "not ready" },
         remaining = status.cert_remaining_secs,
         total = members.len(),
+    )
+}
+
+/// The service graph page: an SVG filled and refreshed by /assets/app.js.
+pub fn graph(status: &NodeStatus) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>weft · service graph · {name}</title>
+<link rel="stylesheet" href="/assets/style.css">
+</head>
+<body>
+<nav><a href="/">overview</a><a href="/graph">service graph</a></nav>
+<h1>Service graph <span class="muted">· cluster {cluster} · seen from {name}</span></h1>
+<p class="muted">Edges show the last minute from every node's gossip: requests per second, error rate, p50 and p99. <span id="graph-status">loading…</span></p>
+<svg id="graph" role="img" aria-label="service graph"></svg>
+<script src="/assets/app.js"></script>
+</body></html>
+"#,
+        name = escape(&status.name),
+        cluster = escape(&status.cluster),
     )
 }

@@ -236,6 +236,8 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         query: ExplainQuery,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// The service graph with live rates (`{services, edges}`).
+    fn graph(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> impl Future<Output = String> + Send;
     /// Whether `token` is this node's admin token.

@@ -18,6 +18,26 @@ const MAX_BODY: usize = 64 * 1024;
 pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
     Router::new()
         .route("/", get(overview::<N>))
+        .route("/graph", get(graph_page::<N>))
+        .route("/v1/graph", get(graph_json::<N>))
+        .route(
+            "/assets/style.css",
+            get(|| async {
+                asset(
+                    "text/css; charset=utf-8",
+                    include_str!("../assets/style.css"),
+                )
+            }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("../assets/app.js"),
+                )
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<N>))
         .route("/metrics", get(metrics::<N>))
@@ -76,6 +96,18 @@ fn require_admin<N: NodeApi>(node: &N, headers: &HeaderMap) -> Result<(), ApiErr
 
 async fn overview<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
     Html(html::overview(&node.status().await, &node.members().await))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn graph_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
+    Html(html::graph(&node.status().await))
+}
+
+async fn graph_json<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.graph().await).into_response()
 }
 
 async fn readyz<N: NodeApi>(State(node): State<Arc<N>>) -> Response {

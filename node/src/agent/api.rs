@@ -305,6 +305,10 @@ impl NodeApi for Node {
         Ok(serde_json::to_value(d).unwrap_or_default())
     }
 
+    async fn graph(&self) -> serde_json::Value {
+        Node::graph(self).await
+    }
+
     async fn metrics(&self) -> String {
         metrics::render(self).await
     }

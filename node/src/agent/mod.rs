@@ -209,6 +209,7 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     tasks.spawn(tasks::catalog_loop(node.clone()));
     tasks.spawn(tasks::publish_services_loop(node.clone()));
     tasks.spawn(tasks::config_loop(node.clone()));
+    tasks.spawn(tasks::edges_loop(node.clone()));
     tasks.spawn(crate::health::supervise(
         node.services.clone(),
         node.shutdown.clone(),

@@ -262,6 +262,40 @@ impl Node {
         self.catalog.set(crate::catalog::Catalog::build(&members));
     }
 
+    /// The service graph: every service as a node, and the edges observed by every alive
+    /// member in the last minute (merged), from gossip alone.
+    pub async fn graph(&self) -> serde_json::Value {
+        let members = self.members().await;
+        let summaries = members
+            .iter()
+            .filter(|m| {
+                m.status == MemberStatus::Alive
+                    && m.edge_summary.len() <= weft_gossip::membership::MAX_EDGES_VALUE
+            })
+            .filter_map(|m| {
+                serde_json::from_str::<Vec<crate::telemetry::edges::EdgeSummary>>(&m.edge_summary)
+                    .ok()
+            })
+            .flatten();
+        let edges = crate::telemetry::edges::merge(summaries);
+        let mut services: Vec<String> = self
+            .catalog
+            .get()
+            .instances
+            .iter()
+            .map(|i| i.service.to_string())
+            .chain(
+                edges
+                    .iter()
+                    .flat_map(|e| [e.source.clone(), e.destination.clone()]),
+            )
+            .filter(|s| s != "-")
+            .collect();
+        services.sort();
+        services.dedup();
+        serde_json::json!({ "services": services, "edges": edges })
+    }
+
     /// Verified members. Adopts a newer revocation list seen with them at once, so TLS
     /// refuses a revoked peer as soon as any view shows it revoked.
     pub async fn members(&self) -> Vec<Member> {

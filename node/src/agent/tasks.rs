@@ -203,3 +203,26 @@ pub async fn config_loop(node: Arc<Node>) {
         }
     }
 }
+
+/// Every 5 s: publishes this node's per-edge summary of the last minute (the 32 busiest
+/// edges) so any node's dashboard can draw the whole mesh.
+pub async fn edges_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut summaries = node
+            .metrics
+            .edges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .summaries(60, unix(SystemTime::now()));
+        summaries.sort_by(|a, b| b.rps.total_cmp(&a.rps));
+        summaries.truncate(32);
+        node.gossip
+            .publish_edges(serde_json::to_string(&summaries).unwrap_or_default())
+            .await;
+    }
+}

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub ejections: Family<DestLabels, Counter>,
     /// `weft_ratelimited_total{destination}`
     pub ratelimited: Family<DestLabels, Counter>,
+    /// Per-edge ring buffers for the dashboard.
+    pub edges: std::sync::Mutex<super::edges::EdgeStats>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -144,6 +146,7 @@ impl Default for Metrics {
             retries,
             ejections,
             ratelimited,
+            edges: std::sync::Mutex::default(),
         }
     }
 }
@@ -158,8 +161,21 @@ impl Metrics {
         out
     }
 
-    /// Counts one request or stream.
+    /// Counts one request or stream (Prometheus families and the dashboard's rings).
     pub fn record(&self, source: &str, destination: &str, code: &str, seconds: f64) {
+        let error =
+            code.starts_with('5') || matches!(code, "error" | "refused" | "denied" | "unknown");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.edges.lock().unwrap_or_else(|e| e.into_inner()).record(
+            source,
+            destination,
+            error,
+            seconds * 1000.0,
+            now,
+        );
         self.requests
             .get_or_create(&RequestLabels {
                 source: source.to_owned(),

@@ -109,6 +109,12 @@ impl NodeApi for Fake {
     async fn policy_explain(&self, q: ExplainQuery) -> Result<serde_json::Value, ApiError> {
         Ok(serde_json::json!({ "source": q.source }))
     }
+    async fn graph(&self) -> serde_json::Value {
+        serde_json::json!({
+            "services": ["frontend", "reviews"],
+            "edges": [{"source": "frontend", "destination": "reviews", "rps": 2.5, "error_rate": 0.0, "p50_ms": 1.0, "p99_ms": 4.0}]
+        })
+    }
     async fn metrics(&self) -> String {
         "weft_members{status=\"alive\"} 2\n".into()
     }
@@ -270,4 +276,27 @@ async fn config_writes_need_admin() {
     let (status, body, _) = call(true, get("/v1/policy/explain?source=a&destination=b")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"a\""));
+}
+
+#[tokio::test]
+async fn graph_page_assets_and_json() {
+    let (status, page, headers) = call(true, get("/graph")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<script src=\"/assets/app.js\"></script>"));
+    assert!(!page.contains("<style>"), "no inline style under the CSP");
+    assert!(headers.get("content-security-policy").is_some());
+    let (status, js, headers) = call(true, get("/assets/app.js")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(js.contains("/v1/graph") && js.contains("textContent"));
+    assert!(headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/javascript")));
+    assert_eq!(call(true, get("/assets/style.css")).await.0, StatusCode::OK);
+    let (status, body, _) = call(true, get("/v1/graph")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["edges"][0]["rps"], 2.5);
+    let (_, overview, _) = call(true, get("/")).await;
+    assert!(!overview.contains("<style>"));
 }

@@ -1,0 +1,54 @@
+// weft dashboard: draws the service graph from /v1/graph and refreshes it every 2 s
+// without reloading the page. No external code, no inline script (CSP).
+"use strict";
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function el(name, attrs, text) {
+  const e = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text; // textContent: never parsed as markup
+  return e;
+}
+
+function draw(svg, graph) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const w = svg.clientWidth || 900, h = svg.clientHeight || 480;
+  const services = graph.services || [];
+  const pos = {};
+  const r = Math.min(w, h) / 2 - 70;
+  services.forEach((s, i) => {
+    const a = (2 * Math.PI * i) / Math.max(services.length, 1) - Math.PI / 2;
+    pos[s] = [w / 2 + r * Math.cos(a), h / 2 + r * Math.sin(a)];
+  });
+  for (const e of graph.edges || []) {
+    const a = pos[e.source] || [40, h / 2], b = pos[e.destination];
+    if (!b) continue;
+    const cls = e.error_rate > 0.05 ? "edge bad" : "edge";
+    svg.appendChild(el("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: cls, "data-edge": e.source + "->" + e.destination }));
+    const label = `${e.rps.toFixed(1)} rps · ${(e.error_rate * 100).toFixed(1)}% err · p50 ${e.p50_ms} ms · p99 ${e.p99_ms} ms`;
+    svg.appendChild(el("text", { x: (a[0] + b[0]) / 2, y: (a[1] + b[1]) / 2 - 6, "text-anchor": "middle", class: "edge-label", "data-rps": e.rps.toFixed(2) }, label));
+  }
+  for (const s of services) {
+    const [x, y] = pos[s];
+    svg.appendChild(el("circle", { cx: x, cy: y, r: 9, class: "svc" }));
+    svg.appendChild(el("text", { x: x, y: y + 24, "text-anchor": "middle" }, s));
+  }
+}
+
+async function refresh() {
+  const svg = document.getElementById("graph");
+  const status = document.getElementById("graph-status");
+  if (!svg) return;
+  try {
+    const resp = await fetch("/v1/graph", { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    draw(svg, await resp.json());
+    status.textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    status.textContent = "agent unreachable, retrying… (" + e.message + ")";
+  }
+}
+
+refresh();
+setInterval(refresh, 2000);
