@@ -52,3 +52,36 @@ async function refresh() {
 
 refresh();
 setInterval(refresh, 2000);
+
+// Request log page: the newest entries, filtered, refreshed every 2 s.
+async function refreshLogs() {
+  const rows = document.getElementById("log-rows");
+  if (!rows) return;
+  const filter = document.getElementById("log-filter").value;
+  const status = document.getElementById("log-status");
+  try {
+    const resp = await fetch("/v1/logs?filter=" + encodeURIComponent(filter), { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const entries = await resp.json();
+    while (rows.firstChild) rows.removeChild(rows.firstChild);
+    for (const e of entries) {
+      const tr = document.createElement("tr");
+      const req = e.protocol === "http" ? `${e.method || ""} ${e.path || ""}` : "tcp stream";
+      for (const v of [e.time, e.source, e.destination, e.upstream_node, req, e.status, Number(e.duration_ms).toFixed(1)]) {
+        const td = document.createElement("td");
+        td.textContent = v === undefined ? "" : String(v);
+        tr.appendChild(td);
+      }
+      rows.appendChild(tr);
+    }
+    status.textContent = entries.length + " entries · updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    status.textContent = "agent unreachable, retrying… (" + e.message + ")";
+  }
+}
+
+if (document.getElementById("log-rows")) {
+  refreshLogs();
+  setInterval(refreshLogs, 2000);
+  document.getElementById("log-filter").addEventListener("input", refreshLogs);
+}

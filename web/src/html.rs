@@ -18,68 +18,187 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The overview: this node and the member table.
-pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
-    let alive = members.iter().filter(|m| m.status == "alive").count();
+const NAV: &str = r#"<nav><a href="/">overview</a><a href="/members">members</a><a href="/services">services</a><a href="/graph">service graph</a><a href="/config">routes &amp; policies</a><a href="/logs">request log</a></nav>"#;
+
+/// The common page frame: title, stylesheet, navigation; `body` is already escaped HTML.
+fn page(title: &str, status: &NodeStatus, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>weft · {title} · {name}</title>
+<link rel="stylesheet" href="/assets/style.css">
+</head>
+<body>
+{NAV}
+{body}
+<script src="/assets/app.js"></script>
+</body></html>
+"#,
+        title = escape(title),
+        name = escape(&status.name),
+    )
+}
+
+fn member_rows(members: &[MemberView]) -> String {
     let mut rows = String::new();
     for m in members {
+        let status = if m.revoked {
+            "revoked"
+        } else {
+            m.status.as_str()
+        };
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             escape(&m.name),
+            if m.is_self { " (this node)" } else { "" },
             escape(&m.address),
-            escape(&m.status),
-            escape(&m.status),
+            escape(status),
+            escape(status),
             escape(&m.zone),
             escape(&m.version),
             if m.ca { "yes" } else { "" },
+            m.cert_expiry_unix,
         ));
     }
+    rows
+}
+
+const MEMBER_HEAD: &str = "<table><thead><tr><th>name</th><th>address</th><th>status</th><th>zone</th><th>version</th><th>CA</th><th>cert expiry (unix)</th></tr></thead><tbody>";
+
+/// The overview: this node, cluster health, certificate, warnings, members.
+pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
+    let count = |s: &str| members.iter().filter(|m| m.status == s).count();
     let warnings: String = status
         .warnings
         .iter()
         .map(|w| format!("<p class=\"warn\">{}</p>", escape(w)))
         .collect();
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>weft · {name}</title>
-<link rel="stylesheet" href="/assets/style.css"></head>
-<body>
-<nav><a href="/">overview</a><a href="/graph">service graph</a></nav>
-<h1>weft · {name}</h1>
-<p>cluster <b>{cluster}</b> · {ready} · certificate expires in {remaining}s · {alive}/{total} members alive</p>
+    let ready = match &status.not_ready_reason {
+        None => "ready".to_owned(),
+        Some(r) => format!("<span class=\"failed\">not ready: {}</span>", escape(r)),
+    };
+    let body = format!(
+        r#"<h1>weft · {name}</h1>
+<p>cluster <b>{cluster}</b> · agent {version} · {ready}{ca}</p>
+<p>members: <span class="alive">{alive} alive</span> · <span class="failed">{failed} failed</span> · <span class="left">{left} left</span></p>
+<p>node certificate expires in {remaining}s (unix {expiry})</p>
 {warnings}
 <h2>Members</h2>
-<table><thead><tr><th>name</th><th>address</th><th>status</th><th>zone</th><th>version</th><th>CA</th></tr></thead>
-<tbody>
-{rows}</tbody></table>
-</body></html>
-"#,
+{MEMBER_HEAD}
+{rows}</tbody></table>"#,
         name = escape(&status.name),
         cluster = escape(&status.cluster),
-        ready = if status.ready { "ready" } else { "not ready" },
+        version = escape(&status.version),
+        ca = if status.ca {
+            " · holds the cluster CA"
+        } else {
+            ""
+        },
+        alive = count("alive"),
+        failed = count("failed"),
+        left = count("left"),
         remaining = status.cert_remaining_secs,
-        total = members.len(),
-    )
+        expiry = status.cert_expiry_unix,
+        rows = member_rows(members),
+    );
+    page("overview", status, &body)
+}
+
+/// The members page.
+pub fn members(status: &NodeStatus, members: &[MemberView]) -> String {
+    let body = format!(
+        "<h1>Members</h1>\n{MEMBER_HEAD}\n{}</tbody></table>",
+        member_rows(members)
+    );
+    page("members", status, &body)
+}
+
+/// The services page: every instance with its health.
+pub fn services(status: &NodeStatus, services: &[crate::ServiceView]) -> String {
+    let mut rows = String::new();
+    for s in services {
+        for i in &s.instances {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n",
+                escape(&s.service),
+                escape(&i.node),
+                escape(&i.address),
+                i.port,
+                escape(&i.protocol),
+                escape(&i.version),
+                escape(&i.health),
+                escape(&i.health),
+            ));
+        }
+    }
+    let body = format!(
+        "<h1>Services</h1>\n<table><thead><tr><th>service</th><th>node</th><th>address</th><th>port</th><th>protocol</th><th>version</th><th>health</th></tr></thead><tbody>\n{rows}</tbody></table>"
+    );
+    page("services", status, &body)
+}
+
+/// The routes and policies page, with the answer of an explain query if one was asked.
+pub fn config(
+    status: &NodeStatus,
+    entries: &serde_json::Value,
+    explain: Option<(&crate::ExplainQuery, &serde_json::Value)>,
+) -> String {
+    let mut rows = String::new();
+    for e in entries.as_array().into_iter().flatten() {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
+            escape(e["kind"].as_str().unwrap_or("")),
+            escape(e["name"].as_str().unwrap_or("")),
+            escape(&e["value"].to_string()),
+            escape(e["version"]["node"].as_str().unwrap_or("")),
+        ));
+    }
+    let answer = match explain {
+        None => String::new(),
+        Some((q, d)) => format!(
+            "<p class=\"{}\"><b>{} → {}</b>: {} (rule {})</p>",
+            if d["allowed"] == true {
+                "alive"
+            } else {
+                "failed"
+            },
+            escape(&q.source),
+            escape(&q.destination),
+            escape(d["reason"].as_str().unwrap_or("")),
+            escape(d["rule"].as_str().unwrap_or("")),
+        ),
+    };
+    let body = format!(
+        r#"<h1>Routes, policies and traffic settings</h1>
+<table><thead><tr><th>kind</th><th>name</th><th>value</th><th>written by</th></tr></thead><tbody>
+{rows}</tbody></table>
+<h2>Explain a policy decision</h2>
+<form method="get" action="/config">
+<input name="source" placeholder="source service" required> → <input name="destination" placeholder="destination service" required>
+<input name="path" placeholder="/path (HTTP)"> <input name="method" placeholder="GET">
+<button type="submit">explain</button>
+</form>
+{answer}"#
+    );
+    page("routes & policies", status, &body)
+}
+
+/// The request log page: the JSON lines are fetched and filtered by /assets/app.js.
+pub fn logs(status: &NodeStatus) -> String {
+    let body = r#"<h1>Request log <span class="muted">(this node, newest first)</span></h1>
+<p><input id="log-filter" placeholder="filter (service, status, path…)"> <span id="log-status" class="muted"></span></p>
+<table><thead><tr><th>time</th><th>source</th><th>destination</th><th>upstream node</th><th>request</th><th>status</th><th>ms</th></tr></thead><tbody id="log-rows"></tbody></table>"#;
+    page("request log", status, body)
 }
 
 /// The service graph page: an SVG filled and refreshed by /assets/app.js.
 pub fn graph(status: &NodeStatus) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>weft · service graph · {name}</title>
-<link rel="stylesheet" href="/assets/style.css">
-</head>
-<body>
-<nav><a href="/">overview</a><a href="/graph">service graph</a></nav>
-<h1>Service graph <span class="muted">· cluster {cluster} · seen from {name}</span></h1>
+    let body = format!(
+        r#"<h1>Service graph <span class="muted">· cluster {cluster} · seen from {name}</span></h1>
 <p class="muted">Edges show the last minute from every node's gossip: requests per second, error rate, p50 and p99. <span id="graph-status">loading…</span></p>
-<svg id="graph" role="img" aria-label="service graph"></svg>
-<script src="/assets/app.js"></script>
-</body></html>
-"#,
+<svg id="graph" role="img" aria-label="service graph"></svg>"#,
         name = escape(&status.name),
         cluster = escape(&status.cluster),
-    )
+    );
+    page("service graph", status, &body)
 }

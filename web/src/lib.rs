@@ -236,6 +236,9 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         query: ExplainQuery,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// The newest access-log entries of this node (newest first), optionally only those
+    /// whose JSON contains `filter`.
+    fn logs(&self, filter: Option<String>) -> impl Future<Output = Vec<serde_json::Value>> + Send;
     /// The service graph with live rates (`{services, edges}`).
     fn graph(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// Prometheus text exposition.

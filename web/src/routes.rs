@@ -19,6 +19,11 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
     Router::new()
         .route("/", get(overview::<N>))
         .route("/graph", get(graph_page::<N>))
+        .route("/members", get(members_page::<N>))
+        .route("/services", get(services_page::<N>))
+        .route("/config", get(config_page::<N>))
+        .route("/logs", get(logs_page::<N>))
+        .route("/v1/logs", get(logs_json::<N>))
         .route("/v1/graph", get(graph_json::<N>))
         .route(
             "/assets/style.css",
@@ -100,6 +105,65 @@ async fn overview<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn members_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
+    Html(html::members(&node.status().await, &node.members().await))
+}
+
+async fn services_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
+    Html(html::services(&node.status().await, &node.services().await))
+}
+
+/// Optional explain query of the config page.
+#[derive(Debug, serde::Deserialize)]
+struct ConfigPageQuery {
+    source: Option<String>,
+    destination: Option<String>,
+    path: Option<String>,
+    method: Option<String>,
+}
+
+async fn config_page<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    axum::extract::Query(q): axum::extract::Query<ConfigPageQuery>,
+) -> Result<Html<String>, ApiError> {
+    let entries = node.config_list(None).await?;
+    let status = node.status().await;
+    let explain = match (q.source, q.destination) {
+        (Some(source), Some(destination)) if !source.is_empty() && !destination.is_empty() => {
+            let query = crate::ExplainQuery {
+                source,
+                destination,
+                path: q.path.filter(|p| !p.is_empty()),
+                method: q.method.filter(|m| !m.is_empty()),
+            };
+            let d = node.policy_explain(query.clone()).await?;
+            Some((query, d))
+        }
+        _ => None,
+    };
+    Ok(Html(html::config(
+        &status,
+        &entries,
+        explain.as_ref().map(|(q, d)| (q, d)),
+    )))
+}
+
+async fn logs_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
+    Html(html::logs(&node.status().await))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LogsQuery {
+    filter: Option<String>,
+}
+
+async fn logs_json<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Response {
+    Json(node.logs(q.filter.filter(|f| !f.is_empty())).await).into_response()
 }
 
 async fn graph_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {

@@ -305,6 +305,14 @@ impl NodeApi for Node {
         Ok(serde_json::to_value(d).unwrap_or_default())
     }
 
+    async fn logs(&self, filter: Option<String>) -> Vec<serde_json::Value> {
+        self.access_log
+            .recent(filter.as_deref(), 200)
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     async fn graph(&self) -> serde_json::Value {
         Node::graph(self).await
     }

@@ -75,7 +75,11 @@ pub struct AccessEntry {
 pub struct AccessLog {
     tx: Option<mpsc::Sender<String>>,
     metrics: Arc<Metrics>,
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<str>>>>,
 }
+
+/// Entries kept in memory for the dashboard's request log, whatever the target.
+pub const RECENT: usize = 500;
 
 const QUEUE: usize = 4096;
 
@@ -87,7 +91,13 @@ impl AccessLog {
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let mut sink: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match &target {
-            AccessLogTarget::Off => return Ok(Self { tx: None, metrics }),
+            AccessLogTarget::Off => {
+                return Ok(Self {
+                    tx: None,
+                    metrics,
+                    recent: Arc::default(),
+                })
+            }
             AccessLogTarget::Stdout => Box::new(tokio::io::stdout()),
             AccessLogTarget::File(p) => Box::new(
                 tokio::fs::OpenOptions::new()
@@ -121,17 +131,39 @@ impl AccessLog {
         Ok(Self {
             tx: Some(tx),
             metrics,
+            recent: Arc::default(),
         })
     }
 
     /// Queues an entry; drops (and counts) it if the writer is behind.
     pub fn write(&self, entry: &AccessEntry) {
-        let Some(tx) = &self.tx else { return };
         let mut line = serde_json::to_string(entry).unwrap_or_default();
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(Arc::from(line.as_str()));
+        }
+        let Some(tx) = &self.tx else { return };
         line.push('\n');
         if tx.try_send(line).is_err() {
             self.metrics.access_log_dropped.inc();
         }
+    }
+}
+
+impl AccessLog {
+    /// The newest entries (newest first), optionally only those containing `filter`.
+    pub fn recent(&self, filter: Option<&str>, limit: usize) -> Vec<Arc<str>> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .iter()
+            .rev()
+            .filter(|l| filter.is_none_or(|f| l.contains(f)))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 

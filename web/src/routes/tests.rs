@@ -109,6 +109,12 @@ impl NodeApi for Fake {
     async fn policy_explain(&self, q: ExplainQuery) -> Result<serde_json::Value, ApiError> {
         Ok(serde_json::json!({ "source": q.source }))
     }
+    async fn logs(&self, filter: Option<String>) -> Vec<serde_json::Value> {
+        let all = vec![serde_json::json!({"destination": "reviews", "status": "200"})];
+        all.into_iter()
+            .filter(|l| filter.as_deref().is_none_or(|f| l.to_string().contains(f)))
+            .collect()
+    }
     async fn graph(&self) -> serde_json::Value {
         serde_json::json!({
             "services": ["frontend", "reviews"],
@@ -299,4 +305,38 @@ async fn graph_page_assets_and_json() {
     assert_eq!(v["edges"][0]["rps"], 2.5);
     let (_, overview, _) = call(true, get("/")).await;
     assert!(!overview.contains("<style>"));
+}
+
+#[tokio::test]
+async fn every_page_renders_and_escapes() {
+    for path in [
+        "/",
+        "/members",
+        "/services",
+        "/graph",
+        "/config",
+        "/logs",
+        "/config?source=a&destination=b&path=/x",
+    ] {
+        let (status, page, headers) = call(true, get(path)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(page.contains("<nav>"), "{path}");
+        assert!(
+            !page.contains("<script>alert(1)"),
+            "{path}: unescaped markup"
+        );
+        assert!(headers.get("content-security-policy").is_some(), "{path}");
+    }
+    let (_, members, _) = call(true, get("/members")).await;
+    assert!(members.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    let (_, explained, _) = call(true, get("/config?source=a&destination=b")).await;
+    assert!(
+        explained.contains("a → b") || explained.contains("a \u{2192} b"),
+        "{explained}"
+    );
+    let (status, body, _) = call(true, get("/v1/logs?filter=reviews")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("reviews"));
+    let (_, none, _) = call(true, get("/v1/logs?filter=nomatch")).await;
+    assert_eq!(none, "[]");
 }
