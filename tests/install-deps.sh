@@ -8,6 +8,8 @@ packages=(
   systemd-container  # systemd-nspawn for the systemd unit test
   debootstrap        # the Debian root that test boots
   jq                 # JSON checks in tests/systemd/run.sh
+  chromium           # headless browser for the dashboard test
+  chromium-driver    # WebDriver for it
 )
 
 missing=()

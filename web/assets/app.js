@@ -21,14 +21,17 @@ function draw(svg, graph) {
     const a = (2 * Math.PI * i) / Math.max(services.length, 1) - Math.PI / 2;
     pos[s] = [w / 2 + r * Math.cos(a), h / 2 + r * Math.sin(a)];
   });
-  for (const e of graph.edges || []) {
+  (graph.edges || []).forEach((e, i) => {
     const a = pos[e.source] || [40, h / 2], b = pos[e.destination];
-    if (!b) continue;
+    if (!b) return;
+    const id = e.source + "->" + e.destination;
     const cls = e.error_rate > 0.05 ? "edge bad" : "edge";
-    svg.appendChild(el("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: cls, "data-edge": e.source + "->" + e.destination }));
+    svg.appendChild(el("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: cls, "data-edge": id }));
+    // Label at 60 % of the way, nudged off the line so neighbouring labels do not collide.
+    const x = a[0] + (b[0] - a[0]) * 0.6, y = a[1] + (b[1] - a[1]) * 0.6 + (i % 2 ? 14 : -8);
     const label = `${e.rps.toFixed(1)} rps · ${(e.error_rate * 100).toFixed(1)}% err · p50 ${e.p50_ms} ms · p99 ${e.p99_ms} ms`;
-    svg.appendChild(el("text", { x: (a[0] + b[0]) / 2, y: (a[1] + b[1]) / 2 - 6, "text-anchor": "middle", class: "edge-label", "data-rps": e.rps.toFixed(2) }, label));
-  }
+    svg.appendChild(el("text", { x: x, y: y, "text-anchor": "middle", class: "edge-label", "data-edge": id, "data-rps": e.rps.toFixed(2) }, label));
+  });
   for (const s of services) {
     const [x, y] = pos[s];
     svg.appendChild(el("circle", { cx: x, cy: y, r: 9, class: "svc" }));

@@ -169,13 +169,16 @@ impl Metrics {
             .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        self.edges.lock().unwrap_or_else(|e| e.into_inner()).record(
-            source,
-            destination,
-            error,
-            seconds * 1000.0,
-            now,
-        );
+        // Requests for services nobody runs are counted above but are not graph edges.
+        if destination != "unknown" {
+            self.edges.lock().unwrap_or_else(|e| e.into_inner()).record(
+                source,
+                destination,
+                error,
+                seconds * 1000.0,
+                now,
+            );
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 source: source.to_owned(),
