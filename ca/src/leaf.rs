@@ -98,6 +98,13 @@ impl LeafInfo {
     }
 }
 
+/// The expiry (Unix seconds) of any certificate, e.g. the cluster root.
+pub fn not_after_unix(der: &[u8]) -> Result<u64, VerifyError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp().max(0) as u64)
+}
+
 /// Seconds since the Unix epoch (0 before it).
 pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

@@ -16,7 +16,7 @@ pub mod token;
 pub use authority::{CertificateAuthority, IssuedCert};
 pub use csr::CsrRefusal;
 pub use key::NodeKey;
-pub use leaf::{unix, verify_signature, LeafInfo, TrustRoot, VerifyError};
+pub use leaf::{not_after_unix, unix, verify_signature, LeafInfo, TrustRoot, VerifyError};
 pub use names::{ClusterName, NameError, NodeName, ServiceName, SpiffeId};
 pub use token::{JoinToken, TokenId, TokenParseError, TokenRecord, TokenRefusal};
 

@@ -81,7 +81,8 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
         r#"<h1>weft · {name}</h1>
 <p>cluster <b>{cluster}</b> · agent {version} · {ready}{ca}</p>
 <p>members: <span class="alive">{alive} alive</span> · <span class="failed">{failed} failed</span> · <span class="left">{left} left</span></p>
-<p>node certificate expires in {remaining}s (unix {expiry})</p>
+<p>node certificate expires in {remaining}s (unix {expiry}) · cluster CA expires at unix {ca_expiry}</p>
+<p class="muted">gossip {gossip} · QUIC {quic} · {dropped} gossip datagrams dropped</p>
 {warnings}
 <h2>Members</h2>
 {MEMBER_HEAD}
@@ -99,6 +100,10 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
         left = count("left"),
         remaining = status.cert_remaining_secs,
         expiry = status.cert_expiry_unix,
+        ca_expiry = status.ca_expiry_unix,
+        gossip = escape(&status.gossip_address),
+        quic = escape(&status.quic_address),
+        dropped = status.gossip_dropped,
         rows = member_rows(members),
     );
     page("overview", status, &body)

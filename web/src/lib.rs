@@ -64,6 +64,18 @@ pub struct NodeStatus {
     pub ca: bool,
     /// Warnings worth showing an operator.
     pub warnings: Vec<String>,
+    /// Cluster root certificate expiry, Unix seconds.
+    #[serde(default)]
+    pub ca_expiry_unix: u64,
+    /// Gossip address this node advertises.
+    #[serde(default)]
+    pub gossip_address: String,
+    /// QUIC address this node advertises.
+    #[serde(default)]
+    pub quic_address: String,
+    /// Gossip datagrams dropped since start (forged, stale, replayed, malformed).
+    #[serde(default)]
+    pub gossip_dropped: u64,
 }
 
 /// One instance of a service.

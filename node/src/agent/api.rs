@@ -82,6 +82,16 @@ impl NodeApi for Node {
             cert_remaining_secs: remaining.as_secs(),
             ca: self.authority.is_some(),
             warnings,
+            ca_expiry_unix: weft_ca::not_after_unix(self.trust.ca_der()).unwrap_or(0),
+            gossip_address: self.settings().gossip_advertise().to_string(),
+            quic_address: self.settings().quic_advertise().to_string(),
+            gossip_dropped: self
+                .gossip
+                .stats()
+                .dropped_by_reason()
+                .iter()
+                .map(|r| r.1)
+                .sum(),
         }
     }
 

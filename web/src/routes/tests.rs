@@ -46,6 +46,10 @@ impl NodeApi for Fake {
             cert_remaining_secs: 10,
             ca: true,
             warnings: vec![],
+            ca_expiry_unix: 0,
+            gossip_address: "127.0.0.1:7946".into(),
+            quic_address: "127.0.0.1:7443".into(),
+            gossip_dropped: 0,
         }
     }
     async fn create_token(&self, ttl: Duration) -> Result<TokenView, ApiError> {
