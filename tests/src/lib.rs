@@ -359,6 +359,25 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no agent {name}"))
     }
 
+    /// Runs a `weft` client command on `node`'s agent; fails with its stderr if it fails.
+    pub fn cli_ok(&self, node: &str, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.agent(node).cli(args);
+        if !out.status.success() {
+            bail!(
+                "weft {args:?} on {node}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Registers a service on `node` (`weft service register ARGS`).
+    pub fn register(&self, node: &str, args: &[&str]) -> anyhow::Result<()> {
+        let mut full = vec!["service", "register"];
+        full.extend_from_slice(args);
+        self.cli_ok(node, &full).map(|_| ())
+    }
+
     /// Waits until `name`'s API answers `/readyz`.
     pub fn wait_ready(&self, name: &str) -> anyhow::Result<()> {
         let api = self.agent(name).api();

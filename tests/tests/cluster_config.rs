@@ -10,16 +10,6 @@ use weft_tests::{eventually, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
-fn cli_ok(c: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = c.agent(node).cli(args);
-    anyhow::ensure!(
-        out.status.success(),
-        "{args:?} on {node}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 fn entry(c: &Cluster, node: &str, kind: &str, name: &str) -> Option<serde_json::Value> {
     let out = c.agent(node).cli(&["config", "get", kind, name, "--json"]);
     out.status
@@ -59,8 +49,7 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
 
     // Written on vm-2 (not the CA), applied on the others within 3 s.
     let t = Instant::now();
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-2",
         &["route", "set", "reviews", "--split", "v1=90,v2=10"],
     )?;
@@ -98,8 +87,8 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
     // A node that joins later receives it; so does a delete (tombstone).
     c.join("vm-4", "vm-1", &[])?;
     wait_entry(&c, &["vm-4"], "route", "reviews", CONVERGE)?;
-    cli_ok(&c, "vm-3", &["policy", "allow", "frontend", "reviews"])?;
-    cli_ok(&c, "vm-3", &["config", "delete", "route", "reviews"])?;
+    c.cli_ok("vm-3", &["policy", "allow", "frontend", "reviews"])?;
+    c.cli_ok("vm-3", &["config", "delete", "route", "reviews"])?;
     for n in ["vm-1", "vm-2", "vm-4"] {
         eventually(&format!("delete on {n}"), CONVERGE, || {
             Ok(entry(&c, n, "route", "reviews").is_none().then_some(()))
@@ -171,8 +160,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
     let v2 = Backend::http("v2");
     for (node, be, version) in [("vm-2", &v1, "v1"), ("vm-3", &v2, "v2")] {
         let port = be.port().to_string();
-        cli_ok(
-            &c,
+        c.cli_ok(
             node,
             &[
                 "service",
@@ -189,8 +177,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
         )?;
     }
     let up = format!("{}:19001", c.agent("vm-1").ip);
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-1",
         &[
             "service",
@@ -203,8 +190,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
             &format!("reviews={up}"),
         ],
     )?;
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-1",
         &[
             "route",
@@ -262,8 +248,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
     assert_eq!(v2.count() - before, 50);
 
     // Sticky A/B by cookie: each user keeps one version, users spread over both.
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-2",
         &[
             "route",
@@ -296,11 +281,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
 
     // Every version of the entry is remembered, writer and time included.
     // (vm-1 wrote the first version and merged vm-2's; a node only remembers versions it saw.)
-    let history = cli_ok(
-        &c,
-        "vm-1",
-        &["config", "history", "route", "reviews", "--json"],
-    )?;
+    let history = c.cli_ok("vm-1", &["config", "history", "route", "reviews", "--json"])?;
     let h: Vec<serde_json::Value> = serde_json::from_str(&history)?;
     assert!(h.len() >= 2, "{history}");
     assert_eq!(
@@ -339,8 +320,7 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     let hello = Backend::http("hello");
     let echo = Backend::echo();
     let (hp, ep) = (hello.port().to_string(), echo.port().to_string());
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-2",
         &[
             "service",
@@ -353,15 +333,13 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
             "http",
         ],
     )?;
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-2",
         &["service", "register", "--name", "echo", "--port", &ep],
     )?;
     let ip = c.agent("vm-1").ip;
     let (up, tcp) = (format!("{ip}:19001"), format!("{ip}:19002"));
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-1",
         &[
             "service",
@@ -399,7 +377,7 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     assert!(tcp_works());
 
     // Default deny: HTTP gets 403 naming the rule, TCP is closed.
-    cli_ok(&c, "vm-1", &["policy", "default", "deny"])?;
+    c.cli_ok("vm-1", &["policy", "default", "deny"])?;
     let (_, body) = eventually("deny applied", CONVERGE, || {
         Ok(get("/").ok().filter(|r| r.0 == 403))
     })?;
@@ -407,16 +385,15 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     eventually("TCP denied", CONVERGE, || Ok((!tcp_works()).then_some(())))?;
 
     // Allow client → hello (and echo): both pass again.
-    cli_ok(&c, "vm-1", &["policy", "allow", "client", "hello"])?;
-    cli_ok(&c, "vm-1", &["policy", "allow", "client", "echo"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "client", "hello"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "client", "echo"])?;
     eventually("allow applied", CONVERGE, || {
         Ok(get("/").ok().filter(|r| r.0 == 200))
     })?;
     eventually("TCP allowed", CONVERGE, || Ok(tcp_works().then_some(())))?;
 
     // A deny on /admin cannot be dodged by path tricks.
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-1",
         &["policy", "deny", "client", "hello", "--path", "/admin"],
     )?;
@@ -444,12 +421,11 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     );
 
     // Dry run: the default deny is counted but not enforced.
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-1",
         &["config", "delete", "policy", "allow.client.hello"],
     )?;
-    cli_ok(&c, "vm-1", &["policy", "default", "deny", "--dry-run"])?;
+    c.cli_ok("vm-1", &["policy", "default", "deny", "--dry-run"])?;
     eventually("dry run applied", CONVERGE, || {
         Ok(get("/").ok().filter(|r| r.0 == 200))
     })?;
@@ -464,8 +440,7 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
             .then_some(()))
     })?;
     assert!(vm2.metric("weft_policy_denied_total{mode=\"enforce\"}")? >= 1.0);
-    let explain = cli_ok(
-        &c,
+    let explain = c.cli_ok(
         "vm-2",
         &["policy", "explain", "client", "hello", "--path", "/admin/x"],
     )?;

@@ -11,18 +11,6 @@ use weft_tests::{eventually, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
-fn register(c: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<()> {
-    let mut full = vec!["service", "register"];
-    full.extend_from_slice(args);
-    let out = c.agent(node).cli(&full);
-    anyhow::ensure!(
-        out.status.success(),
-        "register failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// Waits until `observer` sees `count` instances of `service` with health `health`.
 fn wait_instances(
     c: &Cluster,
@@ -58,8 +46,7 @@ fn apps_reach_services_on_other_nodes() -> anyhow::Result<()> {
     let echo = Backend::echo();
     let (rp, ep) = (reviews.port().to_string(), echo.port().to_string());
     let check = format!("http://127.0.0.1:{rp}/health");
-    register(
-        &c,
+    c.register(
         "vm-2",
         &[
             "--name",
@@ -72,15 +59,13 @@ fn apps_reach_services_on_other_nodes() -> anyhow::Result<()> {
             &check,
         ],
     )?;
-    register(
-        &c,
+    c.register(
         "vm-2",
         &["--name", "echo", "--port", &ep, "--protocol", "tcp"],
     )?;
     let ip1 = c.agent("vm-1").ip;
     let (up_http, up_tcp) = (format!("{ip1}:19001"), format!("{ip1}:19002"));
-    register(
-        &c,
+    c.register(
         "vm-1",
         &[
             "--name",
@@ -232,8 +217,7 @@ fn traffic_fails_over_when_a_check_fails_or_a_node_dies() -> anyhow::Result<()> 
     for (node, be) in [("vm-2", &a), ("vm-3", &b)] {
         let port = be.port().to_string();
         let check = format!("http://127.0.0.1:{port}/health");
-        register(
-            &c,
+        c.register(
             node,
             &[
                 "--name",
@@ -252,8 +236,7 @@ fn traffic_fails_over_when_a_check_fails_or_a_node_dies() -> anyhow::Result<()> 
         )?;
     }
     let up = format!("{}:19001", c.agent("vm-1").ip);
-    register(
-        &c,
+    c.register(
         "vm-1",
         &[
             "--name",

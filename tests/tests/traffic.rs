@@ -10,21 +10,10 @@ use weft_tests::{eventually, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
-fn cli_ok(c: &Cluster, node: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = c.agent(node).cli(args);
-    anyhow::ensure!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// vm-1 runs `client` with an upstream to `svc` on 127.x.y.1:19001; returns its address.
 fn client_upstream(c: &Cluster, svc: &str) -> anyhow::Result<String> {
     let up = format!("{}:19001", c.agent("vm-1").ip);
-    cli_ok(
-        c,
+    c.cli_ok(
         "vm-1",
         &[
             "service",
@@ -41,7 +30,7 @@ fn client_upstream(c: &Cluster, svc: &str) -> anyhow::Result<String> {
 }
 
 fn set(c: &Cluster, kind: &str, name: &str, value: &str) -> anyhow::Result<()> {
-    cli_ok(c, "vm-1", &["config", "set", kind, name, value])?;
+    c.cli_ok("vm-1", &["config", "set", kind, name, value])?;
     eventually("config applied on vm-1", CONVERGE, || {
         let out = c
             .agent("vm-1")
@@ -58,8 +47,7 @@ fn retries_hide_errors_within_the_budget() -> anyhow::Result<()> {
     let fail = Arc::new(AtomicU64::new(10));
     let be = Backend::http_failing("flaky", 0, 503, fail.clone());
     let port = be.port().to_string();
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-2",
         &[
             "service",
@@ -121,8 +109,7 @@ fn faults_and_rate_limits_apply_at_their_rates() -> anyhow::Result<()> {
     c.join("vm-2", "vm-1", &[])?;
     let be = Backend::http("web");
     let port = be.port().to_string();
-    cli_ok(
-        &c,
+    c.cli_ok(
         "vm-2",
         &[
             "service",
@@ -179,7 +166,7 @@ fn faults_and_rate_limits_apply_at_their_rates() -> anyhow::Result<()> {
     );
     assert!((45.0..=55.0).contains(&delayed), "{delayed:.1}% delayed");
     assert!((5.0..=15.0).contains(&aborted), "{aborted:.1}% aborted");
-    cli_ok(&c, "vm-1", &["config", "delete", "fault", "web"])?;
+    c.cli_ok("vm-1", &["config", "delete", "fault", "web"])?;
 
     // 50 rps limit; the client sends 200 rps for 3 s.
     set(&c, "ratelimit", "web", r#"{"rps": 50}"#)?;
@@ -222,8 +209,7 @@ fn outliers_are_ejected() -> anyhow::Result<()> {
     let good2 = Backend::http("good2");
     for (node, be) in [("vm-2", &bad), ("vm-3", &good1), ("vm-4", &good2)] {
         let port = be.port().to_string();
-        cli_ok(
-            &c,
+        c.cli_ok(
             node,
             &[
                 "service",
