@@ -79,7 +79,9 @@ fn retries_hide_errors_within_the_budget() -> anyhow::Result<()> {
     println!("10% backend 503s with retries: {ok}/{n} succeeded ({rate:.1}%)");
     assert!(rate >= 99.0, "{rate:.1}% success");
 
-    // Everything fails: retries stop at the budget (≤ 20 % extra plus a small floor).
+    // Everything fails: retries stop at the budget (≤ 20 % extra plus the floor of 10
+    // retries per window, twice in case a window boundary falls inside the run) instead of
+    // the 4× a retry storm would send.
     fail.store(100, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(11)); // a fresh budget window
     let before = be.count();
@@ -91,7 +93,7 @@ fn retries_hide_errors_within_the_budget() -> anyhow::Result<()> {
     println!("100% failures: {failed}/{n} answered 503, backend saw {load} requests");
     assert_eq!(failed, n);
     assert!(
-        load <= (n as u64) * 120 / 100 + 10,
+        load <= (n as u64) * 120 / 100 + 20,
         "retry storm: {load} backend requests for {n}"
     );
     assert!(
