@@ -23,16 +23,18 @@ pub fn weft_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/<profile>/deps/<test> -> target/<profile>/weft
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (bench) -> target/<profile>/weft
+    let mut profile_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+    }
     let bin = profile_dir.join("weft");
     assert!(
         bin.exists(),
-        "{} not found: run the suite with `cargo test --workspace` (or set WEFT_BIN)",
+        "{} not found: run the suite with `cargo test --workspace`, build it with `cargo build --release -p weft-node` for benchmarks, or set WEFT_BIN",
         bin.display()
     );
     bin
