@@ -77,6 +77,8 @@ pub struct Member {
     pub name: String,
     /// Gossip address.
     pub gossip_addr: SocketAddr,
+    /// The node process's generation (its start time): changes when the node restarts.
+    pub generation: u64,
     /// QUIC address.
     pub address: SocketAddr,
     /// alive, failed or left.
@@ -357,6 +359,7 @@ impl Gossip {
                 Member {
                     name: v.record.name.to_string(),
                     gossip_addr: id.gossip_advertise_addr,
+                    generation: id.generation_id,
                     address: v.record.quic_addr,
                     status,
                     zone: v.record.zone.clone(),

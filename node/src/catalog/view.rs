@@ -16,6 +16,8 @@ pub struct Instance {
     pub node: String,
     /// That node's QUIC address.
     pub node_addr: SocketAddr,
+    /// That node's process generation (changes on restart).
+    pub node_generation: u64,
     /// Its node's zone.
     pub zone: String,
     /// Local port on its node.
@@ -61,6 +63,7 @@ impl Catalog {
                     service: s.name.clone(),
                     node: m.name.clone(),
                     node_addr: m.address,
+                    node_generation: m.generation,
                     zone: m.zone.clone(),
                     port: s.port,
                     protocol: s.protocol,

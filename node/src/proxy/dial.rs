@@ -47,26 +47,32 @@ const ATTEMPTS: usize = 3;
 /// Time to establish a QUIC connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Pooled QUIC connections, one per peer node.
+/// Pooled QUIC connections, one per peer node process: a connection to a node that has
+/// since restarted (new gossip generation) is dropped at once instead of timing out.
 #[derive(Debug, Default)]
 pub struct ConnPool {
-    conns: Mutex<HashMap<String, quinn::Connection>>,
+    conns: Mutex<HashMap<String, (u64, quinn::Connection)>>,
 }
 
 impl ConnPool {
-    fn get(&self, node: &str) -> Option<quinn::Connection> {
-        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns
-            .get(node)
-            .filter(|c| c.close_reason().is_none())
-            .cloned()
+    fn get(&self, node: &str, generation: u64) -> Option<quinn::Connection> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        match conns.get(node) {
+            Some((g, c)) if *g == generation && c.close_reason().is_none() => Some(c.clone()),
+            Some((_, c)) => {
+                c.close(0u32.into(), b"peer restarted");
+                conns.remove(node);
+                None
+            }
+            None => None,
+        }
     }
 
-    fn put(&self, node: &str, conn: quinn::Connection) {
+    fn put(&self, node: &str, generation: u64, conn: quinn::Connection) {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(node.to_owned(), conn);
+            .insert(node.to_owned(), (generation, conn));
     }
 
     fn drop_conn(&self, node: &str) {
@@ -81,7 +87,7 @@ impl ConnPool {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|node, conn| {
+            .retain(|node, (_, conn)| {
                 let k = keep(node);
                 if !k {
                     conn.close(0u32.into(), b"peer gone");
@@ -95,8 +101,9 @@ async fn connect_node(
     node: &Node,
     name: &str,
     addr: SocketAddr,
+    generation: u64,
 ) -> Result<quinn::Connection, String> {
-    if let Some(c) = node.pool.get(name) {
+    if let Some(c) = node.pool.get(name, generation) {
         return Ok(c);
     }
     let connecting = node
@@ -107,7 +114,7 @@ async fn connect_node(
         .await
         .map_err(|_| format!("QUIC connect to {name} timed out"))?
         .map_err(|e| e.to_string())?;
-    node.pool.put(name, conn.clone());
+    node.pool.put(name, generation, conn.clone());
     Ok(conn)
 }
 
@@ -123,7 +130,7 @@ async fn open_instance(
         let _ = tcp.set_nodelay(true);
         return Ok(Box::new(tcp));
     }
-    let conn = connect_node(node, &inst.node, inst.node_addr).await?;
+    let conn = connect_node(node, &inst.node, inst.node_addr, inst.node_generation).await?;
     let (mut send, recv) = match conn.open_bi().await {
         Ok(s) => s,
         Err(e) => {
