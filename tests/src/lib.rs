@@ -406,6 +406,18 @@ impl Cluster {
         self.wait_ready(name)
     }
 
+    /// Bootstraps `vm-1`, joins `vm-2` … `vm-N` through it and waits until all of them
+    /// see all of them alive.
+    pub fn formed(&mut self, n: usize) -> anyhow::Result<()> {
+        let names: Vec<String> = (1..=n).map(|i| format!("vm-{i}")).collect();
+        self.bootstrap(&names[0], &[])?;
+        for name in &names[1..] {
+            self.join(name, "vm-1", &[])?;
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.wait_all_alive(&refs, &refs, Duration::from_secs(15))
+    }
+
     /// Waits until every agent in `on` lists exactly `names` as alive.
     pub fn wait_all_alive(
         &self,

@@ -10,14 +10,7 @@ const CONVERGE: Duration = Duration::from_secs(15);
 #[test]
 fn three_agents_form_a_cluster_with_tokens() -> anyhow::Result<()> {
     let mut c = Cluster::new("three_agents_form_a_cluster_with_tokens");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.formed(3)?;
 
     // Every member shows the fields operators need, and exactly one holds the CA.
     let members = c.agent("vm-3").members()?;
@@ -145,14 +138,7 @@ fn bad_tokens_are_refused_with_a_reason() -> anyhow::Result<()> {
 #[test]
 fn killed_agent_is_failed_within_5s_and_sigterm_is_left() -> anyhow::Result<()> {
     let mut c = Cluster::new("killed_agent_is_failed_within_5s_and_sigterm_is_left");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.formed(3)?;
 
     let killed_at = Instant::now();
     c.agent_mut("vm-3").kill();
@@ -259,14 +245,7 @@ fn certificates_renew_without_dropping_out() -> anyhow::Result<()> {
 #[test]
 fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     let mut c = Cluster::new("revoked_node_is_refused_everywhere");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.formed(3)?;
 
     // Revoked from a member that does not hold the CA: forwarded to the CA node.
     let out = c.agent("vm-2").cli(&["node", "revoke", "vm-3", "--json"]);

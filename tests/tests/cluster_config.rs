@@ -38,14 +38,7 @@ fn wait_entry(
 #[test]
 fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Result<()> {
     let mut c = Cluster::new("config_replicates_survives_restarts_and_reaches_late_joiners");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.formed(3)?;
 
     // Written on vm-2 (not the CA), applied on the others within 3 s.
     let t = Instant::now();
@@ -114,14 +107,7 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
 #[test]
 fn concurrent_writes_converge_to_one_winner() -> anyhow::Result<()> {
     let mut c = Cluster::new("concurrent_writes_converge_to_one_winner");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.formed(3)?;
     for round in 0..3 {
         let (a, b) = (
             format!("v1={},v2=1", 10 + round),

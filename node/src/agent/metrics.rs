@@ -1,6 +1,6 @@
 //! Prometheus text exposition of the agent's state.
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -9,100 +9,134 @@ use weft_gossip::MemberStatus;
 
 use super::node::Node;
 
+/// Writes one metric family: HELP, TYPE, then `name{labels} value` per sample (an empty
+/// label string writes `name value`).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(String, &dyn Display)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 /// Renders `/metrics`.
 pub async fn render(node: &Node) -> String {
     let mut out = String::new();
     let members = node.members().await;
-    let _ = writeln!(
-        out,
-        "# HELP weft_members Cluster members by status, as this node sees them."
-    );
-    let _ = writeln!(out, "# TYPE weft_members gauge");
-    for status in [
+    let counts: Vec<(MemberStatus, usize)> = [
         MemberStatus::Alive,
         MemberStatus::Failed,
         MemberStatus::Left,
-    ] {
-        let n = members.iter().filter(|m| m.status == status).count();
-        let _ = writeln!(out, "weft_members{{status=\"{status}\"}} {n}");
-    }
+    ]
+    .into_iter()
+    .map(|s| (s, members.iter().filter(|m| m.status == s).count()))
+    .collect();
+    let samples: Vec<(String, &dyn Display)> = counts
+        .iter()
+        .map(|(s, n)| (format!("status=\"{s}\""), n as &dyn Display))
+        .collect();
+    family(
+        &mut out,
+        "weft_members",
+        "gauge",
+        "Cluster members by status, as this node sees them.",
+        &samples,
+    );
+
     let (_, leaf) = node.cert();
     let remaining = leaf.not_after_unix as i64 - unix(SystemTime::now()) as i64;
-    let _ = writeln!(
-        out,
-        "# HELP weft_cert_expiry_seconds Seconds until this node's certificate expires."
+    let renewals = node.renewals.load(Ordering::Relaxed);
+    let failures = node.renew_failures.load(Ordering::Relaxed);
+    family(
+        &mut out,
+        "weft_cert_expiry_seconds",
+        "gauge",
+        "Seconds until this node's certificate expires.",
+        &[(String::new(), &remaining)],
     );
-    let _ = writeln!(out, "# TYPE weft_cert_expiry_seconds gauge");
-    let _ = writeln!(out, "weft_cert_expiry_seconds {remaining}");
-    let _ = writeln!(
-        out,
-        "# HELP weft_cert_renewals_total Certificate renewals since start."
+    family(
+        &mut out,
+        "weft_cert_renewals_total",
+        "counter",
+        "Certificate renewals since start.",
+        &[(String::new(), &renewals)],
     );
-    let _ = writeln!(out, "# TYPE weft_cert_renewals_total counter");
-    let _ = writeln!(
-        out,
-        "weft_cert_renewals_total {}",
-        node.renewals.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP weft_cert_renewal_failures Consecutive failed renewal attempts."
-    );
-    let _ = writeln!(out, "# TYPE weft_cert_renewal_failures gauge");
-    let _ = writeln!(
-        out,
-        "weft_cert_renewal_failures {}",
-        node.renew_failures.load(Ordering::Relaxed)
+    family(
+        &mut out,
+        "weft_cert_renewal_failures",
+        "gauge",
+        "Consecutive failed renewal attempts.",
+        &[(String::new(), &failures)],
     );
 
     let stats = node.gossip.stats();
-    let _ = writeln!(
-        out,
-        "# HELP weft_gossip_dropped_total Gossip datagrams dropped, by reason."
+    let dropped = stats.dropped_by_reason();
+    let samples: Vec<(String, &dyn Display)> = dropped
+        .iter()
+        .map(|(reason, n)| (format!("reason=\"{reason}\""), n as &dyn Display))
+        .collect();
+    family(
+        &mut out,
+        "weft_gossip_dropped_total",
+        "counter",
+        "Gossip datagrams dropped, by reason.",
+        &samples,
     );
-    let _ = writeln!(out, "# TYPE weft_gossip_dropped_total counter");
-    for (reason, n) in stats.dropped_by_reason() {
-        let _ = writeln!(out, "weft_gossip_dropped_total{{reason=\"{reason}\"}} {n}");
-    }
-    let _ = writeln!(out, "# HELP weft_gossip_rejected_records_total Gossiped records whose signature or certificate did not verify.");
-    let _ = writeln!(out, "# TYPE weft_gossip_rejected_records_total counter");
-    let _ = writeln!(
-        out,
-        "weft_gossip_rejected_records_total {}",
-        stats.rejected_records.load(Ordering::Relaxed)
+    let rejected = stats.rejected_records.load(Ordering::Relaxed);
+    family(
+        &mut out,
+        "weft_gossip_rejected_records_total",
+        "counter",
+        "Gossiped records whose signature or certificate did not verify.",
+        &[(String::new(), &rejected)],
     );
-    let _ = writeln!(
-        out,
-        "# HELP weft_gossip_bytes_total Gossip bytes on the wire, by direction."
+    let (bytes_in, bytes_out) = (
+        stats.bytes_in.load(Ordering::Relaxed),
+        stats.bytes_out.load(Ordering::Relaxed),
     );
-    let _ = writeln!(out, "# TYPE weft_gossip_bytes_total counter");
-    let _ = writeln!(
-        out,
-        "weft_gossip_bytes_total{{direction=\"in\"}} {}",
-        stats.bytes_in.load(Ordering::Relaxed)
+    family(
+        &mut out,
+        "weft_gossip_bytes_total",
+        "counter",
+        "Gossip bytes on the wire, by direction.",
+        &[
+            ("direction=\"in\"".into(), &bytes_in),
+            ("direction=\"out\"".into(), &bytes_out),
+        ],
     );
-    let _ = writeln!(
-        out,
-        "weft_gossip_bytes_total{{direction=\"out\"}} {}",
-        stats.bytes_out.load(Ordering::Relaxed)
+
+    let entries = node.config.live_count();
+    family(
+        &mut out,
+        "weft_config_entries",
+        "gauge",
+        "Live cluster-config entries held by this node.",
+        &[(String::new(), &entries)],
     );
-    let _ = writeln!(
-        out,
-        "# HELP weft_config_entries Live cluster-config entries held by this node."
-    );
-    let _ = writeln!(out, "# TYPE weft_config_entries gauge");
-    let _ = writeln!(out, "weft_config_entries {}", node.config.live_count());
-    let synced = node.config_synced_at_ms.load(Ordering::Relaxed);
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let _ = writeln!(out, "# HELP weft_config_digest_age_seconds Seconds since this node's config digest last matched every alive peer's.");
-    let _ = writeln!(out, "# TYPE weft_config_digest_age_seconds gauge");
-    let _ = writeln!(
-        out,
-        "weft_config_digest_age_seconds {:.1}",
-        now_ms.saturating_sub(synced) as f64 / 1000.0
+    let age = format!(
+        "{:.1}",
+        now_ms.saturating_sub(node.config_synced_at_ms.load(Ordering::Relaxed)) as f64 / 1000.0
+    );
+    family(
+        &mut out,
+        "weft_config_digest_age_seconds",
+        "gauge",
+        "Seconds since this node's config digest last matched every alive peer's.",
+        &[(String::new(), &age)],
     );
     out.push_str(&node.metrics.render());
     out
