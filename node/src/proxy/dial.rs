@@ -150,7 +150,7 @@ pub struct Dialed {
     pub io: Box<dyn Io>,
     /// The instance reached.
     pub instance: Instance,
-    /// When the dial started.
+    /// When the stream was ready (latency samples start here).
     pub started: Instant,
 }
 
@@ -198,14 +198,16 @@ pub async fn dial_with(
         let Some(inst) = node.router.pick(&routable, &zone, &excluded) else {
             break;
         };
-        let started = Instant::now();
         match open_instance(node, inst, header).await {
             Ok(io) => {
+                // Latency samples start once the stream is open: a first QUIC handshake
+                // to a node must not make the balancer shun it for the next ten seconds.
+                let started = Instant::now();
                 return Ok(Dialed {
                     io,
                     instance: inst.clone(),
                     started,
-                })
+                });
             }
             Err(e) => {
                 debug!(service = %service, node = %inst.node, error = %e, "instance unreachable; trying another");
