@@ -298,13 +298,17 @@ fi
 check "c1: weft is active/running" \
   test "$(unit_prop 1 ActiveState)/$(unit_prop 1 SubState)" = active/running
 # Type=notify: the unit became active only after the agent said READY=1 (it logs
-# "agent ready" right before sd_notify). Compare monotonic timestamps (µs).
+# "agent ready" right before sd_notify). Compare monotonic timestamps (µs). The journal
+# stamps the log line when it receives it over the stderr pipe, which can land a few
+# hundred µs after systemd has already handled READY=1 on the notify socket, so allow
+# 20 ms of slack: a unit that went active at exec (Type=simple) would still fail, since
+# the agent takes ~100 ms to get ready.
 ready_at=$(cx 1 journalctl -q -u weft.service -o json --no-pager | jq -r \
   'select((.MESSAGE | type) == "string" and (.MESSAGE | contains("agent ready"))) | .__MONOTONIC_TIMESTAMP' | head -n 1)
 active_at=$(unit_prop 1 ActiveEnterTimestampMonotonic)
 started_at=$(unit_prop 1 ExecMainStartTimestampMonotonic)
-if [ -n "$ready_at" ] && ((started_at <= ready_at && ready_at <= active_at)); then
-  pass "c1: active only after READY (exec +$(((ready_at - started_at) / 1000)) ms -> 'agent ready' -> active +$(((active_at - ready_at) / 1000)) ms)"
+if [ -n "$ready_at" ] && ((started_at <= ready_at && ready_at <= active_at + 20000 && active_at - started_at >= 20000)); then
+  pass "c1: active only after READY (exec +$(((ready_at - started_at) / 1000)) ms -> 'agent ready'; active at exec +$(((active_at - started_at) / 1000)) ms)"
 else
   fail "c1: activation order (exec=$started_at ready=${ready_at:-none} active=$active_at)"
 fi
