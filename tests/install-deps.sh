@@ -4,12 +4,16 @@
 set -euo pipefail
 
 packages=(
-  iproute2           # ip netns / veth / tc netem for fault tests
+  iproute2           # ip netns / veth for fault tests and benchmarks
+  nftables           # packet loss and one-way cuts (this kernel has no netem)
   systemd-container  # systemd-nspawn for the systemd unit test
   debootstrap        # the Debian root that test boots
   jq                 # JSON checks in tests/systemd/run.sh
   chromium           # headless browser for the dashboard test
   chromium-driver    # WebDriver for it
+  stunnel4           # benchmark baseline: an stunnel mTLS pair
+  haproxy            # benchmark baseline: an haproxy mTLS pair
+  wrk                # benchmark: closed-loop maximum req/s
 )
 
 missing=()

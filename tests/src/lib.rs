@@ -123,6 +123,11 @@ impl Agent {
         SocketAddr::from((self.ip, 7946))
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs a `weft` client command against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(weft_bin())
