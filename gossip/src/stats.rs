@@ -27,6 +27,8 @@ pub struct GossipStats {
     pub dropped_replay: AtomicU64,
     /// Authentic but not a chitchat message.
     pub dropped_undecodable: AtomicU64,
+    /// Authentic datagrams lost inside this process's codec round trip (loopback drop).
+    pub codec_lost: AtomicU64,
     /// Outgoing messages too large to send.
     pub oversize: AtomicU64,
     /// Socket receive errors.
@@ -49,7 +51,7 @@ impl GossipStats {
     }
 
     /// Dropped datagrams by reason, for `weft_gossip_dropped_total{reason}`.
-    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 6] {
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 7] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("malformed", g(&self.dropped_malformed)),
@@ -58,6 +60,7 @@ impl GossipStats {
             ("stale", g(&self.dropped_stale)),
             ("replay", g(&self.dropped_replay)),
             ("undecodable", g(&self.dropped_undecodable)),
+            ("codec_lost", g(&self.codec_lost)),
         ]
     }
 }

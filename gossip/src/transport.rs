@@ -8,15 +8,18 @@
 //!   `MAX_FRAGMENTS` fragments when sealing would pass the UDP limit) and send them from
 //!   the real socket.
 //! * receive: we open a datagram from the real socket and inject the plaintext into
-//!   chitchat's socket from `capture`, followed by a sentinel (a `BadCluster` message)
-//!   from a second socket. chitchat's socket silently skips payloads it cannot decode, so
-//!   the sentinel tells us when a payload was skipped and keeps peers and payloads paired.
+//!   chitchat's socket from one of a few injection slots, followed by a sentinel (a
+//!   `BadCluster` message) from that slot's second socket. chitchat's socket silently skips
+//!   payloads it cannot decode, so the sentinel tells us when a payload was skipped; every
+//!   datagram the codec hands back names its slot by its source address, so peers and
+//!   payloads stay paired even if the loopback drops one of our own datagrams (a full
+//!   receive buffer), and a slot whose datagrams were lost is freed after `CODEC_WAIT`.
 //!
 //! chitchat polls `recv` inside `select!` and drops it mid-way, so all receive state (which
 //! peer sent the payload being decoded) lives in the socket, every await is cancel-safe, and
 //! injection uses non-blocking sends. Only one payload is in flight at a time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -37,6 +40,11 @@ const FRAG_HEADER: usize = 4;
 const MAX_CHUNK: usize = MAX_DATAGRAM - OVERHEAD - FRAG_HEADER;
 /// A chitchat message never needs more than two; four leaves room.
 const MAX_FRAGMENTS: usize = 4;
+/// Injection slots (payload + sentinel socket pairs).
+const SLOTS: usize = 4;
+/// How long the codec may take to hand back an injected payload (a loopback round trip:
+/// microseconds, unless one of the datagrams was lost).
+const CODEC_WAIT: Duration = Duration::from_millis(250);
 /// Partially received messages kept at once.
 const MAX_PARTIALS: usize = 32;
 /// How long a partial message waits for its other fragments.
@@ -106,6 +114,39 @@ struct Partial {
     started: Instant,
 }
 
+/// One way into the codec: a payload socket and a sentinel socket, and the peer whose
+/// payload is in flight through them.
+struct Slot {
+    payload: tokio::net::UdpSocket,
+    payload_addr: SocketAddr,
+    sentinel: tokio::net::UdpSocket,
+    sentinel_addr: SocketAddr,
+    /// The peer whose payload was injected here, while the slot is in use.
+    peer: Option<SocketAddr>,
+    /// The codec already handed the payload back.
+    returned: bool,
+    /// The sentinel still has to be sent (the socket was busy).
+    sentinel_owed: bool,
+    since: Instant,
+}
+
+impl Slot {
+    async fn open() -> anyhow::Result<Self> {
+        let payload = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+        let sentinel = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+        Ok(Self {
+            payload_addr: payload.local_addr()?,
+            sentinel_addr: sentinel.local_addr()?,
+            payload,
+            sentinel,
+            peer: None,
+            returned: false,
+            sentinel_owed: false,
+            since: Instant::now(),
+        })
+    }
+}
+
 /// One sealed gossip socket. See the module documentation.
 pub struct SealedSocket {
     wire: tokio::net::UdpSocket,
@@ -113,15 +154,11 @@ pub struct SealedSocket {
     codec_addr: SocketAddr,
     capture: tokio::net::UdpSocket,
     capture_addr: SocketAddr,
-    sentinel: tokio::net::UdpSocket,
-    sentinel_addr: SocketAddr,
+    slots: Vec<Slot>,
     sentinel_bytes: Vec<u8>,
-    sentinel_owed: bool,
     keyring: SharedKeyring,
     sealer_generation: u64,
     sealer: Sealer,
-    /// Payloads injected into the codec, oldest first: (peer, already returned).
-    pending: VecDeque<(SocketAddr, bool)>,
     partials: HashMap<(SocketAddr, u16), Partial>,
     next_message_id: u16,
     buf: Box<[u8]>,
@@ -151,22 +188,21 @@ impl SealedSocket {
         let codec_addr = codec.local_addr()?;
         let capture = tokio::net::UdpSocket::bind(LOOPBACK).await?;
         let capture_addr = capture.local_addr()?;
-        let sentinel = tokio::net::UdpSocket::bind(LOOPBACK).await?;
-        let sentinel_addr = sentinel.local_addr()?;
+        let mut slots = Vec::with_capacity(SLOTS);
+        for _ in 0..SLOTS {
+            slots.push(Slot::open().await?);
+        }
         let (sealer_generation, sealer) = keyring.sealer()?;
         let mut socket = Self {
             wire,
             codec_addr,
             capture,
             capture_addr,
-            sentinel,
-            sentinel_addr,
+            slots,
             sentinel_bytes: Vec::new(),
-            sentinel_owed: false,
             keyring,
             sealer_generation,
             sealer,
-            pending: VecDeque::new(),
             partials: HashMap::new(),
             next_message_id: rand::random(),
             buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
@@ -184,7 +220,7 @@ impl SealedSocket {
     /// Encodes an envelope with chitchat's own codec via the capture socket.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
         self.codec.send(self.capture_addr, envelope).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + CODEC_WAIT;
         loop {
             let (len, from) =
                 tokio::time::timeout_at(deadline, self.capture.recv_from(&mut self.buf))
@@ -264,28 +300,53 @@ impl SealedSocket {
         None
     }
 
-    /// Hands a plaintext message to the codec, followed by the sentinel. Never awaits.
+    /// Hands a plaintext message to the codec through a free slot, followed by the
+    /// slot's sentinel. Never awaits.
     fn inject(&mut self, plain: &[u8], from: SocketAddr) {
-        if let Err(e) = self.capture.try_send_to(plain, self.codec_addr) {
+        self.expire_slots();
+        let Some(slot) = self.slots.iter_mut().find(|s| s.peer.is_none()) else {
+            self.stats.codec_lost.fetch_add(1, Ordering::Relaxed);
+            warn!("every gossip codec slot is busy; datagram dropped");
+            return;
+        };
+        if let Err(e) = slot.payload.try_send_to(plain, self.codec_addr) {
             warn!(error = %e, "gossip codec injection failed; datagram dropped");
-            self.stats
-                .dropped_undecodable
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.codec_lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.pending.push_back((from, false));
-        self.sentinel_owed = true;
-        self.pay_sentinel();
+        slot.peer = Some(from);
+        slot.returned = false;
+        slot.sentinel_owed = true;
+        slot.since = Instant::now();
+        self.pay_sentinels();
     }
 
-    fn pay_sentinel(&mut self) {
-        if self.sentinel_owed
-            && self
-                .sentinel
-                .try_send_to(&self.sentinel_bytes, self.codec_addr)
-                .is_ok()
-        {
-            self.sentinel_owed = false;
+    fn pay_sentinels(&mut self) {
+        for slot in &mut self.slots {
+            if slot.sentinel_owed
+                && slot
+                    .sentinel
+                    .try_send_to(&self.sentinel_bytes, self.codec_addr)
+                    .is_ok()
+            {
+                slot.sentinel_owed = false;
+            }
+        }
+    }
+
+    /// Frees slots the codec has not finished with after `CODEC_WAIT`: one of their
+    /// loopback datagrams was lost.
+    fn expire_slots(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            if slot.peer.is_some() && now.duration_since(slot.since) >= CODEC_WAIT {
+                if !slot.returned {
+                    self.stats.codec_lost.fetch_add(1, Ordering::Relaxed);
+                    warn!("gossip codec lost an injected datagram");
+                }
+                slot.peer = None;
+                slot.sentinel_owed = false;
+            }
         }
     }
 }
@@ -341,28 +402,45 @@ impl Socket for SealedSocket {
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
-            self.pay_sentinel();
-            if !self.pending.is_empty() {
-                let out = self.codec.recv().await?;
-                if out.from_addr == self.sentinel_addr {
-                    if let Some((peer, returned)) = self.pending.pop_front() {
-                        if !returned {
+            self.pay_sentinels();
+            self.expire_slots();
+            if let Some(oldest) = self
+                .slots
+                .iter()
+                .filter(|s| s.peer.is_some())
+                .map(|s| s.since)
+                .min()
+            {
+                let deadline = tokio::time::Instant::from_std(oldest + CODEC_WAIT);
+                let Ok(out) = tokio::time::timeout_at(deadline, self.codec.recv()).await else {
+                    continue;
+                };
+                let out = out?;
+                if let Some(slot) = self
+                    .slots
+                    .iter_mut()
+                    .find(|s| s.sentinel_addr == out.from_addr)
+                {
+                    if let Some(peer) = slot.peer.take() {
+                        if !slot.returned {
                             self.stats
                                 .dropped_undecodable
                                 .fetch_add(1, Ordering::Relaxed);
                             debug!(%peer, "authentic gossip datagram did not decode");
                         }
                     }
-                } else if out.from_addr == self.capture_addr {
-                    if let Some(front) = self.pending.front_mut() {
-                        if !front.1 {
-                            front.1 = true;
-                            return Ok(RecvOutcome {
-                                from_addr: front.0,
-                                envelope: out.envelope,
-                                num_bytes_received: out.num_bytes_received,
-                            });
-                        }
+                } else if let Some(slot) = self
+                    .slots
+                    .iter_mut()
+                    .find(|s| s.payload_addr == out.from_addr)
+                {
+                    if let (Some(peer), false) = (slot.peer, slot.returned) {
+                        slot.returned = true;
+                        return Ok(RecvOutcome {
+                            from_addr: peer,
+                            envelope: out.envelope,
+                            num_bytes_received: out.num_bytes_received,
+                        });
                     }
                 }
                 continue;
@@ -466,6 +544,49 @@ mod tests {
             "after {cancelled} cancellations"
         );
         assert!(cancelled > 0, "the test must actually cancel");
+    }
+
+    /// A loopback datagram of our own lost (payload and sentinel, or only the sentinel)
+    /// must neither stall the socket nor shift later payloads onto the wrong peer.
+    #[tokio::test]
+    async fn lost_codec_datagrams_do_not_stall_or_misattribute() {
+        let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
+        let stats = Arc::new(GossipStats::default());
+        let mut a = SealedSocket::open(LOOPBACK, ring.clone(), stats.clone())
+            .await
+            .expect("a");
+        let mut b = SealedSocket::open(LOOPBACK, ring.clone(), Arc::default())
+            .await
+            .expect("b");
+        let mut c = SealedSocket::open(LOOPBACK, ring, Arc::default())
+            .await
+            .expect("c");
+        let ghost: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        // Slot 0: payload and sentinel lost. Slot 1: payload returned, sentinel lost.
+        for (slot, returned) in a.slots.iter_mut().zip([false, true]) {
+            slot.peer = Some(ghost);
+            slot.returned = returned;
+            slot.since = Instant::now();
+        }
+        let a_addr = a.local_addr().expect("addr");
+        let (b_addr, c_addr) = (b.local_addr().expect("addr"), c.local_addr().expect("addr"));
+        for i in 0..20 {
+            let (s, want) = if i % 2 == 0 {
+                (&mut b, b_addr)
+            } else {
+                (&mut c, c_addr)
+            };
+            s.send(a_addr, bad_cluster()).await.expect("send");
+            let out = tokio::time::timeout(Duration::from_secs(2), a.recv())
+                .await
+                .expect("not stalled")
+                .expect("recv");
+            assert_eq!(out.from_addr, want, "message {i}");
+        }
+        tokio::time::sleep(CODEC_WAIT).await;
+        let _ = tokio::time::timeout(Duration::from_millis(50), a.recv()).await;
+        assert!(a.slots.iter().all(|s| s.peer.is_none()), "lost slots freed");
+        assert_eq!(stats.codec_lost.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 use weft_ca::ServiceName;
 
+use weft_gossip::Protocol;
+
 use super::header::StreamHeader;
 use super::io::QuicIo;
 use crate::agent::node::Node;
@@ -138,10 +140,15 @@ async fn open_instance(
             return Err(e.to_string());
         }
     };
+    if header.protocol == Protocol::Http {
+        // The request head follows at once: send both in one packet.
+        return Ok(Box::new(QuicIo::with_prefix(send, recv, header.encode())));
+    }
+    // Server-first TCP protocols need the far side to connect before the client speaks.
     send.write_all(&header.encode())
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Box::new(QuicIo { send, recv }))
+    Ok(Box::new(QuicIo::new(send, recv)))
 }
 
 /// A stream to an instance, and how to account for it.

@@ -500,6 +500,10 @@ impl Attempt<'_> {
             *out.method_mut() = self.method.clone();
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = self.headers.clone();
+            // One exchange per stream: saying so lets both ends finish the stream with
+            // the last bytes instead of in packets of their own.
+            out.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
             *out.uri_mut() = match self.path_and_query.parse() {
                 Ok(u) => u,
                 Err(_) => {

@@ -53,6 +53,9 @@ async fn serve_http(node: &Node, stream: QuicIo, port: u16, source: String, dest
                 Ok(pq) => pq,
                 Err(resp) => return Ok::<_, std::convert::Infallible>(*resp),
             };
+            // Hop-by-hop: the stream's `Connection: close` is not the backend's business
+            // (its connections are pooled).
+            req.headers_mut().remove(hyper::header::CONNECTION);
             match format!("http://127.0.0.1:{port}{pq}").parse() {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
@@ -230,7 +233,14 @@ async fn handle_stream(
     }
     let started = Instant::now();
     if header.protocol == Protocol::Http {
-        serve_http(node, QuicIo { send, recv }, spec.port, source, destination).await;
+        serve_http(
+            node,
+            QuicIo::new(send, recv),
+            spec.port,
+            source,
+            destination,
+        )
+        .await;
         return;
     }
     if !node.authorize(&source, &destination, None).allowed {
@@ -254,7 +264,7 @@ async fn handle_stream(
     };
     let _ = backend.set_nodelay(true);
     let mut backend = backend;
-    let mut stream = QuicIo { send, recv };
+    let mut stream = QuicIo::new(send, recv);
     let result = tokio::io::copy_bidirectional(&mut stream, &mut backend).await;
     let (to_backend, from_backend) = result.as_ref().map(|r| *r).unwrap_or((0, 0));
     if header.protocol == Protocol::Tcp {

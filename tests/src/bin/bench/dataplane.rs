@@ -67,6 +67,18 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// Prints each arrangement's addresses and process ids.
+    pub fn describe(&self) {
+        for a in &self.arrangements {
+            println!(
+                "{:<10} http {} source {} sink {} pids {:?}",
+                a.name, a.http, a.source, a.sink, a.pids
+            );
+        }
+    }
+}
+
 /// Value of `name`'s figure in a per-arrangement result list.
 fn of(results: &[(&'static str, f64)], name: &str) -> f64 {
     results
@@ -228,7 +240,13 @@ pub fn memory(s: &Setup, plan: &Plan, report: &mut Report) -> anyhow::Result<()>
         let base = sink.load(Ordering::SeqCst);
         let held = load::hold(&a.sink, plan.streams)?;
         weft_tests::eventually("streams open at the sink", Duration::from_secs(30), || {
-            Ok((sink.load(Ordering::SeqCst) >= base + plan.streams as u64).then_some(()))
+            let open = sink.load(Ordering::SeqCst) - base;
+            anyhow::ensure!(
+                open >= plan.streams as u64,
+                "{open} of {} open",
+                plan.streams
+            );
+            Ok(Some(()))
         })?;
         let busy: Vec<f64> = a
             .pids

@@ -6,7 +6,7 @@
 //! Usage (release build of the agent first):
 //! `cargo build --release -p weft-node && cargo run --release -p weft-tests --bin bench -- [SCENARIO] [--quick]`
 //! where SCENARIO is `dataplane` (latency, throughput, bulk, connections, memory — or any
-//! one of them), `gossip`, `gossip-lossy`, `gossip-soak [--minutes N]`, `startup` or `all`
+//! one of them), `serve` (start the arrangements, print their addresses and process ids, and wait: for profiling), `gossip`, `gossip-lossy`, `gossip-soak [--minutes N]`, `startup` or `all`
 //! (everything but the soak).
 
 mod dataplane;
@@ -52,6 +52,10 @@ fn dataplane(which: &str, quick: bool, report: &mut Report) -> anyhow::Result<()
     let setup = dataplane::Setup::start()?;
     let plan = dataplane::Plan::new(quick);
     let all = which == "dataplane" || which == "all";
+    // Memory first: "idle" then means before any load.
+    if all || which == "memory" {
+        dataplane::memory(&setup, &plan, report)?;
+    }
     if all || which == "latency" {
         dataplane::latency(&setup, &plan, report)?;
     }
@@ -63,9 +67,6 @@ fn dataplane(which: &str, quick: bool, report: &mut Report) -> anyhow::Result<()
     }
     if all || which == "connections" {
         dataplane::connections(&setup, &plan, report)?;
-    }
-    if all || which == "memory" {
-        dataplane::memory(&setup, &plan, report)?;
     }
     Ok(())
 }
@@ -103,6 +104,14 @@ fn main() -> anyhow::Result<()> {
             gossip::soak(&size, d, &mut report)?
         }
         "startup" => startup(quick, &mut report)?,
+        "serve" => {
+            // Starts every arrangement and waits, for profiling by hand.
+            let setup = dataplane::Setup::start()?;
+            setup.describe();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         "all" => {
             dataplane("all", quick, &mut report)?;
             gossip::measure(&size, false, &mut report)?;
