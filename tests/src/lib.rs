@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 pub mod backends;
+pub mod netlab;
 
 /// Path of the `weft` binary next to the running test executable.
 pub fn weft_bin() -> PathBuf {
@@ -91,6 +92,11 @@ impl Subnet {
                 };
             }
         }
+    }
+
+    /// The two middle octets (`127.B.C.0/24`), also used for a fault lab's `10.B.C.0/24`.
+    pub fn octets(&self) -> (u8, u8) {
+        (self.base[1], self.base[2])
     }
 
     /// Address `.host` in this subnet.
@@ -259,6 +265,10 @@ pub struct Cluster {
     logs: PathBuf,
     allowed_errors: Vec<String>,
     next_host: u8,
+    /// Set for clusters whose agents are separate hosts in network namespaces.
+    lab: Option<netlab::Lab>,
+    /// Helper processes (lab backends), killed on drop.
+    helpers: Vec<Child>,
 }
 
 impl Cluster {
@@ -280,7 +290,40 @@ impl Cluster {
             logs,
             allowed_errors: Vec::new(),
             next_host: 1,
+            lab: None,
+            helpers: Vec::new(),
         }
+    }
+
+    /// A cluster whose agents each run in their own network namespace on `10.B.C.0/24`
+    /// (see `netlab`), so links between them can be cut or made lossy.
+    pub fn new_lab(test_name: &str) -> anyhow::Result<Self> {
+        let mut c = Self::new(test_name);
+        let (b, cc) = c.subnet.octets();
+        c.lab = Some(netlab::Lab::new(b, cc)?);
+        Ok(c)
+    }
+
+    /// The fault lab (panics for a loopback cluster).
+    pub fn lab(&self) -> &netlab::Lab {
+        self.lab
+            .as_ref()
+            .unwrap_or_else(|| panic!("not a lab cluster: use Cluster::new_lab"))
+    }
+
+    /// The lab host number (last octet) of agent `name`.
+    pub fn host(&self, name: &str) -> u8 {
+        self.agent(name).ip.octets()[3]
+    }
+
+    /// Starts `program ARGS` in agent `name`'s namespace (a backend on its 127.0.0.1);
+    /// killed when the cluster drops.
+    pub fn spawn_in(&mut self, name: &str, program: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let host = self.host(name);
+        let log = self.logs.join(format!("{name}-backend.log"));
+        let child = self.lab().spawn(host, program, args, &log)?;
+        self.helpers.push(child);
+        Ok(())
     }
 
     /// Lets log lines containing `needle` at ERROR level pass.
@@ -297,7 +340,10 @@ impl Cluster {
         if let Some(a) = self.agents.get(name) {
             return a.ip;
         }
-        let ip = self.subnet.ip(self.next_host);
+        let ip = match &self.lab {
+            Some(lab) => lab.ip(self.next_host),
+            None => self.subnet.ip(self.next_host),
+        };
         self.next_host += 1;
         ip
     }
@@ -323,7 +369,18 @@ impl Cluster {
         let err_file = log_file
             .try_clone()
             .unwrap_or_else(|e| panic!("log file: {e}"));
-        let child = Command::new(weft_bin())
+        let mut cmd = match self.lab.as_mut() {
+            Some(lab) => {
+                let ns = lab
+                    .add_host(ip.octets()[3])
+                    .unwrap_or_else(|e| panic!("lab host for {name}: {e:#}"));
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &ns]).arg(weft_bin());
+                cmd
+            }
+            None => Command::new(weft_bin()),
+        };
+        let child = cmd
             .arg("agent")
             .args(["--name", node_name, "--bind", &ip.to_string()])
             .args([
@@ -466,6 +523,10 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for a in self.agents.values_mut() {
             a.kill();
+        }
+        for h in &mut self.helpers {
+            let _ = h.kill();
+            let _ = h.wait();
         }
         let errors = self.unexpected_errors();
         if !errors.is_empty() && !std::thread::panicking() {

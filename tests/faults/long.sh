@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The long form of the fault suite: every fault test with long durations (5 min of loss,
+# 100 kill -9 iterations, …), then the fuzz targets for 10 minutes each, and a table of
+# scenario | outcome | figures. Needs root (network namespaces, tmpfs) and the packages
+# from tests/install-deps.sh. The short form runs in `cargo test --workspace`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+FUZZ_SECONDS="${FUZZ_SECONDS:-600}"
+
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+cargo build -p weft-node
+WEFT_FAULT_LONG=1 cargo test -p weft-tests --test faults -- --nocapture --test-threads 1 2>&1 | tee "$out" || true
+
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+  for t in ca:token node:join_request node:stream_header gossip:gossip_datagram; do
+    crate=${t%%:*} target=${t#*:}
+    if (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" >/dev/null 2>&1); then
+      echo "FAULT | 17 fuzz $crate/$target | pass | ${FUZZ_SECONDS} s, no crash" | tee -a "$out"
+    else
+      echo "FAULT | 17 fuzz $crate/$target | FAIL | see $crate/fuzz/artifacts/$target" | tee -a "$out"
+    fi
+  done
+fi
+
+echo
+echo "scenario | outcome | figures"
+echo "--- | --- | ---"
+grep '^FAULT | ' "$out" | sed 's/^FAULT | //'
+! grep -q '^FAULT | .* | FAIL | ' "$out"

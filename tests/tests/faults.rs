@@ -1,0 +1,481 @@
+//! Fault suite: partitions, loss and one-way cuts between agents in their own network
+//! namespaces; kill -9 in the middle of writes; a lost store; a full disk. Each test
+//! prints `FAULT | scenario | outcome | figures` lines; `tests/faults/long.sh` runs the same
+//! tests longer (WEFT_FAULT_LONG=1) and prints them as a table.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_tests::backends::http_get_host;
+use weft_tests::{eventually, http_get, Cluster};
+
+fn long() -> bool {
+    std::env::var("WEFT_FAULT_LONG").is_ok_and(|v| v == "1")
+}
+
+fn report(scenario: &str, outcome: &str, figures: &str) {
+    println!("FAULT | {scenario} | {outcome} | {figures}");
+}
+
+fn backend() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_fault_backend"))
+}
+
+/// vm-1..3 in a lab; `api` on vm-2 and vm-3 (a backend in each namespace). Returns
+/// vm-1's HTTP proxy address (upstream listeners bind loopback only, and the test is
+/// outside vm-1's namespace).
+fn lab_with_api(c: &mut Cluster) -> anyhow::Result<String> {
+    c.formed(3)?;
+    for n in ["vm-2", "vm-3"] {
+        c.spawn_in(n, backend(), &[n, "8080"])?;
+        c.register(
+            n,
+            &["--name", "api", "--port", "8080", "--protocol", "http"],
+        )?;
+    }
+    let up = format!("{}:15001", c.agent("vm-1").ip);
+    for want in ["vm-2", "vm-3"] {
+        eventually(
+            &format!("api answers from {want}"),
+            Duration::from_secs(20),
+            || {
+                Ok(http_get_host(&up, "api", "http://api/")
+                    .ok()
+                    .filter(|r| r.0 == 200 && r.1.contains(&format!("hello from {want}")))
+                    .map(|_| ()))
+            },
+        )?;
+    }
+    Ok(up)
+}
+
+/// One request of the steady client: when it started, how long it took, who answered.
+struct Sample {
+    at: Instant,
+    took: Duration,
+    answered_by: Option<String>,
+}
+
+/// Sends a GET every 20 ms until stopped.
+fn steady_client(up: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sample>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let at = Instant::now();
+            let answered_by = http_get_host(&up, "api", "http://api/")
+                .ok()
+                .filter(|r| r.0 == 200)
+                .and_then(|r| r.1.split("hello from ").nth(1).map(|s| s[..4].to_owned()));
+            out.push(Sample {
+                at,
+                took: at.elapsed(),
+                answered_by,
+            });
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    })
+}
+
+/// Scenario 10: a partition isolates vm-3. vm-1 marks it failed within the detection
+/// bound and stops routing to it; after healing it is alive and serves again.
+#[test]
+fn partition_isolates_a_node_then_heals() -> anyhow::Result<()> {
+    let mut c = Cluster::new_lab("partition_isolates_a_node_then_heals")?;
+    let up = lab_with_api(&mut c)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client(up.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+
+    let cut = Instant::now();
+    c.lab().isolate(c.host("vm-3"))?;
+    let vm1 = c.agent("vm-1");
+    eventually("vm-3 failed on vm-1", Duration::from_secs(10), || {
+        Ok((vm1.status_of("vm-3")?.as_deref() == Some("failed")).then_some(()))
+    })?;
+    let detected = cut.elapsed();
+    std::thread::sleep(Duration::from_secs(if long() { 30 } else { 3 }));
+
+    c.lab().heal()?;
+    let healed = Instant::now();
+    c.wait_all_alive(
+        &["vm-1", "vm-2", "vm-3"],
+        &["vm-1", "vm-2", "vm-3"],
+        Duration::from_secs(20),
+    )?;
+    eventually("vm-3 serves again", Duration::from_secs(20), || {
+        Ok(http_get_host(&up, "api", "http://api/")
+            .ok()
+            .filter(|r| r.1.contains("hello from vm-3"))
+            .map(|_| ()))
+    })?;
+    let back = healed.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let samples = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+
+    // Requests started after vm-1 knew vm-3 was gone must all succeed, on vm-2.
+    let settled = cut + detected + Duration::from_millis(500);
+    let after: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at > settled && s.at < healed)
+        .collect();
+    let failed_after = after.iter().filter(|s| s.answered_by.is_none()).count();
+    let to_vm3_after = after
+        .iter()
+        .filter(|s| s.answered_by.as_deref() == Some("vm-3"))
+        .count();
+    let during_cut: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at >= cut && s.at <= settled)
+        .collect();
+    let failed_during = during_cut
+        .iter()
+        .filter(|s| s.answered_by.is_none())
+        .count();
+    let slowest = during_cut.iter().map(|s| s.took).max().unwrap_or_default();
+    report(
+        "10 partition isolates a node",
+        if failed_after == 0 && to_vm3_after == 0 { "pass" } else { "FAIL" },
+        &format!(
+            "failed on all observers in {detected:.2?}; {failed_during} of {} requests failed between cut and detection (slowest {slowest:.2?}); {failed_after} of {} failed after; serving again {back:.2?} after healing",
+            during_cut.len(),
+            after.len()
+        ),
+    );
+    assert_eq!(
+        failed_after, 0,
+        "requests failed after the failure was detected"
+    );
+    assert_eq!(to_vm3_after, 0, "requests went to the isolated node");
+    assert!(
+        detected < Duration::from_secs(5),
+        "detection took {detected:?}"
+    );
+    Ok(())
+}
+
+/// Statuses every agent reports for every other, sampled every 250 ms for `d`; returns
+/// how many samples were not `alive`.
+fn not_alive_samples(c: &Cluster, names: &[&str], d: Duration) -> anyhow::Result<usize> {
+    let t = Instant::now();
+    let mut bad = 0;
+    while t.elapsed() < d {
+        for n in names {
+            for m in c.agent(n).members()? {
+                if m["status"] != "alive" {
+                    bad += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(bad)
+}
+
+/// Scenario 9: 20 % loss on every link → nobody falsely failed; a one-way cut (vm-2 no
+/// longer hears vm-1) → no flapping; after healing, catalog and config converge.
+#[test]
+fn loss_and_one_way_cuts_cause_no_false_failures() -> anyhow::Result<()> {
+    let mut c = Cluster::new_lab("loss_and_one_way_cuts_cause_no_false_failures")?;
+    c.formed(3)?;
+    let names = ["vm-1", "vm-2", "vm-3"];
+    let lossy = Duration::from_secs(if long() { 300 } else { 15 });
+    for n in names {
+        c.lab().loss(c.host(n), 20)?;
+    }
+    let false_failed = not_alive_samples(&c, &names, lossy)?;
+    c.lab().heal()?;
+    report(
+        "9a 20 % loss on every link",
+        if false_failed == 0 { "pass" } else { "FAIL" },
+        &format!(
+            "{} s, {false_failed} member samples not alive",
+            lossy.as_secs()
+        ),
+    );
+    assert_eq!(
+        false_failed, 0,
+        "members falsely marked failed under 20 % loss"
+    );
+
+    // One way: vm-2 stops hearing vm-1; vm-1 still hears vm-2, and vm-3 hears both.
+    c.lab().cut_one_way(c.host("vm-2"), c.host("vm-1"))?;
+    c.cli_ok("vm-1", &["route", "set", "during-cut", "--split", "v1=100"])?;
+    let one_way = Duration::from_secs(if long() { 120 } else { 10 });
+    let flaps = not_alive_samples(&c, &names, one_way)?;
+    let reached = http_get(&c.agent("vm-2").api(), "/v1/config/route/during-cut").is_ok();
+    c.lab().heal()?;
+    let t = Instant::now();
+    c.cli_ok("vm-2", &["route", "set", "after-heal", "--split", "v1=100"])?;
+    for n in names {
+        let api = c.agent(n).api();
+        eventually(&format!("config on {n}"), Duration::from_secs(15), || {
+            Ok((http_get(&api, "/v1/config/route/during-cut").is_ok()
+                && http_get(&api, "/v1/config/route/after-heal").is_ok())
+            .then_some(()))
+        })?;
+    }
+    report(
+        "9b one-way cut, then heal",
+        if flaps == 0 { "pass" } else { "FAIL" },
+        &format!(
+            "{} s cut: {flaps} member samples not alive; write on vm-1 reached vm-2 during the cut: {reached}; converged {:.2?} after healing",
+            one_way.as_secs(),
+            t.elapsed()
+        ),
+    );
+    assert_eq!(flaps, 0, "a one-way cut made members flap");
+    Ok(())
+}
+
+/// Scenario 14: kill -9 at random moments while writing config and registering
+/// services; every acknowledged write is there after the restart.
+#[test]
+fn kill_during_writes_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    let mut c = Cluster::new("kill_during_writes_loses_no_acknowledged_write");
+    c.bootstrap("vm-1", &["--access-log", "off"])?;
+    let iterations = if long() { 100 } else { 8 };
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut total = 0;
+    for i in 0..iterations {
+        let stop = Arc::new(AtomicBool::new(false));
+        let api = c.agent("vm-1").api();
+        let writer = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let bin = weft_tests::weft_bin();
+            let dir = c.data_dir("vm-1");
+            std::thread::spawn(move || {
+                let mut k = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let name = format!("w{i}-{k}");
+                    let out = if k % 2 == 0 {
+                        std::process::Command::new(&bin)
+                            .args(["route", "set", &name, "--split", "v1=100"])
+                            .env("WEFT_API", &api)
+                            .env("WEFT_DATA_DIR", &dir)
+                            .output()
+                    } else {
+                        std::process::Command::new(&bin)
+                            .args(["service", "register", "--name", &name, "--port", "9"])
+                            .env("WEFT_API", &api)
+                            .env("WEFT_DATA_DIR", &dir)
+                            .output()
+                    };
+                    if out.is_ok_and(|o| o.status.success()) {
+                        acked.lock().unwrap_or_else(|e| e.into_inner()).push(name);
+                    }
+                    k += 1;
+                }
+            })
+        };
+        // A pseudo-random moment between 50 and 450 ms into the writes.
+        std::thread::sleep(Duration::from_millis(50 + (i as u64 * 7919) % 400));
+        c.agent_mut("vm-1").kill();
+        stop.store(true, Ordering::SeqCst);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))?;
+        c.spawn("vm-1", &["--access-log", "off"]);
+        c.wait_ready("vm-1")?;
+        let api = c.agent("vm-1").api();
+        let services = http_get(&api, "/v1/services")?;
+        let written = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        total = written.len();
+        for (k, name) in written.iter().enumerate() {
+            let present = if name
+                .split('-')
+                .nth(1)
+                .and_then(|k| k.parse::<u32>().ok())
+                .is_some_and(|k| k % 2 == 0)
+            {
+                http_get(&api, &format!("/v1/config/route/{name}")).is_ok()
+            } else {
+                services.contains(&format!("\"{name}\""))
+            };
+            assert!(
+                present,
+                "acknowledged write {name} (#{k}) lost after kill -9 in iteration {i}"
+            );
+        }
+    }
+    report(
+        "14 kill -9 during writes",
+        "pass",
+        &format!("{iterations} kills, {total} acknowledged writes (routes and services), none lost; the store opened every time"),
+    );
+    Ok(())
+}
+
+/// Scenario 16: a node whose store was lost (identity kept) rebuilds config and catalog
+/// from its peers.
+#[test]
+fn lost_store_is_rebuilt_from_peers() -> anyhow::Result<()> {
+    let mut c = Cluster::new("lost_store_is_rebuilt_from_peers");
+    c.formed(3)?;
+    c.cli_ok(
+        "vm-1",
+        &["route", "set", "reviews", "--split", "v1=90,v2=10"],
+    )?;
+    c.register("vm-2", &["--name", "api", "--port", "9"])?;
+    let api3 = c.agent("vm-3").api();
+    eventually("route and service on vm-3", Duration::from_secs(15), || {
+        Ok((http_get(&api3, "/v1/config/route/reviews").is_ok()
+            && http_get(&api3, "/v1/services")?.contains("\"api\""))
+        .then_some(()))
+    })?;
+    c.agent_mut("vm-3").kill();
+    let store = c.data_dir("vm-3").join("store");
+    std::fs::remove_dir_all(&store)?;
+    let t = Instant::now();
+    c.spawn("vm-3", &[]);
+    c.wait_ready("vm-3")?;
+    eventually("rebuilt on vm-3", Duration::from_secs(20), || {
+        Ok((http_get(&api3, "/v1/config/route/reviews").is_ok()
+            && http_get(&api3, "/v1/services")?.contains("\"api\""))
+        .then_some(()))
+    })?;
+    report(
+        "16 store lost, identity kept",
+        "pass",
+        &format!(
+            "route and remote service back on the node {:.2?} after restart",
+            t.elapsed()
+        ),
+    );
+    Ok(())
+}
+
+/// A tmpfs mounted on a directory, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Scenario 15: the data dir's disk is full: the agent keeps serving and routing, writes
+/// fail with a clear error, and it does not crash.
+#[test]
+fn full_disk_keeps_serving_and_refuses_writes_clearly() -> anyhow::Result<()> {
+    let mut c = Cluster::new("full_disk_keeps_serving_and_refuses_writes_clearly");
+    c.bootstrap("vm-1", &[])?;
+    let dir = c.data_dir("vm-2");
+    std::fs::create_dir_all(&dir)?;
+    weft_tests::netlab::run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "tmpfs",
+            &dir.display().to_string(),
+        ],
+    )?;
+    let _mount = Tmpfs(dir.clone());
+    c.join("vm-2", "vm-1", &[])?;
+    let api = weft_tests::backends::Backend::http("api");
+    c.register(
+        "vm-2",
+        &[
+            "--name",
+            "api",
+            "--port",
+            &api.port().to_string(),
+            "--protocol",
+            "http",
+        ],
+    )?;
+    // Fill the disk.
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler)?;
+    let chunk = vec![0u8; 64 * 1024];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+    // sled may still have room in space it already allocated: write until refused, and
+    // every write acknowledged on the way must be readable.
+    let mut acked = 0;
+    let mut refusal = None;
+    for k in 0..400 {
+        let name = format!("full-{k}");
+        let out = c
+            .agent("vm-2")
+            .cli(&["route", "set", &name, "--split", "v1=100"]);
+        if out.status.success() {
+            acked += 1;
+        } else {
+            refusal = Some(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+            break;
+        }
+    }
+    // Still alive, ready, and routing.
+    let ip1 = c.agent("vm-1").ip;
+    c.register(
+        "vm-1",
+        &[
+            "--name",
+            "client",
+            "--port",
+            "1",
+            "--upstream",
+            &format!("api={ip1}:19001"),
+        ],
+    )?;
+    let up = format!("{ip1}:19001");
+    eventually("traffic through to vm-2", Duration::from_secs(15), || {
+        Ok(http_get_host(&up, "api", "/")
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ()))
+    })?;
+    http_get(&c.agent("vm-2").api(), "/readyz")?;
+    let exited = c
+        .agent_mut("vm-2")
+        .wait_exit(Duration::from_millis(500))
+        .is_ok();
+    // Space back: writes work again.
+    std::fs::remove_file(&filler)?;
+    let again = c
+        .agent("vm-2")
+        .cli(&["route", "set", "after-full", "--split", "v1=100"])
+        .status
+        .success();
+    // sled keeps an I/O error for good: a restart reopens the store.
+    let t = Instant::now();
+    c.agent_mut("vm-2").signal("TERM");
+    c.agent_mut("vm-2").wait_exit(Duration::from_secs(10))?;
+    c.spawn("vm-2", &[]);
+    c.wait_ready("vm-2")?;
+    let after_restart = c
+        .agent("vm-2")
+        .cli(&["route", "set", "after-restart", "--split", "v1=100"])
+        .status
+        .success();
+    let kept = http_get(&c.agent("vm-2").api(), "/v1/config/route/full-0").is_ok();
+    report(
+        "15 full disk",
+        if refusal.is_some() && !exited && after_restart && kept { "pass" } else { "FAIL" },
+        &format!(
+            "{acked} writes fitted in space already allocated, then refused with {refusal:?}; agent stayed ready and routing; space freed: writes work again without restart: {again} (sled keeps the I/O error), after a restart ({:.2?}): {after_restart}; acknowledged writes kept: {kept}",
+            t.elapsed()
+        ),
+    );
+    assert!(refusal.is_some(), "400 writes acknowledged on a full disk");
+    assert!(
+        after_restart,
+        "writes still refused after space was freed and a restart"
+    );
+    assert!(kept, "a write acknowledged before the disk filled was lost");
+    assert!(!exited, "the agent exited on a full disk");
+    c.allow_error("No space left on device");
+    c.allow_error("no space");
+    Ok(())
+}
