@@ -58,13 +58,22 @@ struct Sample {
     answered_by: Option<String>,
 }
 
-/// Sends a GET every 20 ms until stopped.
+/// Sends a GET for `http://api/` (through the HTTP proxy) every 20 ms until stopped.
 fn steady_client(up: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<Sample>> {
+    steady_client_on(up, "http://api/", stop)
+}
+
+/// Sends a GET for `target` with `Host: api` to `up` every 20 ms until stopped.
+fn steady_client_on(
+    up: String,
+    target: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Sample>> {
     std::thread::spawn(move || {
         let mut out = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             let at = Instant::now();
-            let answered_by = http_get_host(&up, "api", "http://api/")
+            let answered_by = http_get_host(&up, "api", target)
                 .ok()
                 .filter(|r| r.0 == 200)
                 .and_then(|r| r.1.split("hello from ").nth(1).map(|s| s[..4].to_owned()));
@@ -477,5 +486,147 @@ fn full_disk_keeps_serving_and_refuses_writes_clearly() -> anyhow::Result<()> {
     assert!(!exited, "the agent exited on a full disk");
     c.allow_error("No space left on device");
     c.allow_error("no space");
+    Ok(())
+}
+
+/// vm-1..3 on loopback with `api` (a backend in this process) on vm-2 and vm-3 and an
+/// upstream for it on vm-1; returns the upstream address and the backends.
+fn loopback_with_api(
+    c: &mut Cluster,
+    ca_args: &[&str],
+) -> anyhow::Result<(String, Vec<weft_tests::backends::Backend>)> {
+    c.bootstrap("vm-1", ca_args)?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    let mut backends = Vec::new();
+    for n in ["vm-2", "vm-3"] {
+        let b = weft_tests::backends::Backend::http(n);
+        c.register(
+            n,
+            &[
+                "--name",
+                "api",
+                "--port",
+                &b.port().to_string(),
+                "--protocol",
+                "http",
+            ],
+        )?;
+        backends.push(b);
+    }
+    let up = format!("{}:19001", c.agent("vm-1").ip);
+    c.register(
+        "vm-1",
+        &[
+            "--name",
+            "client",
+            "--port",
+            "1",
+            "--upstream",
+            &format!("api={up}"),
+        ],
+    )?;
+    for want in ["vm-2", "vm-3"] {
+        eventually(&format!("api from {want}"), Duration::from_secs(20), || {
+            Ok(http_get_host(&up, "api", "/")
+                .ok()
+                .filter(|r| r.1.contains(&format!("hello from {want}")))
+                .map(|_| ()))
+        })?;
+    }
+    Ok((up, backends))
+}
+
+/// Scenario 5: 10 s certificates under steady traffic: every node renews several times
+/// and not one request fails.
+#[test]
+fn rotation_soak_with_ten_second_certificates() -> anyhow::Result<()> {
+    let mut c = Cluster::new("rotation_soak_with_ten_second_certificates");
+    let (up, _backends) = loopback_with_api(&mut c, &["--leaf-ttl", "10s"])?;
+    let d = Duration::from_secs(if long() { 300 } else { 25 });
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client_on(up, "/", stop.clone());
+    std::thread::sleep(d);
+    stop.store(true, Ordering::SeqCst);
+    let samples = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    let failed = samples.iter().filter(|s| s.answered_by.is_none()).count();
+    let renewals: usize = ["vm-1", "vm-2", "vm-3"]
+        .iter()
+        .map(|n| c.agent(n).log_text().matches("certificate renewed").count())
+        .sum();
+    let handshake_errors: usize = ["vm-1", "vm-2", "vm-3"]
+        .iter()
+        .map(|n| c.agent(n).log_text().matches("handshake").count())
+        .sum();
+    report(
+        "5 rotation soak, 10 s certificates",
+        if failed == 0 && handshake_errors == 0 && renewals >= 6 { "pass" } else { "FAIL" },
+        &format!(
+            "{} s, {renewals} renewals, {} requests, {failed} failed, {handshake_errors} handshake errors logged",
+            d.as_secs(),
+            samples.len()
+        ),
+    );
+    assert_eq!(failed, 0, "requests failed during rotation");
+    assert_eq!(handshake_errors, 0, "handshake errors during rotation");
+    assert!(renewals >= 6, "only {renewals} renewals in {d:?}");
+    Ok(())
+}
+
+/// Scenario 12: a rolling restart (SIGTERM, restart, next) of both `api` nodes under
+/// steady load: no idempotent request fails.
+#[test]
+fn rolling_restart_under_load_fails_no_request() -> anyhow::Result<()> {
+    let mut c = Cluster::new("rolling_restart_under_load_fails_no_request");
+    let (up, _backends) = loopback_with_api(&mut c, &[])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client_on(up.clone(), "/", stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let rounds = if long() { 5 } else { 1 };
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for n in ["vm-2", "vm-3"] {
+            c.agent_mut(n).signal("TERM");
+            c.agent_mut(n).wait_exit(Duration::from_secs(15))?;
+            c.spawn(n, &[]);
+            c.wait_ready(n)?;
+            c.wait_all_alive(
+                &["vm-1"],
+                &["vm-1", "vm-2", "vm-3"],
+                Duration::from_secs(15),
+            )?;
+            // Wait until the restarted node serves again before taking the next down.
+            let want = format!("hello from {n}");
+            eventually(
+                &format!("{n} serves again"),
+                Duration::from_secs(20),
+                || {
+                    Ok(http_get_host(&up, "api", "/")
+                        .ok()
+                        .filter(|r| r.1.contains(&want))
+                        .map(|_| ()))
+                },
+            )?;
+        }
+    }
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let samples = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    let failed = samples.iter().filter(|s| s.answered_by.is_none()).count();
+    let slowest = samples.iter().map(|s| s.took).max().unwrap_or_default();
+    report(
+        "12 rolling restart under load",
+        if failed == 0 { "pass" } else { "FAIL" },
+        &format!(
+            "{rounds} round(s) over 2 nodes in {took:.2?}: {} requests, {failed} failed, slowest {slowest:.2?}",
+            samples.len()
+        ),
+    );
+    assert_eq!(failed, 0, "requests failed during the rolling restart");
     Ok(())
 }

@@ -17,7 +17,10 @@ pub struct Router {
 
 /// The balancer key of an instance.
 pub fn endpoint_key(i: &Instance) -> String {
-    format!("{}/{}", i.node, i.service)
+    // The node's gossip generation is part of the key: a restarted agent starts with a
+    // clean latency and outlier record (a slow drain of its previous life must not keep
+    // it shunned).
+    format!("{}/{}/{}", i.node, i.service, i.node_generation)
 }
 
 impl Router {
