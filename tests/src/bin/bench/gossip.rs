@@ -221,7 +221,7 @@ pub fn measure(size: &Size, lossy: bool, report: &mut Report) -> anyhow::Result<
             "/v1/members",
             poll,
             t0,
-            |body, who| member_failed(body, who),
+            member_failed,
             &needle,
         )?);
     }
