@@ -40,3 +40,41 @@ fn stream_header_corpus() {
         "corpus: {n} files, {decoded} valid headers"
     );
 }
+
+#[test]
+fn cluster_config_corpus() {
+    use weft_node::cluster_config::policy::normalize_path;
+    use weft_node::cluster_config::{validate, Kind};
+    let kinds = [
+        Kind::Route,
+        Kind::Policy,
+        Kind::Resilience,
+        Kind::Fault,
+        Kind::Ratelimit,
+    ];
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/cluster_config");
+    let (mut n, mut valid, mut paths) = (0, 0, 0);
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("read");
+        n += 1;
+        let Some((first, rest)) = data.split_first() else {
+            continue;
+        };
+        let kind = kinds[usize::from(*first) % kinds.len()];
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(rest) {
+            if validate(kind, "fuzz", &value).is_ok() {
+                valid += 1;
+            }
+        }
+        if let Ok(p) = std::str::from_utf8(rest).map(normalize_path) {
+            if let Ok(p) = p {
+                assert_eq!(normalize_path(&p).as_deref(), Ok(p.as_str()));
+                paths += 1;
+            }
+        }
+    }
+    assert!(
+        n >= 5 && valid >= 1 && paths >= 1,
+        "corpus: {n} files, {valid} valid values, {paths} paths"
+    );
+}

@@ -153,6 +153,20 @@ impl Lab {
         )
     }
 
+    /// `.a` and `.b` stop hearing each other's gossip (UDP 7946) only; QUIC still flows.
+    pub fn cut_gossip(&self, a: u8, b: u8) -> anyhow::Result<()> {
+        for (host, from) in [(a, b), (b, a)] {
+            self.nft(
+                host,
+                &format!(
+                    "add rule inet weftfault in ip saddr {} udp dport 7946 drop",
+                    self.ip(from)
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
     /// `.a` and `.b` stop hearing each other.
     pub fn cut(&self, a: u8, b: u8) -> anyhow::Result<()> {
         self.cut_one_way(a, b)?;

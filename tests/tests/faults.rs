@@ -630,3 +630,81 @@ fn rolling_restart_under_load_fails_no_request() -> anyhow::Result<()> {
     assert_eq!(failed, 0, "requests failed during the rolling restart");
     Ok(())
 }
+
+/// Scenario 11: vm-4 loses the CA and all gossip at once (only the QUIC data path to the
+/// `api` nodes still works): it marks everyone failed and keeps routing to the instances
+/// it last knew, on certificates that are still valid.
+#[test]
+fn cut_off_node_keeps_routing_on_what_it_last_knew() -> anyhow::Result<()> {
+    let mut c = Cluster::new_lab("cut_off_node_keeps_routing_on_what_it_last_knew")?;
+    c.formed(4)?;
+    for n in ["vm-2", "vm-3"] {
+        c.spawn_in(n, backend(), &[n, "8080"])?;
+        c.register(
+            n,
+            &["--name", "api", "--port", "8080", "--protocol", "http"],
+        )?;
+    }
+    let proxy = format!("{}:15001", c.agent("vm-4").ip);
+    for want in ["vm-2", "vm-3"] {
+        eventually(
+            &format!("api from {want} via vm-4"),
+            Duration::from_secs(20),
+            || {
+                Ok(http_get_host(&proxy, "api", "http://api/")
+                    .ok()
+                    .filter(|r| r.1.contains(&format!("hello from {want}")))
+                    .map(|_| ()))
+            },
+        )?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client(proxy.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    let cut = Instant::now();
+    let (v1, v2, v3, v4) = (
+        c.host("vm-1"),
+        c.host("vm-2"),
+        c.host("vm-3"),
+        c.host("vm-4"),
+    );
+    c.lab().cut(v4, v1)?;
+    c.lab().cut_gossip(v4, v2)?;
+    c.lab().cut_gossip(v4, v3)?;
+    let vm4 = c.agent("vm-4");
+    eventually(
+        "vm-4 sees every peer failed",
+        Duration::from_secs(15),
+        || {
+            Ok(["vm-1", "vm-2", "vm-3"]
+                .iter()
+                .all(|n| vm4.status_of(n).ok().flatten().as_deref() == Some("failed"))
+                .then_some(()))
+        },
+    )?;
+    let detected = cut.elapsed();
+    std::thread::sleep(Duration::from_secs(if long() { 60 } else { 5 }));
+    stop.store(true, Ordering::SeqCst);
+    let samples = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.at > cut + detected).collect();
+    let failed = after.iter().filter(|s| s.answered_by.is_none()).count();
+    let failed_total = samples
+        .iter()
+        .filter(|s| s.at > cut && s.answered_by.is_none())
+        .count();
+    report(
+        "11 control side unreachable, data path up",
+        if failed == 0 { "pass" } else { "FAIL" },
+        &format!(
+            "every peer failed on vm-4 after {detected:.2?}; {} requests after that, {failed} failed ({failed_total} failed since the cut)",
+            after.len()
+        ),
+    );
+    assert_eq!(
+        failed, 0,
+        "requests failed while routing on the last known catalog"
+    );
+    Ok(())
+}

@@ -80,11 +80,33 @@ impl Catalog {
         Self { instances }
     }
 
-    /// Instances of `service` that may receive traffic.
+    /// Instances of `service` that may receive traffic. When none is on an alive node,
+    /// the last known good ones (healthy when last heard of, on nodes that failed rather
+    /// than left, not revoked) are used instead: a node cut off from gossip keeps routing
+    /// on what it knew, as Envoy keeps its last config (the peers' certificates and the
+    /// dial still decide whether a stream gets through).
     pub fn routable(&self, service: &ServiceName) -> Vec<&Instance> {
-        self.instances
+        let live: Vec<&Instance> = self
+            .instances
             .iter()
             .filter(|i| &i.service == service && i.routable())
+            .collect();
+        if !live.is_empty() {
+            return live;
+        }
+        self.last_known(service)
+    }
+
+    /// Healthy, unrevoked instances of `service` on failed nodes.
+    pub fn last_known(&self, service: &ServiceName) -> Vec<&Instance> {
+        self.instances
+            .iter()
+            .filter(|i| {
+                &i.service == service
+                    && i.healthy
+                    && !i.revoked
+                    && i.node_status == MemberStatus::Failed
+            })
             .collect()
     }
 
@@ -114,5 +136,55 @@ impl SharedCatalog {
     /// Replaces the snapshot.
     pub fn set(&self, c: Catalog) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(node: &str, status: MemberStatus, healthy: bool, revoked: bool) -> Instance {
+        Instance {
+            service: ServiceName::new("api").expect("name"),
+            node: node.into(),
+            node_addr: "127.0.0.1:7443".parse().expect("addr"),
+            node_generation: 1,
+            zone: String::new(),
+            port: 80,
+            protocol: Protocol::Http,
+            version: "v1".into(),
+            tags: Vec::new(),
+            healthy,
+            node_status: status,
+            revoked,
+            is_local: false,
+        }
+    }
+
+    fn nodes(c: &Catalog) -> Vec<&str> {
+        let api = ServiceName::new("api").expect("name");
+        c.routable(&api).iter().map(|i| i.node.as_str()).collect()
+    }
+
+    #[test]
+    fn alive_instances_win_and_failed_ones_are_the_last_resort() {
+        let mut c = Catalog {
+            instances: vec![
+                inst("a", MemberStatus::Alive, true, false),
+                inst("b", MemberStatus::Failed, true, false),
+            ],
+        };
+        assert_eq!(nodes(&c), ["a"]);
+        c.instances[0].node_status = MemberStatus::Failed;
+        assert_eq!(
+            nodes(&c),
+            ["a", "b"],
+            "every node failed: keep the last known"
+        );
+        c.instances[0].healthy = false;
+        c.instances[1].revoked = true;
+        assert!(nodes(&c).is_empty(), "never unhealthy or revoked instances");
+        c.instances[0] = inst("a", MemberStatus::Left, true, false);
+        assert!(nodes(&c).is_empty(), "never nodes that left");
     }
 }
