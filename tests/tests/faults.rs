@@ -708,3 +708,75 @@ fn cut_off_node_keeps_routing_on_what_it_last_knew() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Scenario 6: a node revoked while it holds an open tunnel: the connection carrying it
+/// is closed within about a gossip round of the revocation reaching the peer, not only
+/// new handshakes refused.
+#[test]
+fn revocation_closes_open_connections() -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut c = Cluster::new("revocation_closes_open_connections");
+    c.formed(3)?;
+    let echo = weft_tests::backends::Backend::echo();
+    c.register(
+        "vm-2",
+        &["--name", "echo", "--port", &echo.port().to_string()],
+    )?;
+    let up = format!("{}:19002", c.agent("vm-3").ip);
+    c.register(
+        "vm-3",
+        &[
+            "--name",
+            "client",
+            "--port",
+            "1",
+            "--upstream",
+            &format!("echo={up}"),
+        ],
+    )?;
+    let mut tunnel = eventually(
+        "tunnel through vm-3 to vm-2",
+        Duration::from_secs(20),
+        || {
+            let Ok(mut s) = std::net::TcpStream::connect(&up) else {
+                return Ok(None);
+            };
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"ping")?;
+            let mut buf = [0u8; 4];
+            Ok(s.read_exact(&mut buf)
+                .ok()
+                .filter(|_| &buf == b"ping")
+                .map(|_| s))
+        },
+    )?;
+    tunnel.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let t = Instant::now();
+    c.cli_ok("vm-1", &["node", "revoke", "vm-3"])?;
+    let vm2 = c.agent("vm-2");
+    eventually("vm-3 revoked on vm-2", Duration::from_secs(10), || {
+        Ok(vm2
+            .members()?
+            .iter()
+            .any(|m| m["name"] == "vm-3" && m["revoked"] == true)
+            .then_some(()))
+    })?;
+    let seen = t.elapsed();
+    // The tunnel ends: EOF or reset, well before QUIC's 10 s idle timeout (keep-alives
+    // would hold a live connection open for ever).
+    let mut buf = [0u8; 16];
+    let end = tunnel.read(&mut buf);
+    let closed = t.elapsed();
+    let ok = matches!(end, Ok(0) | Err(_)) && closed < Duration::from_secs(5);
+    report(
+        "6 revoked node's open connections",
+        if ok { "pass" } else { "FAIL" },
+        &format!("revocation seen on the peer after {seen:.2?}; open tunnel closed {closed:.2?} after the revoke ({end:?})"),
+    );
+    assert!(
+        ok,
+        "tunnel still open {closed:?} after the revocation: {end:?}"
+    );
+    c.allow_error("revoked");
+    Ok(())
+}

@@ -39,6 +39,8 @@ pub struct Node {
     pub trust: Arc<TrustRoot>,
     /// Revocation list used by every verifier.
     pub revoked: Revocations,
+    /// Woken whenever a newer revocation list is installed.
+    pub revocations_changed: tokio::sync::Notify,
     /// Identity files.
     pub files: IdentityFiles,
     /// The store.
@@ -141,6 +143,7 @@ impl Node {
             certs: p.certs,
             trust: p.trust,
             revoked: p.revoked,
+            revocations_changed: tokio::sync::Notify::new(),
             files: p.files,
             store: p.store,
             gossip: p.gossip,
@@ -250,12 +253,13 @@ impl Node {
     }
 
     /// Rebuilds the catalog from the verified members and drops connections to nodes
-    /// that left, failed or were revoked.
+    /// that left or were revoked. A failed node's connection stays: the catalog may still
+    /// route to it as last known, and QUIC's idle timeout ends it if the node is dead.
     pub async fn refresh_catalog(&self) {
         let members = self.members().await;
         let gone: std::collections::HashSet<String> = members
             .iter()
-            .filter(|m| m.status != MemberStatus::Alive || m.revoked)
+            .filter(|m| m.status == MemberStatus::Left || m.revoked)
             .map(|m| m.name.clone())
             .collect();
         self.pool.retain(|n| !gone.contains(n));
@@ -312,16 +316,23 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .version;
         if newest.version > current {
-            info!(
-                version = newest.version,
-                revoked = newest.revoked.len(),
-                "revocation list updated"
-            );
-            if let Err(e) = self.store.set_crl(&newest) {
-                warn!(error = %e, "cannot persist the revocation list");
-            }
-            *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
+            self.install_revocations(newest);
         }
+    }
+
+    /// Persists and installs a newer revocation list, and wakes every peer connection so
+    /// that those of revoked nodes close now rather than at their next stream.
+    fn install_revocations(&self, newest: weft_gossip::RevocationList) {
+        info!(
+            version = newest.version,
+            revoked = newest.revoked.len(),
+            "revocation list updated"
+        );
+        if let Err(e) = self.store.set_crl(&newest) {
+            warn!(error = %e, "cannot persist the revocation list");
+        }
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
+        self.revocations_changed.notify_waiters();
     }
 
     /// Authorises `src → dst` (`http`: raw path and method) under the current policy.
@@ -449,7 +460,7 @@ impl Node {
     }
 
     /// Adopts a newer revocation list from gossip (or the local CA), and on the CA node
-    /// publishes its own. Closes connections of revoked peers.
+    /// publishes its own.
     pub async fn sync_revocations(&self) {
         let mut newest = self.gossip.revocations();
         if let Some(a) = &self.authority {
@@ -467,15 +478,7 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .version;
         if newest.version > current_version {
-            info!(
-                version = newest.version,
-                revoked = newest.revoked.len(),
-                "revocation list updated"
-            );
-            if let Err(e) = self.store.set_crl(&newest) {
-                warn!(error = %e, "cannot persist the revocation list");
-            }
-            *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
+            self.install_revocations(newest);
         }
     }
 

@@ -137,18 +137,27 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(node: Arc<Node>, conn: quinn::Connection, peer: LeafInfo) {
     let peer_node = peer.id.node_name().to_string();
     loop {
+        // Registered before the check, so a list installed in between still wakes us.
+        let changed = node.revocations_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        // A certificate revoked after the handshake closes this connection as soon as the
+        // revocation list arrives, open streams included.
+        if node.is_revoked(&peer.serial) {
+            warn!(peer = %peer_node, serial = %peer.serial, "closing the connection of a revoked node");
+            conn.close(ERR_REFUSED.into(), b"certificate revoked");
+            break;
+        }
         let (send, recv) = tokio::select! {
             _ = node.shutdown.cancelled() => break,
+            _ = &mut changed => continue,
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(_) => break,
             },
         };
-        // A certificate revoked after the handshake stops this connection at once.
         if node.is_revoked(&peer.serial) {
-            warn!(peer = %peer_node, serial = %peer.serial, "closing the connection of a revoked node");
-            conn.close(ERR_REFUSED.into(), b"certificate revoked");
-            break;
+            continue;
         }
         let node = node.clone();
         let peer_node = peer_node.clone();
