@@ -468,6 +468,17 @@ impl Cluster {
         self.wait_ready(name)
     }
 
+    /// Starts `name` joining through `seed_ip` with a given token and waits until ready.
+    pub fn join_with_token(
+        &mut self,
+        name: &str,
+        seed_ip: &str,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        self.spawn(name, &["--join", seed_ip, "--token", token]);
+        self.wait_ready(name)
+    }
+
     /// Bootstraps `vm-1`, joins `vm-2` … `vm-N` through it and waits until all of them
     /// see all of them alive.
     pub fn formed(&mut self, n: usize) -> anyhow::Result<()> {

@@ -780,3 +780,261 @@ fn revocation_closes_open_connections() -> anyhow::Result<()> {
     c.allow_error("revoked");
     Ok(())
 }
+
+/// Scenario 18: ambiguous or hostile HTTP from an app is refused with 400 before anything
+/// is forwarded; a mixed-case Host names the same service.
+#[test]
+fn hostile_http_is_refused_before_forwarding() -> anyhow::Result<()> {
+    use weft_tests::backends::http_raw;
+    let mut c = Cluster::new("hostile_http_is_refused_before_forwarding");
+    c.formed(2)?;
+    let reviews = weft_tests::backends::Backend::http("reviews");
+    c.register(
+        "vm-2",
+        &[
+            "--name",
+            "reviews",
+            "--port",
+            &reviews.port().to_string(),
+            "--protocol",
+            "http",
+        ],
+    )?;
+    let up = format!("{}:19001", c.agent("vm-1").ip);
+    c.register(
+        "vm-1",
+        &[
+            "--name",
+            "client",
+            "--port",
+            "1",
+            "--upstream",
+            &format!("reviews={up}"),
+        ],
+    )?;
+    let proxy = format!("{}:15001", c.agent("vm-1").ip);
+    eventually("reviews reachable", Duration::from_secs(20), || {
+        Ok(http_get_host(&up, "reviews", "/")
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ()))
+    })?;
+    let hostile: [(&str, String); 8] = [
+        ("obs-fold", "GET / HTTP/1.1\r\nHost: reviews\r\nX-A: a\r\n b\r\nConnection: close\r\n\r\n".into()),
+        ("NUL in a header", "GET / HTTP/1.1\r\nHost: reviews\r\nX-A: a\0b\r\nConnection: close\r\n\r\n".into()),
+        ("bare CR in a header", "GET / HTTP/1.1\r\nHost: reviews\r\nX-A: a\rb\r\nConnection: close\r\n\r\n".into()),
+        ("%5C in the path", "GET /a%5C..%5Cadmin HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n".into()),
+        ("backslash in the path", "GET /a\\..\\admin HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n".into()),
+        ("climb above the root", "GET /../../etc/passwd HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n".into()),
+        ("duplicate Content-Length", "POST / HTTP/1.1\r\nHost: reviews\r\nContent-Length: 3\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd".into()),
+        ("CL + TE", "POST / HTTP/1.1\r\nHost: reviews\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n".into()),
+    ];
+    let before = reviews.count();
+    let mut outcomes = Vec::new();
+    for (what, req) in &hostile {
+        for (via, addr) in [("upstream", &up), ("proxy", &proxy)] {
+            let req = if via == "proxy" {
+                req.replacen(" /", " http://reviews/", 1)
+            } else {
+                req.clone()
+            };
+            let status = http_raw(addr, &req).map(|r| r.0).unwrap_or(0);
+            outcomes.push(format!("{what} via {via}: {status}"));
+            assert!(
+                status == 400 || status == 0,
+                "{what} via {via}: {status} (expected 400 or a closed connection)"
+            );
+        }
+    }
+    let leaked = reviews.count() - before;
+    let (mixed, body) = http_get_host(&up, "ReViEwS", "/")?;
+    report(
+        "18 HTTP smuggling and normalisation",
+        if leaked == 0 && mixed == 200 { "pass" } else { "FAIL" },
+        &format!(
+            "{} hostile requests refused (400 or closed), {leaked} reached the backend; mixed-case Host → {mixed}",
+            outcomes.len()
+        ),
+    );
+    assert_eq!(
+        leaked, 0,
+        "hostile requests reached the backend: {outcomes:?}"
+    );
+    assert_eq!(mixed, 200, "mixed-case Host: {body}");
+    assert!(body.contains("hello from reviews"), "{body}");
+    Ok(())
+}
+
+/// Scenario 1: a join token replayed from a second host, and reused by the same host
+/// after wiping its data dir, is refused, and the CA logs the token id.
+#[test]
+fn join_token_replay_and_reuse_after_wipe_are_refused() -> anyhow::Result<()> {
+    let mut c = Cluster::new("join_token_replay_and_reuse_after_wipe_are_refused");
+    c.bootstrap("vm-1", &[])?;
+    let seed = c.agent("vm-1").ip.to_string();
+    let token = c.agent("vm-1").token("10m")?;
+    let token_id = token.split('.').nth(1).unwrap_or_default().to_owned();
+    c.join_with_token("vm-2", &seed, &token)?;
+    // Replay from another host.
+    c.spawn("vm-3", &["--join", &seed, "--token", &token]);
+    let replay = c.agent_mut("vm-3").wait_exit(Duration::from_secs(20))?;
+    // Reuse after a wipe.
+    c.agent_mut("vm-2").kill();
+    std::fs::remove_dir_all(c.data_dir("vm-2"))?;
+    c.spawn("vm-2", &["--join", &seed, "--token", &token]);
+    let reuse = c.agent_mut("vm-2").wait_exit(Duration::from_secs(20))?;
+    let ca_log = c.agent("vm-1").log_text();
+    let logged = ca_log
+        .lines()
+        .filter(|l| l.contains(&token_id) && (l.contains("refused") || l.contains("WARN")))
+        .count();
+    let reasons = [
+        c.agent("vm-3")
+            .log_text()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned(),
+        c.agent("vm-2")
+            .log_text()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned(),
+    ];
+    let ok = replay != Some(0) && reuse != Some(0) && logged >= 2;
+    report(
+        "1 join token replay and reuse after wipe",
+        if ok { "pass" } else { "FAIL" },
+        &format!("both refused ({replay:?}, {reuse:?}): {reasons:?}; CA log lines naming token id {token_id}: {logged}"),
+    );
+    assert!(
+        ok,
+        "replay {replay:?}, reuse {reuse:?}, CA lines {logged}\n{ca_log}"
+    );
+    Ok(())
+}
+
+/// How many times `name` logged a certificate renewal.
+fn renewals(c: &Cluster, name: &str) -> usize {
+    c.agent(name)
+        .log_text()
+        .matches("certificate renewed")
+        .count()
+}
+
+/// Waits for `name`'s next renewal, so that its certificate has a whole life ahead.
+fn wait_fresh_certificate(c: &Cluster, name: &str) -> anyhow::Result<()> {
+    let seen = renewals(c, name);
+    eventually(&format!("{name} renews"), Duration::from_secs(30), || {
+        Ok((renewals(c, name) > seen).then_some(()))
+    })
+}
+
+/// Scenario 4: the CA is unreachable from vm-2 for longer than half its certificate's
+/// life: vm-2 keeps serving, retries, and warns; the CA back before expiry → renewed, no
+/// request lost. Cut past expiry: vm-2 fails closed (not ready, its connections closed,
+/// new handshakes refused by its peers) — nothing is carried on an expired identity.
+#[test]
+fn ca_unreachable_keeps_serving_then_fails_closed_at_expiry() -> anyhow::Result<()> {
+    let mut c = Cluster::new_lab("ca_unreachable_keeps_serving_then_fails_closed_at_expiry")?;
+    const TTL: u64 = 12;
+    c.bootstrap("vm-1", &["--leaf-ttl", &format!("{TTL}s")])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    c.wait_all_alive(
+        &["vm-1", "vm-2", "vm-3"],
+        &["vm-1", "vm-2", "vm-3"],
+        Duration::from_secs(15),
+    )?;
+    c.spawn_in("vm-2", backend(), &["vm-2", "8080"])?;
+    c.register(
+        "vm-2",
+        &["--name", "api", "--port", "8080", "--protocol", "http"],
+    )?;
+    let proxy = format!("{}:15001", c.agent("vm-3").ip);
+    eventually("api via vm-3", Duration::from_secs(20), || {
+        Ok(http_get_host(&proxy, "api", "http://api/")
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ()))
+    })?;
+    let (v1, v2) = (c.host("vm-1"), c.host("vm-2"));
+
+    // A: cut for 3/4 of the life, then back.
+    wait_fresh_certificate(&c, "vm-2")?;
+    let failures_before = c.agent("vm-2").log_text().matches("renewal failed").count();
+    c.lab().cut(v1, v2)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client(proxy.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(TTL * 3 / 4));
+    let retries = c.agent("vm-2").log_text().matches("renewal failed").count() - failures_before;
+    let left = c.agent("vm-2").metric("weft_cert_expiry_seconds")?;
+    c.lab().heal()?;
+    let healed = Instant::now();
+    let seen = renewals(&c, "vm-2");
+    eventually(
+        "vm-2 renews once the CA is back",
+        Duration::from_secs(TTL / 4 + 2),
+        || Ok((renewals(&c, "vm-2") > seen).then_some(())),
+    )?;
+    let renewed_after = healed.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let samples = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    let failed_a = samples.iter().filter(|s| s.answered_by.is_none()).count();
+    report(
+        "4a CA unreachable past half the certificate life",
+        if failed_a == 0 && retries >= 2 { "pass" } else { "FAIL" },
+        &format!(
+            "{TTL} s certificates, CA cut for {} s: {retries} renewal retries logged, {left:.0} s of certificate left (metric), renewed {renewed_after:.2?} after the CA came back; {} requests, {failed_a} failed",
+            TTL * 3 / 4,
+            samples.len()
+        ),
+    );
+    assert_eq!(
+        failed_a, 0,
+        "requests failed while the certificate was still valid"
+    );
+    assert!(
+        retries >= 2,
+        "only {retries} renewal retries while the CA was away"
+    );
+
+    // B: cut past expiry.
+    wait_fresh_certificate(&c, "vm-2")?;
+    c.lab().cut(v1, v2)?;
+    let cut = Instant::now();
+    let api2 = c.agent("vm-2").api();
+    eventually(
+        "vm-2 not ready after expiry",
+        Duration::from_secs(TTL + 5),
+        || Ok(http_get(&api2, "/readyz").is_err().then_some(())),
+    )?;
+    let expired_after = cut.elapsed();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = steady_client(proxy.clone(), stop.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let samples = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client panicked"))?;
+    let served = samples.iter().filter(|s| s.answered_by.is_some()).count();
+    c.lab().heal()?;
+    report(
+        "4b CA unreachable past expiry",
+        if served == 0 { "pass" } else { "FAIL" },
+        &format!(
+            "not ready {expired_after:.2?} after the cut ({TTL} s certificate); {served} of {} requests served on the expired identity; the node then needs a new join token",
+            samples.len()
+        ),
+    );
+    assert_eq!(
+        served, 0,
+        "traffic still flowed through a node with an expired certificate"
+    );
+    c.allow_error("expired");
+    c.allow_error("certificate");
+    Ok(())
+}

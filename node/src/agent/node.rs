@@ -39,8 +39,9 @@ pub struct Node {
     pub trust: Arc<TrustRoot>,
     /// Revocation list used by every verifier.
     pub revoked: Revocations,
-    /// Woken whenever a newer revocation list is installed.
-    pub revocations_changed: tokio::sync::Notify,
+    /// Woken when open peer connections must check again whether they may stay: a
+    /// newer revocation list, or this node's own certificate expired.
+    pub recheck_connections: tokio::sync::Notify,
     /// Identity files.
     pub files: IdentityFiles,
     /// The store.
@@ -143,7 +144,7 @@ impl Node {
             certs: p.certs,
             trust: p.trust,
             revoked: p.revoked,
-            revocations_changed: tokio::sync::Notify::new(),
+            recheck_connections: tokio::sync::Notify::new(),
             files: p.files,
             store: p.store,
             gossip: p.gossip,
@@ -332,7 +333,7 @@ impl Node {
             warn!(error = %e, "cannot persist the revocation list");
         }
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
-        self.revocations_changed.notify_waiters();
+        self.recheck_connections.notify_waiters();
     }
 
     /// Authorises `src → dst` (`http`: raw path and method) under the current policy.
@@ -479,6 +480,23 @@ impl Node {
             .version;
         if newest.version > current_version {
             self.install_revocations(newest);
+        }
+    }
+
+    /// Whether this node's own certificate has expired (the CA was unreachable for its
+    /// whole remaining life).
+    pub fn own_cert_expired(&self) -> bool {
+        let (_, leaf) = self.cert();
+        leaf.not_after_unix <= unix(SystemTime::now())
+    }
+
+    /// Fails closed once this node's certificate has expired: closes every pooled
+    /// connection and wakes inbound ones, which close themselves. No traffic is carried
+    /// on an identity that is no longer valid (peers refuse new handshakes by themselves).
+    pub fn enforce_own_expiry(&self) {
+        if self.own_cert_expired() {
+            self.pool.retain(|_| false);
+            self.recheck_connections.notify_waiters();
         }
     }
 

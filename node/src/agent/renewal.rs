@@ -16,9 +16,31 @@ pub fn retry_backoff(attempt: u32, lifetime: Duration) -> Duration {
     Duration::from_secs(1u64 << attempt.min(10)).min(cap)
 }
 
+/// How long one renewal attempt may take: a tenth of the lifetime (1 s to 15 s), so a
+/// CA that does not answer costs a short certificate a retry, not its remaining life.
+pub fn attempt_timeout(lifetime: Duration) -> Duration {
+    (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_are_short_for_short_certificates() {
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(12)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(100)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(86_400)),
+            Duration::from_secs(15)
+        );
+    }
 
     #[test]
     fn renews_between_40_and_60_percent() {

@@ -9,7 +9,7 @@ use weft_ca::{unix, SpiffeId};
 use weft_gossip::MemberStatus;
 
 use super::node::Node;
-use super::renewal::{renew_after, retry_backoff};
+use super::renewal::{attempt_timeout, renew_after, retry_backoff};
 use crate::rpc::{b64, unb64, CtlRequest, CtlResponse};
 use crate::store::Peer;
 
@@ -32,7 +32,10 @@ pub async fn renew_loop(node: Arc<Node>) {
             _ = node.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match renew_once(&node).await {
+        let attempt_result = tokio::time::timeout(attempt_timeout(lifetime), renew_once(&node))
+            .await
+            .unwrap_or_else(|_| Err("the CA node did not answer in time".into()));
+        match attempt_result {
             Ok(()) => {
                 attempt = 0;
                 node.renew_failures.store(0, Ordering::Relaxed);
@@ -108,6 +111,7 @@ pub async fn housekeeping_loop(node: Arc<Node>) {
         // Refreshes the verified view (and with it the gossiped revocation list).
         let members = node.members().await;
         node.sync_revocations().await;
+        node.enforce_own_expiry();
         n += 1;
         if n % 5 == 1 {
             if let Some(ca) = members

@@ -138,7 +138,7 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection, peer: LeafInfo) {
     let peer_node = peer.id.node_name().to_string();
     loop {
         // Registered before the check, so a list installed in between still wakes us.
-        let changed = node.revocations_changed.notified();
+        let changed = node.recheck_connections.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
         // A certificate revoked after the handshake closes this connection as soon as the
@@ -146,6 +146,11 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection, peer: LeafInfo) {
         if node.is_revoked(&peer.serial) {
             warn!(peer = %peer_node, serial = %peer.serial, "closing the connection of a revoked node");
             conn.close(ERR_REFUSED.into(), b"certificate revoked");
+            break;
+        }
+        if node.own_cert_expired() {
+            warn!(peer = %peer_node, "closing a peer connection: this node's certificate expired");
+            conn.close(ERR_REFUSED.into(), b"certificate expired");
             break;
         }
         let (send, recv) = tokio::select! {
