@@ -18,6 +18,6 @@ pub use record::{
     encode_signed, NodeRecord, Protocol, RecordError, RevocationList, Revoked, ServiceRecord,
     ServiceSet, MAX_SERVICES_PER_NODE,
 };
-pub use seal::{GossipKey, Keyring, SealError, Sealer};
+pub use seal::{GossipKey, Keyring, KeyringError, SealError, Sealer, MAX_KEYS};
 pub use stats::GossipStats;
 pub use transport::{SealedTransport, SharedKeyring};

@@ -94,6 +94,23 @@ pub struct Keyring {
     pub primary: u32,
 }
 
+/// Most keys a keyring holds at once (a rotation needs two).
+pub const MAX_KEYS: usize = 4;
+
+/// Why a keyring change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyringError {
+    /// `use` or `remove` of a key that is not installed.
+    #[error("gossip key {0:08x} is not installed")]
+    NotInstalled(u32),
+    /// Removing the key currently used for sealing.
+    #[error("gossip key {0:08x} is the primary key: switch to another key first")]
+    RemovePrimary(u32),
+    /// Installing past `MAX_KEYS`.
+    #[error("the keyring already holds {MAX_KEYS} keys: remove one first")]
+    Full,
+}
+
 impl Keyring {
     /// A keyring with one key.
     pub fn single(key: GossipKey) -> Self {
@@ -101,6 +118,41 @@ impl Keyring {
             primary: key.id(),
             keys: vec![key],
         }
+    }
+
+    /// Ids of the installed keys.
+    pub fn ids(&self) -> Vec<u32> {
+        self.keys.iter().map(GossipKey::id).collect()
+    }
+
+    /// Adds a key that is accepted but not yet used for sealing (idempotent).
+    pub fn install(&mut self, key: GossipKey) -> Result<(), KeyringError> {
+        if self.ids().contains(&key.id()) {
+            return Ok(());
+        }
+        if self.keys.len() >= MAX_KEYS {
+            return Err(KeyringError::Full);
+        }
+        self.keys.push(key);
+        Ok(())
+    }
+
+    /// Seals with key `id` from now on (it must be installed).
+    pub fn use_key(&mut self, id: u32) -> Result<(), KeyringError> {
+        if !self.ids().contains(&id) {
+            return Err(KeyringError::NotInstalled(id));
+        }
+        self.primary = id;
+        Ok(())
+    }
+
+    /// Stops accepting key `id` (never the primary; idempotent for an absent key).
+    pub fn remove(&mut self, id: u32) -> Result<(), KeyringError> {
+        if id == self.primary {
+            return Err(KeyringError::RemovePrimary(id));
+        }
+        self.keys.retain(|k| k.id() != id);
+        Ok(())
     }
 }
 
@@ -315,5 +367,30 @@ mod tests {
             let (mut s, _) = sealer();
             let _ = s.open(&bytes, 1_000_000);
         }
+    }
+
+    #[test]
+    fn keyring_rotation_steps() {
+        let (old, new) = (GossipKey::generate(), GossipKey::generate());
+        let mut ring = Keyring::single(old.clone());
+        assert_eq!(
+            ring.use_key(new.id()),
+            Err(KeyringError::NotInstalled(new.id()))
+        );
+        ring.install(new.clone()).expect("install");
+        ring.install(new.clone()).expect("install twice");
+        assert_eq!(ring.keys.len(), 2);
+        assert_eq!(
+            ring.remove(old.id()),
+            Err(KeyringError::RemovePrimary(old.id()))
+        );
+        ring.use_key(new.id()).expect("use");
+        ring.remove(old.id()).expect("remove");
+        assert_eq!(ring.ids(), vec![new.id()]);
+        assert_eq!(ring.primary, new.id());
+        for _ in 0..MAX_KEYS - 1 {
+            ring.install(GossipKey::generate()).expect("room");
+        }
+        assert_eq!(ring.install(GossipKey::generate()), Err(KeyringError::Full));
     }
 }

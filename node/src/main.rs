@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use weft_node::cli::{client, Cli, Command, NodeAction, ServiceAction, TokenAction};
+use weft_node::cli::{
+    client, Cli, Command, GossipKeyAction, NodeAction, ServiceAction, TokenAction,
+};
 use weft_node::config::{LogFormat, Settings};
 
 fn init_logs(format: LogFormat, verbose: bool) {
@@ -52,6 +54,20 @@ fn main() -> ExitCode {
             Command::Node {
                 action: NodeAction::Revoke { name, client: c },
             } => client::node_revoke(&c, &name).await,
+            Command::GossipKey { action } => match action {
+                GossipKeyAction::List(c) => client::gossip_keys(&c).await,
+                GossipKeyAction::Install { key, client: c } => {
+                    let key = key.unwrap_or_else(client::new_gossip_key);
+                    client::gossip_key_op(&c, serde_json::json!({"op": "install", "key": key}))
+                        .await
+                }
+                GossipKeyAction::Use { id, client: c } => {
+                    client::gossip_key_op(&c, serde_json::json!({"op": "use", "id": id})).await
+                }
+                GossipKeyAction::Remove { id, client: c } => {
+                    client::gossip_key_op(&c, serde_json::json!({"op": "remove", "id": id})).await
+                }
+            },
             Command::Leave(c) => client::leave(&c).await,
             Command::Services(c) => client::services(&c).await,
             Command::Config { action } => weft_node::cli::config_cmd::config(&action).await,

@@ -66,11 +66,9 @@ fn cluster_config_corpus() {
                 valid += 1;
             }
         }
-        if let Ok(p) = std::str::from_utf8(rest).map(normalize_path) {
-            if let Ok(p) = p {
-                assert_eq!(normalize_path(&p).as_deref(), Ok(p.as_str()));
-                paths += 1;
-            }
+        if let Ok(Ok(p)) = std::str::from_utf8(rest).map(normalize_path) {
+            assert_eq!(normalize_path(&p).as_deref(), Ok(p.as_str()));
+            paths += 1;
         }
     }
     assert!(

@@ -14,7 +14,7 @@ WEFT_FAULT_LONG=1 cargo test -p weft-tests --test faults -- --nocapture --test-t
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
-  for t in ca:token node:join_request node:stream_header gossip:gossip_datagram; do
+  for t in ca:token node:join_request node:stream_header node:cluster_config gossip:gossip_datagram; do
     crate=${t%%:*} target=${t#*:}
     if (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" >/dev/null 2>&1); then
       echo "FAULT | 17 fuzz $crate/$target | pass | ${FUZZ_SECONDS} s, no crash" | tee -a "$out"

@@ -150,6 +150,27 @@ pub struct RevokeView {
     pub serials: Vec<String>,
 }
 
+/// A node's gossip keyring, by key id (the keys themselves never leave the node but in
+/// a sealed join answer).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GossipKeysView {
+    /// Id (8 hex digits) of the key used for sealing.
+    pub primary: String,
+    /// Ids of every accepted key.
+    pub keys: Vec<String>,
+}
+
+/// Outcome of a cluster-wide keyring change on one node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyringNodeResult {
+    /// The node.
+    pub node: String,
+    /// Its keyring afterwards, when it applied the change.
+    pub keyring: Option<GossipKeysView>,
+    /// Why it did not, otherwise.
+    pub error: Option<String>,
+}
+
 /// API failures, mapped to HTTP once, here.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -200,6 +221,14 @@ pub trait NodeApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<TokenView, ApiError>> + Send;
     /// Revokes a node (admin).
     fn revoke(&self, node: String) -> impl Future<Output = Result<RevokeView, ApiError>> + Send;
+    /// This node's gossip keyring (ids only).
+    fn gossip_keys(&self) -> impl Future<Output = GossipKeysView> + Send;
+    /// Applies a keyring change (`{"op":"install","key":B64}`, `{"op":"use","id":HEX}`,
+    /// `{"op":"remove","id":HEX}`) here and on every alive member (admin).
+    fn gossip_key_op(
+        &self,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<KeyringNodeResult>, ApiError>> + Send;
     /// Leaves the cluster and stops the agent (admin).
     fn leave(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Services and their instances, cluster-wide.

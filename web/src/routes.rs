@@ -65,6 +65,10 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
             put(register_service::<N>).delete(deregister_service::<N>),
         )
         .route("/v1/nodes/{name}/revoke", post(revoke::<N>))
+        .route(
+            "/v1/gossip/keys",
+            get(gossip_keys::<N>).post(gossip_key_op::<N>),
+        )
         .route("/v1/leave", post(leave::<N>))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
@@ -306,6 +310,19 @@ async fn revoke<N: NodeApi>(
 ) -> Result<Response, ApiError> {
     require_admin(&*node, &headers)?;
     Ok(Json(node.revoke(name).await?).into_response())
+}
+
+async fn gossip_keys<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.gossip_keys().await).into_response()
+}
+
+async fn gossip_key_op<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&*node, &headers)?;
+    Ok(Json(node.gossip_key_op(body.to_vec()).await?).into_response())
 }
 
 async fn leave<N: NodeApi>(

@@ -8,8 +8,8 @@ use crate::cluster_config::{Kind, WriteError};
 use tracing::info;
 use weft_ca::NodeName;
 use weft_web::{
-    ApiError, ExplainQuery, InstanceView, MemberView, NodeApi, NodeStatus, RevokeView, ServiceView,
-    TokenView,
+    ApiError, ExplainQuery, GossipKeysView, InstanceView, KeyringNodeResult, MemberView, NodeApi,
+    NodeStatus, RevokeView, ServiceView, TokenView,
 };
 
 use super::metrics;
@@ -127,6 +127,57 @@ impl NodeApi for Node {
                 "unexpected answer from the CA node".into(),
             )),
         }
+    }
+
+    async fn gossip_keys(&self) -> GossipKeysView {
+        keys_view(&self.gossip.keyring().get())
+    }
+
+    async fn gossip_key_op(&self, body: Vec<u8>) -> Result<Vec<KeyringNodeResult>, ApiError> {
+        let op: crate::rpc::KeyringOp = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "keyring change: {e} (expected {{\"op\":\"install\",\"key\":B64}}, {{\"op\":\"use\",\"id\":HEX}} or {{\"op\":\"remove\",\"id\":HEX}})"
+            ))
+        })?;
+        // Here first: a change this node refuses is refused for the cluster.
+        let ring = self.apply_keyring_op(&op).map_err(ApiError::BadRequest)?;
+        let mut results = vec![KeyringNodeResult {
+            node: self.info.name.to_string(),
+            keyring: Some(keys_view(&ring)),
+            error: None,
+        }];
+        let peers: Vec<_> = self
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| !m.is_self && m.status == weft_gossip::MemberStatus::Alive && !m.revoked)
+            .collect();
+        let request = CtlRequest::Keyring { change: op };
+        let calls = peers.iter().map(|m| {
+            let request = request.clone();
+            async move {
+                let answer = self.call_member(&m.name, m.address, &request).await;
+                let (keyring, error) = match answer {
+                    Ok(CtlResponse::Keyring { primary, keys }) => (
+                        Some(GossipKeysView {
+                            primary: format!("{primary:08x}"),
+                            keys: keys.iter().map(|k| format!("{k:08x}")).collect(),
+                        }),
+                        None,
+                    ),
+                    Ok(CtlResponse::Error { message, .. }) => (None, Some(message)),
+                    Ok(_) => (None, Some("unexpected answer".into())),
+                    Err(e) => (None, Some(e)),
+                };
+                KeyringNodeResult {
+                    node: m.name.clone(),
+                    keyring,
+                    error,
+                }
+            }
+        });
+        results.extend(futures_util::future::join_all(calls).await);
+        Ok(results)
     }
 
     async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
@@ -333,5 +384,12 @@ impl NodeApi for Node {
 
     fn is_admin(&self, token: &str) -> bool {
         constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
+    }
+}
+
+fn keys_view(ring: &weft_gossip::Keyring) -> GossipKeysView {
+    GossipKeysView {
+        primary: format!("{:08x}", ring.primary),
+        keys: ring.ids().iter().map(|k| format!("{k:08x}")).collect(),
     }
 }

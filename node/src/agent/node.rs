@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use weft_ca::{unix, LeafInfo, NodeKey, TrustRoot};
-use weft_gossip::{encode_signed, Gossip, Member, MemberStatus, NodeRecord};
+use weft_gossip::{encode_signed, Gossip, GossipKey, Keyring, Member, MemberStatus, NodeRecord};
 
 use crate::authority::Authority;
 use crate::catalog::{LocalServices, SharedCatalog};
@@ -427,6 +427,52 @@ impl Node {
         out
     }
 
+    /// Applies a keyring change to this node: persisted first, then used by the gossip
+    /// socket for its next datagram.
+    pub fn apply_keyring_op(&self, op: &crate::rpc::KeyringOp) -> Result<Keyring, String> {
+        use crate::rpc::KeyringOp;
+        let parse_id = |id: &str| {
+            u32::from_str_radix(id, 16).map_err(|_| format!("bad key id {id:?}: 8 hex digits"))
+        };
+        let mut ring = self.gossip.keyring().get();
+        match op {
+            KeyringOp::Install { key } => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(key.trim())
+                    .map_err(|_| "the key is not base64".to_owned())?;
+                let key = GossipKey::from_bytes(&bytes).map_err(|e| e.to_string())?;
+                ring.install(key).map_err(|e| e.to_string())?;
+            }
+            KeyringOp::Use { id } => ring.use_key(parse_id(id)?).map_err(|e| e.to_string())?,
+            KeyringOp::Remove { id } => ring.remove(parse_id(id)?).map_err(|e| e.to_string())?,
+        }
+        self.files
+            .save_keyring(&ring)
+            .map_err(|e| format!("cannot persist the keyring: {e}"))?;
+        self.gossip
+            .keyring()
+            .replace(ring.clone())
+            .map_err(|e| e.to_string())?;
+        info!(op = ?op_name(op), primary = format!("{:08x}", ring.primary), keys = ring.keys.len(), "gossip keyring changed");
+        Ok(ring)
+    }
+
+    /// Sends one control request to member `name` at `addr`.
+    pub async fn call_member(
+        &self,
+        name: &str,
+        addr: std::net::SocketAddr,
+        request: &CtlRequest,
+    ) -> Result<CtlResponse, String> {
+        let conn = self.connect(name, addr).await.map_err(|e| e.to_string())?;
+        let resp = rpc::call(&conn, request, rpc::MAX_RESPONSE)
+            .await
+            .map_err(|e| e.to_string());
+        conn.close(0u32.into(), b"done");
+        resp
+    }
+
     /// Sends a control request to the CA node.
     pub async fn call_ca(
         &self,
@@ -518,5 +564,13 @@ impl Node {
             return Some("shutting down".into());
         }
         None
+    }
+}
+
+fn op_name(op: &crate::rpc::KeyringOp) -> &'static str {
+    match op {
+        crate::rpc::KeyringOp::Install { .. } => "install",
+        crate::rpc::KeyringOp::Use { .. } => "use",
+        crate::rpc::KeyringOp::Remove { .. } => "remove",
     }
 }

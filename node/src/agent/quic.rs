@@ -210,6 +210,16 @@ async fn handle_ctl(
             entries: node.config.dump(),
         };
     }
+    if let CtlRequest::Keyring { change: op } = &req {
+        info!(by = %peer.id, "gossip keyring change from a member");
+        return match node.apply_keyring_op(op) {
+            Ok(ring) => CtlResponse::Keyring {
+                primary: ring.primary,
+                keys: ring.ids(),
+            },
+            Err(e) => ctl_error(RefusalKind::BadRequest, e),
+        };
+    }
     let Some(authority) = &node.authority else {
         return ctl_error(
             RefusalKind::Unavailable,
@@ -250,6 +260,7 @@ async fn handle_ctl(
         CtlRequest::ConfigPull => CtlResponse::Config {
             entries: node.config.dump(),
         },
+        CtlRequest::Keyring { .. } => ctl_error(RefusalKind::BadRequest, "handled above".into()),
         CtlRequest::Revoke { node: target } => match authority.revoke(&target, now) {
             Ok(serials) => {
                 info!(by = %peer.id, node = %target, "revocation requested by a member");

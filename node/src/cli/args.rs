@@ -32,6 +32,12 @@ pub enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Rotate the gossip encryption key cluster-wide: install, use, remove.
+    GossipKey {
+        /// Keyring action.
+        #[command(subcommand)]
+        action: GossipKeyAction,
+    },
     /// Ask the local agent to leave the cluster gracefully and stop.
     Leave(ClientArgs),
     /// List services and their instances, cluster-wide.
@@ -125,6 +131,38 @@ pub enum TokenAction {
         /// How long the token stays valid (e.g. 10m, 1h).
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `weft gossip-key …`: each change applies on this node and every alive member.
+#[derive(Debug, Subcommand)]
+pub enum GossipKeyAction {
+    /// Show this node's key ids and the one in use.
+    List(ClientArgs),
+    /// Accept a new key everywhere (a fresh random key unless --key is given) (admin).
+    Install {
+        /// The key, standard base64 of 32 bytes.
+        #[arg(long)]
+        key: Option<String>,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Seal with an installed key everywhere (admin).
+    Use {
+        /// Key id (8 hex digits, from `install` or `list`).
+        id: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop accepting a key everywhere; not the one in use (admin).
+    Remove {
+        /// Key id.
+        id: String,
         /// Common client options.
         #[command(flatten)]
         client: ClientArgs,

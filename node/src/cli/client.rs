@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
-use weft_web::{MemberView, RevokeView, ServiceView, TokenView};
+use weft_web::{GossipKeysView, KeyringNodeResult, MemberView, RevokeView, ServiceView, TokenView};
 
 use super::args::{ClientArgs, RegisterArgs};
 
@@ -234,6 +234,63 @@ pub async fn node_revoke(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
         println!("{}: revoked {} certificate(s)", r.node, r.serials.len());
     }
     Ok(())
+}
+
+/// `weft gossip-key list`
+pub async fn gossip_keys(args: &ClientArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let v: GossipKeysView = client.get("/v1/gossip/keys").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for k in &v.keys {
+            println!("{k}{}", if *k == v.primary { "  (in use)" } else { "" });
+        }
+    }
+    Ok(())
+}
+
+/// `weft gossip-key install|use|remove`: one step of a rotation, applied cluster-wide.
+/// Fails (non-zero) if any alive member did not apply it; every step can be repeated.
+pub async fn gossip_key_op(args: &ClientArgs, op: serde_json::Value) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let results: Vec<KeyringNodeResult> = client.post("/v1/gossip/keys", op).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    let mut failed = Vec::new();
+    for r in &results {
+        match (&r.keyring, &r.error) {
+            (Some(k), _) if !args.json => {
+                println!(
+                    "{}: in use {}, accepted {}",
+                    r.node,
+                    k.primary,
+                    k.keys.join(" ")
+                )
+            }
+            (None, e) => failed.push(format!(
+                "{}: {}",
+                r.node,
+                e.as_deref().unwrap_or("no answer")
+            )),
+            _ => {}
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "not applied on every member (repeat the command): {}",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// A fresh gossip key, standard base64.
+pub fn new_gossip_key() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `weft leave`

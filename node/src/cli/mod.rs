@@ -5,5 +5,6 @@ pub mod client;
 pub mod config_cmd;
 
 pub use args::{
-    AgentArgs, Cli, ClientArgs, Command, NodeAction, RegisterArgs, ServiceAction, TokenAction,
+    AgentArgs, Cli, ClientArgs, Command, GossipKeyAction, NodeAction, RegisterArgs, ServiceAction,
+    TokenAction,
 };

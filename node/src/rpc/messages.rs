@@ -185,6 +185,33 @@ pub enum CtlRequest {
     },
     /// Send every cluster-config entry (the caller's digest differs from ours).
     ConfigPull,
+    /// Apply a gossip keyring change (fanned out by the member whose admin API got it).
+    Keyring {
+        /// The change.
+        change: KeyringOp,
+    },
+}
+
+/// One step of a gossip key rotation: install the new key everywhere, use it everywhere,
+/// remove the old one everywhere (the same JSON is the admin API's request body).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeyringOp {
+    /// Accept a new key (standard base64 of 32 bytes).
+    Install {
+        /// The key.
+        key: String,
+    },
+    /// Seal with this installed key (8 hex digits).
+    Use {
+        /// Key id.
+        id: String,
+    },
+    /// Stop accepting this key (8 hex digits; not the one in use).
+    Remove {
+        /// Key id.
+        id: String,
+    },
 }
 
 /// Answers to `CtlRequest`.
@@ -223,6 +250,13 @@ pub enum CtlResponse {
         kind: RefusalKind,
         /// One-line reason.
         message: String,
+    },
+    /// The keyring after a change: primary and accepted key ids.
+    Keyring {
+        /// Primary key id.
+        primary: u32,
+        /// Accepted key ids.
+        keys: Vec<u32>,
     },
 }
 

@@ -67,6 +67,15 @@ impl NodeApi for Fake {
     async fn leave(&self) -> Result<(), ApiError> {
         Ok(())
     }
+    async fn gossip_keys(&self) -> GossipKeysView {
+        GossipKeysView {
+            primary: "0000abcd".into(),
+            keys: vec!["0000abcd".into()],
+        }
+    }
+    async fn gossip_key_op(&self, _body: Vec<u8>) -> Result<Vec<KeyringNodeResult>, ApiError> {
+        Ok(Vec::new())
+    }
     async fn services(&self) -> Vec<ServiceView> {
         vec![ServiceView {
             service: "reviews".into(),
