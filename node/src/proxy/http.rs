@@ -222,7 +222,13 @@ async fn forward(
         .as_ref()
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
-    let dst = destination.to_string();
+    // Metric labels name only services the catalog knows: a client asking for endless
+    // made-up names must not grow /metrics.
+    let dst = if node.catalog.get().knows(&destination) {
+        destination.to_string()
+    } else {
+        "unknown".to_owned()
+    };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if let Some(why) = framing_error(req.headers()) {

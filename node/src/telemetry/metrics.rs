@@ -8,6 +8,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Most source → destination pairs with their own label sets.
+pub const MAX_EDGE_LABELS: usize = 1024;
+
 /// Labels of one request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -76,6 +79,8 @@ pub struct Metrics {
     pub ratelimited: Family<DestLabels, Counter>,
     /// Per-edge ring buffers for the dashboard.
     pub edges: std::sync::Mutex<super::edges::EdgeStats>,
+    /// Source → destination pairs that have label sets, bounded by `MAX_EDGE_LABELS`.
+    labelled: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -147,6 +152,7 @@ impl Default for Metrics {
             ejections,
             ratelimited,
             edges: std::sync::Mutex::default(),
+            labelled: std::sync::Mutex::default(),
         }
     }
 }
@@ -161,8 +167,24 @@ impl Metrics {
         out
     }
 
+    /// The labels to use for a pair: itself while fewer than `MAX_EDGE_LABELS` pairs have
+    /// label sets, `other` after that (no caller can grow /metrics without bound).
+    fn bounded<'a>(&self, source: &'a str, destination: &'a str) -> (&'a str, &'a str) {
+        let mut seen = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (source.to_owned(), destination.to_owned());
+        if seen.contains(&key) {
+            return (source, destination);
+        }
+        if seen.len() >= MAX_EDGE_LABELS {
+            return ("other", "other");
+        }
+        seen.insert(key);
+        (source, destination)
+    }
+
     /// Counts one request or stream (Prometheus families and the dashboard's rings).
     pub fn record(&self, source: &str, destination: &str, code: &str, seconds: f64) {
+        let (source, destination) = self.bounded(source, destination);
         let error =
             code.starts_with('5') || matches!(code, "error" | "refused" | "denied" | "unknown");
         let now = std::time::SystemTime::now()
@@ -215,5 +237,29 @@ impl Metrics {
                 direction: "out".into(),
             })
             .inc_by(outbound);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_sets_are_bounded() {
+        let m = Metrics::default();
+        for i in 0..MAX_EDGE_LABELS + 500 {
+            m.record("client", &format!("svc-{i}"), "200", 0.001);
+        }
+        let text = m.render();
+        let request_lines = text
+            .lines()
+            .filter(|l| l.starts_with("weft_requests_total{"))
+            .count();
+        assert_eq!(
+            request_lines,
+            MAX_EDGE_LABELS + 1,
+            "one per pair, then `other`"
+        );
+        assert!(text.contains("source=\"other\""));
     }
 }
