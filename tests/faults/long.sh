@@ -10,7 +10,8 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-600}"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 cargo build -p weft-node
-WEFT_FAULT_LONG=1 cargo test -p weft-tests --test faults -- --nocapture --test-threads 1 2>&1 | tee "$out" || true
+WEFT_FAULT_LONG=1 cargo test -p weft-tests --test faults --test floods --test gossip_attacks --test traffic \
+  -- --nocapture --test-threads 1 2>&1 | tee "$out" || true
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

@@ -1121,3 +1121,107 @@ fn gossip_key_rotation_marks_no_member_failed() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Scenarios 2 and 3: a member, over its own authenticated control connection to the CA,
+/// asks for certificates the CA must not grant — two URI SANs, a CA bit, a foreign trust
+/// domain, another node's name — and is refused each time; what the CA does issue
+/// carries only the fields the CA chooses.
+#[test]
+fn ca_refuses_what_it_does_not_choose_over_the_wire() -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    use weft_node::rpc::{b64, unb64, CtlRequest, CtlResponse, MAX_RESPONSE};
+    let mut c = Cluster::new("ca_refuses_what_it_does_not_choose_over_the_wire");
+    c.formed(3)?;
+    let id = weft_node::identity::IdentityFiles::new(&c.agent("vm-2").data_dir).load()?;
+    let trust = Arc::new(weft_ca::TrustRoot::new(
+        id.info.cluster.clone(),
+        id.ca_der.clone(),
+    )?);
+    let certs = weft_node::tls::CertStore::new(&id.key, &id.cert_der, &id.ca_der)?;
+    let config = weft_node::tls::ctl_client_config(&certs, trust, Arc::default())?;
+    let ca_addr = std::net::SocketAddr::from((c.agent("vm-1").ip, 7443));
+    let csr = |cn: &str, uris: &[&str], ca: bool| -> anyhow::Result<Vec<u8>> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| Ok(SanType::URI((*u).try_into()?)))
+            .collect::<anyhow::Result<_>>()?;
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        Ok(p.serialize_request(&key)?.der().to_vec())
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "two URI SANs",
+            csr(
+                "vm-2",
+                &["spiffe://weft/node/vm-2", "spiffe://weft/node/vm-1"],
+                false,
+            )?,
+        ),
+        ("a CA bit", csr("vm-2", &["spiffe://weft/node/vm-2"], true)?),
+        (
+            "a foreign trust domain",
+            csr("vm-2", &["spiffe://other/node/vm-2"], false)?,
+        ),
+        (
+            "another node's name (vm-3)",
+            csr("vm-3", &["spiffe://weft/node/vm-3"], false)?,
+        ),
+    ];
+    let rt = tokio::runtime::Runtime::new()?;
+    let ask = |der: &[u8]| -> anyhow::Result<CtlResponse> {
+        rt.block_on(async {
+            let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            let conn = endpoint
+                .connect_with(config.clone(), ca_addr, "vm-1")?
+                .await?;
+            let r = weft_node::rpc::call(&conn, &CtlRequest::Renew { csr: b64(der) }, MAX_RESPONSE)
+                .await;
+            conn.close(0u32.into(), b"");
+            endpoint.close(0u32.into(), b"");
+            Ok(r?)
+        })
+    };
+    let mut refusals = Vec::new();
+    for (what, der) in &cases {
+        match ask(der)? {
+            CtlResponse::Error { message, .. } => refusals.push(format!("{what}: {message}")),
+            other => anyhow::bail!("the CA granted a CSR with {what}: {other:?}"),
+        }
+    }
+    // A plain CSR is granted, and the certificate holds only what the CA chose.
+    let cert = match ask(&csr("vm-2", &[], false)?)? {
+        CtlResponse::Cert { cert } => cert,
+        other => anyhow::bail!("a plain renewal was refused: {other:?}"),
+    };
+    let der = unb64(&cert, "cert")?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)?;
+    let sans: Vec<String> = x
+        .subject_alternative_name()?
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .map(|g| g.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let is_ca = x.basic_constraints()?.is_some_and(|b| b.value.ca);
+    let fields_ok = sans == ["URI(spiffe://weft/node/vm-2)"] && !is_ca;
+    report(
+        "2-3 CSR policy over the wire",
+        if fields_ok { "pass" } else { "FAIL" },
+        &format!(
+            "{} refused ({}); a plain CSR from vm-2 got SANs {sans:?}, CA bit {is_ca}",
+            refusals.len(),
+            refusals.join("; ")
+        ),
+    );
+    assert!(fields_ok, "issued certificate: SANs {sans:?}, CA {is_ca}");
+    Ok(())
+}
