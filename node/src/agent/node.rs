@@ -39,6 +39,8 @@ pub struct Node {
     pub trust: Arc<TrustRoot>,
     /// Revocation list used by every verifier.
     pub revoked: Revocations,
+    /// Peers marked failed at the last catalog refresh.
+    pub failed_peers: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Woken when open peer connections must check again whether they may stay: a
     /// newer revocation list, or this node's own certificate expired.
     pub recheck_connections: tokio::sync::Notify,
@@ -145,6 +147,7 @@ impl Node {
             trust: p.trust,
             revoked: p.revoked,
             recheck_connections: tokio::sync::Notify::new(),
+            failed_peers: std::sync::Mutex::default(),
             files: p.files,
             store: p.store,
             gossip: p.gossip,
@@ -254,14 +257,27 @@ impl Node {
     }
 
     /// Rebuilds the catalog from the verified members and drops connections to nodes
-    /// that left or were revoked. A failed node's connection stays: the catalog may still
-    /// route to it as last known, and QUIC's idle timeout ends it if the node is dead.
+    /// that left, were revoked, or have just been marked failed (streams waiting on a
+    /// dead peer fail now and are retried elsewhere). A node that stays failed may be
+    /// dialled again for last-known routing; that connection is kept.
     pub async fn refresh_catalog(&self) {
         let members = self.members().await;
+        let failed: std::collections::HashSet<String> = members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Failed)
+            .map(|m| m.name.clone())
+            .collect();
+        let newly_failed: std::collections::HashSet<String> = {
+            let mut last = self.failed_peers.lock().unwrap_or_else(|e| e.into_inner());
+            let newly = failed.difference(&last).cloned().collect();
+            *last = failed;
+            newly
+        };
         let gone: std::collections::HashSet<String> = members
             .iter()
             .filter(|m| m.status == MemberStatus::Left || m.revoked)
             .map(|m| m.name.clone())
+            .chain(newly_failed)
             .collect();
         self.pool.retain(|n| !gone.contains(n));
         self.catalog.set(crate::catalog::Catalog::build(&members));
