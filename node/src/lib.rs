@@ -9,6 +9,7 @@ pub mod agent;
 pub mod authority;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod cluster_config;
 pub mod config;
 pub mod demo;

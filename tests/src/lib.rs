@@ -269,6 +269,8 @@ pub struct Cluster {
     lab: Option<netlab::Lab>,
     /// Helper processes (lab backends), killed on drop.
     helpers: Vec<Child>,
+    /// Extra environment for particular agents.
+    envs: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -292,6 +294,7 @@ impl Cluster {
             next_host: 1,
             lab: None,
             helpers: Vec::new(),
+            envs: HashMap::new(),
         }
     }
 
@@ -309,6 +312,14 @@ impl Cluster {
         self.lab
             .as_ref()
             .unwrap_or_else(|| panic!("not a lab cluster: use Cluster::new_lab"))
+    }
+
+    /// Sets an environment variable for agent `name`'s future starts.
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) {
+        self.envs
+            .entry(name.to_owned())
+            .or_default()
+            .push((key.to_owned(), value.to_owned()));
     }
 
     /// The lab host number (last octet) of agent `name`.
@@ -393,6 +404,7 @@ impl Cluster {
             .arg(&data_dir)
             .args(extra)
             .env("WEFT_LOG", "info,weft_gossip=debug")
+            .envs(self.envs.get(name).cloned().unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)

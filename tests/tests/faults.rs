@@ -1228,3 +1228,84 @@ fn ca_refuses_what_it_does_not_choose_over_the_wire() -> anyhow::Result<()> {
     assert!(fields_ok, "issued certificate: SANs {sans:?}, CA {is_ca}");
     Ok(())
 }
+
+/// Scenario 4 with 24-hour certificates and a stepped clock (the certificate logic's test
+/// clock on vm-2, not the host's): CA unreachable and 15 h later → renewal retried and
+/// warned about, traffic still served; 25 h later → vm-2 fails closed; clock back and
+/// CA back → it serves again.
+#[test]
+fn stepped_clock_drives_renewal_and_expiry_of_day_long_certificates() -> anyhow::Result<()> {
+    let mut c =
+        Cluster::new_lab("stepped_clock_drives_renewal_and_expiry_of_day_long_certificates")?;
+    let clock = c.data_dir("clock-offset");
+    std::fs::create_dir_all(clock.parent().unwrap_or(Path::new("/tmp")))?;
+    std::fs::write(&clock, "0")?;
+    c.set_env("vm-2", "WEFT_TEST_CLOCK_FILE", &clock.display().to_string());
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &[])?;
+    c.join("vm-3", "vm-1", &[])?;
+    c.spawn_in("vm-2", backend(), &["vm-2", "8080"])?;
+    c.register(
+        "vm-2",
+        &["--name", "api", "--port", "8080", "--protocol", "http"],
+    )?;
+    routable_on(&c, "vm-3", "api", "vm-2")?;
+    let proxy = format!("{}:15001", c.agent("vm-3").ip);
+    let served = |c: &Cluster| {
+        let _ = c;
+        http_get_host(&proxy, "api", "http://api/").is_ok_and(|r| r.0 == 200)
+    };
+    eventually("api via vm-3", Duration::from_secs(20), || {
+        Ok(served(&c).then_some(()))
+    })?;
+    let (v1, v2) = (c.host("vm-1"), c.host("vm-2"));
+
+    c.lab().cut(v1, v2)?;
+    std::fs::write(&clock, (15 * 3600).to_string())?;
+    eventually(
+        "renewal attempted and failed",
+        Duration::from_secs(20),
+        || {
+            Ok(c.agent("vm-2")
+                .log_text()
+                .contains("certificate renewal failed")
+                .then_some(()))
+        },
+    )?;
+    let left_h = c.agent("vm-2").metric("weft_cert_expiry_seconds")? / 3600.0;
+    let still_served = (0..10).filter(|_| served(&c)).count();
+
+    std::fs::write(&clock, (25 * 3600).to_string())?;
+    let api2 = c.agent("vm-2").api();
+    eventually(
+        "vm-2 not ready past expiry",
+        Duration::from_secs(10),
+        || Ok(http_get(&api2, "/readyz").is_err().then_some(())),
+    )?;
+    std::thread::sleep(Duration::from_secs(1));
+    let served_expired = (0..10).filter(|_| served(&c)).count();
+
+    std::fs::write(&clock, "0")?;
+    c.lab().heal()?;
+    eventually("vm-2 ready again", Duration::from_secs(10), || {
+        Ok(http_get(&api2, "/readyz").ok().map(|_| ()))
+    })?;
+    eventually("api served again", Duration::from_secs(20), || {
+        Ok(served(&c).then_some(()))
+    })?;
+    let ok = still_served == 10 && served_expired == 0 && (8.0..10.0).contains(&left_h);
+    report(
+        "4c stepped clock, 24 h certificates",
+        if ok { "pass" } else { "FAIL" },
+        &format!(
+            "+15 h with the CA cut: renewal failed and retried, {left_h:.1} h left on the metric, {still_served}/10 requests served; +25 h: not ready, {served_expired}/10 served; clock and CA back: ready and serving"
+        ),
+    );
+    assert!(
+        ok,
+        "served {still_served}/10 then {served_expired}/10; {left_h} h left"
+    );
+    c.allow_error("expired");
+    c.allow_error("certificate");
+    Ok(())
+}

@@ -62,7 +62,7 @@ impl NodeApi for Node {
 
     async fn status(&self) -> NodeStatus {
         let (_, leaf) = self.cert();
-        let remaining = leaf.remaining(SystemTime::now());
+        let remaining = leaf.remaining(crate::clock::now());
         let reason = self.not_ready_reason();
         let mut warnings = Vec::new();
         let failures = self.renew_failures.load(Ordering::Relaxed);

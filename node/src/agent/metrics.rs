@@ -54,7 +54,7 @@ pub async fn render(node: &Node) -> String {
     );
 
     let (_, leaf) = node.cert();
-    let remaining = leaf.not_after_unix as i64 - unix(SystemTime::now()) as i64;
+    let remaining = leaf.not_after_unix as i64 - unix(crate::clock::now()) as i64;
     let renewals = node.renewals.load(Ordering::Relaxed);
     let failures = node.renew_failures.load(Ordering::Relaxed);
     family(

@@ -204,6 +204,12 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
 
     let tasks = TaskTracker::new();
     tasks.spawn(quic::serve(node.clone(), tasks.clone()));
+    if let Some(path) = std::env::var_os(crate::clock::TEST_CLOCK_ENV) {
+        tasks.spawn(crate::clock::follow_file(
+            path.into(),
+            node.shutdown.clone(),
+        ));
+    }
     tasks.spawn(tasks::renew_loop(node.clone()));
     tasks.spawn(tasks::housekeeping_loop(node.clone()));
     tasks.spawn(tasks::catalog_loop(node.clone()));

@@ -549,7 +549,7 @@ impl Node {
     /// whole remaining life).
     pub fn own_cert_expired(&self) -> bool {
         let (_, leaf) = self.cert();
-        leaf.not_after_unix <= unix(SystemTime::now())
+        leaf.not_after_unix <= unix(crate::clock::now())
     }
 
     /// Fails closed once this node's certificate has expired: closes every pooled
@@ -565,7 +565,7 @@ impl Node {
     /// Why this node is not ready, if it is not.
     pub fn not_ready_reason(&self) -> Option<String> {
         let (_, leaf) = self.cert();
-        if leaf.not_after_unix <= unix(SystemTime::now()) {
+        if leaf.not_after_unix <= unix(crate::clock::now()) {
             return Some("node certificate has expired".into());
         }
         if self

@@ -29,8 +29,12 @@ mod tests {
     #[test]
     fn attempts_are_short_for_short_certificates() {
         assert_eq!(
-            attempt_timeout(Duration::from_secs(12)),
+            attempt_timeout(Duration::from_secs(8)),
             Duration::from_secs(1)
+        );
+        assert_eq!(
+            attempt_timeout(Duration::from_secs(12)),
+            Duration::from_millis(1200)
         );
         assert_eq!(
             attempt_timeout(Duration::from_secs(100)),

@@ -21,16 +21,27 @@ pub async fn renew_loop(node: Arc<Node>) {
     loop {
         let (_, leaf) = node.cert();
         let lifetime = leaf.lifetime();
-        let wait = if attempt == 0 {
+        if attempt == 0 {
             let at = leaf.issued_at_unix()
                 + renew_after(lifetime, rand::random_range(-1.0..=1.0)).as_secs();
-            Duration::from_secs(at.saturating_sub(unix(SystemTime::now())))
+            // Wakes at least every second so a stepped test clock is noticed.
+            loop {
+                let now = unix(crate::clock::now());
+                if now >= at || node.cert().1.serial != leaf.serial {
+                    break;
+                }
+                let wait = Duration::from_secs(at - now).min(Duration::from_secs(1));
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
         } else {
-            retry_backoff(attempt - 1, lifetime).mul_f64(rand::random_range(0.8..=1.2))
-        };
-        tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            let wait = retry_backoff(attempt - 1, lifetime).mul_f64(rand::random_range(0.8..=1.2));
+            tokio::select! {
+                _ = node.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
         let attempt_result = tokio::time::timeout(attempt_timeout(lifetime), renew_once(&node))
             .await
@@ -46,7 +57,7 @@ pub async fn renew_loop(node: Arc<Node>) {
             Err(e) => {
                 attempt = attempt.saturating_add(1);
                 node.renew_failures.fetch_add(1, Ordering::Relaxed);
-                let left = leaf.remaining(SystemTime::now());
+                let left = leaf.remaining(crate::clock::now());
                 warn!(error = %e, remaining_secs = left.as_secs(), attempt, "certificate renewal failed; will retry");
             }
         }
