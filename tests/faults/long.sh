@@ -10,8 +10,9 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-600}"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 cargo build -p weft-node
-WEFT_FAULT_LONG=1 cargo test -p weft-tests --test faults --test floods --test gossip_attacks --test traffic \
-  -- --nocapture --test-threads 1 2>&1 | tee "$out" || true
+status=0
+WEFT_FAULT_LONG=1 cargo test --no-fail-fast -p weft-tests --test faults --test floods --test gossip_attacks --test traffic \
+  -- --nocapture --test-threads 1 2>&1 | tee "$out" || status=1
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
@@ -28,5 +29,12 @@ fi
 echo
 echo "scenario | outcome | figures"
 echo "--- | --- | ---"
-grep '^FAULT | ' "$out" | sed 's/^FAULT | //'
-! grep -q '^FAULT | .* | FAIL | ' "$out"
+# Output of parallel writers can share a line: take every "FAULT | …" wherever it starts.
+grep -o 'FAULT | .*' "$out" | sed 's/^FAULT | //'
+if grep -q '^test .* FAILED$' "$out"; then
+  echo
+  echo "tests that failed (some before printing their row):"
+  grep '^test .* FAILED$' "$out"
+fi
+if grep -q 'FAULT | .* | FAIL | ' "$out"; then status=1; fi
+exit "$status"

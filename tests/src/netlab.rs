@@ -28,6 +28,16 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `ip ARGS` for cleanup, ignoring the outcome and its output (the thing to delete
+/// is usually already gone).
+fn quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// A set of namespaced hosts on `10.B.C.0/24`.
 pub struct Lab {
     b: u8,
@@ -41,7 +51,7 @@ impl Lab {
     /// leased loopback subnet, so parallel tests never share a lab.
     pub fn new(b: u8, c: u8) -> anyhow::Result<Self> {
         let hub = format!("wf{b}x{c}hub");
-        let _ = Command::new("ip").args(["netns", "del", &hub]).status();
+        quiet(&["netns", "del", &hub]);
         run("ip", &["netns", "add", &hub])
             .context("fault tests need root and iproute2 (tests/install-deps.sh)")?;
         let lab = Self {
@@ -60,7 +70,7 @@ impl Lab {
         ns(&["ip", "link", "set", "lo", "up"])?;
         // The test's own leg: root end `wfBxCt` with .254, hub end on the bridge.
         let (root_if, hub_if) = (format!("wf{b}x{c}t"), format!("wf{b}x{c}tp"));
-        let _ = Command::new("ip").args(["link", "del", &root_if]).status();
+        quiet(&["link", "del", &root_if]);
         run(
             "ip",
             &[
@@ -100,7 +110,7 @@ impl Lab {
         if self.hosts.contains(&host) {
             return Ok(ns);
         }
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        quiet(&["netns", "del", &ns]);
         run("ip", &["netns", "add", &ns])?;
         self.hosts.push(host);
         let (inner, outer) = (
@@ -236,15 +246,9 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for h in &self.hosts {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.netns(*h)])
-                .status();
+            quiet(&["netns", "del", &self.netns(*h)]);
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &format!("wf{}x{}t", self.b, self.c)])
-            .status();
+        quiet(&["netns", "del", &self.hub]);
+        quiet(&["link", "del", &format!("wf{}x{}t", self.b, self.c)]);
     }
 }

@@ -59,6 +59,9 @@ pub fn api_now_unix() -> u64 {
     weft_ca::unix(SystemTime::now())
 }
 
+/// Gossip rounds between announcing a leave and closing the QUIC endpoint.
+const LEAVE_GRACE_ROUNDS: u32 = 4;
+
 /// Time allowed for in-flight work after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -201,6 +204,8 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     );
     node.publish_record().await;
     node.publish_services().await;
+    // The catalog holds this node's own services before the API can answer "ready".
+    node.refresh_catalog().await;
 
     let tasks = TaskTracker::new();
     tasks.spawn(quic::serve(node.clone(), tasks.clone()));
@@ -267,8 +272,11 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     node.leaving
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    node.shutdown.cancel();
     node.gossip.leave(node.signed_record()).await;
+    // Peers learn of the leave within a few gossip rounds and stop sending here; until
+    // then keep serving what they still send (closing at once made their dials time out).
+    tokio::time::sleep(node.settings().gossip_interval * LEAVE_GRACE_ROUNDS).await;
+    node.shutdown.cancel();
     node.endpoint.close(0u32.into(), b"agent stopping");
     tasks.close();
     if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
