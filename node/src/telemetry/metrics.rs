@@ -11,6 +11,13 @@ use prometheus_client::registry::Registry;
 /// Most source → destination pairs with their own label sets.
 pub const MAX_EDGE_LABELS: usize = 1024;
 
+/// Source → destination pairs that have their own label sets.
+#[derive(Debug, Default)]
+struct LabelledPairs {
+    pairs: std::collections::HashMap<String, std::collections::HashSet<String>>,
+    count: usize,
+}
+
 /// Labels of one request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -80,7 +87,7 @@ pub struct Metrics {
     /// Per-edge ring buffers for the dashboard.
     pub edges: std::sync::Mutex<super::edges::EdgeStats>,
     /// Source → destination pairs that have label sets, bounded by `MAX_EDGE_LABELS`.
-    labelled: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    labelled: std::sync::Mutex<LabelledPairs>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,14 +178,22 @@ impl Metrics {
     /// label sets, `other` after that (no caller can grow /metrics without bound).
     fn bounded<'a>(&self, source: &'a str, destination: &'a str) -> (&'a str, &'a str) {
         let mut seen = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (source.to_owned(), destination.to_owned());
-        if seen.contains(&key) {
+        // The hot path (a pair already labelled) allocates nothing.
+        if seen
+            .pairs
+            .get(source)
+            .is_some_and(|d| d.contains(destination))
+        {
             return (source, destination);
         }
-        if seen.len() >= MAX_EDGE_LABELS {
+        if seen.count >= MAX_EDGE_LABELS {
             return ("other", "other");
         }
-        seen.insert(key);
+        seen.count += 1;
+        seen.pairs
+            .entry(source.to_owned())
+            .or_default()
+            .insert(destination.to_owned());
         (source, destination)
     }
 
