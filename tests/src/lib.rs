@@ -454,6 +454,39 @@ impl Cluster {
         self.cli_ok(node, &full).map(|_| ())
     }
 
+    /// Registers an HTTP service `name` on `node`, listening on the node's 127.0.0.1:`port`.
+    pub fn register_http(&self, node: &str, name: &str, port: u16) -> anyhow::Result<()> {
+        self.register(
+            node,
+            &[
+                "--name",
+                name,
+                "--port",
+                &port.to_string(),
+                "--protocol",
+                "http",
+            ],
+        )
+    }
+
+    /// Registers service `client` on `node` with an upstream listener for `service` on
+    /// the node's address and `port`; returns that address.
+    pub fn client_upstream(&self, node: &str, service: &str, port: u16) -> anyhow::Result<String> {
+        let up = format!("{}:{port}", self.agent(node).ip);
+        self.register(
+            node,
+            &[
+                "--name",
+                "client",
+                "--port",
+                "1",
+                "--upstream",
+                &format!("{service}={up}"),
+            ],
+        )?;
+        Ok(up)
+    }
+
     /// Waits until `name`'s API answers `/readyz`.
     pub fn wait_ready(&self, name: &str) -> anyhow::Result<()> {
         let api = self.agent(name).api();

@@ -30,10 +30,7 @@ fn lab_with_api(c: &mut Cluster) -> anyhow::Result<String> {
     c.formed(3)?;
     for n in ["vm-2", "vm-3"] {
         c.spawn_in(n, backend(), &[n, "8080"])?;
-        c.register(
-            n,
-            &["--name", "api", "--port", "8080", "--protocol", "http"],
-        )?;
+        c.register_http(n, "api", 8080)?;
     }
     let up = format!("{}:15001", c.agent("vm-1").ip);
     for want in ["vm-2", "vm-3"] {
@@ -406,17 +403,7 @@ fn full_disk_keeps_serving_and_refuses_writes_clearly() -> anyhow::Result<()> {
     let _mount = Tmpfs(dir.clone());
     c.join("vm-2", "vm-1", &[])?;
     let api = weft_tests::backends::Backend::http("api");
-    c.register(
-        "vm-2",
-        &[
-            "--name",
-            "api",
-            "--port",
-            &api.port().to_string(),
-            "--protocol",
-            "http",
-        ],
-    )?;
+    c.register_http("vm-2", "api", api.port())?;
     // Fill the disk.
     let filler = dir.join("filler");
     let mut f = std::fs::File::create(&filler)?;
@@ -440,19 +427,7 @@ fn full_disk_keeps_serving_and_refuses_writes_clearly() -> anyhow::Result<()> {
         }
     }
     // Still alive, ready, and routing.
-    let ip1 = c.agent("vm-1").ip;
-    c.register(
-        "vm-1",
-        &[
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("api={ip1}:19001"),
-        ],
-    )?;
-    let up = format!("{ip1}:19001");
+    let up = c.client_upstream("vm-1", "api", 19001)?;
     eventually("traffic through to vm-2", Duration::from_secs(15), || {
         Ok(http_get_host(&up, "api", "/")
             .ok()
@@ -515,31 +490,10 @@ fn loopback_with_api(
     let mut backends = Vec::new();
     for n in ["vm-2", "vm-3"] {
         let b = weft_tests::backends::Backend::http(n);
-        c.register(
-            n,
-            &[
-                "--name",
-                "api",
-                "--port",
-                &b.port().to_string(),
-                "--protocol",
-                "http",
-            ],
-        )?;
+        c.register_http(n, "api", b.port())?;
         backends.push(b);
     }
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    c.register(
-        "vm-1",
-        &[
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("api={up}"),
-        ],
-    )?;
+    let up = c.client_upstream("vm-1", "api", 19001)?;
     for want in ["vm-2", "vm-3"] {
         routable_on(c, "vm-1", "api", want)?;
     }
@@ -645,10 +599,7 @@ fn cut_off_node_keeps_routing_on_what_it_last_knew() -> anyhow::Result<()> {
     c.formed(4)?;
     for n in ["vm-2", "vm-3"] {
         c.spawn_in(n, backend(), &[n, "8080"])?;
-        c.register(
-            n,
-            &["--name", "api", "--port", "8080", "--protocol", "http"],
-        )?;
+        c.register_http(n, "api", 8080)?;
     }
     let proxy = format!("{}:15001", c.agent("vm-4").ip);
     for want in ["vm-2", "vm-3"] {
@@ -724,18 +675,7 @@ fn revocation_closes_open_connections() -> anyhow::Result<()> {
         "vm-2",
         &["--name", "echo", "--port", &echo.port().to_string()],
     )?;
-    let up = format!("{}:19002", c.agent("vm-3").ip);
-    c.register(
-        "vm-3",
-        &[
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("echo={up}"),
-        ],
-    )?;
+    let up = c.client_upstream("vm-3", "echo", 19002)?;
     let mut tunnel = eventually(
         "tunnel through vm-3 to vm-2",
         Duration::from_secs(20),
@@ -791,29 +731,8 @@ fn hostile_http_is_refused_before_forwarding() -> anyhow::Result<()> {
     let mut c = Cluster::new("hostile_http_is_refused_before_forwarding");
     c.formed(2)?;
     let reviews = weft_tests::backends::Backend::http("reviews");
-    c.register(
-        "vm-2",
-        &[
-            "--name",
-            "reviews",
-            "--port",
-            &reviews.port().to_string(),
-            "--protocol",
-            "http",
-        ],
-    )?;
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    c.register(
-        "vm-1",
-        &[
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("reviews={up}"),
-        ],
-    )?;
+    c.register_http("vm-2", "reviews", reviews.port())?;
+    let up = c.client_upstream("vm-1", "reviews", 19001)?;
     let proxy = format!("{}:15001", c.agent("vm-1").ip);
     eventually("reviews reachable", Duration::from_secs(20), || {
         Ok(http_get_host(&up, "reviews", "/")
@@ -950,10 +869,7 @@ fn ca_unreachable_keeps_serving_then_fails_closed_at_expiry() -> anyhow::Result<
         Duration::from_secs(15),
     )?;
     c.spawn_in("vm-2", backend(), &["vm-2", "8080"])?;
-    c.register(
-        "vm-2",
-        &["--name", "api", "--port", "8080", "--protocol", "http"],
-    )?;
+    c.register_http("vm-2", "api", 8080)?;
     let proxy = format!("{}:15001", c.agent("vm-3").ip);
     eventually("api via vm-3", Duration::from_secs(20), || {
         Ok(http_get_host(&proxy, "api", "http://api/")
@@ -1245,10 +1161,7 @@ fn stepped_clock_drives_renewal_and_expiry_of_day_long_certificates() -> anyhow:
     c.join("vm-2", "vm-1", &[])?;
     c.join("vm-3", "vm-1", &[])?;
     c.spawn_in("vm-2", backend(), &["vm-2", "8080"])?;
-    c.register(
-        "vm-2",
-        &["--name", "api", "--port", "8080", "--protocol", "http"],
-    )?;
+    c.register_http("vm-2", "api", 8080)?;
     routable_on(&c, "vm-3", "api", "vm-2")?;
     let proxy = format!("{}:15001", c.agent("vm-3").ip);
     let served = |c: &Cluster| {

@@ -85,29 +85,8 @@ fn floods_leave_the_agent_bounded_and_serving() -> anyhow::Result<()> {
     let mut c = Cluster::new("floods_leave_the_agent_bounded_and_serving");
     c.formed(2)?;
     let reviews = Backend::http("reviews");
-    c.register(
-        "vm-2",
-        &[
-            "--name",
-            "reviews",
-            "--port",
-            &reviews.port().to_string(),
-            "--protocol",
-            "http",
-        ],
-    )?;
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    c.register(
-        "vm-1",
-        &[
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("reviews={up}"),
-        ],
-    )?;
+    c.register_http("vm-2", "reviews", reviews.port())?;
+    let up = c.client_upstream("vm-1", "reviews", 19001)?;
     eventually("reviews reachable", Duration::from_secs(20), || {
         Ok(http_get_host(&up, "reviews", "/")
             .ok()

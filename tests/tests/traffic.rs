@@ -10,25 +10,6 @@ use weft_tests::{eventually, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
-/// vm-1 runs `client` with an upstream to `svc` on 127.x.y.1:19001; returns its address.
-fn client_upstream(c: &Cluster, svc: &str) -> anyhow::Result<String> {
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    c.cli_ok(
-        "vm-1",
-        &[
-            "service",
-            "register",
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("{svc}={up}"),
-        ],
-    )?;
-    Ok(up)
-}
-
 fn set(c: &Cluster, kind: &str, name: &str, value: &str) -> anyhow::Result<()> {
     c.cli_ok("vm-1", &["config", "set", kind, name, value])?;
     eventually("config applied on vm-1", CONVERGE, || {
@@ -60,7 +41,7 @@ fn retries_hide_errors_within_the_budget() -> anyhow::Result<()> {
             "http",
         ],
     )?;
-    let up = client_upstream(&c, "flaky")?;
+    let up = c.client_upstream("vm-1", "flaky", 19001)?;
     eventually("flaky reachable", CONVERGE, || {
         Ok(http_get_host(&up, "flaky", "/").ok())
     })?;
@@ -127,7 +108,7 @@ fn faults_and_rate_limits_apply_at_their_rates() -> anyhow::Result<()> {
             "http",
         ],
     )?;
-    let up = client_upstream(&c, "web")?;
+    let up = c.client_upstream("vm-1", "web", 19001)?;
     eventually("web reachable", CONVERGE, || {
         Ok(http_get_host(&up, "web", "/").ok())
     })?;
@@ -228,7 +209,7 @@ fn outliers_are_ejected() -> anyhow::Result<()> {
             ],
         )?;
     }
-    let up = client_upstream(&c, "api")?;
+    let up = c.client_upstream("vm-1", "api", 19001)?;
     eventually("three instances", CONVERGE, || {
         let out = c.agent("vm-1").cli(&["services", "--json"]);
         Ok((String::from_utf8_lossy(&out.stdout)
