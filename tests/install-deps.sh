@@ -14,6 +14,7 @@ packages=(
   stunnel4           # benchmark baseline: an stunnel mTLS pair
   haproxy            # benchmark baseline: an haproxy mTLS pair
   wrk                # benchmark: closed-loop maximum req/s
+  prometheus         # promtool: /metrics must pass `promtool check metrics`
 )
 
 missing=()

@@ -1,4 +1,5 @@
-//! The clock of the certificate logic: when to renew, whether this node's certificate has
+//! Time in one place. `unix_ms`/`unix_secs`: real wall-clock time for stamps (gossip
+//! records, the config HLC, display). `now`: the clock of the certificate logic: when to renew, whether this node's certificate has
 //! expired, readiness and the expiry metric. Real time plus an offset that only a test can
 //! set, through a file named by `WEFT_TEST_CLOCK_FILE` (whole seconds, may be negative),
 //! so the fault suite can step a node 13 or 25 hours ahead without waiting. TLS
@@ -27,6 +28,19 @@ pub fn now() -> SystemTime {
             .checked_sub(step)
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
+}
+
+/// Real wall-clock time in milliseconds since the Unix epoch (0 before 1970).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Real wall-clock time in whole seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    weft_ca::unix(SystemTime::now())
 }
 
 /// Sets the offset (tests).

@@ -1,12 +1,21 @@
-//! The weft agent and the `weft` command.
+//! The weft agent and the `weft` command. `ARCHITECTURE.md` at the repository root maps
+//! every folder; in short:
 //!
-//! `main.rs` only wires: it parses the command line (`cli`), resolves `config`, sets up
-//! logging and runs the `agent` or a client command. The agent's parts: `identity` (files
-//! on disk), `store` (sled), `authority` (the CA role), `tls` (rustls/quinn configs and
-//! verifiers), `rpc` (join and control messages over QUIC), `net` (addresses, limits).
+//! * `main.rs` only wires: it parses the command line (`cli`), resolves `config`, sets up
+//!   logging and runs the `agent` or a client command.
+//! * `agent` wires the components below and runs their loops; nothing below imports it.
+//! * The data plane: `proxy` (listeners, L4/L7, dialling, inbound streams), reading only
+//!   `proxy::ProxyInputs`; `routing` (route rules, load balancing), `policy` (rules, path
+//!   normalisation, the one enforcement point), `resilience` (retries, timeouts, breakers,
+//!   outliers, faults, rate limits), `catalog` (services), `health` (probes).
+//! * The control side: `rpc` (QUIC servers and clients: join, control, the CA client),
+//!   `ca_role` (the CA node's duties), `identity` (files, the live certificate and
+//!   revocation list, renewal timing, keyring changes), `tls`, `store` (sled),
+//!   `cluster_config` (replication only), `telemetry` (metrics, access log, graph),
+//!   `clock` (time helpers).
 
 pub mod agent;
-pub mod authority;
+pub mod ca_role;
 pub mod catalog;
 pub mod cli;
 pub mod clock;
@@ -15,8 +24,9 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod identity;
-pub mod net;
+pub mod policy;
 pub mod proxy;
+pub mod resilience;
 pub mod routing;
 pub mod rpc;
 pub mod store;

@@ -43,8 +43,8 @@ fn stream_header_corpus() {
 
 #[test]
 fn cluster_config_corpus() {
-    use weft_node::cluster_config::policy::normalize_path;
     use weft_node::cluster_config::{validate, Kind};
+    use weft_node::policy::normalize_path;
     let kinds = [
         Kind::Route,
         Kind::Policy,

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_node::cluster_config::policy::normalize_path;
+use weft_node::policy::normalize_path;
 use weft_node::cluster_config::{validate, Kind};
 
 const KINDS: [Kind; 5] = [

@@ -1,10 +1,10 @@
 //! The node's side of the web API (`weft_web::NodeApi`).
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crate::cluster_config::policy::{decide, normalize_path};
 use crate::cluster_config::{Kind, WriteError};
+use crate::identity::keyring;
+use crate::policy::{decide, normalize_path};
 use tracing::info;
 use weft_ca::NodeName;
 use weft_web::{
@@ -12,9 +12,8 @@ use weft_web::{
     NodeStatus, RevokeView, ServiceView, TokenView,
 };
 
-use super::metrics;
-use super::node::{Node, VERSION};
-use crate::rpc::{CtlRequest, CtlResponse, RefusalKind};
+use super::state::{Agent, VERSION};
+use crate::rpc::{CaCallError, CtlRequest, CtlResponse, RefusalKind};
 
 fn api_error(kind: RefusalKind, message: String) -> ApiError {
     match kind {
@@ -25,6 +24,10 @@ fn api_error(kind: RefusalKind, message: String) -> ApiError {
         RefusalKind::Revoked => ApiError::Forbidden(message),
         RefusalKind::RateLimited | RefusalKind::Unavailable => ApiError::Unavailable(message),
     }
+}
+
+fn ca_unavailable(e: CaCallError) -> ApiError {
+    api_error(RefusalKind::Unavailable, e.to_string())
 }
 
 fn config_error(e: WriteError) -> ApiError {
@@ -38,9 +41,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl NodeApi for Node {
+impl NodeApi for Agent {
     async fn members(&self) -> Vec<MemberView> {
-        Node::members(self)
+        Agent::members(self)
             .await
             .into_iter()
             .map(|m| MemberView {
@@ -61,11 +64,11 @@ impl NodeApi for Node {
     }
 
     async fn status(&self) -> NodeStatus {
-        let (_, leaf) = self.cert();
+        let leaf = self.identity.leaf();
         let remaining = leaf.remaining(crate::clock::now());
         let reason = self.not_ready_reason();
         let mut warnings = Vec::new();
-        let failures = self.renew_failures.load(Ordering::Relaxed);
+        let failures = self.data.metrics.cert_renewal_failures.get();
         if failures > 0 {
             warnings.push(format!(
                 "certificate renewal failed {failures} time(s) in a row; {}s of validity left",
@@ -73,16 +76,16 @@ impl NodeApi for Node {
             ));
         }
         NodeStatus {
-            name: self.info.name.to_string(),
-            cluster: self.info.cluster.to_string(),
+            name: self.identity.info.name.to_string(),
+            cluster: self.identity.info.cluster.to_string(),
             version: VERSION.to_owned(),
             ready: reason.is_none(),
             not_ready_reason: reason,
             cert_expiry_unix: leaf.not_after_unix,
             cert_remaining_secs: remaining.as_secs(),
-            ca: self.authority.is_some(),
+            ca: self.ca.is_some(),
             warnings,
-            ca_expiry_unix: weft_ca::not_after_unix(self.trust.ca_der()).unwrap_or(0),
+            ca_expiry_unix: weft_ca::not_after_unix(self.identity.trust.ca_der()).unwrap_or(0),
             gossip_address: self.settings().gossip_advertise().to_string(),
             quic_address: self.settings().quic_advertise().to_string(),
             gossip_dropped: self
@@ -96,7 +99,7 @@ impl NodeApi for Node {
     }
 
     async fn create_token(&self, ttl: Duration) -> Result<TokenView, ApiError> {
-        if let Some(a) = &self.authority {
+        if let Some(a) = &self.ca {
             let (token, expires) = a
                 .create_token(ttl, SystemTime::now())
                 .map_err(|r| api_error(r.kind, r.message))?;
@@ -107,11 +110,12 @@ impl NodeApi for Node {
             });
         }
         match self
-            .call_ca(&CtlRequest::CreateToken {
+            .ca_client
+            .call(&CtlRequest::CreateToken {
                 ttl_secs: ttl.as_secs(),
             })
             .await
-            .map_err(|(k, m)| api_error(k, m))?
+            .map_err(ca_unavailable)?
         {
             CtlResponse::Token {
                 token,
@@ -134,15 +138,16 @@ impl NodeApi for Node {
     }
 
     async fn gossip_key_op(&self, body: Vec<u8>) -> Result<Vec<KeyringNodeResult>, ApiError> {
-        let op: crate::rpc::KeyringOp = serde_json::from_slice(&body).map_err(|e| {
+        let op: keyring::KeyringOp = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!(
                 "keyring change: {e} (expected {{\"op\":\"install\",\"key\":B64}}, {{\"op\":\"use\",\"id\":HEX}} or {{\"op\":\"remove\",\"id\":HEX}})"
             ))
         })?;
         // Here first: a change this node refuses is refused for the cluster.
-        let ring = self.apply_keyring_op(&op).map_err(ApiError::BadRequest)?;
+        let ring = keyring::apply(&op, self.gossip.keyring(), &self.identity.files)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut results = vec![KeyringNodeResult {
-            node: self.info.name.to_string(),
+            node: self.identity.info.name.to_string(),
             keyring: Some(keys_view(&ring)),
             error: None,
         }];
@@ -156,7 +161,7 @@ impl NodeApi for Node {
         let calls = peers.iter().map(|m| {
             let request = request.clone();
             async move {
-                let answer = self.call_member(&m.name, m.address, &request).await;
+                let answer = self.ctl.call(&m.name, m.address, &request).await;
                 let (keyring, error) = match answer {
                     Ok(CtlResponse::Keyring { primary, keys }) => (
                         Some(GossipKeysView {
@@ -167,7 +172,7 @@ impl NodeApi for Node {
                     ),
                     Ok(CtlResponse::Error { message, .. }) => (None, Some(message)),
                     Ok(_) => (None, Some("unexpected answer".into())),
-                    Err(e) => (None, Some(e)),
+                    Err(e) => (None, Some(e.to_string())),
                 };
                 KeyringNodeResult {
                     node: m.name.clone(),
@@ -182,7 +187,7 @@ impl NodeApi for Node {
 
     async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
         let name = NodeName::new(node).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let serials = if let Some(a) = &self.authority {
+        let serials = if let Some(a) = &self.ca {
             let s = a
                 .revoke(&name, SystemTime::now())
                 .map_err(|r| api_error(r.kind, r.message))?;
@@ -190,9 +195,10 @@ impl NodeApi for Node {
             s
         } else {
             match self
-                .call_ca(&CtlRequest::Revoke { node: name.clone() })
+                .ca_client
+                .call(&CtlRequest::Revoke { node: name.clone() })
                 .await
-                .map_err(|(k, m)| api_error(k, m))?
+                .map_err(ca_unavailable)?
             {
                 CtlResponse::Revoked { serials } => serials,
                 CtlResponse::Error { kind, message } => return Err(api_error(kind, message)),
@@ -211,13 +217,13 @@ impl NodeApi for Node {
 
     async fn leave(&self) -> Result<(), ApiError> {
         info!("leave requested through the API");
-        self.leaving.store(true, Ordering::SeqCst);
+        self.records.set_leaving();
         self.shutdown.cancel();
         Ok(())
     }
 
     async fn services(&self) -> Vec<ServiceView> {
-        let catalog = self.catalog.get();
+        let catalog = self.data.catalog.get();
         let mut out: Vec<ServiceView> = Vec::new();
         for i in &catalog.instances {
             let health = if i.revoked {
@@ -268,6 +274,7 @@ impl NodeApi for Node {
         let config: crate::config::ServiceConfig = serde_json::from_value(value)
             .map_err(|e| ApiError::BadRequest(format!("invalid service: {e}")))?;
         let spec = self
+            .data
             .services
             .register(&config)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -278,7 +285,7 @@ impl NodeApi for Node {
     async fn deregister_service(&self, name: String) -> Result<(), ApiError> {
         let name =
             weft_ca::ServiceName::new(name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        match self.services.deregister(&name) {
+        match self.data.services.deregister(&name) {
             Ok(true) => {
                 info!(service = %name, "service deregistered");
                 Ok(())
@@ -292,13 +299,18 @@ impl NodeApi for Node {
 
     async fn config_list(&self, kind: Option<String>) -> Result<serde_json::Value, ApiError> {
         let kind = kind
-            .map(|k| k.parse::<Kind>().map_err(ApiError::BadRequest))
+            .map(|k| {
+                k.parse::<Kind>()
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))
+            })
             .transpose()?;
         Ok(serde_json::to_value(self.config.list(kind)).unwrap_or_default())
     }
 
     async fn config_get(&self, kind: String, name: String) -> Result<serde_json::Value, ApiError> {
-        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        let kind: Kind = kind
+            .parse()
+            .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
         self.config
             .get(kind, &name)
             .map(|e| serde_json::to_value(e).unwrap_or_default())
@@ -311,7 +323,9 @@ impl NodeApi for Node {
         name: String,
         body: Vec<u8>,
     ) -> Result<serde_json::Value, ApiError> {
-        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        let kind: Kind = kind
+            .parse()
+            .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
         let entry = self
@@ -326,7 +340,9 @@ impl NodeApi for Node {
         kind: String,
         name: String,
     ) -> Result<serde_json::Value, ApiError> {
-        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        let kind: Kind = kind
+            .parse()
+            .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
         let h = self
             .config
             .history(kind, &name)
@@ -338,7 +354,9 @@ impl NodeApi for Node {
     }
 
     async fn config_delete(&self, kind: String, name: String) -> Result<(), ApiError> {
-        let kind: Kind = kind.parse().map_err(ApiError::BadRequest)?;
+        let kind: Kind = kind
+            .parse()
+            .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
         if self.config.get(kind, &name).is_none() {
             return Err(ApiError::NotFound(format!("no {kind} {name}")));
         }
@@ -357,8 +375,8 @@ impl NodeApi for Node {
         };
         let applied = self.config.applied();
         let d = decide(
-            &applied.policy_default,
-            applied.policy_rules.iter().map(|(n, r)| (n.as_str(), r)),
+            &applied.policy.default,
+            applied.policy.rules.iter().map(|(n, r)| (n.as_str(), r)),
             &q.source,
             &q.destination,
             http.as_ref().map(|(p, m)| (p.as_str(), m.as_str())),
@@ -367,7 +385,8 @@ impl NodeApi for Node {
     }
 
     async fn logs(&self, filter: Option<String>) -> Vec<serde_json::Value> {
-        self.access_log
+        self.data
+            .access_log
             .recent(filter.as_deref(), 200)
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -375,11 +394,13 @@ impl NodeApi for Node {
     }
 
     async fn graph(&self) -> serde_json::Value {
-        Node::graph(self).await
+        let members = Agent::members(self).await;
+        crate::telemetry::graph::graph(&members, &self.data.catalog.get())
     }
 
     async fn metrics(&self) -> String {
-        metrics::render(self).await
+        self.refresh_gauges().await;
+        self.data.metrics.render()
     }
 
     fn is_admin(&self, token: &str) -> bool {
@@ -391,5 +412,35 @@ fn keys_view(ring: &weft_gossip::Keyring) -> GossipKeysView {
     GossipKeysView {
         primary: format!("{:08x}", ring.primary),
         keys: ring.ids().iter().map(|k| format!("{k:08x}")).collect(),
+    }
+}
+
+impl Agent {
+    /// Sets the gauges that describe this node's state, just before a scrape.
+    async fn refresh_gauges(&self) {
+        let m = &self.data.metrics;
+        let members = Agent::members(self).await;
+        for status in [
+            weft_gossip::MemberStatus::Alive,
+            weft_gossip::MemberStatus::Failed,
+            weft_gossip::MemberStatus::Left,
+        ] {
+            let n = members.iter().filter(|x| x.status == status).count();
+            m.members
+                .get_or_create(&crate::telemetry::metrics::StatusLabels {
+                    status: status.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let leaf = self.identity.leaf();
+        let now = weft_ca::unix(crate::clock::now());
+        m.cert_expiry_seconds.set(
+            i64::try_from(leaf.not_after_unix).unwrap_or(i64::MAX)
+                - i64::try_from(now).unwrap_or(i64::MAX),
+        );
+        m.config_entries
+            .set(i64::try_from(self.config.live_count()).unwrap_or(i64::MAX));
+        let age_ms = crate::clock::unix_ms().saturating_sub(self.config.synced_at_ms());
+        m.config_digest_age_seconds.set(age_ms as f64 / 1000.0);
     }
 }

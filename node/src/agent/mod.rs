@@ -2,16 +2,13 @@
 //! certificate renewal and housekeeping until SIGTERM, SIGINT or `weft leave`.
 
 mod api;
-pub mod join;
-mod metrics;
-pub mod node;
-mod quic;
-pub mod renewal;
+mod loops;
+mod records;
 mod setup;
-mod tasks;
+pub mod state;
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
@@ -19,14 +16,19 @@ use tracing::{error, info, warn};
 use weft_ca::TrustRoot;
 use weft_gossip::{Gossip, GossipConfig, GossipStats, SharedKeyring};
 
-use crate::authority::Authority;
-use crate::catalog::LocalServices;
-use crate::config::{ConfigError, Settings};
-use crate::identity::{IdentityError, IdentityFiles};
+use crate::ca_role::CaRole;
+use crate::catalog::{LocalServices, RegistryError};
+use crate::cluster_config::ConfigReplica;
+use crate::config::{AgentArgs, ConfigError, Settings};
+use crate::identity::{IdentityError, IdentityFiles, NodeIdentity};
+use crate::proxy::{ConnPool, ProxyInputs, ProxyParts};
+use crate::rpc::join_client::JoinFailure;
+use crate::rpc::{CaClient, CtlClient, ServerInputs};
 use crate::store::{files::ensure_private_dir, Store, StoreError};
 use crate::telemetry::{AccessLog, Metrics};
 use crate::tls::{self, CertStore, TlsError};
-use node::{Node, NodeParts};
+use records::RecordSigner;
+use state::{Agent, VERSION};
 
 /// Why the agent could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -45,18 +47,51 @@ pub enum AgentError {
     Tls(#[from] TlsError),
     /// Joining failed.
     #[error(transparent)]
-    Join(#[from] join::JoinFailure),
-    /// Setting up the identity failed.
-    #[error("{0}")]
-    Setup(String),
+    Join(#[from] JoinFailure),
+    /// The data directory cannot be created.
+    #[error("cannot create {dir}: {source}")]
+    DataDir {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The cluster root or this node's certificate is unusable.
+    #[error("cluster root or node certificate unusable: {0}")]
+    Certificate(#[from] weft_ca::VerifyError),
+    /// Creating keys or certificates failed.
+    #[error(transparent)]
+    Ca(#[from] weft_ca::CaError),
+    /// The CA refused to issue this node's own certificate.
+    #[error("the CA refused this node's certificate: {0}")]
+    Refused(#[from] crate::ca_role::Refusal),
+    /// The services in the config file are invalid.
+    #[error(transparent)]
+    Services(#[from] RegistryError),
+    /// Gossip could not start.
+    #[error(transparent)]
+    Gossip(#[from] weft_gossip::GossipError),
+    /// The access log cannot be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
     /// A socket could not be bound.
-    #[error("{0}")]
-    Bind(String),
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// What listens there.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data directory holds no usable identity for this start.
+    #[error(transparent)]
+    Setup(#[from] setup::SetupError),
 }
 
 /// Seconds since the Unix epoch, for display.
 pub fn api_now_unix() -> u64 {
-    weft_ca::unix(SystemTime::now())
+    crate::clock::unix_secs()
 }
 
 /// Gossip rounds between announcing a leave and closing the QUIC endpoint.
@@ -66,48 +101,44 @@ const LEAVE_GRACE_ROUNDS: u32 = 4;
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Runs the agent until it is told to stop.
-pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), AgentError> {
-    ensure_private_dir(&settings.data_dir).map_err(|e| {
-        AgentError::Setup(format!(
-            "cannot create {}: {e}",
-            settings.data_dir.display()
-        ))
+pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> {
+    ensure_private_dir(&settings.data_dir).map_err(|source| AgentError::DataDir {
+        dir: settings.data_dir.display().to_string(),
+        source,
     })?;
     let files = IdentityFiles::new(&settings.data_dir);
     let store = Store::open(&settings.data_dir.join("store"))?;
     let identity = setup::establish(&settings, &files, &store).await?;
     let admin_token = files.admin_token()?;
 
-    let trust = Arc::new(
-        TrustRoot::new(identity.info.cluster.clone(), identity.ca_der.clone())
-            .map_err(|e| AgentError::Setup(format!("cluster root unusable: {e}")))?,
-    );
+    let trust = Arc::new(TrustRoot::new(
+        identity.info.cluster.clone(),
+        identity.ca_der.clone(),
+    )?);
     let revoked = Arc::new(RwLock::new(store.crl()?));
     let certs = CertStore::new(&identity.key, &identity.cert_der, &identity.ca_der)?;
     let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
-    let ctl_client = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
-    let data_client = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
-    let config = Arc::new(crate::cluster_config::ConfigReplica::load(
+    let ctl_config = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
+    let data_config = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
+    let config = Arc::new(ConfigReplica::load(
         store.clone(),
         identity.info.name.as_str(),
     )?);
-    let services = Arc::new(
-        LocalServices::new(
-            store.clone(),
-            vec![settings.bind, settings.advertise],
-            &settings.services,
-        )
-        .map_err(|e| AgentError::Setup(e.to_string()))?,
-    );
-    let endpoint = tls::bind_endpoint(server_config, settings.quic_listen()).map_err(|e| {
-        AgentError::Bind(format!(
-            "cannot bind QUIC {}/udp: {e}",
-            settings.quic_listen()
-        ))
+    let services = Arc::new(LocalServices::new(
+        store.clone(),
+        vec![settings.bind, settings.advertise],
+        &settings.services,
+    )?);
+    let endpoint = tls::bind_endpoint(server_config, settings.quic_listen()).map_err(|source| {
+        AgentError::Bind {
+            what: "QUIC",
+            addr: format!("{}/udp", settings.quic_listen()),
+            source,
+        }
     })?;
-    let authority = identity
+    let ca = identity
         .ca
-        .map(|ca| Authority::new(ca, store.clone(), settings.leaf_ttl))
+        .map(|ca| CaRole::new(ca, store.clone(), settings.leaf_ttl).map(Arc::new))
         .transpose()?;
 
     let seeds: Vec<String> = store
@@ -116,59 +147,57 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         .filter(|p| p.gossip_addr != settings.gossip_advertise())
         .map(|p| p.gossip_addr.to_string())
         .collect();
-    let generation = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     let keyring = SharedKeyring::new(identity.keyring.clone());
     let gossip_stats = Arc::new(GossipStats::default());
+    let records = RecordSigner::default();
+    let node_identity = Arc::new(NodeIdentity::new(
+        identity.info.clone(),
+        identity.key,
+        identity.cert_der,
+        certs,
+        trust.clone(),
+        revoked,
+        files,
+        store.clone(),
+    )?);
 
-    // The first record is signed before gossip starts; Node re-signs from then on.
-    let boot_record = {
-        let leaf_der = identity.cert_der.clone();
-        let record = weft_gossip::NodeRecord {
-            name: identity.info.name.clone(),
-            quic_addr: settings.quic_advertise(),
-            zone: settings.zone.clone(),
-            version: node::VERSION.to_owned(),
-            cert: weft_gossip::NodeRecord::encode_cert(&leaf_der),
-            ca: authority.is_some(),
-            leaving: false,
-            signed_at_ms: 0,
-        };
-        weft_gossip::encode_signed(&record, |m| identity.key.sign(m).unwrap_or_default())
-    };
-    let gossip = Gossip::start(
-        GossipConfig {
-            name: identity.info.name.clone(),
-            generation,
-            listen: settings.gossip_listen(),
-            advertise: settings.gossip_advertise(),
-            seeds,
-            cluster: identity.info.cluster.to_string(),
-            interval: settings.gossip_interval,
-            phi_threshold: 8.0,
-        },
-        keyring,
-        Arc::new(RwLock::new((*trust).clone())),
-        gossip_stats,
-        boot_record,
-    )
-    .await
-    .map_err(|e| AgentError::Bind(e.to_string()))?;
+    // The first record is signed before gossip starts; the agent re-signs from then on.
+    let boot_record = boot_record(&node_identity, &settings, ca.is_some());
+    let gossip = Arc::new(
+        Gossip::start(
+            GossipConfig {
+                name: node_identity.info.name.clone(),
+                generation: crate::clock::unix_ms(),
+                listen: settings.gossip_listen(),
+                advertise: settings.gossip_advertise(),
+                seeds,
+                cluster: node_identity.info.cluster.to_string(),
+                interval: settings.gossip_interval,
+                phi_threshold: 8.0,
+            },
+            keyring,
+            Arc::new(RwLock::new((*trust).clone())),
+            gossip_stats.clone(),
+            boot_record,
+        )
+        .await?,
+    );
 
     let api_listener = tokio::net::TcpListener::bind(settings.api)
         .await
-        .map_err(|e| AgentError::Bind(format!("cannot bind API {}/tcp: {e}", settings.api)))?;
+        .map_err(|source| AgentError::Bind {
+            what: "API",
+            addr: format!("{}/tcp", settings.api),
+            source,
+        })?;
     let proxy_listener = tokio::net::TcpListener::bind(settings.proxy)
         .await
-        .map_err(|e| {
-            AgentError::Bind(format!(
-                "cannot bind HTTP proxy {}/tcp: {e}",
-                settings.proxy
-            ))
+        .map_err(|source| AgentError::Bind {
+            what: "HTTP proxy",
+            addr: format!("{}/tcp", settings.proxy),
+            source,
         })?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(gossip_stats));
     let shutdown_logs = tokio_util::sync::CancellationToken::new();
     let access_log = AccessLog::start(
         settings.access_log.clone(),
@@ -176,69 +205,88 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
         shutdown_logs.clone(),
     )
     .await
-    .map_err(|e| AgentError::Setup(format!("cannot open the access log: {e}")))?;
+    .map_err(AgentError::AccessLog)?;
 
-    let node = Arc::new(
-        Node::new(NodeParts {
-            settings: settings.clone(),
-            info: identity.info.clone(),
-            key: identity.key,
-            cert_der: identity.cert_der,
-            certs,
-            trust,
-            revoked,
-            files,
-            store,
-            gossip,
-            endpoint,
-            ctl_client,
-            authority,
-            admin_token,
-            services,
-            data_client,
-            metrics,
-            access_log,
-            config,
-        })
-        .map_err(|e| AgentError::Setup(e.to_string()))?,
-    );
-    node.publish_record().await;
-    node.publish_services().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let data = Arc::new(ProxyInputs::new(ProxyParts {
+        identity: node_identity.clone(),
+        services,
+        config: config.view(),
+        pool: ConnPool::new(endpoint.clone(), data_config),
+        metrics,
+        access_log,
+        zone: settings.zone.clone(),
+        gossip_interval: settings.gossip_interval,
+        shutdown: shutdown.clone(),
+    }));
+    let ctl = CtlClient::new(endpoint.clone(), ctl_config);
+    let ca_client = CaClient::new(ctl.clone(), gossip.clone(), store.clone());
+    let agent = Arc::new(Agent {
+        settings: RwLock::new(settings.clone()),
+        identity: node_identity,
+        store,
+        gossip,
+        records,
+        ca,
+        ctl,
+        ca_client,
+        config,
+        data,
+        admin_token,
+        shutdown,
+    });
+    agent.publish_record().await;
+    agent.publish_services().await;
     // The catalog holds this node's own services before the API can answer "ready".
-    node.refresh_catalog().await;
+    agent.refresh_catalog().await;
 
     let tasks = TaskTracker::new();
-    tasks.spawn(quic::serve(node.clone(), tasks.clone()));
+    let server = Arc::new(ServerInputs {
+        endpoint: endpoint.clone(),
+        identity: agent.identity.clone(),
+        ca: agent.ca.clone(),
+        ca_client: agent.ca_client.clone(),
+        gossip: agent.gossip.clone(),
+        config: agent.config.clone(),
+        data: agent.data.clone(),
+        shutdown: agent.shutdown.clone(),
+    });
+    tasks.spawn(crate::rpc::server::serve(server, tasks.clone()));
     if let Some(path) = std::env::var_os(crate::clock::TEST_CLOCK_ENV) {
         tasks.spawn(crate::clock::follow_file(
             path.into(),
-            node.shutdown.clone(),
+            agent.shutdown.clone(),
         ));
     }
-    tasks.spawn(tasks::renew_loop(node.clone()));
-    tasks.spawn(tasks::housekeeping_loop(node.clone()));
-    tasks.spawn(tasks::catalog_loop(node.clone()));
-    tasks.spawn(tasks::publish_services_loop(node.clone()));
-    tasks.spawn(tasks::config_loop(node.clone()));
-    tasks.spawn(tasks::edges_loop(node.clone()));
+    tasks.spawn(loops::renew_loop(agent.clone()));
+    tasks.spawn(loops::housekeeping_loop(agent.clone()));
+    tasks.spawn(loops::catalog_loop(agent.clone()));
+    tasks.spawn(loops::publish_services_loop(agent.clone()));
+    tasks.spawn(loops::edges_loop(agent.clone()));
+    tasks.spawn(crate::cluster_config::sync::run(
+        agent.config.clone(),
+        agent.gossip.clone(),
+        agent.ctl.clone(),
+        agent.shutdown.clone(),
+    ));
     tasks.spawn(crate::health::supervise(
-        node.services.clone(),
-        node.shutdown.clone(),
+        agent.data.services.clone(),
+        agent.shutdown.clone(),
     ));
     tasks.spawn(crate::proxy::listeners::supervise_upstreams(
-        node.clone(),
-        node.shutdown.clone(),
+        agent.data.clone(),
+        agent.shutdown.clone(),
     ));
     tasks.spawn(crate::proxy::listeners::serve_forward_proxy(
-        node.clone(),
+        agent.data.clone(),
         proxy_listener,
-        node.shutdown.clone(),
+        agent.shutdown.clone(),
     ));
     {
-        let node = node.clone();
-        let router = weft_web::router(node.clone());
+        let agent = agent.clone();
+        let router = weft_web::router(agent.clone());
         tasks.spawn(async move {
-            let shutdown = node.shutdown.clone();
+            let shutdown = agent.shutdown.clone();
             if let Err(e) = axum::serve(api_listener, router)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
@@ -249,12 +297,12 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     }
 
     info!(
-        node = %node.info.name,
-        cluster = %node.info.cluster,
+        node = %agent.identity.info.name,
+        cluster = %agent.identity.info.cluster,
         gossip = %settings.gossip_advertise(),
         quic = %settings.quic_advertise(),
         api = %settings.api,
-        ca = node.authority.is_some(),
+        ca = agent.ca.is_some(),
         "agent ready; dashboard at http://{}/", settings.api
     );
     if settings.dev {
@@ -266,30 +314,29 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
-    wait_for_stop(&node, &args).await;
+    wait_for_stop(&agent, &args).await;
 
     // Graceful stop: announce the leave, stop accepting, drain, stop gossip.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    node.leaving
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    node.gossip.leave(node.signed_record()).await;
+    agent.records.set_leaving();
+    agent.gossip.leave(agent.signed_record()).await;
     // Peers learn of the leave within a few gossip rounds and stop sending here; until
     // then keep serving what they still send (closing at once made their dials time out).
-    tokio::time::sleep(node.settings().gossip_interval * LEAVE_GRACE_ROUNDS).await;
-    node.shutdown.cancel();
-    node.endpoint.close(0u32.into(), b"agent stopping");
+    tokio::time::sleep(agent.settings().gossip_interval * LEAVE_GRACE_ROUNDS).await;
+    agent.shutdown.cancel();
+    endpoint.close(0u32.into(), b"agent stopping");
     tasks.close();
     if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
         warn!("some tasks did not finish within the drain period");
     }
-    node.gossip.shutdown().await;
+    agent.gossip.shutdown().await;
     shutdown_logs.cancel();
-    tokio::time::timeout(Duration::from_secs(2), node.endpoint.wait_idle())
+    tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
         .await
         .ok();
     info!("agent stopped after leaving the cluster");
     if settings.ephemeral {
-        drop(node);
+        drop(agent);
         if let Err(e) = std::fs::remove_dir_all(&settings.data_dir) {
             warn!(error = %e, dir = %settings.data_dir.display(), "cannot remove the dev data dir");
         }
@@ -297,32 +344,48 @@ pub async fn run(args: crate::cli::AgentArgs, settings: Settings) -> Result<(), 
     Ok(())
 }
 
+/// The record gossip starts with (signed once more by the agent as soon as it runs).
+fn boot_record(identity: &NodeIdentity, settings: &Settings, ca: bool) -> String {
+    let (der, _) = identity.cert();
+    let record = weft_gossip::NodeRecord {
+        name: identity.info.name.clone(),
+        quic_addr: settings.quic_advertise(),
+        zone: settings.zone.clone(),
+        version: VERSION.to_owned(),
+        cert: weft_gossip::NodeRecord::encode_cert(&der),
+        ca,
+        leaving: false,
+        signed_at_ms: 0,
+    };
+    weft_gossip::encode_signed(&record, |m| identity.key.sign(m).unwrap_or_default())
+}
+
 /// Waits for SIGTERM/SIGINT or a leave through the API; reloads the config on SIGHUP.
-async fn wait_for_stop(node: &Arc<Node>, args: &crate::cli::AgentArgs) {
+async fn wait_for_stop(agent: &Arc<Agent>, args: &AgentArgs) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
     ) else {
         error!("cannot install signal handlers; stop with `weft leave`");
-        node.shutdown.cancelled().await;
+        agent.shutdown.cancelled().await;
         return;
     };
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: leaving the cluster"); return; }
             _ = int.recv() => { info!("SIGINT: leaving the cluster"); return; }
-            _ = node.shutdown.cancelled() => return,
-            _ = hup.recv() => reload(node, args).await,
+            _ = agent.shutdown.cancelled() => return,
+            _ = hup.recv() => reload(agent, args).await,
         }
     }
 }
 
 /// SIGHUP: re-reads the config file; applies what can change at run time (zone, gossip
 /// details published in the record) and says what needs a restart.
-async fn reload(node: &Arc<Node>, args: &crate::cli::AgentArgs) {
+async fn reload(agent: &Arc<Agent>, args: &AgentArgs) {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-    let current = node.settings();
+    let current = agent.settings();
     let Some(path) = current.config_path.clone() else {
         info!("SIGHUP: no config file to reload");
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -355,13 +418,16 @@ async fn reload(node: &Arc<Node>, args: &crate::cli::AgentArgs) {
                 fresh.api = current.api;
             }
             let zone_changed = fresh.zone != current.zone;
-            if let Err(e) = node.services.set_file(&fresh.services) {
+            if let Err(e) = agent.data.services.set_file(&fresh.services) {
                 error!(error = %e, "SIGHUP: services not reloaded, keeping the running ones");
                 fresh.services = current.services.clone();
             }
-            *node.settings.write().unwrap_or_else(|e| e.into_inner()) = fresh;
             if zone_changed {
-                node.publish_record().await;
+                agent.data.set_zone(&fresh.zone);
+            }
+            *agent.settings.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+            if zone_changed {
+                agent.publish_record().await;
             }
             info!(file = %path.display(), "configuration reloaded");
         }

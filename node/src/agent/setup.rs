@@ -7,12 +7,47 @@ use tracing::{info, warn};
 use weft_ca::{unix, CertificateAuthority, ClusterName, JoinToken, LeafInfo, NodeKey, SpiffeId};
 use weft_gossip::{GossipKey, Keyring};
 
-use super::join::{self, JoinFailure};
 use super::AgentError;
-use crate::authority::Authority;
+use crate::ca_role::CaRole;
 use crate::config::Settings;
 use crate::identity::{ClusterInfo, Identity, IdentityFiles};
+use crate::rpc::join_client::{self as join, JoinFailure};
 use crate::store::{Peer, Store};
+
+/// This start cannot establish an identity; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A data directory with no identity, and neither --bootstrap nor a token.
+    #[error("{dir} holds no identity: start the first node with --bootstrap, or join with --join SEED --token TOKEN")]
+    NoIdentity {
+        /// The data directory.
+        dir: String,
+    },
+    /// The data directory belongs to another node.
+    #[error("{dir} belongs to node {has:?}, not {wanted:?}: use its name or another --data-dir")]
+    WrongNode {
+        /// The data directory.
+        dir: String,
+        /// The node it belongs to.
+        has: String,
+        /// The name asked for.
+        wanted: String,
+    },
+    /// The data directory belongs to another cluster.
+    #[error("this node belongs to cluster {has:?}, not {wanted:?}")]
+    WrongCluster {
+        /// The cluster it belongs to.
+        has: String,
+        /// The cluster asked for.
+        wanted: String,
+    },
+    /// A token without a seed to use it with.
+    #[error("--token needs at least one --join SEED")]
+    TokenWithoutSeed,
+    /// The certificate expired while the agent was down.
+    #[error("this node's certificate expired at unix {0} while the agent was down; re-join with a new token: weft token create (on a member), then start with --join SEED --token TOKEN")]
+    Expired(u64),
+}
 
 /// Validity of a new root CA.
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
@@ -29,30 +64,30 @@ pub async fn establish(
         } else if let Some(token) = &settings.token {
             join_with_token(settings, files, store, token).await?;
         } else {
-            return Err(AgentError::Setup(format!(
-                "{} holds no identity: start the first node with --bootstrap, or join with --join SEED --token TOKEN",
-                settings.data_dir.display()
-            )));
+            return Err(SetupError::NoIdentity {
+                dir: settings.data_dir.display().to_string(),
+            }
+            .into());
         }
     } else if settings.bootstrap && !settings.dev {
         info!("this node already belongs to a cluster; --bootstrap ignored");
     }
     let identity = files.load()?;
     if identity.info.name != settings.name {
-        return Err(AgentError::Setup(format!(
-            "{} belongs to node {:?}, not {:?}: use its name or another --data-dir",
-            settings.data_dir.display(),
-            identity.info.name.as_str(),
-            settings.name.as_str()
-        )));
+        return Err(SetupError::WrongNode {
+            dir: settings.data_dir.display().to_string(),
+            has: identity.info.name.to_string(),
+            wanted: settings.name.to_string(),
+        }
+        .into());
     }
     if let Some(c) = &settings.cluster {
         if *c != identity.info.cluster {
-            return Err(AgentError::Setup(format!(
-                "this node belongs to cluster {:?}, not {:?}",
-                identity.info.cluster.as_str(),
-                c.as_str()
-            )));
+            return Err(SetupError::WrongCluster {
+                has: identity.info.cluster.to_string(),
+                wanted: c.to_string(),
+            }
+            .into());
         }
     }
     refresh_if_expired(settings, files, store, identity).await
@@ -63,16 +98,11 @@ fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Resul
         ClusterName::new("weft").unwrap_or_else(|_| unreachable!("constant is valid"))
     });
     let now = SystemTime::now();
-    let (ca, ca_key) =
-        CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY).map_err(setup)?;
-    let authority = Authority::new(ca, store.clone(), settings.leaf_ttl)?;
-    let key = NodeKey::generate().map_err(setup)?;
-    let csr = key
-        .csr_der(&SpiffeId::node(cluster.clone(), settings.name.clone()))
-        .map_err(setup)?;
-    let issued = authority
-        .issue_own(&settings.name, &csr, now)
-        .map_err(|r| AgentError::Setup(r.message))?;
+    let (ca, ca_key) = CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY)?;
+    let authority = CaRole::new(ca, store.clone(), settings.leaf_ttl)?;
+    let key = NodeKey::generate()?;
+    let csr = key.csr_der(&SpiffeId::node(cluster.clone(), settings.name.clone()))?;
+    let issued = authority.issue_own(&settings.name, &csr, now)?;
     let ca_der = authority.ca_cert_der().to_vec();
     let keyring = Keyring::single(GossipKey::generate());
     let info = ClusterInfo {
@@ -91,14 +121,12 @@ async fn join_with_token(
     token: &str,
 ) -> Result<(), AgentError> {
     if settings.join.is_empty() {
-        return Err(AgentError::Setup(
-            "--token needs at least one --join SEED".into(),
-        ));
+        return Err(SetupError::TokenWithoutSeed.into());
     }
     let token: JoinToken = token
         .parse()
         .map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
-    let key = NodeKey::generate().map_err(setup)?;
+    let key = NodeKey::generate()?;
     let joined = join::join(&settings.join, settings.bind, &settings.name, &token, &key).await?;
     let info = ClusterInfo {
         cluster: joined.cluster.clone(),
@@ -142,39 +170,30 @@ async fn refresh_if_expired(
     store: &Store,
     mut identity: Identity,
 ) -> Result<Identity, AgentError> {
-    let leaf = LeafInfo::parse(&identity.cert_der).map_err(setup)?;
+    let leaf = LeafInfo::parse(&identity.cert_der)?;
     let now = SystemTime::now();
     if leaf.not_after_unix > unix(now) {
         return Ok(identity);
     }
     if let Some(ca) = identity.ca.take() {
-        let authority = Authority::new(ca, store.clone(), settings.leaf_ttl)?;
-        let csr = identity
-            .key
-            .csr_der(&SpiffeId::node(
-                identity.info.cluster.clone(),
-                identity.info.name.clone(),
-            ))
-            .map_err(setup)?;
-        let issued = authority
-            .issue_own(&identity.info.name, &csr, now)
-            .map_err(|r| AgentError::Setup(r.message))?;
+        let authority = CaRole::new(ca, store.clone(), settings.leaf_ttl)?;
+        let csr = identity.key.csr_der(&SpiffeId::node(
+            identity.info.cluster.clone(),
+            identity.info.name.clone(),
+        ))?;
+        let issued = authority.issue_own(&identity.info.name, &csr, now)?;
         files.save_cert(&issued.der)?;
         warn!("the node certificate had expired; the CA node issued itself a new one");
         return files.load().map_err(Into::into);
     }
     let Some(token) = &settings.token else {
-        return Err(AgentError::Setup(format!(
-            "this node's certificate expired at unix {} while the agent was down; re-join with a new token: \
-             weft token create (on a member), then start with --join SEED --token TOKEN",
-            leaf.not_after_unix
-        )));
+        return Err(SetupError::Expired(leaf.not_after_unix).into());
     };
     warn!("the node certificate expired while the agent was down; re-joining with the given token");
     let token: JoinToken = token
         .parse()
         .map_err(|e| AgentError::Join(JoinFailure::BadAnswer(format!("{e}"))))?;
-    let key = NodeKey::generate().map_err(setup)?;
+    let key = NodeKey::generate()?;
     let mut seeds = settings.join.clone();
     seeds.extend(store.peers()?.iter().map(|p| p.quic_addr.to_string()));
     let joined = join::join(&seeds, settings.bind, &settings.name, &token, &key).await?;
@@ -187,8 +206,4 @@ async fn refresh_if_expired(
         &joined.keyring,
     )?;
     files.load().map_err(Into::into)
-}
-
-fn setup(e: impl std::fmt::Display) -> AgentError {
-    AgentError::Setup(e.to_string())
 }

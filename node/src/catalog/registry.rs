@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use weft_ca::ServiceName;
 use weft_gossip::{ServiceRecord, ServiceSet};
 
-use super::spec::{check_set, ServiceSpec, SpecError};
+use super::health::HealthState;
+use super::spec::{check_set, Conflict, ServiceSpec, SpecError};
 use crate::config::file::ServiceConfig;
-use crate::health::state::HealthState;
 use crate::store::{Store, StoreError};
 
 /// Why a registration was refused.
@@ -22,8 +22,8 @@ pub enum RegistryError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     /// It conflicts with other services.
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -56,7 +56,7 @@ impl LocalServices {
             .map(|c| ServiceSpec::from_config(c, &own_ips))
             .collect::<Result<Vec<_>, _>>()?;
         let mut from_api = Vec::new();
-        for c in store.services()? {
+        for c in store.services::<ServiceConfig>()? {
             match ServiceSpec::from_config(&c, &own_ips) {
                 Ok(s) if !from_file.iter().any(|f| f.name == s.name) => from_api.push(s),
                 Ok(_) => {}
@@ -66,7 +66,7 @@ impl LocalServices {
             }
         }
         let all: Vec<ServiceSpec> = from_file.iter().chain(&from_api).cloned().collect();
-        check_set(&all).map_err(RegistryError::Conflict)?;
+        check_set(&all)?;
         Ok(Self {
             own_ips,
             from_file: RwLock::new(from_file),
@@ -102,10 +102,7 @@ impl LocalServices {
     pub fn register(&self, c: &ServiceConfig) -> Result<ServiceSpec, RegistryError> {
         let spec = ServiceSpec::from_config(c, &self.own_ips)?;
         if read(&self.from_file).iter().any(|f| f.name == spec.name) {
-            return Err(RegistryError::Conflict(format!(
-                "service {} is defined in the config file; change it there",
-                spec.name
-            )));
+            return Err(Conflict::InConfigFile(spec.name.clone()).into());
         }
         let mut api = read(&self.from_api);
         api.retain(|s| s.name != spec.name);
@@ -114,8 +111,8 @@ impl LocalServices {
             .into_iter()
             .chain(api.iter().cloned())
             .collect();
-        check_set(&all).map_err(RegistryError::Conflict)?;
-        self.store.put_service(c)?;
+        check_set(&all)?;
+        self.store.put_service(&c.name, c)?;
         *self.from_api.write().unwrap_or_else(|e| e.into_inner()) = api;
         self.bump();
         Ok(spec)
@@ -124,9 +121,7 @@ impl LocalServices {
     /// Removes an API-registered service; Ok(false) if there was none.
     pub fn deregister(&self, name: &ServiceName) -> Result<bool, RegistryError> {
         if read(&self.from_file).iter().any(|f| &f.name == name) {
-            return Err(RegistryError::Conflict(format!(
-                "service {name} is defined in the config file; remove it there"
-            )));
+            return Err(Conflict::InConfigFile(name.clone()).into());
         }
         let mut api = read(&self.from_api);
         let before = api.len();
@@ -155,7 +150,7 @@ impl LocalServices {
             .filter(|a| !specs.iter().any(|f| f.name == a.name))
             .collect();
         let all: Vec<ServiceSpec> = specs.iter().chain(&api).cloned().collect();
-        check_set(&all).map_err(RegistryError::Conflict)?;
+        check_set(&all)?;
         *self.from_file.write().unwrap_or_else(|e| e.into_inner()) = specs;
         *self.from_api.write().unwrap_or_else(|e| e.into_inner()) = api;
         self.bump();

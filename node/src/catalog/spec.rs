@@ -128,7 +128,7 @@ impl ServiceSpec {
             .as_ref()
             .map(|k| check_spec(k, own))
             .transpose()
-            .map_err(|(f, m)| err(f, m))?;
+            .map_err(|FieldError(f, m)| err(f, m))?;
         let mut upstreams = Vec::new();
         for u in &c.upstream {
             let service = ServiceName::new(u.service.clone())
@@ -157,18 +157,23 @@ impl ServiceSpec {
     }
 }
 
+/// One field of a check that is refused (wrapped into a `SpecError` with the service).
+struct FieldError(&'static str, String);
+
 fn duration(
     v: Option<&str>,
     default: Duration,
     field: &'static str,
-) -> Result<Duration, (&'static str, String)> {
+) -> Result<Duration, FieldError> {
     match v {
         None => Ok(default),
-        Some(s) => humantime::parse_duration(s).map_err(|e| (field, format!("{s:?}: {e}"))),
+        Some(s) => {
+            humantime::parse_duration(s).map_err(|e| FieldError(field, format!("{s:?}: {e}")))
+        }
     }
 }
 
-fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, (&'static str, String)> {
+fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, FieldError> {
     let interval = duration(
         k.interval.as_deref(),
         Duration::from_secs(5),
@@ -180,33 +185,41 @@ fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, (&'static st
         "check.timeout",
     )?;
     if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
-        return Err(("check.interval", "must be between 100ms and 1h".into()));
+        return Err(FieldError(
+            "check.interval",
+            "must be between 100ms and 1h".into(),
+        ));
     }
     if timeout.is_zero() || timeout > interval {
-        return Err((
+        return Err(FieldError(
             "check.timeout",
             "must be positive and at most the interval".into(),
         ));
     }
     let target = match (&k.http, &k.tcp) {
-        (Some(url), None) => http_target(url, own).map_err(|m| ("check.http", m))?,
+        (Some(url), None) => http_target(url, own)?,
         (None, Some(addr)) => {
             let a: SocketAddr = addr
                 .parse()
-                .map_err(|e| ("check.tcp", format!("{addr:?}: {e}")))?;
+                .map_err(|e| FieldError("check.tcp", format!("{addr:?}: {e}")))?;
             if !is_local_ip(a.ip(), own) {
-                return Err((
+                return Err(FieldError(
                     "check.tcp",
                     format!("{a}: checks may only target this host"),
                 ));
             }
             CheckTarget::Tcp(a)
         }
-        _ => return Err(("check", "set exactly one of `http` or `tcp`".into())),
+        _ => {
+            return Err(FieldError(
+                "check",
+                "set exactly one of `http` or `tcp`".into(),
+            ))
+        }
     };
     let threshold = |v: Option<u32>, f| match v.unwrap_or(2) {
         n @ 1..=10 => Ok(n),
-        _ => Err((f, "must be 1-10".to_owned())),
+        _ => Err(FieldError(f, "must be 1-10".to_owned())),
     };
     Ok(CheckSpec {
         target,
@@ -217,21 +230,23 @@ fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, (&'static st
     })
 }
 
-fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, String> {
+fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, FieldError> {
+    let bad = |m: String| FieldError("check.http", m);
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// URLs"))?;
+        .ok_or_else(|| bad(format!("{url:?}: only http:// URLs")))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if path.len() > 1024 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{url:?}: bad path"));
+        return Err(bad(format!("{url:?}: bad path")));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h,
-            p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?,
+            p.parse::<u16>()
+                .map_err(|_| bad(format!("{url:?}: bad port")))?,
         ),
         _ => (authority, 80),
     };
@@ -240,11 +255,13 @@ fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, String> {
         IpAddr::from([127, 0, 0, 1])
     } else {
         host_ip.parse().map_err(|_| {
-            format!("{url:?}: the host must be an IP address of this host or localhost")
+            bad(format!(
+                "{url:?}: the host must be an IP address of this host or localhost"
+            ))
         })?
     };
     if !is_local_ip(ip, own) {
-        return Err(format!("{url:?}: checks may only target this host"));
+        return Err(bad(format!("{url:?}: checks may only target this host")));
     }
     Ok(CheckTarget::Http {
         addr: SocketAddr::new(ip, port),
@@ -253,20 +270,37 @@ fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, String> {
     })
 }
 
+/// Local services that cannot coexist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// More than a node may publish.
+    #[error("at most {MAX_SERVICES_PER_NODE} services per node")]
+    TooMany,
+    /// Two definitions of one name.
+    #[error("service {0} is defined twice")]
+    DuplicateName(ServiceName),
+    /// Two upstreams on one listener.
+    #[error("upstream listener {0} is used twice")]
+    DuplicateListener(SocketAddr),
+    /// Defined in the config file, so the API may not change it.
+    #[error("service {0} is defined in the config file; change it there")]
+    InConfigFile(ServiceName),
+}
+
 /// Checks a whole set of local services (unique names, unique upstream listeners, count).
-pub fn check_set(specs: &[ServiceSpec]) -> Result<(), String> {
+pub fn check_set(specs: &[ServiceSpec]) -> Result<(), Conflict> {
     if specs.len() > MAX_SERVICES_PER_NODE {
-        return Err(format!("at most {MAX_SERVICES_PER_NODE} services per node"));
+        return Err(Conflict::TooMany);
     }
     let mut names = std::collections::HashSet::new();
     let mut listens = std::collections::HashSet::new();
     for s in specs {
         if !names.insert(&s.name) {
-            return Err(format!("service {} is defined twice", s.name));
+            return Err(Conflict::DuplicateName(s.name.clone()));
         }
         for u in &s.upstreams {
             if !listens.insert(u.listen) {
-                return Err(format!("upstream listener {} is used twice", u.listen));
+                return Err(Conflict::DuplicateListener(u.listen));
             }
         }
     }

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::watch;
+
 use weft_ca::ServiceName;
 use weft_gossip::{Member, MemberStatus, Protocol};
 
@@ -123,19 +125,40 @@ impl Catalog {
     }
 }
 
-/// The shared, periodically refreshed catalog.
-#[derive(Debug, Clone, Default)]
-pub struct SharedCatalog(Arc<RwLock<Arc<Catalog>>>);
+/// The shared, periodically refreshed catalog, with a signal on every refresh.
+#[derive(Debug, Clone)]
+pub struct SharedCatalog {
+    current: Arc<RwLock<Arc<Catalog>>>,
+    refreshed: watch::Sender<u64>,
+}
+
+impl Default for SharedCatalog {
+    fn default() -> Self {
+        Self {
+            current: Arc::default(),
+            refreshed: watch::channel(0).0,
+        }
+    }
+}
 
 impl SharedCatalog {
     /// The current snapshot.
     pub fn get(&self) -> Arc<Catalog> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Replaces the snapshot.
+    /// Replaces the snapshot and signals subscribers.
     pub fn set(&self, c: Catalog) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(c);
+        self.refreshed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Resolves at each refresh after this call.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.refreshed.subscribe()
     }
 }
 

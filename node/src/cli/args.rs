@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::config::AgentArgs;
+
 /// weft: a service mesh for plain VMs and bare-metal hosts.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about)]
@@ -194,69 +196,6 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `weft agent` flags. Each has a config-file key of the same name (dashes become
-/// underscores); a flag wins over the file.
-#[derive(Debug, Clone, Default, Args)]
-pub struct AgentArgs {
-    /// TOML config file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Node name, unique in the cluster (default: hostname).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Cluster name and trust domain (default: "weft"; fixed by --bootstrap).
-    #[arg(long)]
-    pub cluster: Option<String>,
-    /// Directory for the store, keys and certificates (default: /var/lib/weft).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address to listen on for gossip and QUIC (default: 0.0.0.0).
-    #[arg(long, value_name = "IP")]
-    pub bind: Option<String>,
-    /// Address other nodes use (default: --bind if specific, else the first non-loopback address).
-    #[arg(long, value_name = "IP")]
-    pub advertise: Option<String>,
-    /// UDP port for gossip (default: 7946).
-    #[arg(long, value_name = "N")]
-    pub gossip_port: Option<u16>,
-    /// UDP port for QUIC (default: 7443).
-    #[arg(long, value_name = "N")]
-    pub quic_port: Option<u16>,
-    /// HTTP API and dashboard address (default: 127.0.0.1:7070).
-    #[arg(long, value_name = "ADDR")]
-    pub api: Option<String>,
-    /// HTTP proxy address for local apps (default: 127.0.0.1:15001).
-    #[arg(long, value_name = "ADDR")]
-    pub proxy: Option<String>,
-    /// A seed node's QUIC address, HOST[:PORT] (port default 7443); repeatable.
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub join: Vec<String>,
-    /// One-time join token (needed on first start only).
-    #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Create a new cluster and its CA on this node.
-    #[arg(long)]
-    pub bootstrap: bool,
-    /// Single node, temporary data dir, bootstrap, verbose logs.
-    #[arg(long)]
-    pub dev: bool,
-    /// Zone label for same-zone routing.
-    #[arg(long)]
-    pub zone: Option<String>,
-    /// Log format: human or json.
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
-    /// Lifetime of node certificates this node's CA issues (default 24h).
-    #[arg(long, value_name = "DURATION")]
-    pub leaf_ttl: Option<String>,
-    /// Interval between gossip rounds (default 250ms).
-    #[arg(long, value_name = "DURATION")]
-    pub gossip_interval: Option<String>,
-    /// Access log: FILE, stdout or off (default stdout).
-    #[arg(long, value_name = "FILE|stdout|off")]
-    pub access_log: Option<String>,
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 }
 
 fn ago_or_in(unix: u64) -> String {
-    let now = crate::agent::api_now_unix();
+    let now = crate::clock::unix_secs();
     if unix >= now {
         format!(
             "in {}",

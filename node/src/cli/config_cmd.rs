@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::args::ClientArgs;
 use super::client::ApiClient;
-use crate::cluster_config::route::{
+use crate::routing::route::{
     parse_split, HeaderMatch, PathMatch, Route, RouteMatch, RouteRule, WeightedVersion,
 };
 
@@ -360,15 +360,15 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
     if let Some(split) = &a.split {
         rules.push(RouteRule {
             matches: RouteMatch::default(),
-            to: parse_split(split).map_err(|e| anyhow::anyhow!("--split: {e}"))?,
+            to: parse_split(split).map_err(|e| anyhow::anyhow!("--split: {}", e.message))?,
         });
     }
     if rules.is_empty() {
         bail!("give --split and/or --match … --to …");
     }
     let sticky = match (&a.sticky_header, &a.sticky_cookie) {
-        (Some(h), None) => Some(crate::cluster_config::route::Sticky::Header(h.clone())),
-        (None, Some(c)) => Some(crate::cluster_config::route::Sticky::Cookie(c.clone())),
+        (Some(h), None) => Some(crate::routing::route::Sticky::Header(h.clone())),
+        (None, Some(c)) => Some(crate::routing::route::Sticky::Cookie(c.clone())),
         (None, None) => None,
         (Some(_), Some(_)) => bail!("use one of --sticky-header and --sticky-cookie"),
     };

@@ -1,36 +1,23 @@
-//! Cluster config without servers: entries replicated by gossip digests and pulled over
-//! mTLS QUIC, last writer wins by hybrid logical clock (`hlc`, `state`), with typed kinds
-//! (`route`, `policy`) validated before they are stored or applied.
+//! Cluster config without servers, and only its replication: entries replicated by gossip
+//! digests and pulled over mTLS QUIC (`sync`), last writer wins by hybrid logical clock
+//! (`hlc`, `state`), persisted and applied by this node's `replica`, which hands the data
+//! plane a typed view (`applied`). The kinds themselves live with what they configure:
+//! `routing::route`, `policy::rules`, `resilience::{settings, fault, ratelimit}`.
 
+pub mod applied;
 pub mod hlc;
-pub mod policy;
 pub mod replica;
-pub mod route;
 pub mod state;
-pub mod traffic;
+pub mod sync;
 
-pub use replica::{Applied, ConfigReplica, WriteError};
-pub use state::{ConfigState, Entry, Kind};
+pub use applied::{Applied, AppliedView};
+pub use replica::{ConfigReplica, WriteError};
+pub use state::{ConfigState, Entry, Kind, KindError};
 
-/// A config value that does not validate: the field and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid `{field}`: {message}")]
-pub struct ValueError {
-    /// The field (dotted path).
-    pub field: &'static str,
-    /// Why.
-    pub message: String,
-}
-
-impl ValueError {
-    /// A refusal of `field`.
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
+use crate::config::ValueError;
+use crate::policy::{PolicyDefault, PolicyRule};
+use crate::resilience::{Fault, RateLimit, Resilience};
+use crate::routing::Route;
 
 /// Checks an entry name (also for deletes).
 pub fn validate_name(kind: Kind, name: &str) -> Result<(), ValueError> {
@@ -60,25 +47,23 @@ pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(),
     validate_name(kind, name)?;
     let parse_err = |e: serde_json::Error| ValueError::new("value", e.to_string());
     match kind {
-        Kind::Route => {
-            let r: route::Route = serde_json::from_value(value.clone()).map_err(parse_err)?;
-            r.validate()
-        }
+        Kind::Route => serde_json::from_value::<Route>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
         Kind::Policy if name == "default" => {
-            serde_json::from_value::<policy::PolicyDefault>(value.clone()).map_err(parse_err)?;
+            serde_json::from_value::<PolicyDefault>(value.clone()).map_err(parse_err)?;
             Ok(())
         }
-        Kind::Policy => {
-            let r: policy::PolicyRule = serde_json::from_value(value.clone()).map_err(parse_err)?;
-            r.validate()
-        }
-        Kind::Resilience => serde_json::from_value::<traffic::Resilience>(value.clone())
+        Kind::Policy => serde_json::from_value::<PolicyRule>(value.clone())
             .map_err(parse_err)?
             .validate(),
-        Kind::Fault => serde_json::from_value::<traffic::Fault>(value.clone())
+        Kind::Resilience => serde_json::from_value::<Resilience>(value.clone())
             .map_err(parse_err)?
             .validate(),
-        Kind::Ratelimit => serde_json::from_value::<traffic::RateLimit>(value.clone())
+        Kind::Fault => serde_json::from_value::<Fault>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
+        Kind::Ratelimit => serde_json::from_value::<RateLimit>(value.clone())
             .map_err(parse_err)?
             .validate(),
     }

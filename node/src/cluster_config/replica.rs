@@ -1,35 +1,19 @@
 //! This node's replica of the cluster config: the merged state, its HLC, persistence in
-//! the store, and the typed view the data plane reads (rebuilt on every change).
+//! the store, and the typed view the data plane reads (`applied`, rebuilt on every
+//! change).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::applied::{Applied, AppliedView};
 use super::hlc::Clock;
-use super::policy::{PolicyDefault, PolicyRule};
-use super::route::Route;
-use super::state::{ConfigState, Entry, Kind};
-use super::{validate, ValueError};
+use super::state::{history_prefix, ConfigState, Entry, Kind};
+use super::validate;
+use crate::config::ValueError;
 use crate::store::{Store, StoreError};
-
-/// The typed config the data plane uses.
-#[derive(Debug, Default)]
-pub struct Applied {
-    /// Routes by destination service.
-    pub routes: HashMap<String, Route>,
-    /// The policy default.
-    pub policy_default: PolicyDefault,
-    /// Policy rules by name, sorted by name.
-    pub policy_rules: Vec<(String, PolicyRule)>,
-    /// Resilience settings by destination service.
-    pub resilience: HashMap<String, super::traffic::Resilience>,
-    /// Faults by destination service.
-    pub faults: HashMap<String, super::traffic::Fault>,
-    /// Rate limits by destination service.
-    pub ratelimits: HashMap<String, super::traffic::RateLimit>,
-}
 
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,57 +30,11 @@ pub enum WriteError {
 #[derive(Debug)]
 pub struct ConfigReplica {
     inner: Mutex<(ConfigState, Clock)>,
-    applied: RwLock<Arc<Applied>>,
+    applied: AppliedView,
+    /// When this replica's digest last equalled every alive peer's (Unix ms).
+    synced_at_ms: AtomicU64,
     store: Store,
     version: watch::Sender<u64>,
-}
-
-fn build(state: &ConfigState) -> Applied {
-    let mut a = Applied::default();
-    for e in state.live(Kind::Route) {
-        if let Some(r) = e
-            .value
-            .clone()
-            .and_then(|v| serde_json::from_value::<Route>(v).ok())
-        {
-            a.routes.insert(e.name.clone(), r);
-        }
-    }
-    fn typed<T: serde::de::DeserializeOwned>(
-        state: &ConfigState,
-        kind: Kind,
-    ) -> HashMap<String, T> {
-        state
-            .live(kind)
-            .filter_map(|e| {
-                Some((
-                    e.name.clone(),
-                    serde_json::from_value(e.value.clone()?).ok()?,
-                ))
-            })
-            .collect()
-    }
-    a.resilience = typed(state, Kind::Resilience);
-    a.faults = typed(state, Kind::Fault);
-    a.ratelimits = typed(state, Kind::Ratelimit);
-    for e in state.live(Kind::Policy) {
-        let Some(v) = e.value.clone() else { continue };
-        if e.name == "default" {
-            if let Ok(d) = serde_json::from_value(v) {
-                a.policy_default = d;
-            }
-        } else if let Ok(r) = serde_json::from_value(v) {
-            a.policy_rules.push((e.name.clone(), r));
-        }
-    }
-    a
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl ConfigReplica {
@@ -105,7 +43,7 @@ impl ConfigReplica {
     pub fn load(store: Store, node: &str) -> Result<Self, StoreError> {
         let mut state = ConfigState::default();
         let mut clock = Clock::new(node);
-        for e in store.config_entries()? {
+        for e in store.config_entries::<Entry>()? {
             if let Some(v) = &e.value {
                 if let Err(err) = validate(e.kind, &e.name, v) {
                     warn!(kind = %e.kind, name = %e.name, error = %err, "stored config entry no longer validates; skipped");
@@ -115,21 +53,35 @@ impl ConfigReplica {
             clock.observe(&e.version, u64::MAX / 2);
             state.merge(e);
         }
-        let applied = Arc::new(build(&state));
+        let applied = AppliedView::new(Applied::build(&state));
         Ok(Self {
             inner: Mutex::new((state, clock)),
-            applied: RwLock::new(applied),
+            applied,
+            synced_at_ms: AtomicU64::new(crate::clock::unix_ms()),
             store,
             version: watch::channel(0).0,
         })
     }
 
-    /// The typed view (cheap to clone).
+    /// The typed view now (cheap to clone).
     pub fn applied(&self) -> Arc<Applied> {
-        self.applied
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.applied.get()
+    }
+
+    /// A read-only handle on the typed view, for the data plane.
+    pub fn view(&self) -> AppliedView {
+        self.applied.clone()
+    }
+
+    /// Records that this replica's digest equals every alive peer's now.
+    pub fn mark_synced(&self) {
+        self.synced_at_ms
+            .store(crate::clock::unix_ms(), Ordering::Relaxed);
+    }
+
+    /// When the digest last equalled every alive peer's (Unix ms).
+    pub fn synced_at_ms(&self) -> u64 {
+        self.synced_at_ms.load(Ordering::Relaxed)
     }
 
     /// Notified on every change.
@@ -138,8 +90,16 @@ impl ConfigReplica {
     }
 
     fn changed(&self, state: &ConfigState) {
-        *self.applied.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(build(state));
+        self.applied.set(Applied::build(state));
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Appends `e` to its history (best effort: the entry itself is already stored).
+    fn remember(&self, e: &Entry) {
+        let (prefix, version) = e.history_key();
+        if let Err(err) = self.store.push_config_history(&prefix, &version, e) {
+            warn!(kind = %e.kind, name = %e.name, error = %err, "cannot record config history");
+        }
     }
 
     /// A local write (`value: None` deletes). Validated, stamped, persisted, applied.
@@ -158,11 +118,11 @@ impl ConfigReplica {
         let entry = Entry {
             kind,
             name: name.to_owned(),
-            version: clock.tick(now_ms()),
+            version: clock.tick(crate::clock::unix_ms()),
             value,
         };
-        self.store.put_config(&entry)?;
-        let _ = self.store.push_config_history(&entry);
+        self.store.put_config(&entry.store_key(), &entry)?;
+        self.remember(&entry);
         state.merge(entry.clone());
         self.changed(state);
         info!(kind = %kind, name, deleted = entry.value.is_none(), "config written");
@@ -172,7 +132,7 @@ impl ConfigReplica {
     /// Merges entries pulled from a peer: each is validated first; a bad one is logged and
     /// skipped, never applied in part. Returns how many changed this replica.
     pub fn merge_remote(&self, entries: Vec<Entry>, from: &str) -> usize {
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (state, clock) = &mut *guard;
         let mut changed = 0;
@@ -193,16 +153,18 @@ impl ConfigReplica {
             if !newer {
                 continue;
             }
-            if let Err(err) = self.store.put_config(&e) {
+            if let Err(err) = self.store.put_config(&e.store_key(), &e) {
                 warn!(error = %err, "cannot persist a config entry; not applied");
                 continue;
             }
-            let _ = self.store.push_config_history(&e);
+            self.remember(&e);
             state.merge(e);
             changed += 1;
         }
         for (kind, name) in state.prune(now) {
-            let _ = self.store.delete_config(kind, &name);
+            let _ = self
+                .store
+                .delete_config(&super::state::store_key(kind, &name));
         }
         if changed > 0 {
             self.changed(state);
@@ -253,7 +215,7 @@ impl ConfigReplica {
 
     /// The remembered versions of an entry, oldest first (deletes included).
     pub fn history(&self, kind: Kind, name: &str) -> Result<Vec<Entry>, StoreError> {
-        self.store.config_history(kind, name)
+        self.store.config_history(&history_prefix(kind, name))
     }
 
     /// Live entries in total (for `weft_config_entries`).

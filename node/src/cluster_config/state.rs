@@ -35,19 +35,28 @@ pub enum Kind {
     Ratelimit,
 }
 
+/// A config kind name that this agent does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KindError {
+    /// Reserved for a later version.
+    #[error("config kind {0:?} is not supported by this agent version yet")]
+    Reserved(String),
+    /// Not a kind at all.
+    #[error("unknown config kind {0:?} (expected route, policy, resilience, fault or ratelimit)")]
+    Unknown(String),
+}
+
 impl std::str::FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = KindError;
+    fn from_str(s: &str) -> Result<Self, KindError> {
         match s {
             "route" => Ok(Self::Route),
             "policy" => Ok(Self::Policy),
             "resilience" => Ok(Self::Resilience),
             "fault" => Ok(Self::Fault),
             "ratelimit" => Ok(Self::Ratelimit),
-            "rollout" => Err(format!("config kind {s:?} is not supported by this agent version yet")),
-            other => Err(format!(
-                "unknown config kind {other:?} (expected route, policy, resilience, fault or ratelimit)"
-            )),
+            "rollout" => Err(KindError::Reserved(s.to_owned())),
+            other => Err(KindError::Unknown(other.to_owned())),
         }
     }
 }
@@ -76,6 +85,35 @@ pub struct Entry {
     pub version: Hlc,
     /// The value, or None when deleted.
     pub value: Option<serde_json::Value>,
+}
+
+impl Entry {
+    /// Its key in the store.
+    pub fn store_key(&self) -> String {
+        store_key(self.kind, &self.name)
+    }
+
+    /// The prefix of its versions in the store's history, and this version's suffix
+    /// (zero-padded so that versions sort oldest first).
+    pub fn history_key(&self) -> (String, String) {
+        (
+            history_prefix(self.kind, &self.name),
+            format!(
+                "{:020}-{:010}-{}",
+                self.version.wall, self.version.logical, self.version.node
+            ),
+        )
+    }
+}
+
+/// The store key of entry `kind`/`name`.
+pub fn store_key(kind: Kind, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+/// The store's history prefix of entry `kind`/`name`.
+pub fn history_prefix(kind: Kind, name: &str) -> String {
+    format!("{kind}/{name}/")
 }
 
 /// All entries a node holds.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use weft_ca::{ClusterName, NodeName};
 
 use super::file::{ConfigError, FileConfig, ServiceConfig};
-use crate::cli::AgentArgs;
+use super::flags::AgentArgs;
 
 /// Default gossip port.
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
@@ -67,7 +67,7 @@ pub struct Settings {
     /// `--dev` without `--data-dir`: the data dir is temporary and removed at exit.
     pub ephemeral: bool,
     /// Where the access log goes.
-    pub access_log: crate::telemetry::AccessLogTarget,
+    pub access_log: super::access_log::AccessLogTarget,
 }
 
 impl Settings {
@@ -125,7 +125,7 @@ impl Settings {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         };
         let bind = parse_opt(args.bind.as_deref().or(file.bind.as_deref()), default_bind)
-            .map_err(|m| invalid("bind", m))?;
+            .map_err(|m| invalid("bind", m.to_string()))?;
         let advertise = match args.advertise.as_deref().or(file.advertise.as_deref()) {
             Some(a) => a
                 .parse()
@@ -157,12 +157,12 @@ impl Settings {
             args.api.as_deref().or(file.api.as_deref()),
             SocketAddr::from(([127, 0, 0, 1], 7070)),
         )
-        .map_err(|m| invalid("api", m))?;
+        .map_err(|m| invalid("api", m.to_string()))?;
         let proxy = parse_opt(
             args.proxy.as_deref().or(file.proxy.as_deref()),
             SocketAddr::from(([127, 0, 0, 1], 15001)),
         )
-        .map_err(|m| invalid("proxy", m))?;
+        .map_err(|m| invalid("proxy", m.to_string()))?;
 
         let join = if args.join.is_empty() {
             file.join
@@ -170,7 +170,7 @@ impl Settings {
             args.join.clone()
         };
         for seed in &join {
-            crate::net::seed::parse_seed(seed).map_err(|m| invalid("join", m))?;
+            super::seed::parse_seed(seed).map_err(|e| invalid("join", e.to_string()))?;
         }
         let token = args.token.clone().or(file.token);
         let bootstrap = dev || args.bootstrap || file.bootstrap.unwrap_or(false);
@@ -203,7 +203,7 @@ impl Settings {
             }
         };
         let leaf_ttl = parse_duration(args.leaf_ttl.as_deref().or(file.leaf_ttl.as_deref()), "24h")
-            .map_err(|m| invalid("leaf_ttl", m))?;
+            .map_err(|m| invalid("leaf_ttl", m.to_string()))?;
         if leaf_ttl < Duration::from_secs(5) || leaf_ttl > Duration::from_secs(366 * 86400) {
             return Err(invalid(
                 "leaf_ttl",
@@ -216,7 +216,7 @@ impl Settings {
                 .or(file.gossip_interval.as_deref()),
             "250ms",
         )
-        .map_err(|m| invalid("gossip_interval", m))?;
+        .map_err(|m| invalid("gossip_interval", m.to_string()))?;
         if gossip_interval < Duration::from_millis(50) || gossip_interval > Duration::from_secs(10)
         {
             return Err(invalid(
@@ -231,7 +231,7 @@ impl Settings {
             .or(file.access_log.as_deref())
             .unwrap_or("stdout")
             .parse()
-            .map_err(|m| invalid("access_log", m))?;
+            .map_err(|m: super::access_log::EmptyTarget| invalid("access_log", m.to_string()))?;
         Ok(Self {
             access_log,
             name,
@@ -283,20 +283,34 @@ impl Settings {
     }
 }
 
-fn parse_opt<T: std::str::FromStr>(value: Option<&str>, default: T) -> Result<T, String>
+/// A flag or file value that did not parse: the text and the parser's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{text:?}: {reason}")]
+struct BadText {
+    text: String,
+    reason: String,
+}
+
+fn parse_opt<T: std::str::FromStr>(value: Option<&str>, default: T) -> Result<T, BadText>
 where
     T::Err: std::fmt::Display,
 {
     match value {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|e| format!("{v:?}: {e}")),
+        Some(v) => v.parse().map_err(|e: T::Err| BadText {
+            text: v.to_owned(),
+            reason: e.to_string(),
+        }),
     }
 }
 
 /// Parses a duration such as `250ms`, `10s`, `24h`.
-pub fn parse_duration(value: Option<&str>, default: &str) -> Result<Duration, String> {
+fn parse_duration(value: Option<&str>, default: &str) -> Result<Duration, BadText> {
     let v = value.unwrap_or(default);
-    humantime::parse_duration(v).map_err(|e| format!("{v:?}: {e}"))
+    humantime::parse_duration(v).map_err(|e| BadText {
+        text: v.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn hostname() -> Option<String> {

@@ -2,7 +2,6 @@
 //! whenever the local services change. Verdicts go to `LocalServices`, which publishes.
 
 pub mod probe;
-pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;

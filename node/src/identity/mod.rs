@@ -1,8 +1,15 @@
 //! The node's identity on disk: its key, certificate, the cluster root, the CA key (on
 //! the CA node only), the gossip keyring and the admin token. Every file is written
-//! atomically; private material with mode 0600.
+//! atomically; private material with mode 0600. Beside it: the running identity
+//! (`live`: certificate, revocation list, expiry, a signal when they change), when to
+//! renew (`renewal`) and gossip key rotation (`keyring`).
 
+pub mod keyring;
+pub mod live;
 pub mod pem;
+pub mod renewal;
+
+pub use live::{CertInstallError, NodeIdentity};
 
 use std::path::{Path, PathBuf};
 

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::catalog::Protocol;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -17,13 +18,13 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 use weft_ca::ServiceName;
-use weft_gossip::Protocol;
 
 use super::dial::{dial_with, DialError};
 use super::header::{valid_traceparent, StreamHeader};
-use crate::agent::node::Node;
-use crate::cluster_config::policy::normalize_path;
-use crate::cluster_config::route::RequestView;
+use super::inputs::ProxyInputs;
+use crate::policy::normalize_path;
+use crate::resilience::{Resilience, RetryPolicy};
+use crate::routing::RequestView;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 use crate::telemetry::Metrics;
 
@@ -33,8 +34,6 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// Largest request body buffered (buffering lets a failed attempt be retried and lets
 /// bad chunking be refused before anything is forwarded).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-/// Attempts per request (on other instances) when no response was received.
-const ATTEMPTS: usize = 3;
 
 /// Where a connection's requests go.
 #[derive(Debug, Clone)]
@@ -65,14 +64,14 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 }
 
 /// Serves one app connection (HTTP/1.1 or h2c, with CONNECT upgrades) until it closes.
-pub async fn serve_connection(node: Arc<Node>, io: tokio::net::TcpStream, target: Target) {
-    let node_for_guard = node.clone();
+pub async fn serve_connection(inputs: Arc<ProxyInputs>, io: tokio::net::TcpStream, target: Target) {
+    let inputs_for_guard = inputs.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let node = node.clone();
+        let inputs = inputs.clone();
         let target = target.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(node, req, target).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(inputs, req, target).await) }
     });
-    let metrics = node_for_guard.metrics.clone();
+    let metrics = inputs_for_guard.metrics.clone();
     let guarded = super::framing::FramingGuard::new(io, move |reason| {
         warn!(reason, "request refused with 400: ambiguous framing");
         metrics.record("-", "unknown", "400", 0.0);
@@ -150,7 +149,11 @@ fn destination_of(req: &Request<Incoming>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>, target: Target) -> Response<ProxyBody> {
+async fn handle(
+    inputs: Arc<ProxyInputs>,
+    req: Request<Incoming>,
+    target: Target,
+) -> Response<ProxyBody> {
     let (destination, source) = match &target {
         Target::Fixed {
             destination,
@@ -175,19 +178,19 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>, target: Target) -> Resp
         }
     };
     if req.method() == Method::CONNECT {
-        return connect(node, req, destination, source);
+        return connect(inputs, req, destination, source);
     }
-    forward(&node, req, destination, source).await
+    forward(&inputs, req, destination, source).await
 }
 
 /// `CONNECT service:port`: a TCP tunnel to the service.
 fn connect(
-    node: Arc<Node>,
+    inputs: Arc<ProxyInputs>,
     req: Request<Incoming>,
     destination: ServiceName,
     source: Option<ServiceName>,
 ) -> Response<ProxyBody> {
-    let catalog = node.catalog.get();
+    let catalog = inputs.catalog.get();
     if !catalog.knows(&destination) {
         warn!(destination = %destination, "CONNECT to an unknown service");
         return text(
@@ -198,7 +201,7 @@ fn connect(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                super::tcp::proxy_connection(&node, TokioIo::new(upgraded), destination, source)
+                super::tcp::proxy_connection(&inputs, TokioIo::new(upgraded), destination, source)
                     .await
             }
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
@@ -212,7 +215,7 @@ fn connect(
 }
 
 async fn forward(
-    node: &Node,
+    inputs: &ProxyInputs,
     req: Request<Incoming>,
     destination: ServiceName,
     source: Option<ServiceName>,
@@ -224,7 +227,7 @@ async fn forward(
         .unwrap_or_else(|| "-".into());
     // Metric labels name only services the catalog knows: a client asking for endless
     // made-up names must not grow /metrics.
-    let dst = if node.catalog.get().knows(&destination) {
+    let dst = if inputs.catalog.get().knows(&destination) {
         destination.to_string()
     } else {
         "unknown".to_owned()
@@ -233,7 +236,7 @@ async fn forward(
     let path = req.uri().path().to_owned();
     if let Some(why) = framing_error(req.headers()) {
         warn!(source = %src, destination = %dst, reason = why, "request refused: invalid framing");
-        node.metrics.record(&src, &dst, "400", 0.0);
+        inputs.metrics.record(&src, &dst, "400", 0.0);
         return text(StatusCode::BAD_REQUEST, format!("weft: {why}\n"));
     }
     let (mut parts, body) = req.into_parts();
@@ -255,27 +258,27 @@ async fn forward(
                 )
             };
             warn!(source = %src, destination = %dst, "request refused: {}", msg.trim());
-            node.metrics.record(&src, &dst, status.as_str(), 0.0);
+            inputs.metrics.record(&src, &dst, status.as_str(), 0.0);
             return text(status, msg);
         }
     };
     let normalized = match normalize_path(&path) {
         Ok(p) => p,
         Err(why) => {
-            node.metrics.record(&src, &dst, "400", 0.0);
+            inputs.metrics.record(&src, &dst, "400", 0.0);
             return text(
                 StatusCode::BAD_REQUEST,
                 format!("weft: path refused: {why}\n"),
             );
         }
     };
-    let applied = node.config.applied();
+    let applied = inputs.config.get();
 
     // Rate limit, then injected faults, then the circuit breaker.
     if let Some(rl) = applied.ratelimits.get(&dst) {
-        if !node.traffic.allow_rate(&dst, &src, rl) {
-            Metrics::inc(&node.metrics.ratelimited, &dst);
-            node.metrics.record(&src, &dst, "429", 0.0);
+        if !inputs.resilience.allow_rate(&dst, &src, rl) {
+            Metrics::inc(&inputs.metrics.ratelimited, &dst);
+            inputs.metrics.record(&src, &dst, "429", 0.0);
             let mut r = text(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("weft: rate limit for {dst} exceeded\n"),
@@ -296,17 +299,18 @@ async fn forward(
         }
         if let Some(code) = abort {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            node.metrics
+            inputs
+                .metrics
                 .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
             return text(status, "weft: fault injected\n".into());
         }
     }
     let resilience = applied.resilience.get(&dst).cloned();
-    let Some(_slot) = node
-        .traffic
+    let Some(_slot) = inputs
+        .resilience
         .enter(&dst, resilience.as_ref().and_then(|r| r.max_concurrent))
     else {
-        node.metrics.record(&src, &dst, "503", 0.0);
+        inputs.metrics.record(&src, &dst, "503", 0.0);
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("weft: circuit open for {dst} (too many requests in flight)\n"),
@@ -359,7 +363,7 @@ async fn forward(
         })
     });
     let attempt_ctx = Attempt {
-        node,
+        inputs,
         header: StreamHeader {
             protocol: Protocol::Http,
             destination: destination.clone(),
@@ -376,8 +380,8 @@ async fn forward(
         version: version.as_deref(),
         resilience: resilience.as_ref(),
     };
-    node.traffic.budget_request(&dst);
-    let outcome = match resilience.as_ref().and_then(|r| r.timeout()) {
+    inputs.resilience.budget_request(&dst);
+    let outcome = match resilience.as_ref().and_then(|r| r.timeout) {
         Some(t) => tokio::time::timeout(t, attempt_ctx.run())
             .await
             .unwrap_or_else(|_| {
@@ -391,9 +395,10 @@ async fn forward(
     match outcome {
         Ok((resp, upstream_node)) => {
             let status = resp.status();
-            node.metrics
+            inputs
+                .metrics
                 .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
-            node.access_log.write(&AccessEntry {
+            inputs.access_log.write(&AccessEntry {
                 time: now_rfc3339(),
                 direction: "outbound",
                 protocol: "http",
@@ -413,7 +418,7 @@ async fn forward(
             Response::from_parts(rparts, rbody.boxed())
         }
         Err(resp) => {
-            node.metrics.record(
+            inputs.metrics.record(
                 &src,
                 &dst,
                 resp.status().as_str(),
@@ -426,7 +431,7 @@ async fn forward(
 
 /// Everything one request needs across its attempts.
 struct Attempt<'a> {
-    node: &'a Node,
+    inputs: &'a ProxyInputs,
     header: StreamHeader,
     src: &'a str,
     dst: &'a str,
@@ -436,44 +441,42 @@ struct Attempt<'a> {
     path_and_query: &'a str,
     body: &'a Bytes,
     version: Option<&'a str>,
-    resilience: Option<&'a crate::cluster_config::traffic::Resilience>,
+    resilience: Option<&'a Resilience>,
+}
+
+/// Why one attempt got no response.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The HTTP/1.1 handshake on the stream failed.
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+    /// The exchange failed (reset, closed, malformed answer).
+    #[error(transparent)]
+    Exchange(hyper::Error),
+    /// No response head within the per-try timeout.
+    #[error("per-try timeout")]
+    PerTryTimeout,
 }
 
 impl Attempt<'_> {
     /// Tries instances until one answers acceptably, within the retry policy and budget.
     /// Ok: the response and the node that served it. Err: the response to send.
     async fn run(&self) -> Result<(Response<Incoming>, String), Box<Response<ProxyBody>>> {
-        let node = self.node;
-        let idempotent = matches!(
-            *self.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        let (max_attempts, retry_5xx, may_retry, budget) = match self.resilience {
-            Some(r) => (
-                1 + r.retries as usize,
-                r.retry_on_5xx,
-                idempotent || r.retry_non_idempotent,
-                r.retry_budget_percent,
-            ),
-            // Without settings: connect failures and resets only, idempotent methods.
-            None => (ATTEMPTS, false, idempotent, 100),
-        };
-        let mut tried: Vec<String> = node.traffic.ejected();
-        let mut last_error = String::new();
+        let inputs = self.inputs;
+        let policy = RetryPolicy::for_request(self.method, self.resilience);
+        let mut tried: Vec<String> = inputs.resilience.ejected();
+        let mut last_error: Option<AttemptError> = None;
         let mut last_5xx: Option<(Response<Incoming>, String)> = None;
-        for attempt in 0..max_attempts {
+        for attempt in 0..policy.max_attempts {
             if attempt > 0 {
-                if !may_retry || !node.traffic.try_retry(self.dst, budget) {
+                if !policy.may_retry
+                    || !inputs.resilience.try_retry(self.dst, policy.budget_percent)
+                {
                     break;
                 }
-                Metrics::inc(&node.metrics.retries, self.dst);
+                Metrics::inc(&inputs.metrics.retries, self.dst);
             }
-            let dialed = match dial_with(node, &self.header, self.version, tried.clone()).await {
+            let dialed = match dial_with(inputs, &self.header, self.version, tried.clone()).await {
                 Ok(d) => d,
                 Err(e) => {
                     let status = match &e {
@@ -487,7 +490,7 @@ impl Attempt<'_> {
             };
             // Same-node instances are reached without an inbound hop: check policy here.
             if dialed.instance.is_local {
-                let d = node.authorize(
+                let d = inputs.authorize(
                     self.src,
                     self.dst,
                     Some((self.normalized, self.method.as_str())),
@@ -501,7 +504,7 @@ impl Attempt<'_> {
             }
             let key = crate::routing::endpoint_key(&dialed.instance);
             tried.push(key.clone());
-            node.router.start(&key);
+            inputs.balancer.start(&key);
             let mut out = Request::new(Full::new(self.body.clone()));
             *out.method_mut() = self.method.clone();
             *out.version_mut() = Version::HTTP_11;
@@ -523,32 +526,39 @@ impl Attempt<'_> {
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(dialed.io))
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(AttemptError::Handshake)?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         debug!(error = %e, "upstream HTTP connection ended with an error");
                     }
                 });
-                sender.send_request(out).await.map_err(|e| e.to_string())
+                sender
+                    .send_request(out)
+                    .await
+                    .map_err(AttemptError::Exchange)
             };
-            let result = match self.resilience.and_then(|r| r.per_try_timeout()) {
+            let result = match self.resilience.and_then(|r| r.per_try_timeout) {
                 Some(t) => tokio::time::timeout(t, exchange)
                     .await
-                    .unwrap_or_else(|_| Err(timeout_error())),
+                    .unwrap_or(Err(AttemptError::PerTryTimeout)),
                 None => exchange.await,
             };
             match result {
                 Ok(resp) => {
-                    node.router.finish(&key, dialed.started.elapsed());
+                    inputs.balancer.finish(&key, dialed.started.elapsed());
                     let is_5xx = resp.status().is_server_error();
                     if let Some(o) = self.resilience.and_then(|r| r.outlier.as_ref()) {
-                        let total = node.catalog.get().routable(&self.header.destination).len();
-                        if node.traffic.record_response(&key, is_5xx, o, total) {
+                        let total = inputs
+                            .catalog
+                            .get()
+                            .routable(&self.header.destination)
+                            .len();
+                        if inputs.resilience.record_response(&key, is_5xx, o, total) {
                             warn!(endpoint = %key, "instance ejected as an outlier");
-                            Metrics::inc(&node.metrics.ejections, self.dst);
+                            Metrics::inc(&inputs.metrics.ejections, self.dst);
                         }
                     }
-                    if is_5xx && retry_5xx {
+                    if is_5xx && policy.retry_5xx {
                         debug!(attempt, endpoint = %key, status = %resp.status(), "5xx; may retry");
                         last_5xx = Some((resp, dialed.instance.node.clone()));
                         continue;
@@ -556,25 +566,22 @@ impl Attempt<'_> {
                     return Ok((resp, dialed.instance.node.clone()));
                 }
                 Err(e) => {
-                    node.router.fail(&key);
+                    inputs.balancer.fail(&key);
                     debug!(attempt, endpoint = %key, error = %e, "upstream request failed");
-                    last_error = e;
+                    last_error = Some(e);
                 }
             }
         }
         if let Some(r) = last_5xx {
             return Ok(r);
         }
+        let last_error = last_error.map(|e| e.to_string()).unwrap_or_default();
         warn!(source = %self.src, destination = %self.dst, error = %last_error, "request failed on every attempt");
         Err(Box::new(text(
             StatusCode::BAD_GATEWAY,
             format!("weft: {} failed: {last_error}\n", self.dst),
         )))
     }
-}
-
-fn timeout_error() -> String {
-    "per-try timeout".to_owned()
 }
 
 #[cfg(test)]

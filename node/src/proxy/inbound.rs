@@ -1,11 +1,12 @@
 //! Streams arriving from other nodes (ALPN `weft/1`, client certificate required): read
 //! the header, check that the destination runs here and is healthy and that the asserted
-//! source service runs on the authenticated peer node, then splice to the local instance.
+//! source service runs on the authenticated peer inputs, then splice to the local instance.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::catalog::Protocol;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt as _;
@@ -13,15 +14,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
-use weft_ca::LeafInfo;
-use weft_gossip::Protocol;
+use weft_ca::{LeafInfo, ServiceName};
 
 use super::header::{
     StreamHeader, ERR_BACKEND, ERR_HEADER, ERR_REFUSED, ERR_UNKNOWN_SERVICE, PREFIX_LEN,
 };
+use super::inputs::ProxyInputs;
 use super::io::QuicIo;
-use crate::agent::node::Node;
-use crate::cluster_config::policy::normalize_path;
+use crate::policy::normalize_path;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 
 /// The pooled HTTP client to local instances.
@@ -43,11 +43,17 @@ pub fn backend_client() -> BackendClient {
 
 /// Serves the HTTP/1.1 exchange(s) on an inbound stream through the keep-alive pool,
 /// normalising paths and applying policy per request.
-async fn serve_http(node: &Node, stream: QuicIo, port: u16, source: String, destination: String) {
-    let client = node.backend.clone();
+async fn serve_http(
+    inputs: &ProxyInputs,
+    stream: QuicIo,
+    port: u16,
+    source: String,
+    destination: String,
+) {
+    let client = inputs.backend.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let client = client.clone();
-        let gate = authorize_request(node, &source, &destination, &req);
+        let gate = authorize_request(inputs, &source, &destination, &req);
         async move {
             let pq = match gate {
                 Ok(pq) => pq,
@@ -80,7 +86,7 @@ async fn serve_http(node: &Node, stream: QuicIo, port: u16, source: String, dest
 /// Normalises the path and applies policy; Ok(path and query to forward) or the
 /// response to send instead (400 for a path that cannot be normalised, 403 on deny).
 fn authorize_request(
-    node: &Node,
+    inputs: &ProxyInputs,
     source: &str,
     destination: &str,
     req: &Request<Incoming>,
@@ -94,7 +100,7 @@ fn authorize_request(
             )))
         }
     };
-    let d = node.authorize(source, destination, Some((&path, req.method().as_str())));
+    let d = inputs.authorize(source, destination, Some((&path, req.method().as_str())));
     if !d.allowed {
         return Err(Box::new(text(
             StatusCode::FORBIDDEN,
@@ -134,54 +140,77 @@ const SOURCE_GRACE_ROUNDS: u32 = 4;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one peer connection until it closes or the node stops.
-pub async fn serve(node: Arc<Node>, conn: quinn::Connection, peer: LeafInfo) {
+pub async fn serve(inputs: Arc<ProxyInputs>, conn: quinn::Connection, peer: LeafInfo) {
     let peer_node = peer.id.node_name().to_string();
     loop {
         // Registered before the check, so a list installed in between still wakes us.
-        let changed = node.recheck_connections.notified();
+        let changed = inputs.identity.changed();
         tokio::pin!(changed);
         changed.as_mut().enable();
         // A certificate revoked after the handshake closes this connection as soon as the
         // revocation list arrives, open streams included.
-        if node.is_revoked(&peer.serial) {
+        if inputs.identity.is_revoked(&peer.serial) {
             warn!(peer = %peer_node, serial = %peer.serial, "closing the connection of a revoked node");
             conn.close(ERR_REFUSED.into(), b"certificate revoked");
             break;
         }
-        if node.own_cert_expired() {
+        if inputs.identity.own_cert_expired() {
             warn!(peer = %peer_node, "closing a peer connection: this node's certificate expired");
             conn.close(ERR_REFUSED.into(), b"certificate expired");
             break;
         }
         let (send, recv) = tokio::select! {
-            _ = node.shutdown.cancelled() => break,
+            _ = inputs.shutdown.cancelled() => break,
             _ = &mut changed => continue,
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(_) => break,
             },
         };
-        if node.is_revoked(&peer.serial) {
+        if inputs.identity.is_revoked(&peer.serial) {
             continue;
         }
-        let node = node.clone();
+        let inputs = inputs.clone();
         let peer_node = peer_node.clone();
         let remote = conn.remote_address();
-        tokio::spawn(async move { handle_stream(&node, send, recv, &peer_node, remote).await });
+        tokio::spawn(async move { handle_stream(&inputs, send, recv, &peer_node, remote).await });
     }
 }
 
-async fn read_header(recv: &mut quinn::RecvStream) -> Result<StreamHeader, String> {
+/// Whether `peer_node` runs `source`, waiting up to `SOURCE_GRACE_ROUNDS` catalog
+/// refreshes for a registration that is a gossip round or two ahead of ours.
+async fn source_runs_on_peer(inputs: &ProxyInputs, peer_node: &str, source: &ServiceName) -> bool {
+    let mut refreshed = inputs.catalog.subscribe();
+    let deadline = tokio::time::Instant::now() + inputs.gossip_interval * (SOURCE_GRACE_ROUNDS + 1);
+    loop {
+        if inputs.catalog.get().node_runs(peer_node, source) {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, refreshed.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// A stream header that could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadHeaderError {
+    /// The stream ended or failed first.
+    #[error(transparent)]
+    Read(#[from] quinn::ReadExactError),
+    /// The bytes are not a header.
+    #[error(transparent)]
+    Header(#[from] super::header::HeaderError),
+}
+
+async fn read_header(recv: &mut quinn::RecvStream) -> Result<StreamHeader, ReadHeaderError> {
     let mut prefix = [0u8; PREFIX_LEN];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = StreamHeader::decode_prefix(&prefix).map_err(|e| e.to_string())?;
+    recv.read_exact(&mut prefix).await?;
+    let len = StreamHeader::decode_prefix(&prefix)?;
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    StreamHeader::decode_body(&body).map_err(|e| e.to_string())
+    recv.read_exact(&mut body).await?;
+    Ok(StreamHeader::decode_body(&body)?)
 }
 
 fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32) {
@@ -190,7 +219,7 @@ fn refuse(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: u32)
 }
 
 async fn handle_stream(
-    node: &Node,
+    inputs: &ProxyInputs,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     peer_node: &str,
@@ -218,29 +247,21 @@ async fn handle_stream(
     // The peer may only speak for services it runs. A registration on the peer may be a
     // gossip round or two ahead of our catalog: give it a moment before refusing.
     if let Some(src) = &header.source {
-        let mut known = node.catalog.get().node_runs(peer_node, src);
-        for _ in 0..SOURCE_GRACE_ROUNDS {
-            if known {
-                break;
-            }
-            tokio::time::sleep(node.settings().gossip_interval).await;
-            node.refresh_catalog().await;
-            known = node.catalog.get().node_runs(peer_node, src);
-        }
+        let known = source_runs_on_peer(inputs, peer_node, src).await;
         if !known {
             warn!(peer = %peer_node, source = %src, destination = %destination,
                 "stream refused: the source service is not registered on the peer node");
-            node.metrics.record(&source, &destination, "refused", 0.0);
+            inputs.metrics.record(&source, &destination, "refused", 0.0);
             refuse(&mut send, &mut recv, ERR_REFUSED);
             return;
         }
     }
-    let Some(spec) = node.services.get(&header.destination) else {
+    let Some(spec) = inputs.services.get(&header.destination) else {
         warn!(peer = %peer_node, destination = %destination, "stream for a service that does not run here");
         refuse(&mut send, &mut recv, ERR_UNKNOWN_SERVICE);
         return;
     };
-    if !node.services.is_healthy(&spec) {
+    if !inputs.services.is_healthy(&spec) {
         debug!(destination = %destination, "stream for an unhealthy local instance");
         refuse(&mut send, &mut recv, ERR_BACKEND);
         return;
@@ -248,7 +269,7 @@ async fn handle_stream(
     let started = Instant::now();
     if header.protocol == Protocol::Http {
         serve_http(
-            node,
+            inputs,
             QuicIo::new(send, recv),
             spec.port,
             source,
@@ -257,8 +278,8 @@ async fn handle_stream(
         .await;
         return;
     }
-    if !node.authorize(&source, &destination, None).allowed {
-        node.metrics.record(&source, &destination, "denied", 0.0);
+    if !inputs.authorize(&source, &destination, None).allowed {
+        inputs.metrics.record(&source, &destination, "denied", 0.0);
         refuse(&mut send, &mut recv, ERR_REFUSED);
         return;
     }
@@ -266,7 +287,7 @@ async fn handle_stream(
         Ok(b) => b,
         Err(e) => {
             warn!(destination = %destination, port = spec.port, error = %e, "local instance unreachable");
-            node.metrics.record(
+            inputs.metrics.record(
                 &source,
                 &destination,
                 "error",
@@ -283,15 +304,16 @@ async fn handle_stream(
     let (to_backend, from_backend) = result.as_ref().map(|r| *r).unwrap_or((0, 0));
     if header.protocol == Protocol::Tcp {
         let code = if result.is_ok() { "ok" } else { "error" };
-        node.metrics
+        inputs
+            .metrics
             .record(&source, &destination, code, started.elapsed().as_secs_f64());
-        node.access_log.write(&AccessEntry {
+        inputs.access_log.write(&AccessEntry {
             time: now_rfc3339(),
             direction: "inbound",
             protocol: "tcp",
             source,
             destination,
-            upstream_node: node.info.name.to_string(),
+            upstream_node: inputs.node_name().to_owned(),
             method: None,
             path: None,
             status: code.into(),

@@ -7,23 +7,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::catalog::Protocol;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use weft_ca::ServiceName;
-use weft_gossip::Protocol;
 
 use super::http::{serve_connection, Target};
+use super::inputs::ProxyInputs;
 use super::tcp::proxy_connection;
-use crate::agent::node::Node;
 
 /// Keeps upstream listeners in line with the local services until `shutdown`.
-pub async fn supervise_upstreams(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut changes = node.services.subscribe();
+pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: CancellationToken) {
+    let mut changes = inputs.services.subscribe();
     let mut running: HashMap<SocketAddr, (ServiceName, ServiceName, CancellationToken)> =
         HashMap::new();
     loop {
-        let wanted: HashMap<SocketAddr, (ServiceName, ServiceName)> = node
+        let wanted: HashMap<SocketAddr, (ServiceName, ServiceName)> = inputs
             .services
             .all()
             .into_iter()
@@ -51,7 +51,7 @@ pub async fn supervise_upstreams(node: Arc<Node>, shutdown: CancellationToken) {
                     info!(listen = %addr, destination = %dst, source = %src, "upstream listener open");
                     let stop = shutdown.child_token();
                     tokio::spawn(serve_upstream(
-                        node.clone(),
+                        inputs.clone(),
                         listener,
                         dst.clone(),
                         src.clone(),
@@ -96,17 +96,17 @@ where
 }
 
 async fn serve_upstream(
-    node: Arc<Node>,
+    inputs: Arc<ProxyInputs>,
     listener: TcpListener,
     destination: ServiceName,
     source: ServiceName,
     stop: CancellationToken,
 ) {
     accept_loop(listener, stop, move |sock| {
-        let node = node.clone();
+        let inputs = inputs.clone();
         let (dst, src) = (destination.clone(), source.clone());
         async move {
-            let http = node
+            let http = inputs
                 .catalog
                 .get()
                 .instances
@@ -114,7 +114,7 @@ async fn serve_upstream(
                 .any(|i| i.service == dst && i.protocol == Protocol::Http);
             if http {
                 serve_connection(
-                    node,
+                    inputs,
                     sock,
                     Target::Fixed {
                         destination: dst,
@@ -123,7 +123,7 @@ async fn serve_upstream(
                 )
                 .await;
             } else {
-                proxy_connection(&node, sock, dst, Some(src)).await;
+                proxy_connection(&inputs, sock, dst, Some(src)).await;
             }
         }
     })
@@ -132,12 +132,12 @@ async fn serve_upstream(
 
 /// The HTTP forward proxy (`--proxy`): `http://SERVICE/…` and `CONNECT SERVICE:port`.
 pub async fn serve_forward_proxy(
-    node: Arc<Node>,
+    inputs: Arc<ProxyInputs>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
     accept_loop(listener, shutdown, move |sock| {
-        serve_connection(node.clone(), sock, Target::Proxy)
+        serve_connection(inputs.clone(), sock, Target::Proxy)
     })
     .await;
 }

@@ -1,13 +1,19 @@
-//! The data plane: stream header (`header`), reaching instances (`dial`), inbound
-//! streams (`inbound`), L4 splicing (`tcp`), L7 HTTP (`http`) and the local listeners
-//! (`listeners`).
+//! The data plane. It reads only its inputs (`inputs::ProxyInputs`) and never the agent.
+//! Local listeners (`listeners`) hand app connections to L7 HTTP (`http`) or L4 splicing
+//! (`tcp`); both reach an instance through `dial` over pooled QUIC connections (`pool`)
+//! with a stream header (`header`, `io`); streams from other nodes arrive in `inbound`.
+//! `framing` refuses ambiguous HTTP/1 framing before hyper sees it.
 
 pub mod dial;
 pub mod framing;
 pub mod header;
 pub mod http;
 pub mod inbound;
+pub mod inputs;
 pub mod io;
 pub mod listeners;
+pub mod pool;
 pub mod tcp;
-pub mod traffic;
+
+pub use inputs::{ProxyInputs, ProxyParts};
+pub use pool::ConnPool;

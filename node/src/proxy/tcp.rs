@@ -4,19 +4,19 @@
 
 use std::time::Instant;
 
+use crate::catalog::Protocol;
 use tracing::{info, warn};
 use weft_ca::ServiceName;
-use weft_gossip::Protocol;
 
 use super::dial::{dial, Io};
 use super::header::StreamHeader;
-use crate::agent::node::Node;
+use super::inputs::ProxyInputs;
 use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 use crate::telemetry::metrics::EdgeLabels;
 
 /// Proxies one app connection to `destination` as `source`.
 pub async fn proxy_connection(
-    node: &Node,
+    inputs: &ProxyInputs,
     mut app: impl Io,
     destination: ServiceName,
     source: Option<ServiceName>,
@@ -33,7 +33,7 @@ pub async fn proxy_connection(
         source,
         traceparent: None,
     };
-    let mut dialed = match dial(node, &header).await {
+    let mut dialed = match dial(inputs, &header).await {
         Ok(d) => d,
         Err(e) => {
             warn!(source = %src, destination = %dst, error = %e, "TCP connection closed: no instance reachable");
@@ -47,17 +47,20 @@ pub async fn proxy_connection(
             } else {
                 dst.as_str()
             };
-            node.metrics
+            inputs
+                .metrics
                 .record(&src, label, code, started.elapsed().as_secs_f64());
             return;
         }
     };
-    if dialed.instance.is_local && !node.authorize(&src, &dst, None).allowed {
-        node.metrics
+    if dialed.instance.is_local && !inputs.authorize(&src, &dst, None).allowed {
+        inputs
+            .metrics
             .record(&src, &dst, "denied", started.elapsed().as_secs_f64());
         return;
     }
-    node.metrics
+    inputs
+        .metrics
         .tcp_connections
         .get_or_create(&EdgeLabels {
             source: src.clone(),
@@ -65,8 +68,8 @@ pub async fn proxy_connection(
         })
         .inc();
     let key = crate::routing::endpoint_key(&dialed.instance);
-    node.router.start(&key);
-    node.router.finish(&key, dialed.started.elapsed());
+    inputs.balancer.start(&key);
+    inputs.balancer.finish(&key, dialed.started.elapsed());
     let result = tokio::io::copy_bidirectional(&mut app, &mut dialed.io).await;
     let (out, inb) = result.as_ref().map(|r| *r).unwrap_or((0, 0));
     let code = match &result {
@@ -76,10 +79,11 @@ pub async fn proxy_connection(
             "error"
         }
     };
-    node.metrics.add_bytes(inb, out);
-    node.metrics
+    inputs.metrics.add_bytes(inb, out);
+    inputs
+        .metrics
         .record(&src, &dst, code, started.elapsed().as_secs_f64());
-    node.access_log.write(&AccessEntry {
+    inputs.access_log.write(&AccessEntry {
         time: now_rfc3339(),
         direction: "outbound",
         protocol: "tcp",

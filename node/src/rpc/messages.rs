@@ -7,7 +7,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use weft_ca::{ClusterName, JoinToken, NodeName};
+
+use crate::cluster_config::Entry;
 use weft_gossip::Keyring;
+
+pub use crate::ca_role::{ParsedJoin, RefusalKind};
+pub use crate::identity::keyring::KeyringOp;
 
 /// Largest request a server reads.
 pub const MAX_REQUEST: usize = 16 * 1024;
@@ -63,17 +68,6 @@ pub struct JoinRequest {
     pub token: String,
 }
 
-/// A join request whose fields all parsed.
-#[derive(Debug)]
-pub struct ParsedJoin {
-    /// Name asked for.
-    pub name: NodeName,
-    /// CSR DER.
-    pub csr: Vec<u8>,
-    /// The token.
-    pub token: JoinToken,
-}
-
 impl JoinRequest {
     /// Decodes and checks every field of a join request from the network.
     pub fn parse(bytes: &[u8]) -> Result<ParsedJoin, DecodeError> {
@@ -127,26 +121,6 @@ pub struct JoinGrant {
     pub members: Vec<MemberAddr>,
 }
 
-/// Why a join (or renewal) was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefusalKind {
-    /// Unknown, used, expired or wrong token.
-    BadToken,
-    /// Another node holds a valid certificate for this name.
-    NameTaken,
-    /// The CSR asks for something the CA does not grant.
-    BadCsr,
-    /// The certificate is revoked.
-    Revoked,
-    /// Too many requests.
-    RateLimited,
-    /// The CA cannot be reached or failed.
-    Unavailable,
-    /// The request is malformed.
-    BadRequest,
-}
-
 /// The answer to a join request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case", deny_unknown_fields)]
@@ -192,28 +166,6 @@ pub enum CtlRequest {
     },
 }
 
-/// One step of a gossip key rotation: install the new key everywhere, use it everywhere,
-/// remove the old one everywhere (the same JSON is the admin API's request body).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum KeyringOp {
-    /// Accept a new key (standard base64 of 32 bytes).
-    Install {
-        /// The key.
-        key: String,
-    },
-    /// Seal with this installed key (8 hex digits).
-    Use {
-        /// Key id.
-        id: String,
-    },
-    /// Stop accepting this key (8 hex digits; not the one in use).
-    Remove {
-        /// Key id.
-        id: String,
-    },
-}
-
 /// Answers to `CtlRequest`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
@@ -237,7 +189,7 @@ pub enum CtlResponse {
     /// The sender's cluster-config entries.
     Config {
         /// Entries, tombstones included.
-        entries: Vec<crate::cluster_config::Entry>,
+        entries: Vec<Entry>,
     },
     /// Serials revoked.
     Revoked {

@@ -252,8 +252,8 @@ impl Store {
             .transpose()
     }
 
-    /// Services registered through the API.
-    pub fn services(&self) -> Result<Vec<crate::config::ServiceConfig>, StoreError> {
+    /// Services registered through the API (their type is the catalog's).
+    pub fn services<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.services
             .iter()
             .map(|kv| {
@@ -263,9 +263,9 @@ impl Store {
             .collect()
     }
 
-    /// Stores an API-registered service.
-    pub fn put_service(&self, c: &crate::config::ServiceConfig) -> Result<(), StoreError> {
-        self.services.insert(c.name.as_bytes(), encode(c))?;
+    /// Stores an API-registered service under its name.
+    pub fn put_service<T: Serialize>(&self, name: &str, c: &T) -> Result<(), StoreError> {
+        self.services.insert(name.as_bytes(), encode(c))?;
         self.flush()
     }
 
@@ -275,8 +275,8 @@ impl Store {
         self.flush()
     }
 
-    /// Every stored cluster-config entry.
-    pub fn config_entries(&self) -> Result<Vec<crate::cluster_config::Entry>, StoreError> {
+    /// Every stored cluster-config entry (their type and keys are `cluster_config`'s).
+    pub fn config_entries<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.config
             .iter()
             .map(|kv| {
@@ -286,20 +286,21 @@ impl Store {
             .collect()
     }
 
-    /// Stores a cluster-config entry (flushed before it is applied).
-    pub fn put_config(&self, e: &crate::cluster_config::Entry) -> Result<(), StoreError> {
-        self.config
-            .insert(format!("{}/{}", e.kind, e.name), encode(e))?;
+    /// Stores a cluster-config entry under `key` (flushed before it is applied).
+    pub fn put_config<T: Serialize>(&self, key: &str, e: &T) -> Result<(), StoreError> {
+        self.config.insert(key, encode(e))?;
         self.flush()
     }
 
-    /// Appends a version of an entry to its history, keeping the newest `HISTORY_LEN`.
-    pub fn push_config_history(&self, e: &crate::cluster_config::Entry) -> Result<(), StoreError> {
-        let prefix = format!("{}/{}/", e.kind, e.name);
-        let key = format!(
-            "{prefix}{:020}-{:010}-{}",
-            e.version.wall, e.version.logical, e.version.node
-        );
+    /// Appends a version of an entry to the history under `prefix` (`version` sorts the
+    /// versions), keeping the newest `HISTORY_LEN`.
+    pub fn push_config_history<T: Serialize>(
+        &self,
+        prefix: &str,
+        version: &str,
+        e: &T,
+    ) -> Result<(), StoreError> {
+        let key = format!("{prefix}{version}");
         self.config_history.insert(key.as_bytes(), encode(e))?;
         let keys: Vec<sled::IVec> = self
             .config_history
@@ -314,26 +315,18 @@ impl Store {
         Ok(())
     }
 
-    /// The remembered versions of an entry, oldest first.
-    pub fn config_history(
-        &self,
-        kind: crate::cluster_config::Kind,
-        name: &str,
-    ) -> Result<Vec<crate::cluster_config::Entry>, StoreError> {
+    /// The remembered versions under `prefix`, oldest first.
+    pub fn config_history<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
         self.config_history
-            .scan_prefix(format!("{kind}/{name}/").as_bytes())
+            .scan_prefix(prefix.as_bytes())
             .values()
             .map(|v| decode("config_history", &v?))
             .collect()
     }
 
     /// Forgets a pruned tombstone.
-    pub fn delete_config(
-        &self,
-        kind: crate::cluster_config::Kind,
-        name: &str,
-    ) -> Result<(), StoreError> {
-        self.config.remove(format!("{kind}/{name}"))?;
+    pub fn delete_config(&self, key: &str) -> Result<(), StoreError> {
+        self.config.remove(key)?;
         self.flush()
     }
 

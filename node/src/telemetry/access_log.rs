@@ -2,7 +2,6 @@
 //! bounded queue (lines are dropped and counted when the writer falls behind, never
 //! blocking the data path).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -12,29 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::metrics::Metrics;
-
-/// Where the access log goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogTarget {
-    /// Not written.
-    Off,
-    /// Standard output (journald under systemd).
-    Stdout,
-    /// Appended to a file.
-    File(PathBuf),
-}
-
-impl std::str::FromStr for AccessLogTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Self::Off),
-            "stdout" | "-" => Ok(Self::Stdout),
-            "" => Err("empty access log target".into()),
-            path => Ok(Self::File(PathBuf::from(path))),
-        }
-    }
-}
+pub use crate::config::access_log::{AccessLogTarget, EmptyTarget};
 
 /// One access log entry.
 #[derive(Debug, Clone, Serialize)]

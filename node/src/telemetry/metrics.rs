@@ -1,10 +1,19 @@
-//! Data-plane metrics (prometheus-client). Label sets are bounded: service names come
-//! from the catalog (unknown destinations are counted as "unknown"), codes are HTTP
-//! status codes or a fixed set of words; nothing is taken from paths or headers.
+//! Every metric of `/metrics`, through one prometheus-client registry, exposed in the
+//! Prometheus text format (0.0.4, which `promtool check metrics` reads): the data plane's
+//! families, the node's own state (members, certificate, config replica; set when
+//! scraped or by the loop that owns them) and gossip's counters (a collector reading
+//! `GossipStats`). Label sets are bounded: service names come from the catalog (unknown
+//! destinations are counted as "unknown"), codes are HTTP status codes or a fixed set of
+//! words; nothing is taken from paths or headers.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -59,6 +68,65 @@ pub struct DirectionLabels {
     pub direction: String,
 }
 
+/// Labels of a member count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// "alive", "failed" or "left".
+    pub status: String,
+}
+
+/// Gossip's own counters, read at each scrape.
+#[derive(Debug)]
+struct GossipCollector(Arc<weft_gossip::GossipStats>);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+impl Collector for GossipCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.0;
+        let dropped = stats.dropped_by_reason();
+        let c = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "gossip_dropped",
+            "Gossip datagrams dropped, by reason",
+            None,
+            c.metric_type(),
+        )?;
+        for (reason, n) in dropped {
+            let labels = ReasonLabels {
+                reason: reason.to_string(),
+            };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let rejected = ConstCounter::new(stats.rejected_records.load(Ordering::Relaxed));
+        rejected.encode(encoder.encode_descriptor(
+            "gossip_rejected_records",
+            "Gossiped records whose signature or certificate did not verify",
+            None,
+            rejected.metric_type(),
+        )?)?;
+        let mut bytes = encoder.encode_descriptor(
+            "gossip_bytes",
+            "Gossip bytes on the wire, by direction",
+            None,
+            c.metric_type(),
+        )?;
+        for (direction, n) in [
+            ("in", stats.bytes_in.load(Ordering::Relaxed)),
+            ("out", stats.bytes_out.load(Ordering::Relaxed)),
+        ] {
+            let labels = DirectionLabels {
+                direction: direction.into(),
+            };
+            ConstCounter::new(n).encode(bytes.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
@@ -84,6 +152,18 @@ pub struct Metrics {
     pub ejections: Family<DestLabels, Counter>,
     /// `weft_ratelimited_total{destination}`
     pub ratelimited: Family<DestLabels, Counter>,
+    /// `weft_members{status}`, set when scraped.
+    pub members: Family<StatusLabels, Gauge>,
+    /// `weft_cert_expiry_seconds`, set when scraped.
+    pub cert_expiry_seconds: Gauge,
+    /// `weft_cert_renewals_total`, counted by the renewal loop.
+    pub cert_renewals: Counter,
+    /// `weft_cert_renewal_failures` (in a row), set by the renewal loop.
+    pub cert_renewal_failures: Gauge,
+    /// `weft_config_entries`, set when scraped.
+    pub config_entries: Gauge,
+    /// `weft_config_digest_age_seconds`, set when scraped.
+    pub config_digest_age_seconds: Gauge<f64, AtomicU64>,
     /// Per-edge ring buffers for the dashboard.
     pub edges: std::sync::Mutex<super::edges::EdgeStats>,
     /// Source → destination pairs that have label sets, bounded by `MAX_EDGE_LABELS`.
@@ -98,7 +178,51 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(Arc::default())
+    }
+}
+
+impl Metrics {
+    /// Every family, with gossip's counters read from `gossip`.
+    pub fn new(gossip: Arc<weft_gossip::GossipStats>) -> Self {
         let mut registry = Registry::with_prefix("weft");
+        let members = Family::<StatusLabels, Gauge>::default();
+        let cert_expiry_seconds = Gauge::default();
+        let cert_renewals = Counter::default();
+        let cert_renewal_failures = Gauge::default();
+        let config_entries = Gauge::default();
+        let config_digest_age_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "members",
+            "Cluster members by status, as this node sees them",
+            members.clone(),
+        );
+        registry.register(
+            "cert_expiry_seconds",
+            "Seconds until this node's certificate expires",
+            cert_expiry_seconds.clone(),
+        );
+        registry.register(
+            "cert_renewals",
+            "Certificate renewals since start",
+            cert_renewals.clone(),
+        );
+        registry.register(
+            "cert_renewal_failures",
+            "Consecutive failed renewal attempts",
+            cert_renewal_failures.clone(),
+        );
+        registry.register(
+            "config_entries",
+            "Live cluster-config entries held by this node",
+            config_entries.clone(),
+        );
+        registry.register(
+            "config_digest_age_seconds",
+            "Seconds since this node's config digest last matched every alive peer's",
+            config_digest_age_seconds.clone(),
+        );
+        registry.register_collector(Box::new(GossipCollector(gossip)));
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<EdgeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -158,17 +282,21 @@ impl Default for Metrics {
             retries,
             ejections,
             ratelimited,
+            members,
+            cert_expiry_seconds,
+            cert_renewals,
+            cert_renewal_failures,
+            config_entries,
+            config_digest_age_seconds,
             edges: std::sync::Mutex::default(),
             labelled: std::sync::Mutex::default(),
         }
     }
-}
 
-impl Metrics {
-    /// Prometheus text of these families (without the final `# EOF`).
+    /// `/metrics`: every family in the Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).is_err() {
             return String::new();
         }
         out
@@ -202,10 +330,7 @@ impl Metrics {
         let (source, destination) = self.bounded(source, destination);
         let error =
             code.starts_with('5') || matches!(code, "error" | "refused" | "denied" | "unknown");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_secs();
         // Requests for services nobody runs are counted above but are not graph edges.
         if destination != "unknown" {
             self.edges.lock().unwrap_or_else(|e| e.into_inner()).record(

@@ -1,7 +1,10 @@
-//! Metrics and the access log.
+//! What the node tells operators: `/metrics` (`metrics`, one prometheus-client registry),
+//! the access log (`access_log`), per-edge statistics for the dashboard (`edges`) and the
+//! service graph built from every member's gossiped edges (`graph`).
 
 pub mod access_log;
 pub mod edges;
+pub mod graph;
 pub mod metrics;
 
 pub use access_log::{AccessEntry, AccessLog, AccessLogTarget};

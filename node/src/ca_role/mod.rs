@@ -1,5 +1,7 @@
-//! The CA role of the node that holds the cluster's CA key: join tokens, joins,
-//! renewals and revocations. Other members forward these requests here over mTLS QUIC.
+//! The CA role of the node that holds the cluster's CA key (`CaRole`; the pure CA logic
+//! is the `weft-ca` crate): join tokens, joins, renewals and revocations, and what the
+//! CA may refuse (`RefusalKind`). Other members forward these requests here over mTLS
+//! QUIC (`rpc::control`).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -8,10 +10,43 @@ use tracing::{info, warn};
 use weft_ca::{
     unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeName, TokenRefusal,
 };
-use weft_gossip::{encode_signed, RevocationList, Revoked};
+use weft_gossip::{encode_signed, Gossip, RevocationList, Revoked};
 
-use crate::rpc::{ParsedJoin, RefusalKind};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeIdentity;
 use crate::store::{Consume, NameEntry, Store, StoreError};
+
+/// Why a join (or renewal) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// Unknown, used, expired or wrong token.
+    BadToken,
+    /// Another node holds a valid certificate for this name.
+    NameTaken,
+    /// The CSR asks for something the CA does not grant.
+    BadCsr,
+    /// The certificate is revoked.
+    Revoked,
+    /// Too many requests.
+    RateLimited,
+    /// The CA cannot be reached or failed.
+    Unavailable,
+    /// The request is malformed.
+    BadRequest,
+}
+
+/// A join request whose fields all parsed (from `rpc::JoinRequest`).
+#[derive(Debug)]
+pub struct ParsedJoin {
+    /// Name asked for.
+    pub name: NodeName,
+    /// CSR DER.
+    pub csr: Vec<u8>,
+    /// The token.
+    pub token: JoinToken,
+}
 
 /// A refused request: its kind and a one-line reason for the requester.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +59,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+    /// A refusal of `kind`.
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -46,7 +82,7 @@ impl From<StoreError> for Refusal {
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);
 
 /// The CA role.
-pub struct Authority {
+pub struct CaRole {
     ca: CertificateAuthority,
     store: Store,
     leaf_ttl: Duration,
@@ -56,15 +92,15 @@ pub struct Authority {
     signed: Mutex<Option<(u64, String)>>,
 }
 
-impl std::fmt::Debug for Authority {
+impl std::fmt::Debug for CaRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority")
+        f.debug_struct("CaRole")
             .field("leaf_ttl", &self.leaf_ttl)
             .finish_non_exhaustive()
     }
 }
 
-impl Authority {
+impl CaRole {
     /// The CA role over `ca`, keeping its records in `store`.
     pub fn new(
         ca: CertificateAuthority,
@@ -299,5 +335,17 @@ impl Authority {
     /// The current revocation list.
     pub fn crl(&self) -> RevocationList {
         self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes this CA's own revocation list the one in force here and publishes it in
+    /// gossip, unless gossip already carries a newer one (which `identity` adopts).
+    pub async fn publish_revocations(&self, identity: &NodeIdentity, gossip: &Gossip) {
+        let own = self.crl();
+        if own.version >= gossip.revocations().version {
+            if let Some(signed) = self.signed_crl() {
+                gossip.publish_crl(signed).await;
+            }
+            identity.adopt_revocations(own);
+        }
     }
 }

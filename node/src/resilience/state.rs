@@ -1,29 +1,31 @@
-//! Per-destination traffic state on this node: rate-limit buckets, retry budgets,
+//! Per-destination resilience state on this node: rate-limit buckets, retry budgets,
 //! in-flight counts for the circuit breaker, and outlier ejection per endpoint. The
-//! decisions themselves are pure (`cluster_config::traffic`, `net::ratelimit`); this
-//! holds them behind short, non-async locks.
+//! decisions themselves are pure (`ratelimit`, `retry`, `outlier` beside this file);
+//! this holds them behind short, non-async locks, each map bounded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::cluster_config::traffic::{Outlier, OutlierState, RateLimit, RetryBudget};
-use crate::net::ratelimit::TokenBucket;
+use super::outlier::OutlierState;
+use super::ratelimit::{RateLimit, TokenBucket};
+use super::retry::RetryBudget;
+use super::settings::Outlier;
 
 /// Most keys kept per map (bounded memory under arbitrary service names).
 const MAX_KEYS: usize = 10_000;
 
-/// The traffic state.
+/// The resilience state of this node.
 #[derive(Debug, Default)]
-pub struct TrafficState {
+pub struct ResilienceState {
     buckets: Mutex<HashMap<String, (TokenBucket, u64)>>,
     budgets: Mutex<HashMap<String, RetryBudget>>,
     inflight: Mutex<HashMap<String, Arc<AtomicU32>>>,
     outliers: Mutex<HashMap<String, OutlierState>>,
 }
 
-/// Holds one in-flight slot; released on drop.
+/// Holds one in-flight slot of a destination's circuit breaker; released on drop.
 #[derive(Debug)]
 pub struct InFlight(Arc<AtomicU32>);
 
@@ -39,7 +41,7 @@ fn bounded<V>(map: &mut HashMap<String, V>) {
     }
 }
 
-impl TrafficState {
+impl ResilienceState {
     /// Takes a token for `dst` (per source if configured); false → 429.
     pub fn allow_rate(&self, dst: &str, src: &str, rl: &RateLimit) -> bool {
         let key = if rl.per_source {
@@ -118,7 +120,6 @@ impl TrafficState {
         total: usize,
     ) -> bool {
         let now = Instant::now();
-        let base = humantime::parse_duration(&cfg.base_ejection).unwrap_or(Duration::from_secs(30));
         let mut m = self.outliers.lock().unwrap_or_else(|e| e.into_inner());
         bounded(&mut m);
         let ejected_now = m.values().filter(|s| s.ejected(now)).count();
@@ -126,7 +127,7 @@ impl TrafficState {
         m.entry(endpoint.to_owned()).or_default().record(
             is_5xx,
             cfg.consecutive_5xx,
-            base,
+            cfg.base_ejection,
             may_eject,
             now,
         )

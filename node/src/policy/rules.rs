@@ -1,10 +1,12 @@
-//! `policy` entries: the default (`allow` in a new cluster) and allow/deny rules from a
-//! source service to a destination service, optionally per path prefix and method. A
-//! matching deny beats a matching allow; with no match the default decides. Pure.
+//! Policy rules: the `policy` entries (the default, `allow` in a new cluster, and
+//! allow/deny rules from a source service to a destination service, optionally per path
+//! prefix and method) and `decide`. A matching deny beats a matching allow; with no match
+//! the default decides. Pure: enforcement (counting, logging) is in `enforce.rs`.
 
 use serde::{Deserialize, Serialize};
 
-use super::ValueError;
+use super::path::normalize_path;
+use crate::config::ValueError;
 
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +120,15 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
             && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
 }
 
+/// The applied policy: the default and the rules by name, sorted by name.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    /// The `default` entry.
+    pub default: PolicyDefault,
+    /// Every other entry.
+    pub rules: Vec<(String, PolicyRule)>,
+}
+
 /// The outcome for one request or stream, with what decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -185,59 +196,6 @@ pub fn decide<'a>(
     }
 }
 
-/// Normalises a request path for policy and routing: percent-decodes unreserved
-/// characters and `/` (`%2F`), collapses duplicate slashes, resolves `.` and `..`.
-/// Errors for what cannot be normalised safely (bad escapes, `..` above the root, a
-/// decoded NUL or backslash, a path not starting with `/`).
-pub fn normalize_path(raw: &str) -> Result<String, &'static str> {
-    let path = raw.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') {
-        return Err("path must start with /");
-    }
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("truncated percent-escape")?;
-            let s = std::str::from_utf8(hex).map_err(|_| "bad percent-escape")?;
-            let b = u8::from_str_radix(s, 16).map_err(|_| "bad percent-escape")?;
-            match b {
-                b'/' | b'.' | b'-' | b'_' | b'~' => decoded.push(b),
-                b if b.is_ascii_alphanumeric() => decoded.push(b),
-                0 | b'\\' => return Err("encoded NUL or backslash"),
-                // Other escapes stay encoded (upper-case hex) so they cannot form syntax.
-                b => decoded.extend_from_slice(format!("%{b:02X}").as_bytes()),
-            }
-            i += 3;
-        } else if bytes[i] == b'\\' {
-            return Err("backslash in path");
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8(decoded).map_err(|_| "path is not UTF-8")?;
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if out.pop().is_none() {
-                    return Err("path climbs above the root");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let trailing = decoded.ends_with('/') && !out.is_empty();
-    let mut n = format!("/{}", out.join("/"));
-    if trailing {
-        n.push('/');
-    }
-    Ok(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,29 +207,6 @@ mod tests {
             action,
             path: path.map(Into::into),
             method: None,
-        }
-    }
-
-    #[test]
-    fn normalisation_defeats_dodges() {
-        for (raw, want) in [
-            ("/admin", "/admin"),
-            ("/a/../admin", "/admin"),
-            ("//admin", "/admin"),
-            ("/%2Fadmin", "/admin"),
-            ("/%2fadmin", "/admin"),
-            ("/./admin/", "/admin/"),
-            ("/%61dmin", "/admin"),
-            ("/x/%2e%2e/admin", "/admin"),
-            ("/a%20b", "/a%20b"),
-            ("/admin?x=1", "/admin"),
-        ] {
-            assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
-        }
-        for bad in [
-            "/../etc", "/%2", "/%zz", "/a\\b", "/%5c", "/%00", "relative",
-        ] {
-            assert!(normalize_path(bad).is_err(), "{bad}");
         }
     }
 

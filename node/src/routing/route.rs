@@ -1,9 +1,11 @@
-//! `route` entries: ordered HTTP matches, each sending to version subsets by weight.
-//! The entry name is the destination service. Decisions are pure.
+//! Route rules: the `route` entries (ordered HTTP matches, each sending to version
+//! subsets by weight; the entry name is the destination service) and the version choice
+//! for one request. Decisions are pure; the balancer then picks an instance of the
+//! chosen version (`load_balancer`).
 
 use serde::{Deserialize, Serialize};
 
-use super::ValueError;
+use crate::config::ValueError;
 
 /// How a path is matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,16 +270,15 @@ fn rule_matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
 }
 
 /// Parses `v1=90,v2=10` into weighted versions.
-pub fn parse_split(s: &str) -> Result<Vec<WeightedVersion>, String> {
+pub fn parse_split(s: &str) -> Result<Vec<WeightedVersion>, ValueError> {
     s.split(',')
         .map(|part| {
-            let (v, w) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?}: expected VERSION=WEIGHT"))?;
-            let weight = w
-                .trim()
-                .parse()
-                .map_err(|_| format!("{part:?}: weight must be a number"))?;
+            let (v, w) = part.split_once('=').ok_or_else(|| {
+                ValueError::new("split", format!("{part:?}: expected VERSION=WEIGHT"))
+            })?;
+            let weight = w.trim().parse().map_err(|_| {
+                ValueError::new("split", format!("{part:?}: weight must be a number"))
+            })?;
             Ok(WeightedVersion {
                 version: v.trim().to_owned(),
                 weight,

@@ -9,8 +9,11 @@ use tracing::{info, warn};
 use weft_ca::{ClusterName, JoinToken, NodeKey, NodeName, TrustRoot};
 use weft_gossip::Keyring;
 
-use crate::net::seed::resolve_seed;
-use crate::rpc::{self, b64, unb64, JoinRequest, JoinResponse, MemberAddr, RefusalKind};
+use super::messages::{
+    b64, unb64, JoinRequest, JoinResponse, MemberAddr, RefusalKind, MAX_RESPONSE,
+};
+use super::stream::call;
+use crate::config::seed::resolve_seed;
 use crate::tls;
 
 /// Why joining failed. Each is one line for the operator.
@@ -80,7 +83,7 @@ pub async fn join(
         let addrs = match resolve_seed(seed).await {
             Ok(a) => a,
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 continue;
             }
         };
@@ -122,7 +125,7 @@ async fn try_seed(
         }
         Ok(Ok(c)) => c,
     };
-    let resp = rpc::call(&conn, request, rpc::MAX_RESPONSE)
+    let resp = call(&conn, request, MAX_RESPONSE)
         .await
         .map_err(|e| JoinFailure::Unreachable(e.to_string()))?;
     conn.close(0u32.into(), b"done");

@@ -1,0 +1,217 @@
+//! The agent's background loops that need several components at once. Each runs until
+//! `agent.shutdown` is cancelled; `agent::run` owns them in its task tracker. (Config
+//! anti-entropy is `cluster_config::sync`, health probes `health`, listeners `proxy`.)
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+use weft_ca::{unix, SpiffeId};
+use weft_gossip::MemberStatus;
+
+use super::state::Agent;
+use crate::identity::renewal::{attempt_timeout, renew_after, retry_backoff};
+use crate::identity::CertInstallError;
+use crate::rpc::{b64, unb64, CaCallError, CtlRequest, CtlResponse, DecodeError};
+use crate::store::Peer;
+
+/// Why one renewal attempt failed (the certificate in use stays).
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    /// No CSR could be made.
+    #[error("cannot make a CSR: {0}")]
+    Csr(#[from] weft_ca::CaError),
+    /// This node's own CA refused.
+    #[error("{0}")]
+    Refused(#[from] crate::ca_role::Refusal),
+    /// The CA node refused.
+    #[error("the CA node refused: {0}")]
+    CaRefused(String),
+    /// The CA node could not be asked.
+    #[error(transparent)]
+    Call(#[from] CaCallError),
+    /// The answer was not a certificate.
+    #[error("unexpected answer from the CA node")]
+    Unexpected,
+    /// The certificate field did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The new certificate could not be installed.
+    #[error(transparent)]
+    Install(#[from] CertInstallError),
+    /// No answer within the attempt timeout.
+    #[error("the CA node did not answer in time")]
+    Timeout,
+}
+
+/// Renews the node certificate at about half its lifetime, over mTLS with the current
+/// certificate (never the token). On failure keeps the certificate and retries with
+/// backoff, warning with the time left.
+pub async fn renew_loop(agent: Arc<Agent>) {
+    let metrics = agent.data.metrics.clone();
+    let mut attempt: u32 = 0;
+    loop {
+        let leaf = agent.identity.leaf();
+        let lifetime = leaf.lifetime();
+        if attempt == 0 {
+            let at = leaf.issued_at_unix()
+                + renew_after(lifetime, rand::random_range(-1.0..=1.0)).as_secs();
+            // Wakes at least every second so a stepped test clock is noticed.
+            loop {
+                let now = unix(crate::clock::now());
+                if now >= at || agent.identity.leaf().serial != leaf.serial {
+                    break;
+                }
+                let wait = Duration::from_secs(at - now).min(Duration::from_secs(1));
+                tokio::select! {
+                    _ = agent.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        } else {
+            let wait = retry_backoff(attempt - 1, lifetime).mul_f64(rand::random_range(0.8..=1.2));
+            tokio::select! {
+                _ = agent.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let result = tokio::time::timeout(attempt_timeout(lifetime), renew_once(&agent))
+            .await
+            .unwrap_or(Err(RenewError::Timeout));
+        match result {
+            Ok(()) => {
+                attempt = 0;
+                metrics.cert_renewal_failures.set(0);
+                metrics.cert_renewals.inc();
+                let leaf = agent.identity.leaf();
+                info!(serial = %leaf.serial, expires_at_unix = leaf.not_after_unix, "certificate renewed");
+            }
+            Err(e) => {
+                attempt = attempt.saturating_add(1);
+                metrics.cert_renewal_failures.inc();
+                let left = leaf.remaining(crate::clock::now());
+                warn!(error = %e, remaining_secs = left.as_secs(), attempt, "certificate renewal failed; will retry");
+            }
+        }
+    }
+}
+
+async fn renew_once(agent: &Agent) -> Result<(), RenewError> {
+    let info = &agent.identity.info;
+    let id = SpiffeId::node(info.cluster.clone(), info.name.clone());
+    let csr = agent.identity.key.csr_der(&id)?;
+    let der = if let Some(ca) = &agent.ca {
+        ca.issue_own(&info.name, &csr, SystemTime::now())?.der
+    } else {
+        match agent
+            .ca_client
+            .call(&CtlRequest::Renew { csr: b64(&csr) })
+            .await?
+        {
+            CtlResponse::Cert { cert } => unb64(&cert, "cert")?,
+            CtlResponse::Error { message, .. } => return Err(RenewError::CaRefused(message)),
+            _ => return Err(RenewError::Unexpected),
+        }
+    };
+    agent.identity.install_cert(der)?;
+    agent.publish_record().await;
+    Ok(())
+}
+
+/// Every gossip round: rebuild the catalog from verified gossip (instances leave the
+/// load-balancing set within one round of their node failing or their check failing).
+pub async fn catalog_loop(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(agent.settings().gossip_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = agent.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        agent.refresh_catalog().await;
+    }
+}
+
+/// Re-publishes the signed service set whenever local services or their health change.
+pub async fn publish_services_loop(agent: Arc<Agent>) {
+    let mut changes = agent.data.services.subscribe();
+    loop {
+        tokio::select! {
+            _ = agent.shutdown.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+        agent.publish_services().await;
+        agent.refresh_catalog().await;
+    }
+}
+
+/// Every second: refresh the verified member view, adopt newer revocation lists and fail
+/// closed at own expiry; every five: remember peers for restarts.
+pub async fn housekeeping_loop(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = agent.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let members = agent.members().await;
+        agent.sync_revocations().await;
+        agent.data.enforce_own_expiry();
+        n += 1;
+        if n % 5 == 1 {
+            if let Some(ca) = members
+                .iter()
+                .find(|m| m.ca && !m.is_self && m.status == MemberStatus::Alive)
+            {
+                let peer = Peer {
+                    name: ca.name.clone(),
+                    gossip_addr: ca.gossip_addr,
+                    quic_addr: ca.address,
+                };
+                if let Err(e) = agent.store.set_ca_peer(&peer) {
+                    warn!(error = %e, "cannot persist the CA node's address");
+                }
+            }
+            let peers: Vec<Peer> = members
+                .into_iter()
+                .filter(|m| !m.is_self && m.status != MemberStatus::Left)
+                .map(|m| Peer {
+                    name: m.name,
+                    gossip_addr: m.gossip_addr,
+                    quic_addr: m.address,
+                })
+                .collect();
+            if !peers.is_empty() {
+                if let Err(e) = agent.store.set_peers(&peers) {
+                    warn!(error = %e, "cannot persist known peers");
+                }
+            }
+        }
+    }
+}
+
+/// Every 5 s: publishes this node's per-edge summary of the last minute (the 32 busiest
+/// edges) so any node's dashboard can draw the whole mesh.
+pub async fn edges_loop(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = agent.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut summaries = agent
+            .data
+            .metrics
+            .edges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .summaries(60, crate::clock::unix_secs());
+        summaries.sort_by(|a, b| b.rps.total_cmp(&a.rps));
+        summaries.truncate(32);
+        agent
+            .gossip
+            .publish_edges(serde_json::to_string(&summaries).unwrap_or_default())
+            .await;
+    }
+}

@@ -1,0 +1,95 @@
+//! The running agent's state: wiring only. Each field is a component that owns one
+//! concern (identity, gossip, the CA role, the config replica, the data plane's inputs);
+//! the agent's methods here are the few that need several of them at once.
+
+use std::sync::{Arc, RwLock};
+
+use tokio_util::sync::CancellationToken;
+use weft_gossip::{Gossip, Member};
+
+use super::records::RecordSigner;
+use crate::ca_role::CaRole;
+use crate::cluster_config::ConfigReplica;
+use crate::config::Settings;
+use crate::identity::NodeIdentity;
+use crate::proxy::ProxyInputs;
+use crate::rpc::{CaClient, CtlClient};
+use crate::store::Store;
+
+/// Agent version published by gossip.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A running agent.
+pub struct Agent {
+    /// Effective settings (replaced on reload).
+    pub settings: RwLock<Settings>,
+    /// Who this node is, and whom it still trusts.
+    pub identity: Arc<NodeIdentity>,
+    /// The store.
+    pub store: Store,
+    /// Gossip.
+    pub gossip: Arc<Gossip>,
+    /// Signs what this node publishes in gossip.
+    pub records: RecordSigner,
+    /// The CA role, on the CA node.
+    pub ca: Option<Arc<CaRole>>,
+    /// Control requests to members.
+    pub ctl: CtlClient,
+    /// Requests to the CA node.
+    pub ca_client: CaClient,
+    /// The replicated cluster config.
+    pub config: Arc<ConfigReplica>,
+    /// Everything the data plane reads.
+    pub data: Arc<ProxyInputs>,
+    /// The admin token.
+    pub admin_token: String,
+    /// Cancelled when the agent must stop.
+    pub shutdown: CancellationToken,
+}
+
+impl Agent {
+    /// A copy of the current settings.
+    pub fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Verified members. Adopts a newer revocation list seen with them at once, so TLS
+    /// refuses a revoked peer as soon as any view shows it revoked.
+    pub async fn members(&self) -> Vec<Member> {
+        let members = self.gossip.members().await;
+        self.identity.adopt_revocations(self.gossip.revocations());
+        members
+    }
+
+    /// Adopts a newer revocation list from gossip, and on the CA node publishes its own.
+    pub async fn sync_revocations(&self) {
+        if let Some(ca) = &self.ca {
+            ca.publish_revocations(&self.identity, &self.gossip).await;
+        }
+        self.identity.adopt_revocations(self.gossip.revocations());
+    }
+
+    /// Rebuilds the catalog from the verified members and drops pooled connections to
+    /// nodes that left, were revoked, or have just been marked failed.
+    pub async fn refresh_catalog(&self) {
+        let members = self.members().await;
+        self.data.pool.prune(&members);
+        self.data
+            .catalog
+            .set(crate::catalog::Catalog::build(&members));
+    }
+
+    /// Why this node is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(problem) = self.identity.problem() {
+            return Some(problem.to_owned());
+        }
+        if self.shutdown.is_cancelled() {
+            return Some("shutting down".into());
+        }
+        None
+    }
+}

@@ -1,0 +1,186 @@
+//! The running identity, shared by everything that needs to know who this node is and
+//! whom it still trusts: the current certificate (swapped on renewal), the cluster root,
+//! the revocation list every TLS verifier reads, and a signal (`changed`) that wakes open
+//! peer connections when either changes so they can re-check whether they may stay.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use weft_ca::{unix, LeafInfo, NodeKey, TrustRoot, VerifyError};
+use weft_gossip::RevocationList;
+
+use super::{ClusterInfo, IdentityError, IdentityFiles};
+use crate::store::Store;
+use crate::tls::{CertStore, Revocations, TlsError};
+
+/// A renewed certificate could not be installed; the current one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum CertInstallError {
+    /// It does not chain to the root, or is not a node certificate.
+    #[error("renewed certificate does not verify: {0}")]
+    Verify(#[from] VerifyError),
+    /// It names another node.
+    #[error("renewed certificate is for {0}")]
+    WrongNode(String),
+    /// TLS refused it.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// It could not be saved.
+    #[error(transparent)]
+    Save(#[from] IdentityError),
+}
+
+/// This node's identity while it runs.
+pub struct NodeIdentity {
+    /// Cluster and node name.
+    pub info: ClusterInfo,
+    /// The node key.
+    pub key: NodeKey,
+    /// The cluster root.
+    pub trust: Arc<TrustRoot>,
+    /// The identity files.
+    pub files: IdentityFiles,
+    /// Certificates presented by TLS.
+    certs: CertStore,
+    /// Current certificate (DER) and its parsed fields.
+    cert: RwLock<(Vec<u8>, LeafInfo)>,
+    /// `not_after` of the current certificate (Unix seconds), for cheap expiry checks.
+    not_after: AtomicU64,
+    /// Revocation list used by every verifier.
+    revoked: Revocations,
+    /// Where the revocation list is persisted.
+    store: Store,
+    /// Woken when open peer connections must check again whether they may stay: a
+    /// newer revocation list, or this node's own certificate expired.
+    changed: Notify,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("name", &self.info.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeIdentity {
+    /// The running identity with certificate `cert_der`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        info: ClusterInfo,
+        key: NodeKey,
+        cert_der: Vec<u8>,
+        certs: CertStore,
+        trust: Arc<TrustRoot>,
+        revoked: Revocations,
+        files: IdentityFiles,
+        store: Store,
+    ) -> Result<Self, VerifyError> {
+        let leaf = LeafInfo::parse(&cert_der)?;
+        Ok(Self {
+            info,
+            key,
+            trust,
+            files,
+            certs,
+            not_after: AtomicU64::new(leaf.not_after_unix),
+            cert: RwLock::new((cert_der, leaf)),
+            revoked,
+            store,
+            changed: Notify::new(),
+        })
+    }
+
+    /// The current certificate and its fields.
+    pub fn cert(&self) -> (Vec<u8>, LeafInfo) {
+        self.cert.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The current certificate's fields.
+    pub fn leaf(&self) -> LeafInfo {
+        self.cert
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Installs a renewed certificate: on disk first, then in TLS. The caller publishes
+    /// it in gossip.
+    pub fn install_cert(&self, der: Vec<u8>) -> Result<LeafInfo, CertInstallError> {
+        let leaf = self.trust.verify_node(&der, SystemTime::now())?;
+        if leaf.id.node_name() != &self.info.name {
+            return Err(CertInstallError::WrongNode(leaf.id.to_string()));
+        }
+        self.certs.replace(&self.key, &der, self.trust.ca_der())?;
+        self.files.save_cert(&der)?;
+        self.not_after.store(leaf.not_after_unix, Ordering::Relaxed);
+        *self.cert.write().unwrap_or_else(|e| e.into_inner()) = (der, leaf.clone());
+        Ok(leaf)
+    }
+
+    /// Whether this node's own certificate has expired (by the certificate clock).
+    pub fn own_cert_expired(&self) -> bool {
+        self.not_after.load(Ordering::Relaxed) <= unix(crate::clock::now())
+    }
+
+    /// Why this identity cannot carry traffic, if it cannot.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.own_cert_expired() {
+            return Some("node certificate has expired");
+        }
+        let serial = self.leaf().serial;
+        if self.is_revoked(&serial) {
+            return Some("node certificate is revoked");
+        }
+        None
+    }
+
+    /// Whether a certificate serial is revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_revoked(serial)
+    }
+
+    /// The version of the revocation list in force.
+    pub fn revocation_version(&self) -> u64 {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .version
+    }
+
+    /// Installs `newest` if it is newer than the list in force: persisted, installed for
+    /// every verifier, and every peer connection woken so that those of revoked nodes
+    /// close now rather than at their next stream.
+    pub fn adopt_revocations(&self, newest: RevocationList) {
+        if newest.version <= self.revocation_version() {
+            return;
+        }
+        info!(
+            version = newest.version,
+            revoked = newest.revoked.len(),
+            "revocation list updated"
+        );
+        if let Err(e) = self.store.set_crl(&newest) {
+            warn!(error = %e, "cannot persist the revocation list");
+        }
+        *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
+        self.changed.notify_waiters();
+    }
+
+    /// Wakes every open peer connection to re-check itself (e.g. at own expiry).
+    pub fn wake_connections(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the next `adopt_revocations` or `wake_connections`.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}

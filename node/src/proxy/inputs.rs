@@ -1,0 +1,133 @@
+//! Everything the data plane reads, and nothing else: the narrow bundle the agent builds
+//! once and hands to the listeners and the inbound server (the shape of ztunnel's
+//! `ProxyInputs`). The proxy never sees the agent, the store, gossip or the CA.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::inbound::BackendClient;
+use super::pool::ConnPool;
+use crate::catalog::{LocalServices, SharedCatalog};
+use crate::cluster_config::AppliedView;
+use crate::identity::NodeIdentity;
+use crate::resilience::ResilienceState;
+use crate::routing::LoadBalancer;
+use crate::telemetry::{AccessLog, Metrics};
+
+/// The data plane's inputs.
+pub struct ProxyInputs {
+    /// This node's identity: certificate expiry, revocation list, change signal.
+    pub identity: Arc<NodeIdentity>,
+    /// The cluster-wide catalog (refreshed every gossip round).
+    pub catalog: SharedCatalog,
+    /// This node's own services and their health.
+    pub services: Arc<LocalServices>,
+    /// Routes, policy and resilience settings, typed.
+    pub config: AppliedView,
+    /// QUIC connections to peers, one per peer process.
+    pub pool: ConnPool,
+    /// Instance choice.
+    pub balancer: LoadBalancer,
+    /// Rate limits, retry budgets, breakers, outliers.
+    pub resilience: ResilienceState,
+    /// Data-plane metrics.
+    pub metrics: Arc<Metrics>,
+    /// The access log.
+    pub access_log: AccessLog,
+    /// Keep-alive pool of HTTP connections to local instances.
+    pub backend: BackendClient,
+    /// This node's zone (the balancer prefers it; changes on reload).
+    zone: RwLock<Arc<str>>,
+    /// One gossip round: how long a peer's new registration may take to reach us.
+    pub gossip_interval: Duration,
+    /// Cancelled when the agent stops.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for ProxyInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyInputs").finish_non_exhaustive()
+    }
+}
+
+/// The parts `ProxyInputs::new` takes from the agent.
+pub struct ProxyParts {
+    /// See `ProxyInputs::identity`.
+    pub identity: Arc<NodeIdentity>,
+    /// See `ProxyInputs::services`.
+    pub services: Arc<LocalServices>,
+    /// See `ProxyInputs::config`.
+    pub config: AppliedView,
+    /// See `ProxyInputs::pool`.
+    pub pool: ConnPool,
+    /// See `ProxyInputs::metrics`.
+    pub metrics: Arc<Metrics>,
+    /// See `ProxyInputs::access_log`.
+    pub access_log: AccessLog,
+    /// This node's zone.
+    pub zone: String,
+    /// See `ProxyInputs::gossip_interval`.
+    pub gossip_interval: Duration,
+    /// See `ProxyInputs::shutdown`.
+    pub shutdown: CancellationToken,
+}
+
+impl ProxyInputs {
+    /// The bundle, with an empty catalog and fresh balancer and resilience state.
+    pub fn new(p: ProxyParts) -> Self {
+        Self {
+            identity: p.identity,
+            catalog: SharedCatalog::default(),
+            services: p.services,
+            config: p.config,
+            pool: p.pool,
+            balancer: LoadBalancer::default(),
+            resilience: ResilienceState::default(),
+            metrics: p.metrics,
+            access_log: p.access_log,
+            backend: super::inbound::backend_client(),
+            zone: RwLock::new(p.zone.into()),
+            gossip_interval: p.gossip_interval,
+            shutdown: p.shutdown,
+        }
+    }
+
+    /// This node's zone.
+    pub fn zone(&self) -> Arc<str> {
+        self.zone.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the zone (config reload).
+    pub fn set_zone(&self, zone: &str) {
+        *self.zone.write().unwrap_or_else(|e| e.into_inner()) = zone.into();
+    }
+
+    /// The node name, for access logs.
+    pub fn node_name(&self) -> &str {
+        self.identity.info.name.as_str()
+    }
+
+    /// Fails closed once this node's certificate has expired: closes every pooled
+    /// connection and wakes inbound ones, which close themselves. No traffic is carried
+    /// on an identity that is no longer valid (peers refuse new handshakes by themselves).
+    pub fn enforce_own_expiry(&self) {
+        if self.identity.own_cert_expired() {
+            self.pool.close_all();
+            self.identity.wake_connections();
+        }
+    }
+}
+
+impl ProxyInputs {
+    /// Authorises `src → dst` under the policy in force, through `policy::enforce`.
+    pub fn authorize(
+        &self,
+        src: &str,
+        dst: &str,
+        http: Option<(&str, &str)>,
+    ) -> crate::policy::Decision {
+        crate::policy::enforce(&self.config.get().policy, &self.metrics, src, dst, http)
+    }
+}

@@ -1,0 +1,167 @@
+//! The calling side of control requests: a mutually authenticated connection to one
+//! member (`CtlClient`), and the CA client (`CaClient`), which finds the CA node in
+//! gossip (alive before failed) or from the address remembered at the join, and tries
+//! each candidate in turn.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_gossip::{Gossip, Member, MemberStatus};
+
+use super::messages::{CtlRequest, CtlResponse, MAX_RESPONSE};
+use super::stream::{call, RpcError};
+use crate::store::Store;
+
+/// Time to establish a control connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens control connections (ALPN `weft-ctl/1`) with this node's certificate.
+#[derive(Debug, Clone)]
+pub struct CtlClient {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+}
+
+impl CtlClient {
+    /// A client on `endpoint` presenting `config`'s certificate.
+    pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
+        Self { endpoint, config }
+    }
+
+    /// Opens a control connection to node `name` at `addr`, authenticated both ways.
+    pub async fn connect(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, RpcError> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), addr, name)
+            .map_err(|e| RpcError::Connect(e.to_string()))?;
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| RpcError::Timeout)?
+            .map_err(|e| RpcError::Connect(e.to_string()))
+    }
+
+    /// Sends one control request to member `name` at `addr`.
+    pub async fn call(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        request: &CtlRequest,
+    ) -> Result<CtlResponse, RpcError> {
+        let conn = self.connect(name, addr).await?;
+        let resp = call(&conn, request, MAX_RESPONSE).await;
+        conn.close(0u32.into(), b"done");
+        resp
+    }
+}
+
+/// The CA node could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CaCallError {
+    /// Gossip names no CA node yet and none was remembered.
+    #[error("no CA node is known (not in gossip yet)")]
+    NoneKnown,
+    /// Every candidate failed to connect.
+    #[error("the CA node is not reachable: {0}")]
+    Unreachable(String),
+    /// The CA node was reached but the exchange failed.
+    #[error("CA node {node}: {source}")]
+    Exchange {
+        /// The CA node.
+        node: String,
+        /// Why.
+        source: RpcError,
+    },
+}
+
+/// Sends requests to the CA node.
+#[derive(Clone)]
+pub struct CaClient {
+    ctl: CtlClient,
+    gossip: Arc<Gossip>,
+    store: Store,
+}
+
+impl CaClient {
+    /// A CA client that finds the CA in `gossip` or `store`.
+    pub fn new(ctl: CtlClient, gossip: Arc<Gossip>, store: Store) -> Self {
+        Self { ctl, gossip, store }
+    }
+
+    /// Where the CA node may be: from gossip first (alive before failed), then the
+    /// address remembered from the join or an earlier gossip view. A node that joined a
+    /// moment ago can reach the CA before gossip has converged.
+    async fn candidates(&self) -> Vec<(String, SocketAddr)> {
+        let mut members: Vec<Member> = self
+            .gossip
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.ca && !m.is_self && m.status != MemberStatus::Left)
+            .collect();
+        members.sort_by_key(|m| m.status != MemberStatus::Alive);
+        let mut out: Vec<(String, SocketAddr)> =
+            members.into_iter().map(|m| (m.name, m.address)).collect();
+        if let Ok(Some(p)) = self.store.ca_peer() {
+            if !out.iter().any(|(n, a)| *n == p.name && *a == p.quic_addr) {
+                out.push((p.name, p.quic_addr));
+            }
+        }
+        out
+    }
+
+    /// Sends `request` to the first CA candidate that accepts a connection.
+    pub async fn call(&self, request: &CtlRequest) -> Result<CtlResponse, CaCallError> {
+        let candidates = self.candidates().await;
+        if candidates.is_empty() {
+            return Err(CaCallError::NoneKnown);
+        }
+        let mut errors = Vec::new();
+        for (name, addr) in candidates {
+            let conn = match self.ctl.connect(&name, addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("CA node {name} at {addr}: {e}"));
+                    continue;
+                }
+            };
+            let resp =
+                call(&conn, request, MAX_RESPONSE)
+                    .await
+                    .map_err(|source| CaCallError::Exchange {
+                        node: name.clone(),
+                        source,
+                    });
+            conn.close(0u32.into(), b"done");
+            return resp;
+        }
+        Err(CaCallError::Unreachable(errors.join("; ")))
+    }
+}
+
+impl crate::cluster_config::sync::Pull for CtlClient {
+    async fn pull(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<Vec<crate::cluster_config::Entry>, crate::cluster_config::sync::PullError> {
+        let fail = |source: Box<dyn std::error::Error + Send + Sync>| {
+            crate::cluster_config::sync::PullError {
+                peer: name.to_owned(),
+                source,
+            }
+        };
+        match self
+            .call(name, addr, &CtlRequest::ConfigPull)
+            .await
+            .map_err(|e| fail(Box::new(e)))?
+        {
+            CtlResponse::Config { entries } => Ok(entries),
+            _ => Err(fail("unexpected answer".into())),
+        }
+    }
+}
