@@ -4,16 +4,25 @@
 //! `seal` is the pure datagram sealing; `transport` plugs it into chitchat; `record`
 //! defines and verifies what nodes publish; `membership` runs chitchat and yields the
 //! verified member list. See `GOSSIP.md` beside this crate for the design.
+//!
+//! The transport is a seam: `Gossip::start` runs over the sealed UDP transport, and
+//! `Gossip::start_with_transport` over any chitchat [`Transport`]. `memory` provides
+//! [`MemoryNetwork`], an in-process transport with scripted link cuts and loss, so
+//! multi-node tests (partitions, failure detection, propagation) need neither root nor a
+//! network namespace, and can run on tokio's paused clock.
 
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod membership;
+pub mod memory;
 pub mod record;
 pub mod seal;
 pub mod stats;
 pub mod transport;
 
+pub use chitchat::transport::Transport;
 pub use membership::{Gossip, GossipConfig, GossipError, Member, MemberStatus};
+pub use memory::{MemoryNetwork, MemoryStats};
 pub use record::{
     encode_signed, NodeRecord, Protocol, RecordError, RevocationList, Revoked, ServiceRecord,
     ServiceSet, MAX_SERVICES_PER_NODE,

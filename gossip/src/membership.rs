@@ -1,12 +1,14 @@
-//! Runs chitchat over the sealed transport and turns its state into a verified member
-//! list. Only records whose signature and certificate verify are used; for each chitchat
-//! id the last verified record is kept, so a member cannot rewrite another node's state.
+//! Runs chitchat (over the sealed transport, or any chitchat `Transport` through
+//! `Gossip::start_with_transport`) and turns its state into a verified member list. Only
+//! records whose signature and certificate verify are used; for each chitchat id the last
+//! verified record is kept, so a member cannot rewrite another node's state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -144,9 +146,33 @@ pub struct Gossip {
 pub struct GossipError(String);
 
 impl Gossip {
-    /// Starts chitchat with the initial signed record value.
+    /// Starts chitchat over sealed UDP (`SealedTransport` with `keyring`, counting into
+    /// `stats`) with the initial signed record value.
     pub async fn start(
         config: GossipConfig,
+        keyring: SharedKeyring,
+        root: Arc<RwLock<TrustRoot>>,
+        stats: Arc<GossipStats>,
+        signed_record: String,
+    ) -> Result<Self, GossipError> {
+        let transport = SealedTransport::new(keyring.clone(), stats.clone());
+        Self::start_with_transport(config, &transport, keyring, root, stats, signed_record).await
+    }
+
+    /// Starts chitchat over any chitchat transport, e.g. a [`MemoryNetwork`] in tests, with
+    /// the initial signed record value. Everything above the transport (record and
+    /// certificate verification, members, revocations, leave) is the same as with `start`.
+    ///
+    /// The socket is opened on `config.listen` before this returns; `transport` need not
+    /// outlive the call. `keyring` is what [`Gossip::keyring`] hands out (for rotation and
+    /// join grants); whether datagrams are sealed with it is up to the transport
+    /// (`SealedTransport` does, `MemoryNetwork` does not). `stats` receives the rejected
+    /// record count; datagram counters only if the transport writes them.
+    ///
+    /// [`MemoryNetwork`]: crate::memory::MemoryNetwork
+    pub async fn start_with_transport(
+        config: GossipConfig,
+        transport: &dyn Transport,
         keyring: SharedKeyring,
         root: Arc<RwLock<TrustRoot>>,
         stats: Arc<GossipStats>,
@@ -171,11 +197,10 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: chitchat::ProtocolVersion::V0,
         };
-        let transport = SealedTransport::new(keyring.clone(), stats.clone());
         let handle = spawn_chitchat(
             chitchat_config,
             vec![(NODE_KEY.to_owned(), signed_record)],
-            &transport,
+            transport,
         )
         .await
         .map_err(|e| GossipError(format!("{e:#}")))?;

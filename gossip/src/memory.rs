@@ -1,0 +1,446 @@
+//! An in-process chitchat transport with scripted link faults, so multi-node gossip tests
+//! (partitions, one-way cuts, message loss) run inside one test process: no root, no
+//! network namespace, no UDP port, and with tokio's paused clock when timing matters.
+//!
+//! It exists because `Gossip::start` speaks sealed UDP only; [`Gossip::start_with_transport`]
+//! takes any chitchat [`Transport`], and [`MemoryNetwork`] is the one tests use. It is
+//! public (not `cfg(test)`) so other crates' tests can build clusters on it too.
+//!
+//! Every socket opened on a network gets the address it asks for (any address works:
+//! nothing is bound; port 0 picks a free port on that IP) and a bounded queue
+//! ([`MemoryNetwork::DEFAULT_QUEUE`] envelopes unless set otherwise). A send is checked
+//! against the link faults in force at that moment and then either queued for the receiver
+//! or dropped and counted in [`MemoryStats`], like a UDP datagram: a full queue drops
+//! (never grows), and sending to an address nobody holds succeeds and delivers nothing.
+//! Envelopes already queued when a link is cut are still delivered, like datagrams in
+//! flight.
+//!
+//! Envelopes are handed over as values: chitchat's codec is private, so nothing is encoded,
+//! byte counts are reported as 0, and there is no MTU (chitchat sizes its deltas for UDP
+//! itself). Everything above the transport (signed records, verification, failure
+//! detection) is the production code.
+//!
+//! [`Gossip::start_with_transport`]: crate::Gossip::start_with_transport
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
+use chitchat::ChitchatEnvelope;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::sync::mpsc;
+
+/// What happened to the envelopes sent on a [`MemoryNetwork`] so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Queued for their receiver.
+    pub delivered: u64,
+    /// Dropped because the link from sender to receiver was cut.
+    pub cut: u64,
+    /// Dropped by the random loss rate.
+    pub lost: u64,
+    /// Dropped because the receiver's queue was full.
+    pub overflow: u64,
+    /// Sent to an address no open socket holds.
+    pub unreachable: u64,
+}
+
+struct Endpoint {
+    /// Tells this socket from an earlier one that held the same address.
+    id: u64,
+    tx: mpsc::Sender<RecvOutcome>,
+}
+
+struct Net {
+    endpoints: HashMap<SocketAddr, Endpoint>,
+    next_id: u64,
+    /// Directed links that drop everything: (from, to).
+    cuts: HashSet<(SocketAddr, SocketAddr)>,
+    /// Probability that an envelope on an uncut link is dropped.
+    loss: f64,
+    rng: StdRng,
+    queue: usize,
+    stats: MemoryStats,
+}
+
+/// An in-memory network of chitchat sockets with scriptable link cuts and loss; see the
+/// module documentation. Clones share the same network.
+///
+/// Pass `&network` to [`Gossip::start_with_transport`](crate::Gossip::start_with_transport)
+/// for every node, each with its own address as both `listen` and `advertise`.
+#[derive(Clone)]
+pub struct MemoryNetwork {
+    net: Arc<Mutex<Net>>,
+}
+
+impl Default for MemoryNetwork {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let net = self.lock();
+        f.debug_struct("MemoryNetwork")
+            .field("sockets", &net.endpoints.len())
+            .field("cut_links", &net.cuts.len())
+            .field("loss", &net.loss)
+            .field("queue", &net.queue)
+            .field("stats", &net.stats)
+            .finish()
+    }
+}
+
+impl MemoryNetwork {
+    /// Envelopes each socket's queue holds before further ones are dropped.
+    pub const DEFAULT_QUEUE: usize = 256;
+
+    /// An empty network: no cuts, no loss, queues of [`Self::DEFAULT_QUEUE`].
+    pub fn new() -> Self {
+        Self::with_queue_capacity(Self::DEFAULT_QUEUE)
+    }
+
+    /// An empty network whose sockets queue at most `capacity` envelopes (at least 1).
+    pub fn with_queue_capacity(capacity: usize) -> Self {
+        Self {
+            net: Arc::new(Mutex::new(Net {
+                endpoints: HashMap::new(),
+                next_id: 0,
+                cuts: HashSet::new(),
+                loss: 0.0,
+                rng: StdRng::seed_from_u64(0),
+                queue: capacity.max(1),
+                stats: MemoryStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Net> {
+        self.net.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts the link between `a` and `b` in both directions.
+    pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
+        let mut net = self.lock();
+        net.cuts.insert((a, b));
+        net.cuts.insert((b, a));
+    }
+
+    /// Cuts the link from `from` to `to` only: `to` still reaches `from`.
+    pub fn cut_one_way(&self, from: SocketAddr, to: SocketAddr) {
+        self.lock().cuts.insert((from, to));
+    }
+
+    /// Cuts `node` off from every socket open now, both ways (sockets opened later are
+    /// not cut; call again after opening them).
+    pub fn isolate(&self, node: SocketAddr) {
+        let mut net = self.lock();
+        let others: Vec<SocketAddr> = net
+            .endpoints
+            .keys()
+            .copied()
+            .filter(|a| *a != node)
+            .collect();
+        for other in others {
+            net.cuts.insert((node, other));
+            net.cuts.insert((other, node));
+        }
+    }
+
+    /// Cuts every link between a node of `side_a` and a node of `side_b`, both ways.
+    pub fn partition(&self, side_a: &[SocketAddr], side_b: &[SocketAddr]) {
+        let mut net = self.lock();
+        for a in side_a {
+            for b in side_b {
+                if a != b {
+                    net.cuts.insert((*a, *b));
+                    net.cuts.insert((*b, *a));
+                }
+            }
+        }
+    }
+
+    /// Restores the link between `a` and `b` in both directions.
+    pub fn heal(&self, a: SocketAddr, b: SocketAddr) {
+        let mut net = self.lock();
+        net.cuts.remove(&(a, b));
+        net.cuts.remove(&(b, a));
+    }
+
+    /// Restores the link from `from` to `to` only.
+    pub fn heal_one_way(&self, from: SocketAddr, to: SocketAddr) {
+        self.lock().cuts.remove(&(from, to));
+    }
+
+    /// Restores every link (the loss rate stays as set).
+    pub fn heal_all(&self) {
+        self.lock().cuts.clear();
+    }
+
+    /// Whether envelopes from `from` to `to` are dropped by a cut.
+    pub fn is_cut(&self, from: SocketAddr, to: SocketAddr) -> bool {
+        self.lock().cuts.contains(&(from, to))
+    }
+
+    /// Drops each envelope on an uncut link with probability `rate` (clamped to 0..=1),
+    /// drawn from a generator seeded with `seed`. The seed fixes the sequence of drop
+    /// decisions; which envelopes they hit depends on the order the nodes send in.
+    pub fn set_loss(&self, rate: f64, seed: u64) {
+        let mut net = self.lock();
+        net.loss = if rate.is_nan() {
+            0.0
+        } else {
+            rate.clamp(0.0, 1.0)
+        };
+        net.rng = StdRng::seed_from_u64(seed);
+    }
+
+    /// Counters of what happened to the envelopes sent so far.
+    pub fn stats(&self) -> MemoryStats {
+        self.lock().stats
+    }
+
+    /// Addresses of the sockets open now, sorted.
+    pub fn open_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.lock().endpoints.keys().copied().collect();
+        addrs.sort();
+        addrs
+    }
+
+    fn send(&self, from: SocketAddr, to: SocketAddr, envelope: ChitchatEnvelope) {
+        let mut net = self.lock();
+        if net.cuts.contains(&(from, to)) {
+            net.stats.cut += 1;
+            return;
+        }
+        if net.loss > 0.0 {
+            let loss = net.loss;
+            if net.rng.random_bool(loss) {
+                net.stats.lost += 1;
+                return;
+            }
+        }
+        let outcome = net.endpoints.get(&to).map(|endpoint| {
+            endpoint.tx.try_send(RecvOutcome {
+                from_addr: from,
+                envelope,
+                num_bytes_received: 0,
+            })
+        });
+        match outcome {
+            None => net.stats.unreachable += 1,
+            Some(Ok(())) => net.stats.delivered += 1,
+            Some(Err(mpsc::error::TrySendError::Full(_))) => net.stats.overflow += 1,
+            // The receiver is being dropped: as good as unbound.
+            Some(Err(mpsc::error::TrySendError::Closed(_))) => net.stats.unreachable += 1,
+        }
+    }
+
+    fn close(&self, addr: SocketAddr, id: u64) {
+        let mut net = self.lock();
+        if net.endpoints.get(&addr).is_some_and(|e| e.id == id) {
+            net.endpoints.remove(&addr);
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryNetwork {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let mut net = self.lock();
+        let mut addr = listen_addr;
+        if addr.port() == 0 {
+            let port = (1..=u16::MAX)
+                .find(|p| !net.endpoints.contains_key(&SocketAddr::new(addr.ip(), *p)))
+                .context("no free port left on the in-memory network")?;
+            addr.set_port(port);
+        }
+        anyhow::ensure!(
+            !net.endpoints.contains_key(&addr),
+            "address {addr} is already in use on the in-memory network"
+        );
+        let (tx, rx) = mpsc::channel(net.queue);
+        let id = net.next_id;
+        net.next_id += 1;
+        net.endpoints.insert(addr, Endpoint { id, tx });
+        Ok(Box::new(MemorySocket {
+            addr,
+            id,
+            network: self.clone(),
+            rx,
+        }))
+    }
+}
+
+/// One socket of a [`MemoryNetwork`]; releases its address when dropped.
+struct MemorySocket {
+    addr: SocketAddr,
+    id: u64,
+    network: MemoryNetwork,
+    rx: mpsc::Receiver<RecvOutcome>,
+}
+
+#[async_trait]
+impl Socket for MemorySocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        self.network.send(self.addr, to, envelope);
+        Ok(SendOutcome { num_bytes_sent: 0 })
+    }
+
+    /// Cancel-safe: chitchat drops this future whenever its gossip timer fires first.
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        // The sender lives in the network until this socket is dropped, so this only
+        // ends if the network's state was torn down under us.
+        self.rx
+            .recv()
+            .await
+            .context("in-memory gossip socket closed")
+    }
+}
+
+impl Drop for MemorySocket {
+    fn drop(&mut self) {
+        self.network.close(self.addr, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chitchat::{ChitchatMessage, ProtocolVersion};
+
+    use super::*;
+
+    fn envelope() -> ChitchatEnvelope {
+        ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::BadCluster,
+        }
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 7946))
+    }
+
+    /// Whether `socket` has an envelope waiting, and from whom.
+    async fn next(socket: &mut Box<dyn Socket>) -> Option<SocketAddr> {
+        tokio::time::timeout(Duration::from_millis(20), socket.recv())
+            .await
+            .ok()
+            .map(|r| r.expect("recv").from_addr)
+    }
+
+    #[tokio::test]
+    async fn cuts_drop_by_direction_and_heal_restores() {
+        let net = MemoryNetwork::new();
+        let mut a = net.open(addr(1)).await.expect("a");
+        let mut b = net.open(addr(2)).await.expect("b");
+        a.send(addr(2), envelope()).await.expect("send");
+        assert_eq!(next(&mut b).await, Some(addr(1)));
+
+        net.cut_one_way(addr(1), addr(2));
+        assert!(net.is_cut(addr(1), addr(2)) && !net.is_cut(addr(2), addr(1)));
+        a.send(addr(2), envelope()).await.expect("send");
+        b.send(addr(1), envelope()).await.expect("send");
+        assert_eq!(next(&mut b).await, None, "a -> b is cut");
+        assert_eq!(next(&mut a).await, Some(addr(2)), "b -> a still flows");
+
+        net.heal_one_way(addr(1), addr(2));
+        net.cut(addr(1), addr(2));
+        a.send(addr(2), envelope()).await.expect("send");
+        b.send(addr(1), envelope()).await.expect("send");
+        assert_eq!((next(&mut a).await, next(&mut b).await), (None, None));
+
+        net.heal(addr(2), addr(1));
+        a.send(addr(2), envelope()).await.expect("send");
+        assert_eq!(next(&mut b).await, Some(addr(1)));
+
+        let _c = net.open(addr(3)).await.expect("c");
+        net.isolate(addr(3));
+        net.partition(&[addr(1)], &[addr(2)]);
+        assert!(net.is_cut(addr(3), addr(1)) && net.is_cut(addr(2), addr(3)));
+        assert!(net.is_cut(addr(1), addr(2)) && net.is_cut(addr(2), addr(1)));
+        net.heal_all();
+        assert!(!net.is_cut(addr(3), addr(1)) && !net.is_cut(addr(1), addr(2)));
+
+        let stats = net.stats();
+        assert_eq!((stats.delivered, stats.cut), (3, 3), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_instead_of_growing() {
+        let net = MemoryNetwork::with_queue_capacity(2);
+        let mut a = net.open(addr(1)).await.expect("a");
+        let mut b = net.open(addr(2)).await.expect("b");
+        for _ in 0..5 {
+            a.send(addr(2), envelope()).await.expect("send");
+        }
+        assert_eq!(next(&mut b).await, Some(addr(1)));
+        assert_eq!(next(&mut b).await, Some(addr(1)));
+        assert_eq!(next(&mut b).await, None);
+        let stats = net.stats();
+        assert_eq!((stats.delivered, stats.overflow), (2, 3), "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn loss_is_reproducible_from_the_seed() {
+        async fn delivered(rate: f64, seed: u64) -> u64 {
+            let net = MemoryNetwork::with_queue_capacity(1000);
+            let mut a = net.open(addr(1)).await.expect("a");
+            let _b = net.open(addr(2)).await.expect("b");
+            net.set_loss(rate, seed);
+            for _ in 0..1000 {
+                a.send(addr(2), envelope()).await.expect("send");
+            }
+            let stats = net.stats();
+            assert_eq!(stats.delivered + stats.lost, 1000);
+            stats.delivered
+        }
+        let half = delivered(0.5, 7).await;
+        assert_eq!(half, delivered(0.5, 7).await, "same seed, same drops");
+        assert!(
+            (400..600).contains(&half),
+            "{half} of 1000 delivered at 50% loss"
+        );
+        assert_eq!(delivered(0.0, 1).await, 1000);
+        assert_eq!(delivered(1.0, 1).await, 0);
+        assert_eq!(delivered(f64::NAN, 1).await, 1000);
+    }
+
+    #[tokio::test]
+    async fn addresses_are_exclusive_and_released_on_drop() {
+        let net = MemoryNetwork::new();
+        let a = net.open(addr(1)).await.expect("a");
+        assert!(net.open(addr(1)).await.is_err(), "address in use");
+        let any = net
+            .open(SocketAddr::from(([10, 0, 0, 1], 0)))
+            .await
+            .expect("port 0");
+        assert_ne!(any.local_addr().expect("addr"), addr(1));
+        assert_eq!(net.open_addrs().len(), 2);
+        drop(a);
+        let mut again = net.open(addr(1)).await.expect("reopened after drop");
+        let mut other = net.open(addr(2)).await.expect("other");
+        other.send(addr(1), envelope()).await.expect("send");
+        assert_eq!(next(&mut again).await, Some(addr(2)));
+        other
+            .send(addr(9), envelope())
+            .await
+            .expect("send to nobody is fine");
+        assert_eq!(net.stats().unreachable, 1);
+    }
+}
