@@ -11,6 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -122,6 +123,11 @@ impl Agent {
     /// The API address.
     pub fn api(&self) -> String {
         format!("{}:7070", self.ip)
+    }
+
+    /// The HTTP proxy address.
+    pub fn proxy(&self) -> String {
+        format!("{}:15001", self.ip)
     }
 
     /// The gossip address.
@@ -252,6 +258,50 @@ pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_owned())
+}
+
+/// Waits up to `timeout` until a GET for `target` with `Host: host`, sent to `addr`, is
+/// answered with `status` (with any status for `None`); returns that response.
+pub fn eventually_http(
+    what: &str,
+    timeout: Duration,
+    addr: &str,
+    host: &str,
+    target: &str,
+    status: Option<u16>,
+) -> anyhow::Result<(u16, String)> {
+    eventually(what, timeout, || {
+        Ok(backends::http_get_host(addr, host, target)
+            .ok()
+            .filter(|r| status.is_none_or(|s| r.0 == s)))
+    })
+}
+
+/// The identity kept in agent data dir `dir`, and a trust root for its cluster's CA.
+pub fn trust_of(
+    dir: &Path,
+) -> anyhow::Result<(Arc<weft_ca::TrustRoot>, weft_node::identity::Identity)> {
+    let id = weft_node::identity::IdentityFiles::new(dir).load()?;
+    let trust = Arc::new(weft_ca::TrustRoot::new(
+        id.info.cluster.clone(),
+        id.ca_der.clone(),
+    )?);
+    Ok((trust, id))
+}
+
+/// A QUIC client config for the data plane that checks the server against `trust` but
+/// presents no client certificate (what an outsider can do).
+pub fn no_cert_data_config(trust: Arc<weft_ca::TrustRoot>) -> anyhow::Result<quinn::ClientConfig> {
+    use weft_node::tls::{self, PeerVerifier, ALPN_DATA};
+    let mut no_cert = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(trust, Arc::default())))
+        .with_no_client_auth();
+    no_cert.alpn_protocols = vec![ALPN_DATA.to_vec()];
+    Ok(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(no_cert)?,
+    )))
 }
 
 /// A test's agents, addresses, and temp dirs. Dropping it kills every agent and checks
@@ -456,33 +506,80 @@ impl Cluster {
 
     /// Registers an HTTP service `name` on `node`, listening on the node's 127.0.0.1:`port`.
     pub fn register_http(&self, node: &str, name: &str, port: u16) -> anyhow::Result<()> {
-        self.register(
-            node,
-            &[
-                "--name",
-                name,
-                "--port",
-                &port.to_string(),
-                "--protocol",
-                "http",
-            ],
-        )
+        self.register_http_with(node, name, port, &[])
+    }
+
+    /// Like `register_http`, with more `weft service register` flags after the protocol
+    /// (a version, a health check, …).
+    pub fn register_http_with(
+        &self,
+        node: &str,
+        name: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let port = port.to_string();
+        let mut args = vec!["--name", name, "--port", &port, "--protocol", "http"];
+        args.extend_from_slice(extra);
+        self.register(node, &args)
+    }
+
+    /// Registers service `source` on `node` (port 1) with an upstream listener for each
+    /// `(service, address)` in `upstreams`.
+    pub fn register_upstreams(
+        &self,
+        node: &str,
+        source: &str,
+        upstreams: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let specs: Vec<String> = upstreams
+            .iter()
+            .map(|(service, addr)| format!("{service}={addr}"))
+            .collect();
+        let mut args = vec!["--name", source, "--port", "1"];
+        for spec in &specs {
+            args.extend(["--upstream", spec.as_str()]);
+        }
+        self.register(node, &args)
+    }
+
+    /// Registers service `source` on `node` with an upstream listener for `service` on
+    /// the node's address and `port`; returns that address.
+    pub fn upstream_for(
+        &self,
+        node: &str,
+        source: &str,
+        service: &str,
+        port: u16,
+    ) -> anyhow::Result<String> {
+        let up = format!("{}:{port}", self.agent(node).ip);
+        self.register_upstreams(node, source, &[(service, &up)])?;
+        Ok(up)
     }
 
     /// Registers service `client` on `node` with an upstream listener for `service` on
     /// the node's address and `port`; returns that address.
     pub fn client_upstream(&self, node: &str, service: &str, port: u16) -> anyhow::Result<String> {
-        let up = format!("{}:{port}", self.agent(node).ip);
-        self.register(
-            node,
-            &[
-                "--name",
-                "client",
-                "--port",
-                "1",
-                "--upstream",
-                &format!("{service}={up}"),
-            ],
+        self.upstream_for(node, "client", service, port)
+    }
+
+    /// Registers HTTP service `service` on `node` (its 127.0.0.1:`port`) and gives vm-1 a
+    /// `client` with an upstream for it on port 19001; returns the upstream address.
+    pub fn http_upstream(&self, node: &str, service: &str, port: u16) -> anyhow::Result<String> {
+        self.register_http(node, service, port)?;
+        self.client_upstream("vm-1", service, 19001)
+    }
+
+    /// `http_upstream`, then waits up to 20 s until a GET through the upstream answers 200.
+    pub fn reachable_http(&self, node: &str, service: &str, port: u16) -> anyhow::Result<String> {
+        let up = self.http_upstream(node, service, port)?;
+        eventually_http(
+            &format!("{service} reachable"),
+            Duration::from_secs(20),
+            &up,
+            service,
+            "/",
+            Some(200),
         )?;
         Ok(up)
     }
@@ -492,6 +589,14 @@ impl Cluster {
         let api = self.agent(name).api();
         eventually(&format!("{name} ready"), Duration::from_secs(20), || {
             Ok(http_get(&api, "/readyz").ok().map(|_| ()))
+        })
+    }
+
+    /// Waits up to `timeout` until `name`'s API no longer answers `/readyz` with 200.
+    pub fn wait_not_ready(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let api = self.agent(name).api();
+        eventually(&format!("{name} not ready"), timeout, || {
+            Ok(http_get(&api, "/readyz").is_err().then_some(()))
         })
     }
 
@@ -524,16 +629,64 @@ impl Cluster {
         self.wait_ready(name)
     }
 
+    /// Bootstraps `vm-1` (with `bootstrap_extra`), then joins `vm-2` … `vm-N` through it,
+    /// each one ready; membership may still be converging (see `formed`).
+    pub fn start_nodes(&mut self, n: usize, bootstrap_extra: &[&str]) -> anyhow::Result<()> {
+        self.bootstrap("vm-1", bootstrap_extra)?;
+        for i in 2..=n {
+            self.join(&format!("vm-{i}"), "vm-1", &[])?;
+        }
+        Ok(())
+    }
+
     /// Bootstraps `vm-1`, joins `vm-2` … `vm-N` through it and waits until all of them
     /// see all of them alive.
     pub fn formed(&mut self, n: usize) -> anyhow::Result<()> {
+        self.formed_with(n, &[])
+    }
+
+    /// Like `formed`, with `bootstrap_extra` on vm-1's command line (e.g. `--leaf-ttl`).
+    pub fn formed_with(&mut self, n: usize, bootstrap_extra: &[&str]) -> anyhow::Result<()> {
+        self.start_nodes(n, bootstrap_extra)?;
         let names: Vec<String> = (1..=n).map(|i| format!("vm-{i}")).collect();
-        self.bootstrap(&names[0], &[])?;
-        for name in &names[1..] {
-            self.join(name, "vm-1", &[])?;
-        }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        self.wait_all_alive(&refs, &refs, Duration::from_secs(15))
+        self.wait_all_see_all(&refs, Duration::from_secs(15))
+    }
+
+    /// Waits until every agent in `names` lists exactly `names` as alive.
+    pub fn wait_all_see_all(&self, names: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        self.wait_all_alive(names, names, timeout)
+    }
+
+    /// Waits until `observer` reports `node` with status `status` (`failed`, `left`, …).
+    pub fn wait_status(
+        &self,
+        observer: &str,
+        node: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let agent = self.agent(observer);
+        eventually(&format!("{node} {status} on {observer}"), timeout, || {
+            Ok((agent.status_of(node)?.as_deref() == Some(status)).then_some(()))
+        })
+    }
+
+    /// Waits until `observer` marks `node` revoked in its member list.
+    pub fn wait_revoked(
+        &self,
+        observer: &str,
+        node: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let agent = self.agent(observer);
+        eventually(&format!("{node} revoked on {observer}"), timeout, || {
+            Ok(agent
+                .members()?
+                .iter()
+                .any(|m| m["name"] == node && m["revoked"] == true)
+                .then_some(()))
+        })
     }
 
     /// Waits until every agent in `on` lists exactly `names` as alive.

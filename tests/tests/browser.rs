@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use weft_tests::backends::{http_get_host, Backend};
-use weft_tests::{eventually, Cluster};
+use weft_tests::{eventually, eventually_http, Cluster};
 
 struct Driver {
     child: Child,
@@ -94,45 +94,18 @@ fn start_driver() -> anyhow::Result<Driver> {
 #[test]
 fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
     let mut c = Cluster::new("browser");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
+    c.start_nodes(3, &[])?;
     let be = Backend::http("reviews");
-    let port = be.port().to_string();
-    let out = c.agent("vm-2").cli(&[
-        "service",
-        "register",
-        "--name",
+    c.register_http("vm-2", "reviews", be.port())?;
+    let up = c.upstream_for("vm-1", "frontend", "reviews", 19001)?;
+    eventually_http(
+        "reviews reachable",
+        Duration::from_secs(15),
+        &up,
         "reviews",
-        "--port",
-        &port,
-        "--protocol",
-        "http",
-    ]);
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    let out = c.agent("vm-1").cli(&[
-        "service",
-        "register",
-        "--name",
-        "frontend",
-        "--port",
-        "1",
-        "--upstream",
-        &format!("reviews={up}"),
-    ]);
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eventually("reviews reachable", Duration::from_secs(15), || {
-        Ok(http_get_host(&up, "reviews", "/").ok())
-    })?;
+        "/",
+        None,
+    )?;
 
     // Background traffic whose rate the test changes later (requests per second).
     let rate = Arc::new(AtomicU64::new(5));

@@ -7,6 +7,17 @@ use weft_tests::{eventually, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
+/// Asserts that agent `name` exits with a failure within 20 s and its log says `says`.
+fn assert_refused(c: &mut Cluster, name: &str, says: &str) -> anyhow::Result<()> {
+    assert_ne!(
+        c.agent_mut(name).wait_exit(Duration::from_secs(20))?,
+        Some(0)
+    );
+    let log = c.agent(name).log_text();
+    assert!(log.contains(says), "{log}");
+    Ok(())
+}
+
 #[test]
 fn three_agents_form_a_cluster_with_tokens() -> anyhow::Result<()> {
     let mut c = Cluster::new("three_agents_form_a_cluster_with_tokens");
@@ -48,29 +59,13 @@ fn bad_tokens_are_refused_with_a_reason() -> anyhow::Result<()> {
     c.spawn("vm-2", &["--join", &seed, "--token", &token]);
     c.wait_ready("vm-2")?;
     c.spawn("vm-3", &["--join", &seed, "--token", &token]);
-    assert_ne!(
-        c.agent_mut("vm-3").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    assert!(
-        c.agent("vm-3").log_text().contains("already used"),
-        "{}",
-        c.agent("vm-3").log_text()
-    );
+    assert_refused(&mut c, "vm-3", "already used")?;
 
     // Expired token.
     let short = c.agent("vm-1").token("1s")?;
     std::thread::sleep(Duration::from_millis(2100));
     c.spawn("vm-4", &["--join", &seed, "--token", &short]);
-    assert_ne!(
-        c.agent_mut("vm-4").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    assert!(
-        c.agent("vm-4").log_text().contains("expired"),
-        "{}",
-        c.agent("vm-4").log_text()
-    );
+    assert_refused(&mut c, "vm-4", "expired")?;
 
     // A token pinning another CA: the joiner refuses the seed before sending anything.
     let good = c.agent("vm-1").token("10m")?;
@@ -78,58 +73,29 @@ fn bad_tokens_are_refused_with_a_reason() -> anyhow::Result<()> {
     parts[3] = "A".repeat(43);
     let foreign = parts.join(".");
     c.spawn("vm-5", &["--join", &seed, "--token", &foreign]);
-    assert_ne!(
-        c.agent_mut("vm-5").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    assert!(
-        c.agent("vm-5")
-            .log_text()
-            .contains("does not match the token"),
-        "{}",
-        c.agent("vm-5").log_text()
-    );
+    assert_refused(&mut c, "vm-5", "does not match the token")?;
 
     // A name held by a live node with a valid certificate is refused.
     let fresh = c.agent("vm-1").token("10m")?;
     c.spawn_as("impostor", "vm-2", &["--join", &seed, "--token", &fresh]);
-    assert_ne!(
-        c.agent_mut("impostor").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    assert!(
-        c.agent("impostor").log_text().contains("is taken"),
-        "{}",
-        c.agent("impostor").log_text()
-    );
+    assert_refused(&mut c, "impostor", "is taken")?;
 
     // No token at all: nobody gets in.
     c.spawn("vm-6", &[]);
-    assert_ne!(
-        c.agent_mut("vm-6").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    assert!(c
-        .agent("vm-6")
-        .log_text()
-        .contains("--join SEED --token TOKEN"));
+    assert_refused(&mut c, "vm-6", "--join SEED --token TOKEN")?;
 
     // The refusals are logged on the CA with the token id.
     let ca_log = c.agent("vm-1").log_text();
     let used_id = token.split('.').nth(1).unwrap_or_default();
     let short_id = short.split('.').nth(1).unwrap_or_default();
-    assert!(
-        ca_log
-            .lines()
-            .any(|l| l.contains("join refused") && l.contains(used_id)),
-        "{ca_log}"
-    );
-    assert!(
-        ca_log
-            .lines()
-            .any(|l| l.contains("join refused") && l.contains(short_id)),
-        "{ca_log}"
-    );
+    for id in [used_id, short_id] {
+        assert!(
+            ca_log
+                .lines()
+                .any(|l| l.contains("join refused") && l.contains(id)),
+            "{ca_log}"
+        );
+    }
     // Only the two legitimate members are in the cluster.
     c.wait_all_alive(&["vm-1"], &["vm-1", "vm-2"], CONVERGE)?;
     Ok(())
@@ -143,11 +109,11 @@ fn killed_agent_is_failed_within_5s_and_sigterm_is_left() -> anyhow::Result<()> 
     let killed_at = Instant::now();
     c.agent_mut("vm-3").kill();
     for observer in ["vm-1", "vm-2"] {
-        let agent = c.agent(observer);
-        eventually(
-            "vm-3 failed",
+        c.wait_status(
+            observer,
+            "vm-3",
+            "failed",
             Duration::from_secs(5).saturating_sub(killed_at.elapsed()),
-            || Ok((agent.status_of("vm-3")?.as_deref() == Some("failed")).then_some(())),
         )?;
     }
     println!(
@@ -160,19 +126,14 @@ fn killed_agent_is_failed_within_5s_and_sigterm_is_left() -> anyhow::Result<()> 
         c.agent_mut("vm-2").wait_exit(Duration::from_secs(15))?,
         Some(0)
     );
-    let agent = c.agent("vm-1");
-    eventually("vm-2 left", CONVERGE, || {
-        Ok((agent.status_of("vm-2")?.as_deref() == Some("left")).then_some(()))
-    })?;
+    c.wait_status("vm-1", "vm-2", "left", CONVERGE)?;
     Ok(())
 }
 
 #[test]
 fn restarted_agent_rejoins_without_token_with_same_certificate() -> anyhow::Result<()> {
     let mut c = Cluster::new("restarted_agent_rejoins_without_token_with_same_certificate");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
+    c.start_nodes(3, &[])?;
     c.wait_all_alive(&["vm-1"], &["vm-1", "vm-2", "vm-3"], CONVERGE)?;
     let fingerprint = |c: &Cluster| -> anyhow::Result<String> {
         let m = c.agent("vm-1").members()?;
@@ -184,39 +145,26 @@ fn restarted_agent_rejoins_without_token_with_same_certificate() -> anyhow::Resu
     };
     let before = fingerprint(&c)?;
     c.agent_mut("vm-2").kill();
-    let agent = c.agent("vm-1");
-    eventually("vm-2 failed", CONVERGE, || {
-        Ok((agent.status_of("vm-2")?.as_deref() == Some("failed")).then_some(()))
-    })?;
+    c.wait_status("vm-1", "vm-2", "failed", CONVERGE)?;
 
     // No --join, no --token: it rejoins from the peers it remembers.
     c.spawn("vm-2", &[]);
     c.wait_ready("vm-2")?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.wait_all_see_all(&["vm-1", "vm-2", "vm-3"], CONVERGE)?;
     assert_eq!(fingerprint(&c)?, before);
 
     // The CA node restarts too, and the cluster is whole again.
     c.agent_mut("vm-1").kill();
     c.spawn("vm-1", &[]);
     c.wait_ready("vm-1")?;
-    c.wait_all_alive(
-        &["vm-1", "vm-2", "vm-3"],
-        &["vm-1", "vm-2", "vm-3"],
-        CONVERGE,
-    )?;
+    c.wait_all_see_all(&["vm-1", "vm-2", "vm-3"], CONVERGE)?;
     Ok(())
 }
 
 #[test]
 fn certificates_renew_without_dropping_out() -> anyhow::Result<()> {
     let mut c = Cluster::new("certificates_renew_without_dropping_out");
-    c.bootstrap("vm-1", &["--leaf-ttl", "20s"])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.wait_all_alive(&["vm-1", "vm-2"], &["vm-1", "vm-2"], CONVERGE)?;
+    c.formed_with(2, &["--leaf-ttl", "20s"])?;
     let start = Instant::now();
     let vm2 = c.agent("vm-2");
     let vm1 = c.agent("vm-1");
@@ -263,22 +211,11 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
 
     // The revocation list spreads by gossip: every node marks vm-3 revoked ...
     for observer in ["vm-1", "vm-2", "vm-3"] {
-        let agent = c.agent(observer);
-        eventually(&format!("vm-3 revoked on {observer}"), CONVERGE, || {
-            let members = agent.members()?;
-            Ok(members
-                .iter()
-                .any(|m| m["name"] == "vm-3" && m["revoked"] == true)
-                .then_some(()))
-        })?;
+        c.wait_revoked(observer, "vm-3", CONVERGE)?;
     }
     // ... vm-3 knows it is out, and no node accepts its handshakes any more.
+    c.wait_not_ready("vm-3", CONVERGE)?;
     let vm3 = c.agent("vm-3");
-    eventually("vm-3 not ready", CONVERGE, || {
-        Ok(weft_tests::http_get(&vm3.api(), "/readyz")
-            .is_err()
-            .then_some(()))
-    })?;
     let out = vm3.cli(&["token", "create"]);
     assert!(!out.status.success(), "a revoked node still reached the CA");
     // Everyone else is unaffected.
@@ -289,8 +226,7 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
 #[test]
 fn one_token_admits_exactly_one_of_two_concurrent_joins() -> anyhow::Result<()> {
     let mut c = Cluster::new("one_token_admits_exactly_one_of_two_concurrent_joins");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
+    c.start_nodes(2, &[])?;
     let token = c.agent("vm-1").token("10m")?;
     // One joins through the CA node, the other through a member that forwards.
     let (s1, s2) = (
@@ -327,30 +263,19 @@ fn one_token_admits_exactly_one_of_two_concurrent_joins() -> anyhow::Result<()> 
 #[test]
 fn expired_certificate_needs_a_new_token() -> anyhow::Result<()> {
     let mut c = Cluster::new("expired_certificate_needs_a_new_token");
-    c.bootstrap("vm-1", &["--leaf-ttl", "6s"])?;
-    c.join("vm-2", "vm-1", &[])?;
+    c.start_nodes(2, &["--leaf-ttl", "6s"])?;
     c.agent_mut("vm-2").kill();
     std::thread::sleep(Duration::from_secs(8));
 
     // Without a token it stops and says what to do.
     c.spawn("vm-2", &[]);
-    assert_ne!(
-        c.agent_mut("vm-2").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    assert!(
-        c.agent("vm-2")
-            .log_text()
-            .contains("re-join with a new token"),
-        "{}",
-        c.agent("vm-2").log_text()
-    );
+    assert_refused(&mut c, "vm-2", "re-join with a new token")?;
 
     // With a new token it re-joins under the same name (the old certificate expired).
     let token = c.agent("vm-1").token("10m")?;
     let seed = c.agent("vm-1").ip.to_string();
     c.spawn("vm-2", &["--join", &seed, "--token", &token]);
     c.wait_ready("vm-2")?;
-    c.wait_all_alive(&["vm-1", "vm-2"], &["vm-1", "vm-2"], CONVERGE)?;
+    c.wait_all_see_all(&["vm-1", "vm-2"], CONVERGE)?;
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use weft_tests::backends::{http_get_host, http_raw, Backend};
-use weft_tests::{eventually, Cluster};
+use weft_tests::backends::{http_raw, Backend};
+use weft_tests::{eventually, eventually_http, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -139,43 +139,13 @@ fn concurrent_writes_converge_to_one_winner() -> anyhow::Result<()> {
 #[test]
 fn canary_split_and_header_route() -> anyhow::Result<()> {
     let mut c = Cluster::new("canary_split_and_header_route");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
+    c.start_nodes(3, &[])?;
     let v1 = Backend::http("v1");
     let v2 = Backend::http("v2");
     for (node, be, version) in [("vm-2", &v1, "v1"), ("vm-3", &v2, "v2")] {
-        let port = be.port().to_string();
-        c.cli_ok(
-            node,
-            &[
-                "service",
-                "register",
-                "--name",
-                "reviews",
-                "--port",
-                &port,
-                "--protocol",
-                "http",
-                "--version",
-                version,
-            ],
-        )?;
+        c.register_http_with(node, "reviews", be.port(), &["--version", version])?;
     }
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    c.cli_ok(
-        "vm-1",
-        &[
-            "service",
-            "register",
-            "--name",
-            "frontend",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("reviews={up}"),
-        ],
-    )?;
+    let up = c.upstream_for("vm-1", "frontend", "reviews", 19001)?;
     c.cli_ok(
         "vm-1",
         &[
@@ -198,11 +168,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
             .ge(&3)
             .then_some(()))
     })?;
-    eventually("upstream answers", CONVERGE, || {
-        Ok(http_get_host(&up, "reviews", "/")
-            .ok()
-            .filter(|r| r.0 == 200))
-    })?;
+    eventually_http("upstream answers", CONVERGE, &up, "reviews", "/", Some(200))?;
 
     let (b1, b2) = (v1.count(), v2.count());
     let n = 2000;
@@ -301,45 +267,17 @@ fn read_response(s: &mut TcpStream) -> anyhow::Result<()> {
 #[test]
 fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     let mut c = Cluster::new("policies_deny_allow_dry_run_and_resist_path_tricks");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
+    c.start_nodes(2, &[])?;
     let hello = Backend::http("hello");
     let echo = Backend::echo();
-    let (hp, ep) = (hello.port().to_string(), echo.port().to_string());
-    c.cli_ok(
+    c.register_http("vm-2", "hello", hello.port())?;
+    c.register(
         "vm-2",
-        &[
-            "service",
-            "register",
-            "--name",
-            "hello",
-            "--port",
-            &hp,
-            "--protocol",
-            "http",
-        ],
-    )?;
-    c.cli_ok(
-        "vm-2",
-        &["service", "register", "--name", "echo", "--port", &ep],
+        &["--name", "echo", "--port", &echo.port().to_string()],
     )?;
     let ip = c.agent("vm-1").ip;
     let (up, tcp) = (format!("{ip}:19001"), format!("{ip}:19002"));
-    c.cli_ok(
-        "vm-1",
-        &[
-            "service",
-            "register",
-            "--name",
-            "client",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("hello={up}"),
-            "--upstream",
-            &format!("echo={tcp}"),
-        ],
-    )?;
+    c.register_upstreams("vm-1", "client", &[("hello", &up), ("echo", &tcp)])?;
     let get = |path: &str| {
         http_raw(
             &up,

@@ -7,7 +7,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use weft_tests::backends::{http_get_host, http_raw, Backend};
-use weft_tests::{eventually, Cluster};
+use weft_tests::{eventually, eventually_http, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -40,57 +40,41 @@ fn wait_instances(
 #[test]
 fn apps_reach_services_on_other_nodes() -> anyhow::Result<()> {
     let mut c = Cluster::new("apps_reach_services_on_other_nodes");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
+    c.start_nodes(2, &[])?;
     let reviews = Backend::http("reviews-b");
     let echo = Backend::echo();
-    let (rp, ep) = (reviews.port().to_string(), echo.port().to_string());
-    let check = format!("http://127.0.0.1:{rp}/health");
-    c.register(
-        "vm-2",
-        &[
-            "--name",
-            "reviews",
-            "--port",
-            &rp,
-            "--protocol",
-            "http",
-            "--check-http",
-            &check,
-        ],
-    )?;
+    let check = format!("http://127.0.0.1:{}/health", reviews.port());
+    c.register_http_with("vm-2", "reviews", reviews.port(), &["--check-http", &check])?;
+    let ep = echo.port().to_string();
     c.register(
         "vm-2",
         &["--name", "echo", "--port", &ep, "--protocol", "tcp"],
     )?;
     let ip1 = c.agent("vm-1").ip;
     let (up_http, up_tcp) = (format!("{ip1}:19001"), format!("{ip1}:19002"));
-    c.register(
+    c.register_upstreams(
         "vm-1",
-        &[
-            "--name",
-            "frontend",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("reviews={up_http}"),
-            "--upstream",
-            &format!("echo={up_tcp}"),
-        ],
+        "frontend",
+        &[("reviews", &up_http), ("echo", &up_tcp)],
     )?;
     wait_instances(&c, "vm-1", "reviews", "passing", 1)?;
     wait_instances(&c, "vm-1", "echo", "passing", 1)?;
 
     // Through the upstream listener (source = frontend).
-    let (status, body) = eventually("upstream answers", CONVERGE, || {
-        Ok(http_get_host(&up_http, "reviews", "/a").ok())
-    })?;
+    let (status, body) = eventually_http(
+        "upstream answers",
+        CONVERGE,
+        &up_http,
+        "reviews",
+        "/a",
+        None,
+    )?;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("hello from reviews-b /a"), "{body}");
     assert!(body.to_ascii_lowercase().contains("x-backend: reviews-b"));
 
     // Through the HTTP proxy by name, absolute-form and Host header.
-    let proxy = format!("{ip1}:15001");
+    let proxy = c.agent("vm-1").proxy();
     let (status, body) = http_get_host(&proxy, "reviews", "http://reviews/b")?;
     assert_eq!(status, 200, "{body}");
     let (status, body) = http_get_host(&proxy, "reviews:8080", "/c")?;
@@ -179,11 +163,14 @@ fn apps_reach_services_on_other_nodes() -> anyhow::Result<()> {
     c.spawn("vm-2", &[]);
     c.wait_ready("vm-2")?;
     wait_instances(&c, "vm-1", "reviews", "passing", 1)?;
-    let (status, body) = eventually("reviews after restart", CONVERGE, || {
-        Ok(http_get_host(&up_http, "reviews", "/again")
-            .ok()
-            .filter(|r| r.0 == 200))
-    })?;
+    let (status, body) = eventually_http(
+        "reviews after restart",
+        CONVERGE,
+        &up_http,
+        "reviews",
+        "/again",
+        Some(200),
+    )?;
     assert_eq!(status, 200, "{body}");
     Ok(())
 }
@@ -209,23 +196,16 @@ async fn h2c_get(addr: &str, path: &str) -> anyhow::Result<String> {
 #[test]
 fn traffic_fails_over_when_a_check_fails_or_a_node_dies() -> anyhow::Result<()> {
     let mut c = Cluster::new("traffic_fails_over_when_a_check_fails_or_a_node_dies");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
+    c.start_nodes(3, &[])?;
     let mut a = Backend::http("a");
     let b = Backend::http("b");
     for (node, be) in [("vm-2", &a), ("vm-3", &b)] {
-        let port = be.port().to_string();
-        let check = format!("http://127.0.0.1:{port}/health");
-        c.register(
+        let check = format!("http://127.0.0.1:{}/health", be.port());
+        c.register_http_with(
             node,
+            "reviews",
+            be.port(),
             &[
-                "--name",
-                "reviews",
-                "--port",
-                &port,
-                "--protocol",
-                "http",
                 "--check-http",
                 &check,
                 "--check-interval",
@@ -235,18 +215,7 @@ fn traffic_fails_over_when_a_check_fails_or_a_node_dies() -> anyhow::Result<()> 
             ],
         )?;
     }
-    let up = format!("{}:19001", c.agent("vm-1").ip);
-    c.register(
-        "vm-1",
-        &[
-            "--name",
-            "frontend",
-            "--port",
-            "1",
-            "--upstream",
-            &format!("reviews={up}"),
-        ],
-    )?;
+    let up = c.upstream_for("vm-1", "frontend", "reviews", 19001)?;
     wait_instances(&c, "vm-1", "reviews", "passing", 2)?;
 
     let send = |n: usize| -> anyhow::Result<Vec<String>> {
@@ -258,9 +227,7 @@ fn traffic_fails_over_when_a_check_fails_or_a_node_dies() -> anyhow::Result<()> 
             })
             .collect()
     };
-    eventually("upstream ready", CONVERGE, || {
-        Ok(http_get_host(&up, "reviews", "/").ok())
-    })?;
+    eventually_http("upstream ready", CONVERGE, &up, "reviews", "/", None)?;
     send(40)?;
     assert!(
         a.count() > 0 && b.count() > 0,
@@ -280,10 +247,7 @@ fn traffic_fails_over_when_a_check_fails_or_a_node_dies() -> anyhow::Result<()> 
     let a2 = Backend::http_on("a2", a.port());
     wait_instances(&c, "vm-1", "reviews", "passing", 2)?;
     c.agent_mut("vm-3").kill();
-    let vm1 = c.agent("vm-1");
-    eventually("vm-3 failed", CONVERGE, || {
-        Ok((vm1.status_of("vm-3")?.as_deref() == Some("failed")).then_some(()))
-    })?;
+    c.wait_status("vm-1", "vm-3", "failed", CONVERGE)?;
     let a_before = a2.count();
     send(30)?;
     assert_eq!(a2.count() - a_before, 30);

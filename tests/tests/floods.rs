@@ -5,13 +5,10 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_node::identity::IdentityFiles;
-use weft_node::tls::{self, PeerVerifier, ALPN_DATA};
 use weft_tests::backends::{http_get_host, Backend};
-use weft_tests::{eventually, http_get, Cluster};
+use weft_tests::{http_get, no_cert_data_config, trust_of, Cluster};
 
 /// Bound on the agent's RSS growth over the whole test.
 const RSS_GROWTH_MIB: f64 = 64.0;
@@ -85,14 +82,7 @@ fn floods_leave_the_agent_bounded_and_serving() -> anyhow::Result<()> {
     let mut c = Cluster::new("floods_leave_the_agent_bounded_and_serving");
     c.formed(2)?;
     let reviews = Backend::http("reviews");
-    c.register_http("vm-2", "reviews", reviews.port())?;
-    let up = c.client_upstream("vm-1", "reviews", 19001)?;
-    eventually("reviews reachable", Duration::from_secs(20), || {
-        Ok(http_get_host(&up, "reviews", "/")
-            .ok()
-            .filter(|r| r.0 == 200)
-            .map(|_| ()))
-    })?;
+    let up = c.reachable_http("vm-2", "reviews", reviews.port())?;
     let pid = c
         .agent("vm-1")
         .pid()
@@ -144,20 +134,8 @@ fn floods_leave_the_agent_bounded_and_serving() -> anyhow::Result<()> {
 
     // 3. QUIC handshakes without a client certificate, 32 at a time for 3 s.
     let rt = tokio::runtime::Runtime::new()?;
-    let id = IdentityFiles::new(&c.agent("vm-1").data_dir).load()?;
-    let trust = Arc::new(weft_ca::TrustRoot::new(
-        id.info.cluster.clone(),
-        id.ca_der.clone(),
-    )?);
-    let mut no_cert = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(trust, Arc::default())))
-        .with_no_client_auth();
-    no_cert.alpn_protocols = vec![ALPN_DATA.to_vec()];
-    let config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(no_cert)?,
-    ));
+    let (trust, _) = trust_of(&c.agent("vm-1").data_dir)?;
+    let config = no_cert_data_config(trust)?;
     let target = std::net::SocketAddr::from((c.agent("vm-1").ip, 7443));
     let (attempts, got_through) = rt.block_on(async {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;

@@ -6,15 +6,12 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use weft_ca::{
-    CertificateAuthority, ClusterName, NodeKey, NodeName, ServiceName, SpiffeId, TrustRoot,
-};
+use weft_ca::{CertificateAuthority, ClusterName, NodeKey, NodeName, ServiceName, SpiffeId};
 use weft_gossip::{Protocol, RevocationList};
-use weft_node::identity::IdentityFiles;
 use weft_node::proxy::header::StreamHeader;
-use weft_node::tls::{self, CertStore, PeerVerifier, ALPN_DATA};
+use weft_node::tls::{self, CertStore};
 use weft_tests::backends::Backend;
-use weft_tests::{eventually, Cluster};
+use weft_tests::{eventually, no_cert_data_config, trust_of, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -50,12 +47,6 @@ async fn exchange(
     r.map_err(|_| anyhow::anyhow!("timed out"))?
 }
 
-fn trust_of(dir: &Path) -> anyhow::Result<(Arc<TrustRoot>, weft_node::identity::Identity)> {
-    let id = IdentityFiles::new(dir).load()?;
-    let trust = Arc::new(TrustRoot::new(id.info.cluster.clone(), id.ca_der.clone())?);
-    Ok((trust, id))
-}
-
 fn member_config(dir: &Path) -> anyhow::Result<quinn::ClientConfig> {
     let (trust, id) = trust_of(dir)?;
     let certs = CertStore::new(&id.key, &id.cert_der, &id.ca_der)?;
@@ -69,24 +60,15 @@ fn member_config(dir: &Path) -> anyhow::Result<quinn::ClientConfig> {
 #[test]
 fn only_valid_members_open_streams_for_their_own_services() -> anyhow::Result<()> {
     let mut c = Cluster::new("only_valid_members_open_streams_for_their_own_services");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
+    c.start_nodes(3, &[])?;
     let echo = Backend::echo();
     let port = echo.port().to_string();
     for (node, args) in [
-        ("vm-2", vec!["--name", "echo", "--port", port.as_str()]),
-        ("vm-1", vec!["--name", "frontend", "--port", "1"]),
-        ("vm-3", vec!["--name", "batch", "--port", "1"]),
+        ("vm-2", ["--name", "echo", "--port", port.as_str()]),
+        ("vm-1", ["--name", "frontend", "--port", "1"]),
+        ("vm-3", ["--name", "batch", "--port", "1"]),
     ] {
-        let mut full = vec!["service", "register"];
-        full.extend(args);
-        let out = c.agent(node).cli(&full);
-        anyhow::ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.register(node, &args)?;
     }
     let vm2: SocketAddr = format!("{}:7443", c.agent("vm-2").ip).parse()?;
     let agent2 = c.agent("vm-2");
@@ -96,24 +78,18 @@ fn only_valid_members_open_streams_for_their_own_services() -> anyhow::Result<()
         Ok((text.contains("\"frontend\"") && text.contains("\"batch\"")).then_some(()))
     })?;
     let rt = tokio::runtime::Runtime::new()?;
+    // Opens a stream to `echo` on vm-2 with `config`, speaking for service `source`.
+    let open_echo = |config: quinn::ClientConfig, source: Option<&str>| {
+        rt.block_on(exchange(config, vm2, "vm-2", &header("echo", source)))
+    };
 
     // A member, for a service it runs: works.
     let vm1_config = member_config(&c.agent("vm-1").data_dir)?;
-    let got = rt.block_on(exchange(
-        vm1_config.clone(),
-        vm2,
-        "vm-2",
-        &header("echo", Some("frontend")),
-    ))?;
+    let got = open_echo(vm1_config.clone(), Some("frontend"))?;
     assert_eq!(got, b"hello");
 
     // The same member asserting a service it does not run: refused.
-    let r = rt.block_on(exchange(
-        vm1_config,
-        vm2,
-        "vm-2",
-        &header("echo", Some("batch")),
-    ));
+    let r = open_echo(vm1_config, Some("batch"));
     assert!(r.is_err(), "vm-1 spoke for batch: {r:?}");
     assert!(agent2
         .log_text()
@@ -121,19 +97,8 @@ fn only_valid_members_open_streams_for_their_own_services() -> anyhow::Result<()
 
     // Without a client certificate: refused.
     let (trust, _) = trust_of(&c.agent("vm-1").data_dir)?;
-    let mut no_cert = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(
-            trust.clone(),
-            Arc::default(),
-        )))
-        .with_no_client_auth();
-    no_cert.alpn_protocols = vec![ALPN_DATA.to_vec()];
-    let no_cert = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(no_cert)?,
-    ));
-    let r = rt.block_on(exchange(no_cert, vm2, "vm-2", &header("echo", None)));
+    let no_cert = no_cert_data_config(trust.clone())?;
+    let r = open_echo(no_cert, None);
     assert!(r.is_err(), "no client certificate got through: {r:?}");
 
     // A certificate for "vm-1" from another CA (same cluster name): refused.
@@ -155,12 +120,7 @@ fn only_valid_members_open_streams_for_their_own_services() -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let certs = CertStore::new(&key, &cert.der, foreign_ca.cert_der())?;
     let foreign = tls::data_client_config(&certs, trust.clone(), Arc::default())?;
-    let r = rt.block_on(exchange(
-        foreign,
-        vm2,
-        "vm-2",
-        &header("echo", Some("frontend")),
-    ));
+    let r = open_echo(foreign, Some("frontend"));
     assert!(r.is_err(), "a foreign CA's certificate got through: {r:?}");
 
     // A revoked member: refused.
@@ -170,20 +130,9 @@ fn only_valid_members_open_streams_for_their_own_services() -> anyhow::Result<()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually("vm-3 revoked on vm-2", CONVERGE, || {
-        Ok(agent2
-            .members()?
-            .iter()
-            .any(|m| m["name"] == "vm-3" && m["revoked"] == true)
-            .then_some(()))
-    })?;
+    c.wait_revoked("vm-2", "vm-3", CONVERGE)?;
     let vm3_config = member_config(&c.agent("vm-3").data_dir)?;
-    let r = rt.block_on(exchange(
-        vm3_config,
-        vm2,
-        "vm-2",
-        &header("echo", Some("batch")),
-    ));
+    let r = open_echo(vm3_config, Some("batch"));
     assert!(r.is_err(), "a revoked certificate got through: {r:?}");
     assert_eq!(
         echo.count(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::backends::{http_get_host, Backend};
-use weft_tests::{eventually, Cluster};
+use weft_tests::{eventually, eventually_http, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -20,31 +20,28 @@ fn set(c: &Cluster, kind: &str, name: &str, value: &str) -> anyhow::Result<()> {
     })
 }
 
+/// Registers HTTP service `service` on vm-2 (a backend on `port`) with an upstream for it
+/// on vm-1, and waits until that upstream answers at all; returns its address.
+fn answering_upstream(c: &Cluster, service: &str, port: u16) -> anyhow::Result<String> {
+    let up = c.http_upstream("vm-2", service, port)?;
+    eventually_http(
+        &format!("{service} reachable"),
+        CONVERGE,
+        &up,
+        service,
+        "/",
+        None,
+    )?;
+    Ok(up)
+}
+
 #[test]
 fn retries_hide_errors_within_the_budget() -> anyhow::Result<()> {
     let mut c = Cluster::new("retries_hide_errors_within_the_budget");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
+    c.start_nodes(2, &[])?;
     let fail = Arc::new(AtomicU64::new(10));
     let be = Backend::http_failing("flaky", 0, 503, fail.clone());
-    let port = be.port().to_string();
-    c.cli_ok(
-        "vm-2",
-        &[
-            "service",
-            "register",
-            "--name",
-            "flaky",
-            "--port",
-            &port,
-            "--protocol",
-            "http",
-        ],
-    )?;
-    let up = c.client_upstream("vm-1", "flaky", 19001)?;
-    eventually("flaky reachable", CONVERGE, || {
-        Ok(http_get_host(&up, "flaky", "/").ok())
-    })?;
+    let up = answering_upstream(&c, "flaky", be.port())?;
     set(
         &c,
         "resilience",
@@ -91,27 +88,9 @@ fn retries_hide_errors_within_the_budget() -> anyhow::Result<()> {
 #[test]
 fn faults_and_rate_limits_apply_at_their_rates() -> anyhow::Result<()> {
     let mut c = Cluster::new("faults_and_rate_limits_apply_at_their_rates");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
+    c.start_nodes(2, &[])?;
     let be = Backend::http("web");
-    let port = be.port().to_string();
-    c.cli_ok(
-        "vm-2",
-        &[
-            "service",
-            "register",
-            "--name",
-            "web",
-            "--port",
-            &port,
-            "--protocol",
-            "http",
-        ],
-    )?;
-    let up = c.client_upstream("vm-1", "web", 19001)?;
-    eventually("web reachable", CONVERGE, || {
-        Ok(http_get_host(&up, "web", "/").ok())
-    })?;
+    let up = answering_upstream(&c, "web", be.port())?;
 
     // 100 ms delay on 50 %, 503 abort on 10 %.
     set(
@@ -186,28 +165,12 @@ fn faults_and_rate_limits_apply_at_their_rates() -> anyhow::Result<()> {
 #[test]
 fn outliers_are_ejected() -> anyhow::Result<()> {
     let mut c = Cluster::new("outliers_are_ejected");
-    c.bootstrap("vm-1", &[])?;
-    c.join("vm-2", "vm-1", &[])?;
-    c.join("vm-3", "vm-1", &[])?;
-    c.join("vm-4", "vm-1", &[])?;
+    c.start_nodes(4, &[])?;
     let bad = Backend::http_failing("bad", 0, 500, Arc::new(AtomicU64::new(100)));
     let good1 = Backend::http("good1");
     let good2 = Backend::http("good2");
     for (node, be) in [("vm-2", &bad), ("vm-3", &good1), ("vm-4", &good2)] {
-        let port = be.port().to_string();
-        c.cli_ok(
-            node,
-            &[
-                "service",
-                "register",
-                "--name",
-                "api",
-                "--port",
-                &port,
-                "--protocol",
-                "http",
-            ],
-        )?;
+        c.register_http(node, "api", be.port())?;
     }
     let up = c.client_upstream("vm-1", "api", 19001)?;
     eventually("three instances", CONVERGE, || {
@@ -224,9 +187,7 @@ fn outliers_are_ejected() -> anyhow::Result<()> {
         "api",
         r#"{"outlier": {"consecutive_5xx": 3, "base_ejection": "60s", "max_ejection_percent": 50}}"#,
     )?;
-    eventually("api reachable", CONVERGE, || {
-        Ok(http_get_host(&up, "api", "/").ok())
-    })?;
+    eventually_http("api reachable", CONVERGE, &up, "api", "/", None)?;
     let vm1 = c.agent("vm-1");
     // Peak-EWMA can shun the bad instance for a while after one slow sample (its cost
     // fades back over ~10 s), so allow time for it to be picked three times in a row.
