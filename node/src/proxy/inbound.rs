@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::catalog::Protocol;
+use crate::catalog::{Protocol, SharedCatalog};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt as _;
@@ -178,12 +178,18 @@ pub async fn serve(inputs: Arc<ProxyInputs>, conn: quinn::Connection, peer: Leaf
 }
 
 /// Whether `peer_node` runs `source`, waiting up to `SOURCE_GRACE_ROUNDS` catalog
-/// refreshes for a registration that is a gossip round or two ahead of ours.
-async fn source_runs_on_peer(inputs: &ProxyInputs, peer_node: &str, source: &ServiceName) -> bool {
-    let mut refreshed = inputs.catalog.subscribe();
-    let deadline = tokio::time::Instant::now() + inputs.gossip_interval * (SOURCE_GRACE_ROUNDS + 1);
+/// refreshes (one per `gossip_interval`) for a registration that is a gossip round or two
+/// ahead of ours. Takes the catalog, not all of `ProxyInputs`, so it can be tested alone.
+async fn source_runs_on_peer(
+    catalog: &SharedCatalog,
+    gossip_interval: Duration,
+    peer_node: &str,
+    source: &ServiceName,
+) -> bool {
+    let mut refreshed = catalog.subscribe();
+    let deadline = tokio::time::Instant::now() + gossip_interval * (SOURCE_GRACE_ROUNDS + 1);
     loop {
-        if inputs.catalog.get().node_runs(peer_node, source) {
+        if catalog.get().node_runs(peer_node, source) {
             return true;
         }
         match tokio::time::timeout_at(deadline, refreshed.changed()).await {
@@ -247,7 +253,8 @@ async fn handle_stream(
     // The peer may only speak for services it runs. A registration on the peer may be a
     // gossip round or two ahead of our catalog: give it a moment before refusing.
     if let Some(src) = &header.source {
-        let known = source_runs_on_peer(inputs, peer_node, src).await;
+        let known =
+            source_runs_on_peer(&inputs.catalog, inputs.gossip_interval, peer_node, src).await;
         if !known {
             warn!(peer = %peer_node, source = %src, destination = %destination,
                 "stream refused: the source service is not registered on the peer node");
@@ -322,5 +329,106 @@ async fn handle_stream(
             bytes_in: to_backend,
             trace_id: None,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The grace for an asserted source service that our catalog does not show yet, on
+    //! tokio's paused clock: the refreshes come at exact (virtual) times.
+
+    use tokio::time::Instant;
+    use weft_gossip::{MemberStatus, Protocol};
+
+    use super::*;
+    use crate::catalog::{Catalog, Instance};
+
+    const ROUND: Duration = Duration::from_millis(250);
+
+    fn catalog_with(node: &str, service: &str) -> Catalog {
+        Catalog {
+            instances: vec![Instance {
+                service: ServiceName::new(service).expect("valid service name"),
+                node: node.into(),
+                node_addr: "127.0.0.1:7443".parse().expect("valid address"),
+                node_generation: 1,
+                zone: String::new(),
+                port: 80,
+                protocol: Protocol::Http,
+                version: "v1".into(),
+                tags: Vec::new(),
+                healthy: true,
+                node_status: MemberStatus::Alive,
+                revoked: false,
+                is_local: false,
+            }],
+        }
+    }
+
+    /// Refreshes `catalog` once a round, with `last` at `rounds` and `other` before it.
+    fn refresh_every_round(catalog: &SharedCatalog, rounds: u32, other: Catalog, last: Catalog) {
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            for _ in 1..rounds {
+                tokio::time::sleep(ROUND).await;
+                catalog.set(other.clone());
+            }
+            tokio::time::sleep(ROUND).await;
+            catalog.set(last);
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_arrives_within_the_grace_is_accepted() {
+        let web = ServiceName::new("web").expect("valid service name");
+        let catalog = SharedCatalog::default();
+        catalog.set(catalog_with("n1", "web"));
+        let start = Instant::now();
+        assert!(source_runs_on_peer(&catalog, ROUND, "n1", &web).await);
+        assert_eq!(start.elapsed(), Duration::ZERO, "known sources do not wait");
+
+        let catalog = SharedCatalog::default();
+        refresh_every_round(
+            &catalog,
+            SOURCE_GRACE_ROUNDS,
+            catalog_with("n2", "web"),
+            catalog_with("n1", "web"),
+        );
+        let start = Instant::now();
+        assert!(source_runs_on_peer(&catalog, ROUND, "n1", &web).await);
+        assert_eq!(
+            start.elapsed(),
+            ROUND * SOURCE_GRACE_ROUNDS,
+            "accepted at the refresh that brought it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_still_missing_after_the_grace_is_refused() {
+        let web = ServiceName::new("web").expect("valid service name");
+        let grace = ROUND * (SOURCE_GRACE_ROUNDS + 1);
+        let catalog = SharedCatalog::default();
+        // It arrives one round too late; the refreshes before it show other nodes only.
+        refresh_every_round(
+            &catalog,
+            SOURCE_GRACE_ROUNDS + 2,
+            catalog_with("n2", "web"),
+            catalog_with("n1", "web"),
+        );
+        let start = Instant::now();
+        assert!(!source_runs_on_peer(&catalog, ROUND, "n1", &web).await);
+        assert_eq!(
+            start.elapsed(),
+            grace,
+            "refused exactly when the grace ends"
+        );
+
+        let quiet = SharedCatalog::default();
+        let start = Instant::now();
+        assert!(
+            !source_runs_on_peer(&quiet, ROUND, "n1", &web).await,
+            "no refresh at all"
+        );
+        assert_eq!(start.elapsed(), grace);
     }
 }

@@ -16,6 +16,13 @@ use super::settings::Outlier;
 /// Most keys kept per map (bounded memory under arbitrary service names).
 const MAX_KEYS: usize = 10_000;
 
+/// Now, from tokio's clock: the real monotonic clock in the agent, but one that
+/// `#[tokio::test(start_paused = true)]` tests can pause and advance. The pure types
+/// beside this file keep taking `std::time::Instant`.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// The resilience state of this node.
 #[derive(Debug, Default)]
 pub struct ResilienceState {
@@ -52,7 +59,7 @@ impl ResilienceState {
         // The bucket is rebuilt when the settings change (compared by their bits).
         let fingerprint = rl.rps.to_bits() ^ u64::from(rl.burst.unwrap_or(0)).rotate_left(32);
         let burst = f64::from(rl.burst.unwrap_or(0)).max(rl.rps.max(1.0));
-        let now = Instant::now();
+        let now = now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         bounded(&mut buckets);
         let entry = buckets
@@ -66,7 +73,7 @@ impl ResilienceState {
 
     /// Counts an original request to `dst` in its retry budget.
     pub fn budget_request(&self, dst: &str) {
-        let now = Instant::now();
+        let now = now();
         let mut b = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         bounded(&mut b);
         b.entry(dst.to_owned())
@@ -76,7 +83,7 @@ impl ResilienceState {
 
     /// Takes a retry from `dst`'s budget.
     pub fn try_retry(&self, dst: &str, percent: u32) -> bool {
-        let now = Instant::now();
+        let now = now();
         let mut b = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         b.entry(dst.to_owned())
             .or_insert_with(|| RetryBudget::new(now))
@@ -100,7 +107,7 @@ impl ResilienceState {
 
     /// Endpoint keys currently ejected.
     pub fn ejected(&self) -> Vec<String> {
-        let now = Instant::now();
+        let now = now();
         self.outliers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -119,7 +126,7 @@ impl ResilienceState {
         cfg: &Outlier,
         total: usize,
     ) -> bool {
-        let now = Instant::now();
+        let now = now();
         let mut m = self.outliers.lock().unwrap_or_else(|e| e.into_inner());
         bounded(&mut m);
         let ejected_now = m.values().filter(|s| s.ejected(now)).count();
@@ -131,5 +138,135 @@ impl ResilienceState {
             may_eject,
             now,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The timer logic through `ResilienceState` itself (not only the pure types), on
+    //! tokio's paused clock: time moves only by `advance`, so the boundaries are exact.
+
+    use std::time::Duration;
+
+    use tokio::time::advance;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn outlier_ejection_ends_after_base_and_doubles_the_second_time() {
+        let s = ResilienceState::default();
+        let cfg = Outlier {
+            consecutive_5xx: 2,
+            base_ejection: Duration::from_secs(1),
+            max_ejection_percent: 50,
+        };
+        assert!(
+            !s.record_response("a", true, &cfg, 2),
+            "one 5xx is not enough"
+        );
+        assert!(
+            s.record_response("a", true, &cfg, 2),
+            "the second one ejects"
+        );
+        assert_eq!(s.ejected(), ["a"]);
+        s.record_response("b", true, &cfg, 2);
+        assert!(
+            !s.record_response("b", true, &cfg, 2),
+            "a second of two instances would exceed 50 %"
+        );
+
+        advance(Duration::from_secs(1) - MS).await;
+        assert_eq!(
+            s.ejected(),
+            ["a"],
+            "still ejected just before base_ejection"
+        );
+        advance(MS).await;
+        assert!(s.ejected().is_empty(), "back after base_ejection");
+
+        s.record_response("a", true, &cfg, 2);
+        assert!(s.record_response("a", true, &cfg, 2), "ejected again");
+        advance(Duration::from_secs(2) - MS).await;
+        assert_eq!(
+            s.ejected(),
+            ["a"],
+            "the second ejection lasts twice as long"
+        );
+        advance(MS).await;
+        assert!(s.ejected().is_empty(), "back after twice base_ejection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_budget_rolls_over_ten_seconds() {
+        // `retry::MIN_RETRIES`: retries always allowed per window.
+        const FLOOR: usize = 10;
+        let s = ResilienceState::default();
+        for _ in 0..100 {
+            s.budget_request("api");
+        }
+        let allowed = (0..100).filter(|_| s.try_retry("api", 20)).count();
+        assert_eq!(allowed, 20 + FLOOR, "20 % of 100 requests plus the floor");
+
+        advance(Duration::from_secs(5)).await;
+        assert!(
+            !s.try_retry("api", 20),
+            "5 s on, the older half of the window still counts"
+        );
+        advance(Duration::from_secs(5)).await;
+        let allowed = (0..100).filter(|_| s.try_retry("api", 20)).count();
+        assert_eq!(
+            allowed, FLOOR,
+            "10 s on, the window has rolled: the floor only"
+        );
+
+        // A budget left alone for a whole window starts over at once.
+        for _ in 0..100 {
+            s.budget_request("web");
+        }
+        while s.try_retry("web", 20) {}
+        advance(Duration::from_secs(10)).await;
+        let allowed = (0..100).filter(|_| s.try_retry("web", 20)).count();
+        assert_eq!(allowed, FLOOR);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_refills_with_time_up_to_the_burst() {
+        let s = ResilienceState::default();
+        let rl = RateLimit {
+            rps: 2.0,
+            burst: None,
+            per_source: false,
+        };
+        assert!(s.allow_rate("api", "web", &rl) && s.allow_rate("api", "web", &rl));
+        assert!(
+            !s.allow_rate("api", "web", &rl),
+            "the burst (one second) is spent"
+        );
+
+        advance(Duration::from_millis(400)).await;
+        assert!(!s.allow_rate("api", "web", &rl), "0.8 tokens after 400 ms");
+        advance(Duration::from_millis(200)).await;
+        assert!(s.allow_rate("api", "web", &rl), "1.2 tokens after 600 ms");
+        assert!(!s.allow_rate("api", "web", &rl));
+
+        advance(Duration::from_secs(10)).await;
+        let allowed = (0..10).filter(|_| s.allow_rate("api", "web", &rl)).count();
+        assert_eq!(
+            allowed, 2,
+            "an idle bucket refills to the burst, no further"
+        );
+
+        let per_source = RateLimit {
+            per_source: true,
+            ..rl
+        };
+        assert!(s.allow_rate("api", "web", &per_source) && s.allow_rate("api", "web", &per_source));
+        assert!(!s.allow_rate("api", "web", &per_source));
+        assert!(
+            s.allow_rate("api", "cart", &per_source),
+            "another source has a bucket of its own"
+        );
     }
 }

@@ -7,6 +7,13 @@ use std::time::Instant;
 use super::balancer::Balancer;
 use crate::catalog::Instance;
 
+/// Now, from tokio's clock: the real monotonic clock in the agent, but one that
+/// `#[tokio::test(start_paused = true)]` tests can pause and advance (`Balancer` keeps
+/// taking `std::time::Instant`).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Picks instances: same zone first, then power of two choices over peak-EWMA.
 #[derive(Debug, Default)]
 pub struct LoadBalancer {
@@ -47,7 +54,7 @@ impl LoadBalancer {
         let keys: Vec<String> = pool.iter().map(|i| endpoint_key(i)).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let b = self.balancer.lock().unwrap_or_else(|e| e.into_inner());
-        let idx = b.pick(&key_refs, Instant::now(), |n| rand::random_range(0..n))?;
+        let idx = b.pick(&key_refs, now(), |n| rand::random_range(0..n))?;
         Some(pool[idx])
     }
 
@@ -56,7 +63,7 @@ impl LoadBalancer {
         self.balancer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .start(key, Instant::now());
+            .start(key, now());
     }
 
     /// Marks it failed (no latency sample).
@@ -64,7 +71,7 @@ impl LoadBalancer {
         self.balancer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .cancel(key, Instant::now());
+            .cancel(key, now());
     }
 
     /// Marks it finished after `rtt`.
@@ -72,6 +79,60 @@ impl LoadBalancer {
         self.balancer
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .finish(key, rtt, Instant::now());
+            .finish(key, rtt, now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Latency records fading with time, through `LoadBalancer` on tokio's paused clock.
+
+    use std::time::Duration;
+
+    use weft_ca::ServiceName;
+    use weft_gossip::{MemberStatus, Protocol};
+
+    use super::*;
+
+    fn instance(node: &str) -> Instance {
+        Instance {
+            service: ServiceName::new("api").expect("valid service name"),
+            node: node.into(),
+            node_addr: "127.0.0.1:7443".parse().expect("valid address"),
+            node_generation: 1,
+            zone: String::new(),
+            port: 80,
+            protocol: Protocol::Http,
+            version: "v1".into(),
+            tags: Vec::new(),
+            healthy: true,
+            node_status: MemberStatus::Alive,
+            revoked: false,
+            is_local: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_record_fades_and_the_instance_is_tried_again() {
+        let lb = LoadBalancer::default();
+        let (slow, busy) = (instance("slow"), instance("busy"));
+        lb.start(&endpoint_key(&slow));
+        lb.finish(&endpoint_key(&slow), Duration::from_millis(50));
+        // One request in flight doubles the (default, 1 ms) cost of the other.
+        lb.start(&endpoint_key(&busy));
+        let both = [&slow, &busy];
+        // With two instances both are always drawn: the choice is deterministic.
+        let picked = lb.pick(&both, "", &[]).expect("an instance");
+        assert_eq!(
+            picked.node, "busy",
+            "2 ms of pending load beats a 50 ms record"
+        );
+
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let picked = lb.pick(&both, "", &[]).expect("an instance");
+        assert_eq!(
+            picked.node, "slow",
+            "a minute on, the 50 ms record has faded"
+        );
     }
 }
