@@ -1,4 +1,0 @@
-//! Addresses and admission control.
-
-pub mod ratelimit;
-pub mod seed;
