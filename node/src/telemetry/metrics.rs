@@ -403,3 +403,48 @@ mod tests {
         assert!(text.contains("source=\"other\""));
     }
 }
+
+#[cfg(test)]
+mod promtool {
+    use super::*;
+    use std::io::Write as _;
+
+    /// `/metrics` passes `promtool check metrics` (Debian package `prometheus`, installed
+    /// by tests/install-deps.sh).
+    #[test]
+    fn exposition_passes_promtool() {
+        let m = Metrics::default();
+        m.record("client", "reviews", "200", 0.002);
+        m.record("-", "reviews", "error", 0.5);
+        m.add_bytes(10, 20);
+        Metrics::inc(&m.retries, "reviews");
+        m.members
+            .get_or_create(&StatusLabels {
+                status: "alive".into(),
+            })
+            .set(3);
+        m.cert_renewals.inc();
+        m.config_digest_age_seconds.set(0.5);
+        let text = m.render();
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (run tests/install-deps.sh)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("promtool ran");
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
