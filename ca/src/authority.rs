@@ -48,7 +48,7 @@ pub struct IssuedCert {
     pub not_after_unix: u64,
 }
 
-fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
+pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| CaError::Clock)?
@@ -57,7 +57,7 @@ fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
 }
 
 /// A random positive 128-bit serial.
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
@@ -127,6 +127,15 @@ impl CertificateAuthority {
     /// The cluster this CA serves.
     pub fn cluster(&self) -> &ClusterName {
         &self.cluster
+    }
+
+    /// Signs a certificate built by this crate for `public_key`; returns its DER.
+    pub(crate) fn sign_params(
+        &self,
+        params: CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<Vec<u8>, rcgen::Error> {
+        Ok(params.signed_by(public_key, &self.issuer)?.der().to_vec())
     }
 
     /// Signs `msg` with the CA key (used for the revocation list).

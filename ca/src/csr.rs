@@ -54,6 +54,12 @@ pub enum CsrRefusal {
 /// Checks a CSR from `expected`'s node; `Ok` means it asks for nothing the CA would not
 /// write itself.
 pub fn inspect_csr(der: &[u8], expected: &SpiffeId) -> Result<(), CsrRefusal> {
+    inspect_csr_for(der, expected.node_name().as_str(), &expected.uri())
+}
+
+/// Checks a CSR that may name only `expected_cn` (common name) and `expected_uri` (the one
+/// URI SAN); used for node and operator certificates alike.
+pub fn inspect_csr_for(der: &[u8], expected_cn: &str, expected_uri: &str) -> Result<(), CsrRefusal> {
     if der.len() > MAX_CSR_BYTES {
         return Err(CsrRefusal::TooLarge(der.len()));
     }
@@ -65,12 +71,12 @@ pub fn inspect_csr(der: &[u8], expected: &SpiffeId) -> Result<(), CsrRefusal> {
     csr.verify_signature()
         .map_err(|_| CsrRefusal::BadSignature)?;
 
-    let expected_uri = expected.uri();
+    let expected_uri = expected_uri.to_owned();
     for cn in csr.certification_request_info.subject.iter_common_name() {
         let found = cn.as_str().unwrap_or("<non-text>");
-        if found != expected.node_name().as_str() {
+        if found != expected_cn {
             return Err(CsrRefusal::OtherName {
-                expected: expected.node_name().to_string(),
+                expected: expected_cn.to_owned(),
                 found: found.chars().take(80).collect(),
             });
         }

@@ -79,11 +79,17 @@ impl NodeKey {
     /// A CSR naming only the node (common name), for joining before the cluster name is
     /// known. The CA adds the SPIFFE ID itself.
     pub fn join_csr_der(&self, name: &crate::names::NodeName) -> Result<Vec<u8>, CaError> {
+        self.named_csr_der(name.as_str())
+    }
+
+    /// A CSR naming only `common_name` (joins, operator credentials): the CA writes the
+    /// rest.
+    pub fn named_csr_der(&self, common_name: &str) -> Result<Vec<u8>, CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, name.as_str());
+            .push(DnType::CommonName, common_name);
         Ok(params.serialize_request(&self.pair)?.der().to_vec())
     }
 }

@@ -139,6 +139,10 @@ impl TrustRoot {
         &self.cluster
     }
 
+    pub(crate) fn anchor(&self) -> &TrustAnchor<'static> {
+        &self.anchor
+    }
+
     /// The root certificate DER.
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der

@@ -3,7 +3,8 @@
 //! The bootstrap node creates a root (`CertificateAuthority::create`); every node makes
 //! its own key (`NodeKey`) and sends only a CSR; the CA checks the CSR (`csr`) and writes
 //! every field of the node certificate itself. `TrustRoot` verifies certificates and
-//! signatures on every node; `token` is the one-time join token format. Storage, network
+//! signatures on every node; `token` is the one-time join token format; `operator` issues
+//! and verifies the credentials that carry authority over the cluster. Storage, network
 //! and clocks belong to the caller: every function that needs the time takes `now`.
 
 pub mod authority;
@@ -11,13 +12,15 @@ pub mod csr;
 pub mod key;
 pub mod leaf;
 pub mod names;
+pub mod operator;
 pub mod token;
 
 pub use authority::{CertificateAuthority, IssuedCert};
 pub use csr::CsrRefusal;
 pub use key::NodeKey;
 pub use leaf::{not_after_unix, unix, verify_signature, LeafInfo, TrustRoot, VerifyError};
-pub use names::{ClusterName, NameError, NodeName, ServiceName, SpiffeId};
+pub use names::{ClusterName, NameError, NodeName, OperatorName, ServiceName, SpiffeId};
+pub use operator::{operator_uri, OperatorInfo, Role, RoleError};
 pub use token::{JoinToken, TokenId, TokenParseError, TokenRecord, TokenRefusal};
 
 /// Failures of key and certificate generation (not refusals of a request).

@@ -106,6 +106,12 @@ name_type!(
     "service"
 );
 
+name_type!(
+    /// An operator's name (a person or an automation): `[a-z0-9][a-z0-9.-]{0,62}`.
+    OperatorName,
+    "operator"
+);
+
 /// A node's SPIFFE identity, `spiffe://<cluster>/node/<name>`: the one URI SAN of its
 /// certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
