@@ -59,7 +59,11 @@ pub fn inspect_csr(der: &[u8], expected: &SpiffeId) -> Result<(), CsrRefusal> {
 
 /// Checks a CSR that may name only `expected_cn` (common name) and `expected_uri` (the one
 /// URI SAN); used for node and operator certificates alike.
-pub fn inspect_csr_for(der: &[u8], expected_cn: &str, expected_uri: &str) -> Result<(), CsrRefusal> {
+pub fn inspect_csr_for(
+    der: &[u8],
+    expected_cn: &str,
+    expected_uri: &str,
+) -> Result<(), CsrRefusal> {
     if der.len() > MAX_CSR_BYTES {
         return Err(CsrRefusal::TooLarge(der.len()));
     }

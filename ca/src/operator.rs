@@ -127,19 +127,18 @@ impl CertificateAuthority {
             DnType::OrganizationalUnitName,
             format!("{ROLE_PREFIX}{role}"),
         );
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into()
-                .map_err(|_| CsrRefusal::Malformed("SPIFFE URI not IA5".into()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| {
+                CsrRefusal::Malformed("SPIFFE URI not IA5".into())
+            })?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let not_after = now + ttl;
-        params.not_before = crate::authority::to_offset(now - BACKDATE)
-            .map_err(|_| CsrRefusal::Clock)?;
-        params.not_after =
-            crate::authority::to_offset(not_after).map_err(|_| CsrRefusal::Clock)?;
+        params.not_before =
+            crate::authority::to_offset(now - BACKDATE).map_err(|_| CsrRefusal::Clock)?;
+        params.not_after = crate::authority::to_offset(not_after).map_err(|_| CsrRefusal::Clock)?;
         let serial = crate::authority::random_serial();
         let serial_hex = hex::encode(serial.to_bytes());
         params.serial_number = Some(serial);
@@ -157,7 +156,11 @@ impl CertificateAuthority {
 impl TrustRoot {
     /// Verifies that `der` is a valid operator certificate of this cluster at `now` and
     /// reads its name and role. Revocation is the caller's check (it holds the list).
-    pub fn verify_operator(&self, der: &[u8], now: SystemTime) -> Result<OperatorInfo, VerifyError> {
+    pub fn verify_operator(
+        &self,
+        der: &[u8],
+        now: SystemTime,
+    ) -> Result<OperatorInfo, VerifyError> {
         let cert_der = CertificateDer::from(der);
         let ee = EndEntityCert::try_from(&cert_der)
             .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;

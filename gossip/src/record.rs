@@ -131,6 +131,14 @@ impl RevocationList {
     pub fn is_revoked(&self, serial: &str) -> bool {
         self.revoked.iter().any(|r| r.serial == serial)
     }
+
+    /// When the certificate with this serial was revoked (Unix seconds), if it was.
+    pub fn revoked_at(&self, serial: &str) -> Option<u64> {
+        self.revoked
+            .iter()
+            .find(|r| r.serial == serial)
+            .map(|r| r.revoked_at_unix)
+    }
 }
 
 /// Why a gossiped value was not accepted.

@@ -15,6 +15,7 @@
 //!   `clock` (time helpers).
 
 pub mod agent;
+pub mod authority;
 pub mod ca_role;
 pub mod catalog;
 pub mod cli;

@@ -21,13 +21,16 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use weft_ca::{CertificateAuthority, ClusterName, NodeKey, NodeName, SpiffeId, TrustRoot};
+use weft_ca::{
+    CertificateAuthority, ClusterName, NodeKey, NodeName, OperatorName, Role, SpiffeId, TrustRoot,
+};
 use weft_gossip::{
     encode_signed, Gossip, GossipConfig, GossipKey, GossipStats, Keyring, MemberStatus,
     MemoryNetwork, NodeRecord, SharedKeyring,
 };
+use weft_node::authority::{Act, Authority, Credential, Revocations};
 use weft_node::cluster_config::sync::{self, Pull, PullError};
-use weft_node::cluster_config::{ConfigReplica, Entry, Kind};
+use weft_node::cluster_config::{ConfigReplica, Entry, Kind, WriteError};
 use weft_node::resilience::RateLimit;
 use weft_node::routing::Route;
 use weft_node::store::Store;
@@ -48,6 +51,30 @@ fn quic_addr(i: usize) -> SocketAddr {
 
 fn name(i: usize) -> String {
     format!("n{i}")
+}
+
+/// A credential for operator `who` with `role`, issued by `ca`.
+fn credential(ca: &CertificateAuthority, who: &str, role: Role) -> Credential {
+    let key = NodeKey::generate().expect("operator key");
+    let cert = ca
+        .sign_operator_csr(
+            &key.named_csr_der(who).expect("operator csr"),
+            &OperatorName::new(who).expect("valid operator name"),
+            role,
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .expect("operator certificate");
+    Credential::new(key, cert.der)
+}
+
+/// No certificate is revoked in these scenarios.
+struct NoRevocations;
+
+impl Revocations for NoRevocations {
+    fn revoked_at(&self, _serial: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// Pulls and refusals of every `MemoryPull` of a cluster, for failure messages.
@@ -114,6 +141,11 @@ struct Node {
 /// Nodes `n0..` with a store, a replica and gossip each (all seeded with `n0`), and the
 /// sync loop of every node running.
 struct ConfigCluster {
+    /// The cluster's CA.
+    ca: CertificateAuthority,
+    /// The operator every write is signed by (role operator, issued by the test CA).
+    operator: Credential,
+    cluster_name: ClusterName,
     net: MemoryNetwork,
     nodes: Vec<Node>,
     peers: Arc<HashMap<String, Peer>>,
@@ -132,6 +164,7 @@ impl ConfigCluster {
         )
         .expect("create CA");
         let root = TrustRoot::new(cluster.clone(), ca.cert_der().to_vec()).expect("trust root");
+        let operator = credential(&ca, "alice", Role::Operator);
         let net = MemoryNetwork::new();
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -185,7 +218,13 @@ impl ConfigCluster {
             .expect("start gossip on the in-memory network");
             let dir = tempfile::tempdir().expect("temporary store directory");
             let store = Store::open(dir.path()).expect("open the store");
-            let replica = ConfigReplica::load(store, &name(i)).expect("load the replica");
+            let authority = Arc::new(Authority::new(
+                Arc::new(root.clone()),
+                Arc::new(NoRevocations),
+                Default::default(),
+            ));
+            let replica =
+                ConfigReplica::load(store, &name(i), authority).expect("load the replica");
             nodes.push(Node {
                 replica: Arc::new(replica),
                 gossip: Arc::new(gossip),
@@ -231,6 +270,9 @@ impl ConfigCluster {
             })
             .collect();
         Self {
+            ca,
+            operator,
+            cluster_name: cluster,
             net,
             nodes,
             peers,
@@ -246,6 +288,35 @@ impl ConfigCluster {
 
     fn replica(&self, i: usize) -> &ConfigReplica {
         &self.nodes[i].replica
+    }
+
+    /// A write through node `i`, as its API makes it: stamped by the node, signed by
+    /// the operator, verified and applied.
+    fn write(
+        &self,
+        i: usize,
+        kind: Kind,
+        entry_name: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<Entry, WriteError> {
+        let version = self.replica(i).stamp(kind, entry_name);
+        let act = Act::ConfigWrite {
+            kind,
+            name: entry_name.to_owned(),
+            version: version.clone(),
+            value: value.clone(),
+        };
+        let signed = self
+            .operator
+            .sign(self.cluster_name.clone(), &name(i), act, SystemTime::now())
+            .expect("sign");
+        self.replica(i).apply_signed(Entry {
+            kind,
+            name: entry_name.to_owned(),
+            version,
+            value,
+            auth: Some(signed),
+        })
     }
 
     /// A puller like `n{i}`'s sync loop has, counting apart from the loops'.
@@ -427,8 +498,7 @@ async fn a_write_on_one_node_is_applied_on_every_node() {
     let value = reviews_route();
     let want: Route = serde_json::from_value(value.clone()).expect("the route parses");
     let entry = c
-        .replica(2)
-        .write(Kind::Route, "reviews", Some(value))
+        .write(2, Kind::Route, "reviews", Some(value))
         .expect("a valid route is written");
     assert_eq!(entry.version.node, "n2");
     assert_ne!(c.replica(2).digest(), empty);
@@ -466,18 +536,14 @@ async fn partitioned_sides_converge_apart_then_together_with_last_writer_wins() 
     c.net
         .partition(&left.map(gossip_addr), &right.map(gossip_addr));
     let left_write = c
-        .replica(0)
-        .write(Kind::Ratelimit, "reviews", Some(ratelimit(50.0)))
+        .write(0, Kind::Ratelimit, "reviews", Some(ratelimit(50.0)))
         .expect("valid rate limit");
-    c.replica(1)
-        .write(Kind::Ratelimit, "ratings", Some(ratelimit(5.0)))
+    c.write(1, Kind::Ratelimit, "ratings", Some(ratelimit(5.0)))
         .expect("valid rate limit");
     let right_write = c
-        .replica(3)
-        .write(Kind::Ratelimit, "reviews", Some(ratelimit(80.0)))
+        .write(3, Kind::Ratelimit, "reviews", Some(ratelimit(80.0)))
         .expect("valid rate limit");
-    c.replica(2)
-        .write(Kind::Route, "details", Some(reviews_route()))
+    c.write(2, Kind::Route, "details", Some(reviews_route()))
         .expect("valid route");
     // The pulls honour the cut (and the sides still see each other alive: the failure
     // detector needs a second or so).
@@ -575,8 +641,7 @@ async fn partitioned_sides_converge_apart_then_together_with_last_writer_wins() 
 async fn a_delete_propagates_as_a_tombstone() {
     let c = ConfigCluster::start(3).await;
     c.wait_all_alive("after start").await;
-    c.replica(0)
-        .write(Kind::Ratelimit, "reviews", Some(ratelimit(50.0)))
+    c.write(0, Kind::Ratelimit, "reviews", Some(ratelimit(50.0)))
         .expect("valid rate limit");
     c.wait_until("the rate limit on every node", STEP, || {
         c.agree(&c.all())?;
@@ -590,8 +655,7 @@ async fn a_delete_propagates_as_a_tombstone() {
     .await;
 
     let tombstone = c
-        .replica(2)
-        .write(Kind::Ratelimit, "reviews", None)
+        .write(2, Kind::Ratelimit, "reviews", None)
         .expect("delete");
     assert!(tombstone.value.is_none());
     let took = c
@@ -616,4 +680,108 @@ async fn a_delete_propagates_as_a_tombstone() {
         .await;
     println!("delete reached every node {took:?} after it was written (virtual)");
     c.stop().await;
+}
+
+/// What a member holding the gossip key and a node certificate (but no operator
+/// credential) can push: nothing. Unsigned entries, entries signed by another cluster's
+/// operator or by a viewer, entries changed after signing and entries stamped in the
+/// future are all refused by the replica that pulls them, which keeps what it had.
+#[tokio::test(start_paused = true)]
+async fn entries_a_member_forges_are_refused() {
+    let c = ConfigCluster::start(1).await;
+    let good = c
+        .write(0, Kind::Ratelimit, "reviews", Some(ratelimit(50.0)))
+        .expect("signed write");
+    let digest = c.replica(0).digest();
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let later = |ahead_ms: u64| weft_node::cluster_config::hlc::Hlc {
+        wall: now_ms + ahead_ms,
+        logical: 0,
+        node: "n9".into(),
+    };
+    let entry = |version, value: serde_json::Value, auth| Entry {
+        kind: Kind::Ratelimit,
+        name: "reviews".into(),
+        version,
+        value: Some(value),
+        auth,
+    };
+    let sign = |cred: &Credential,
+                version: &weft_node::cluster_config::hlc::Hlc,
+                value: &serde_json::Value| {
+        cred.sign(
+            c.cluster_name.clone(),
+            "n9",
+            Act::ConfigWrite {
+                kind: Kind::Ratelimit,
+                name: "reviews".into(),
+                version: version.clone(),
+                value: Some(value.clone()),
+            },
+            SystemTime::now(),
+        )
+        .expect("sign")
+    };
+    let open = ratelimit(1_000_000.0);
+    let (foreign_ca, _) = CertificateAuthority::create(
+        c.cluster_name.clone(),
+        SystemTime::now(),
+        Duration::from_secs(86400),
+    )
+    .expect("another CA with the same cluster name");
+    let foreign = credential(&foreign_ca, "alice", Role::Admin);
+    let viewer = credential(&c.ca, "bob", Role::Viewer);
+    let v1 = later(1);
+    let mut tampered = sign(&c.operator, &v1, &ratelimit(60.0));
+    tampered.payload = tampered.payload.replace("60", "1000000");
+    let v_future = later(10 * 60 * 1000);
+    let forged = vec![
+        entry(later(1), open.clone(), None),
+        entry(
+            later(2),
+            open.clone(),
+            Some(sign(&foreign, &later(2), &open)),
+        ),
+        entry(
+            later(3),
+            open.clone(),
+            Some(sign(&viewer, &later(3), &open)),
+        ),
+        entry(v1, open.clone(), Some(tampered)),
+        entry(
+            later(4),
+            open.clone(),
+            Some(sign(&c.operator, &later(5), &open)),
+        ),
+        entry(
+            v_future.clone(),
+            open.clone(),
+            Some(sign(&c.operator, &v_future, &open)),
+        ),
+    ];
+    for (i, e) in forged.into_iter().enumerate() {
+        assert_eq!(
+            c.replica(0).merge_remote(vec![e], "n9"),
+            0,
+            "forged entry #{i} must not be applied"
+        );
+    }
+    assert_eq!(c.replica(0).digest(), digest, "nothing changed");
+    assert_eq!(
+        c.replica(0)
+            .get(Kind::Ratelimit, "reviews")
+            .map(|e| e.value),
+        Some(good.value),
+    );
+    // The genuine operator's entry from another node is accepted.
+    let v = later(6);
+    let genuine = entry(
+        v.clone(),
+        ratelimit(70.0),
+        Some(sign(&c.operator, &v, &ratelimit(70.0))),
+    );
+    assert_eq!(c.replica(0).merge_remote(vec![genuine], "n9"), 1);
 }

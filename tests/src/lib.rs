@@ -117,6 +117,8 @@ pub struct Agent {
     /// Log file.
     pub log: PathBuf,
     child: Option<Child>,
+    /// The operator credential `cli` passes (`--credential`), when set.
+    pub credential: Option<PathBuf>,
 }
 
 impl Agent {
@@ -140,13 +142,32 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Runs a `weft` client command against this agent.
+    /// Runs a `weft` client command against this agent, as the cluster's operator (the
+    /// bootstrap node's admin credential) with this node's data dir.
     pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(weft_bin());
+        cmd.args(args)
+            .env("WEFT_API", self.api())
+            .env("WEFT_DATA_DIR", &self.data_dir)
+            .env_remove("WEFT_TOKEN")
+            .env_remove("WEFT_CREDENTIAL");
+        if let Some(c) = self.credential.as_ref().filter(|c| c.exists()) {
+            cmd.env("WEFT_CREDENTIAL", c);
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run weft: {e}"))
+    }
+
+    /// Runs a `weft` client command with only what this node's data dir holds (no
+    /// operator credential from elsewhere): what root on this VM alone can do.
+    pub fn cli_as_node(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(weft_bin())
             .args(args)
             .env("WEFT_API", self.api())
             .env("WEFT_DATA_DIR", &self.data_dir)
             .env_remove("WEFT_TOKEN")
+            .env_remove("WEFT_CREDENTIAL")
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run weft: {e}"))
     }
@@ -321,6 +342,9 @@ pub struct Cluster {
     helpers: Vec<Child>,
     /// Extra environment for particular agents.
     envs: HashMap<String, Vec<(String, String)>>,
+    /// The operator credential every agent's `cli` uses: the first bootstrap node's
+    /// `admin-credential`, as an operator would carry it to another host.
+    operator_credential: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -341,6 +365,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
             logs,
             allowed_errors: Vec::new(),
+            operator_credential: None,
             next_host: 1,
             lab: None,
             helpers: Vec::new(),
@@ -466,6 +491,7 @@ impl Cluster {
             data_dir,
             log,
             child: Some(child),
+            credential: self.operator_credential.clone(),
         };
         self.agents.insert(name.to_owned(), agent);
         self.agents.get_mut(name).unwrap_or_else(|| unreachable!())
@@ -602,6 +628,9 @@ impl Cluster {
 
     /// Starts a bootstrap node and waits until it is ready.
     pub fn bootstrap(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<()> {
+        if self.operator_credential.is_none() {
+            self.operator_credential = Some(self.data_dir(name).join("admin-credential"));
+        }
         let mut args = vec!["--bootstrap"];
         args.extend_from_slice(extra);
         self.spawn(name, &args);

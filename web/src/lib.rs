@@ -180,6 +180,10 @@ pub enum ApiError {
     /// Missing or wrong admin token.
     #[error("admin token required (Authorization: Bearer …)")]
     Unauthorized,
+    /// A cluster-wide change without a credential that allows it; the message names
+    /// what is missing.
+    #[error("{0}")]
+    NotAllowed(String),
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
@@ -196,6 +200,7 @@ impl IntoResponse for ApiError {
         let status = match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotAllowed(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -208,26 +213,59 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Who is asking for a cluster-wide change: the operator's signed request (header
+/// `Weft-Operator`, made by the CLI from a credential), and whether the caller also holds
+/// this node's admin token (on the node that holds an admin credential, the token stands
+/// for that credential, so scripts written before credentials keep working there).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The `Weft-Operator` header, when sent.
+    pub signed: Option<String>,
+    /// The request carried this node's admin token.
+    pub local_admin: bool,
+}
+
+/// The header that carries an operator's signed request.
+pub const OPERATOR_HEADER: &str = "weft-operator";
+
+/// A node's answer to `GET /v1/config/{kind}/{name}/stamp`: what a CLI needs to sign a
+/// write of that entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StampView {
+    /// The cluster.
+    pub cluster: String,
+    /// The node (the audit trail's "received by").
+    pub node: String,
+    /// The version to sign (`{"wall":…,"logical":…,"node":…}`).
+    pub version: serde_json::Value,
+}
+
 /// What the node provides to the API. Implemented by the agent; faked in tests.
 pub trait NodeApi: Send + Sync + 'static {
     /// Cluster members.
     fn members(&self) -> impl Future<Output = Vec<MemberView>> + Send;
     /// This node's state.
     fn status(&self) -> impl Future<Output = NodeStatus> + Send;
-    /// Creates a join token (admin).
+    /// Creates a join token (role admin).
     fn create_token(
         &self,
         ttl: Duration,
+        caller: Caller,
     ) -> impl Future<Output = Result<TokenView, ApiError>> + Send;
-    /// Revokes a node (admin).
-    fn revoke(&self, node: String) -> impl Future<Output = Result<RevokeView, ApiError>> + Send;
+    /// Revokes a node (role admin).
+    fn revoke(
+        &self,
+        node: String,
+        caller: Caller,
+    ) -> impl Future<Output = Result<RevokeView, ApiError>> + Send;
     /// This node's gossip keyring (ids only).
     fn gossip_keys(&self) -> impl Future<Output = GossipKeysView> + Send;
     /// Applies a keyring change (`{"op":"install","key":B64}`, `{"op":"use","id":HEX}`,
-    /// `{"op":"remove","id":HEX}`) here and on every alive member (admin).
+    /// `{"op":"remove","id":HEX}`) here and on every alive member (role admin).
     fn gossip_key_op(
         &self,
         body: Vec<u8>,
+        caller: Caller,
     ) -> impl Future<Output = Result<Vec<KeyringNodeResult>, ApiError>> + Send;
     /// Leaves the cluster and stops the agent (admin).
     fn leave(&self) -> impl Future<Output = Result<(), ApiError>> + Send;
@@ -253,12 +291,26 @@ pub trait NodeApi: Send + Sync + 'static {
         kind: String,
         name: String,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
-    /// Writes an entry from a JSON value (admin); returns the stored entry.
+    /// Writes an entry from a JSON value (role operator); returns the stored entry.
     fn config_put(
         &self,
         kind: String,
         name: String,
         body: Vec<u8>,
+        caller: Caller,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// The version a new write of an entry gets, for the CLI to sign.
+    fn config_stamp(
+        &self,
+        kind: String,
+        name: String,
+    ) -> impl Future<Output = Result<StampView, ApiError>> + Send;
+    /// Operator credentials: create (`{"signed": …}` carries the CSR), list, revoke. The
+    /// act itself travels in the `Weft-Operator` header; `body` is the act's JSON.
+    fn operators(
+        &self,
+        body: Vec<u8>,
+        caller: Caller,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// The versions of an entry this node remembers, oldest first.
     fn config_history(
@@ -266,11 +318,12 @@ pub trait NodeApi: Send + Sync + 'static {
         kind: String,
         name: String,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
-    /// Deletes an entry (admin).
+    /// Deletes an entry (role operator).
     fn config_delete(
         &self,
         kind: String,
         name: String,
+        caller: Caller,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// Which policy rule decides `source → destination` (HTTP: path and method), and why.
     fn policy_explain(

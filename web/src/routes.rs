@@ -9,7 +9,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::{html, ApiError, NodeApi, TokenRequest};
+use crate::{html, ApiError, Caller, NodeApi, TokenRequest, OPERATOR_HEADER};
 
 /// Largest request body the API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -59,6 +59,8 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
                 .delete(config_delete::<N>),
         )
         .route("/v1/config/{kind}/{name}/history", get(config_history::<N>))
+        .route("/v1/config/{kind}/{name}/stamp", get(config_stamp::<N>))
+        .route("/v1/operators", post(operators::<N>))
         .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
@@ -100,6 +102,17 @@ fn require_admin<N: NodeApi>(node: &N, headers: &HeaderMap) -> Result<(), ApiErr
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
+    }
+}
+
+/// Who asks: the operator's signed request, and whether the admin token came along.
+fn caller<N: NodeApi>(node: &N, headers: &HeaderMap) -> Caller {
+    Caller {
+        signed: headers
+            .get(OPERATOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        local_admin: require_admin(node, headers).is_ok(),
     }
 }
 
@@ -240,8 +253,24 @@ async fn config_put<N: NodeApi>(
     Path((kind, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&*node, &headers)?;
-    Ok(Json(node.config_put(kind, name, body.to_vec()).await?).into_response())
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.config_put(kind, name, body.to_vec(), caller).await?).into_response())
+}
+
+async fn config_stamp<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(node.config_stamp(kind, name).await?).into_response())
+}
+
+async fn operators<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.operators(body.to_vec(), caller).await?).into_response())
 }
 
 async fn config_delete<N: NodeApi>(
@@ -249,8 +278,8 @@ async fn config_delete<N: NodeApi>(
     headers: HeaderMap,
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    require_admin(&*node, &headers)?;
-    node.config_delete(kind, name).await?;
+    let caller = caller(&*node, &headers);
+    node.config_delete(kind, name, caller).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -291,7 +320,7 @@ async fn create_token<N: NodeApi>(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&*node, &headers)?;
+    let caller = caller(&*node, &headers);
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest { ttl_secs: None }
     } else {
@@ -299,7 +328,7 @@ async fn create_token<N: NodeApi>(
             .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?
     };
     let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
-    let token = node.create_token(ttl).await?;
+    let token = node.create_token(ttl, caller).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
@@ -308,8 +337,8 @@ async fn revoke<N: NodeApi>(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin(&*node, &headers)?;
-    Ok(Json(node.revoke(name).await?).into_response())
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.revoke(name, caller).await?).into_response())
 }
 
 async fn gossip_keys<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
@@ -321,8 +350,8 @@ async fn gossip_key_op<N: NodeApi>(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    require_admin(&*node, &headers)?;
-    Ok(Json(node.gossip_key_op(body.to_vec()).await?).into_response())
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.gossip_key_op(body.to_vec(), caller).await?).into_response())
 }
 
 async fn leave<N: NodeApi>(

@@ -8,12 +8,22 @@ use crate::policy::{decide, normalize_path};
 use tracing::info;
 use weft_ca::NodeName;
 use weft_web::{
-    ApiError, ExplainQuery, GossipKeysView, InstanceView, KeyringNodeResult, MemberView, NodeApi,
-    NodeStatus, RevokeView, ServiceView, TokenView,
+    ApiError, Caller, ExplainQuery, GossipKeysView, InstanceView, KeyringNodeResult, MemberView,
+    NodeApi, NodeStatus, RevokeView, ServiceView, StampView, TokenView,
 };
 
 use super::state::{Agent, VERSION};
+use crate::authority::execute::execute;
+use crate::authority::{Act, Signed, Verified};
+use crate::cluster_config::Entry;
 use crate::rpc::{CaCallError, CtlRequest, CtlResponse, RefusalKind};
+
+fn unexpected(answer: CtlResponse) -> ApiError {
+    match answer {
+        CtlResponse::Error { kind, message } => api_error(kind, message),
+        _ => ApiError::Unavailable("unexpected answer from the CA node".into()),
+    }
+}
 
 fn api_error(kind: RefusalKind, message: String) -> ApiError {
     match kind {
@@ -22,6 +32,7 @@ fn api_error(kind: RefusalKind, message: String) -> ApiError {
         | RefusalKind::BadToken
         | RefusalKind::NameTaken => ApiError::BadRequest(message),
         RefusalKind::Revoked => ApiError::Forbidden(message),
+        RefusalKind::Forbidden => ApiError::NotAllowed(message),
         RefusalKind::RateLimited | RefusalKind::Unavailable => ApiError::Unavailable(message),
     }
 }
@@ -31,8 +42,10 @@ fn ca_unavailable(e: CaCallError) -> ApiError {
 }
 
 fn config_error(e: WriteError) -> ApiError {
-    match e {
+    match &e {
         WriteError::Invalid(v) => ApiError::BadRequest(v.to_string()),
+        WriteError::Refused(m) => ApiError::NotAllowed(m.clone()),
+        WriteError::Stale { .. } => ApiError::BadRequest(e.to_string()),
         WriteError::Store(s) => ApiError::Unavailable(format!("config not stored: {s}")),
     }
 }
@@ -98,25 +111,11 @@ impl NodeApi for Agent {
         }
     }
 
-    async fn create_token(&self, ttl: Duration) -> Result<TokenView, ApiError> {
-        if let Some(a) = &self.ca {
-            let (token, expires) = a
-                .create_token(ttl, SystemTime::now())
-                .map_err(|r| api_error(r.kind, r.message))?;
-            return Ok(TokenView {
-                token: token.to_string(),
-                id: token.id().to_string(),
-                expires_at_unix: expires,
-            });
-        }
-        match self
-            .ca_client
-            .call(&CtlRequest::CreateToken {
-                ttl_secs: ttl.as_secs(),
-            })
-            .await
-            .map_err(ca_unavailable)?
-        {
+    async fn create_token(&self, ttl: Duration, caller: Caller) -> Result<TokenView, ApiError> {
+        let act = Act::CreateToken {
+            ttl_secs: ttl.as_secs(),
+        };
+        match self.run_on_ca(&caller, act).await? {
             CtlResponse::Token {
                 token,
                 id,
@@ -126,10 +125,7 @@ impl NodeApi for Agent {
                 id,
                 expires_at_unix,
             }),
-            CtlResponse::Error { kind, message } => Err(api_error(kind, message)),
-            _ => Err(ApiError::Unavailable(
-                "unexpected answer from the CA node".into(),
-            )),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -137,18 +133,29 @@ impl NodeApi for Agent {
         keys_view(&self.gossip.keyring().get())
     }
 
-    async fn gossip_key_op(&self, body: Vec<u8>) -> Result<Vec<KeyringNodeResult>, ApiError> {
+    async fn gossip_key_op(
+        &self,
+        body: Vec<u8>,
+        caller: Caller,
+    ) -> Result<Vec<KeyringNodeResult>, ApiError> {
         let op: keyring::KeyringOp = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!(
                 "keyring change: {e} (expected {{\"op\":\"install\",\"key\":B64}}, {{\"op\":\"use\",\"id\":HEX}} or {{\"op\":\"remove\",\"id\":HEX}})"
             ))
         })?;
+        let (verified, signed) = self.authorize(&caller, &Act::Keyring { change: op }, true)?;
         // Here first: a change this node refuses is refused for the cluster.
-        let ring = keyring::apply(&op, self.gossip.keyring(), &self.identity.files)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let ring = match execute(&verified, None, &self.gossip, &self.identity).await {
+            CtlResponse::Keyring { primary, keys } => GossipKeysView {
+                primary: format!("{primary:08x}"),
+                keys: keys.iter().map(|k| format!("{k:08x}")).collect(),
+            },
+            CtlResponse::Error { kind, message } => return Err(api_error(kind, message)),
+            other => return Err(unexpected(other)),
+        };
         let mut results = vec![KeyringNodeResult {
             node: self.identity.info.name.to_string(),
-            keyring: Some(keys_view(&ring)),
+            keyring: Some(ring),
             error: None,
         }];
         let peers: Vec<_> = self
@@ -157,7 +164,7 @@ impl NodeApi for Agent {
             .into_iter()
             .filter(|m| !m.is_self && m.status == weft_gossip::MemberStatus::Alive && !m.revoked)
             .collect();
-        let request = CtlRequest::Keyring { change: op };
+        let request = CtlRequest::Operator { signed };
         let calls = peers.iter().map(|m| {
             let request = request.clone();
             async move {
@@ -185,34 +192,46 @@ impl NodeApi for Agent {
         Ok(results)
     }
 
-    async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
+    async fn revoke(&self, node: String, caller: Caller) -> Result<RevokeView, ApiError> {
         let name = NodeName::new(node).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let serials = if let Some(a) = &self.ca {
-            let s = a
-                .revoke(&name, SystemTime::now())
-                .map_err(|r| api_error(r.kind, r.message))?;
-            self.sync_revocations().await;
-            s
-        } else {
-            match self
-                .ca_client
-                .call(&CtlRequest::Revoke { node: name.clone() })
-                .await
-                .map_err(ca_unavailable)?
-            {
-                CtlResponse::Revoked { serials } => serials,
-                CtlResponse::Error { kind, message } => return Err(api_error(kind, message)),
-                _ => {
-                    return Err(ApiError::Unavailable(
-                        "unexpected answer from the CA node".into(),
-                    ))
-                }
+        let act = Act::Revoke { node: name.clone() };
+        match self.run_on_ca(&caller, act).await? {
+            CtlResponse::Revoked { serials } => {
+                self.sync_revocations().await;
+                Ok(RevokeView {
+                    node: name.to_string(),
+                    serials,
+                })
             }
-        };
-        Ok(RevokeView {
-            node: name.to_string(),
-            serials,
-        })
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn operators(
+        &self,
+        body: Vec<u8>,
+        caller: Caller,
+    ) -> Result<serde_json::Value, ApiError> {
+        let act: Act = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("operator request: {e}")))?;
+        if !matches!(
+            act,
+            Act::OperatorCreate { .. } | Act::OperatorRevoke { .. } | Act::OperatorList
+        ) {
+            return Err(ApiError::BadRequest(
+                "only operator_create, operator_revoke and operator_list are accepted here".into(),
+            ));
+        }
+        let revoking = matches!(act, Act::OperatorRevoke { .. });
+        match self.run_on_ca(&caller, act).await? {
+            CtlResponse::Answer { value } => {
+                if revoking {
+                    self.sync_revocations().await;
+                }
+                Ok(value)
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn leave(&self) -> Result<(), ApiError> {
@@ -322,17 +341,29 @@ impl NodeApi for Agent {
         kind: String,
         name: String,
         body: Vec<u8>,
+        caller: Caller,
     ) -> Result<serde_json::Value, ApiError> {
         let kind: Kind = kind
             .parse()
             .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
         let value: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-        let entry = self
-            .config
-            .write(kind, &name, Some(value))
-            .map_err(config_error)?;
+        let entry = self.signed_entry(&caller, kind, &name, Some(value))?;
+        let entry = self.config.apply_signed(entry).map_err(config_error)?;
         Ok(serde_json::to_value(entry).unwrap_or_default())
+    }
+
+    async fn config_stamp(&self, kind: String, name: String) -> Result<StampView, ApiError> {
+        let kind: Kind = kind
+            .parse()
+            .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
+        crate::cluster_config::validate_name(kind, &name)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(StampView {
+            cluster: self.identity.info.cluster.to_string(),
+            node: self.identity.info.name.to_string(),
+            version: serde_json::to_value(self.config.stamp(kind, &name)).unwrap_or_default(),
+        })
     }
 
     async fn config_history(
@@ -353,14 +384,20 @@ impl NodeApi for Agent {
         Ok(serde_json::to_value(h).unwrap_or_default())
     }
 
-    async fn config_delete(&self, kind: String, name: String) -> Result<(), ApiError> {
+    async fn config_delete(
+        &self,
+        kind: String,
+        name: String,
+        caller: Caller,
+    ) -> Result<(), ApiError> {
         let kind: Kind = kind
             .parse()
             .map_err(|e: crate::cluster_config::KindError| ApiError::BadRequest(e.to_string()))?;
         if self.config.get(kind, &name).is_none() {
             return Err(ApiError::NotFound(format!("no {kind} {name}")));
         }
-        self.config.write(kind, &name, None).map_err(config_error)?;
+        let entry = self.signed_entry(&caller, kind, &name, None)?;
+        self.config.apply_signed(entry).map_err(config_error)?;
         Ok(())
     }
 
@@ -416,6 +453,148 @@ fn keys_view(ring: &weft_gossip::Keyring) -> GossipKeysView {
 }
 
 impl Agent {
+    /// The signed envelope a caller brings: their `Weft-Operator` header, or, with this
+    /// node's admin token on a node that holds an admin credential, `act` signed here.
+    fn envelope(&self, caller: &Caller, act: &Act) -> Result<Option<Signed>, ApiError> {
+        if let Some(h) = &caller.signed {
+            return Signed::from_header(h)
+                .map(Some)
+                .map_err(ApiError::BadRequest);
+        }
+        match &self.admin_credential {
+            Some(cred) if caller.local_admin => cred
+                .sign(
+                    self.identity.info.cluster.clone(),
+                    self.identity.info.name.as_str(),
+                    act.clone(),
+                    SystemTime::now(),
+                )
+                .map(Some)
+                .map_err(|e| ApiError::Unavailable(e.to_string())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Verifies that the caller may do `act`; `consume` when it executes here.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        act: &Act,
+        consume: bool,
+    ) -> Result<(Verified, Signed), ApiError> {
+        let signed = self.envelope(caller, act)?;
+        let v = self
+            .authority
+            .command(signed.as_ref(), act, SystemTime::now(), consume)
+            .map_err(|e| ApiError::NotAllowed(e.to_string()))?;
+        let signed = signed.ok_or_else(|| ApiError::NotAllowed("unsigned".into()))?;
+        Ok((v, signed))
+    }
+
+    /// Runs a CA act: here on the CA node, otherwise verified here (for a clear answer)
+    /// and forwarded to the CA node, which verifies it again and executes it.
+    async fn run_on_ca(&self, caller: &Caller, act: Act) -> Result<CtlResponse, ApiError> {
+        let here = self.ca.is_some();
+        let (v, signed) = self.authorize(caller, &act, here)?;
+        let answer = if here {
+            execute(&v, self.ca.as_deref(), &self.gossip, &self.identity).await
+        } else {
+            self.ca_client
+                .call(&CtlRequest::Operator { signed })
+                .await
+                .map_err(ca_unavailable)?
+        };
+        match answer {
+            CtlResponse::Error { kind, message } => Err(api_error(kind, message)),
+            other => Ok(other),
+        }
+    }
+
+    /// The entry a config write makes: the version and signature from the caller's
+    /// envelope, or stamped and signed here with the node's admin credential.
+    fn signed_entry(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        name: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<Entry, ApiError> {
+        let (version, auth) = match &caller.signed {
+            Some(h) => {
+                let signed = Signed::from_header(h).map_err(ApiError::BadRequest)?;
+                let payload: crate::authority::Payload = serde_json::from_str(&signed.payload)
+                    .map_err(|e| ApiError::BadRequest(format!("signed payload: {e}")))?;
+                let Act::ConfigWrite { version, .. } = payload.act else {
+                    return Err(ApiError::NotAllowed(format!(
+                        "the signature is for {}, not a config write",
+                        payload.act.label()
+                    )));
+                };
+                (version, Some(signed))
+            }
+            None => {
+                let version = self.config.stamp(kind, name);
+                let act = Act::ConfigWrite {
+                    kind,
+                    name: name.to_owned(),
+                    version: version.clone(),
+                    value: value.clone(),
+                };
+                (version, self.envelope(caller, &act)?)
+            }
+        };
+        Ok(Entry {
+            kind,
+            name: name.to_owned(),
+            version,
+            value,
+            auth,
+        })
+    }
+
+    /// On the node that holds an admin credential: signs again (as new versions) the
+    /// config entries written before signatures existed, so that every node, including
+    /// ones that join later, accepts them.
+    pub fn sign_legacy_config(&self) {
+        let Some(cred) = &self.admin_credential else {
+            return;
+        };
+        for old in self.config.unsigned() {
+            let version = self.config.stamp(old.kind, &old.name);
+            let act = Act::ConfigWrite {
+                kind: old.kind,
+                name: old.name.clone(),
+                version: version.clone(),
+                value: old.value.clone(),
+            };
+            let signed = match cred.sign(
+                self.identity.info.cluster.clone(),
+                self.identity.info.name.as_str(),
+                act,
+                SystemTime::now(),
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sign a config entry written before signatures");
+                    return;
+                }
+            };
+            let entry = Entry {
+                version,
+                auth: Some(signed),
+                ..old
+            };
+            match self.config.apply_signed(entry) {
+                Ok(e) => {
+                    info!(kind = %e.kind, name = %e.name, "config entry written before signatures signed with the admin credential")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sign a config entry written before signatures")
+                }
+            }
+        }
+    }
+
     /// Sets the gauges that describe this node's state, just before a scrape.
     async fn refresh_gauges(&self) {
         let m = &self.data.metrics;

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use weft_ca::TrustRoot;
 use weft_gossip::{Gossip, GossipConfig, GossipStats, SharedKeyring};
 
+use crate::authority::Authority;
 use crate::ca_role::CaRole;
 use crate::catalog::{LocalServices, RegistryError};
 use crate::cluster_config::ConfigReplica;
@@ -120,10 +121,6 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
     let ctl_config = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
     let data_config = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
-    let config = Arc::new(ConfigReplica::load(
-        store.clone(),
-        identity.info.name.as_str(),
-    )?);
     let services = Arc::new(LocalServices::new(
         store.clone(),
         vec![settings.bind, settings.advertise],
@@ -149,6 +146,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         .collect();
     let keyring = SharedKeyring::new(identity.keyring.clone());
     let gossip_stats = Arc::new(GossipStats::default());
+    let metrics = Arc::new(Metrics::new(gossip_stats.clone()));
     let records = RecordSigner::default();
     let node_identity = Arc::new(NodeIdentity::new(
         identity.info.clone(),
@@ -160,6 +158,17 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         files,
         store.clone(),
     )?);
+    let authority = Arc::new(Authority::new(
+        trust.clone(),
+        node_identity.clone(),
+        metrics.authority_refused.clone(),
+    ));
+    let config = Arc::new(ConfigReplica::load(
+        store.clone(),
+        node_identity.info.name.as_str(),
+        authority.clone(),
+    )?);
+    let admin_credential = setup::admin_credential(&settings.data_dir, &trust, ca.as_deref())?;
 
     // The first record is signed before gossip starts; the agent re-signs from then on.
     let boot_record = boot_record(&node_identity, &settings, ca.is_some());
@@ -197,7 +206,6 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
             addr: format!("{}/tcp", settings.proxy),
             source,
         })?;
-    let metrics = Arc::new(Metrics::new(gossip_stats));
     let shutdown_logs = tokio_util::sync::CancellationToken::new();
     let access_log = AccessLog::start(
         settings.access_log.clone(),
@@ -233,8 +241,11 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         config,
         data,
         admin_token,
+        authority,
+        admin_credential,
         shutdown,
     });
+    agent.sign_legacy_config();
     agent.publish_record().await;
     agent.publish_services().await;
     // The catalog holds this node's own services before the API can answer "ready".
@@ -248,6 +259,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         ca_client: agent.ca_client.clone(),
         gossip: agent.gossip.clone(),
         config: agent.config.clone(),
+        authority: agent.authority.clone(),
         data: agent.data.clone(),
         shutdown: agent.shutdown.clone(),
     });

@@ -44,6 +44,14 @@ pub enum SetupError {
     /// A token without a seed to use it with.
     #[error("--token needs at least one --join SEED")]
     TokenWithoutSeed,
+    /// The admin credential could not be issued or written.
+    #[error("cannot provide {path}: {reason}")]
+    AdminCredential {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The certificate expired while the agent was down.
     #[error("this node's certificate expired at unix {0} while the agent was down; re-join with a new token: weft token create (on a member), then start with --join SEED --token TOKEN")]
     Expired(u64),
@@ -206,4 +214,51 @@ async fn refresh_if_expired(
         &joined.keyring,
     )?;
     files.load().map_err(Into::into)
+}
+
+/// Lifetime of the admin credential the CA node issues itself.
+const ADMIN_CREDENTIAL_TTL: Duration = Duration::from_secs(365 * 86400);
+/// The CA node re-issues its admin credential when less than this is left.
+const ADMIN_CREDENTIAL_RENEW: Duration = Duration::from_secs(30 * 86400);
+
+/// `<data-dir>/admin-credential`: loaded where it exists; on the CA node written at
+/// bootstrap, on the first start after an upgrade (in place of the admin token, which
+/// then stands for it), and again before it expires.
+pub fn admin_credential(
+    data_dir: &std::path::Path,
+    trust: &weft_ca::TrustRoot,
+    ca: Option<&crate::ca_role::CaRole>,
+) -> Result<Option<std::sync::Arc<crate::authority::Credential>>, SetupError> {
+    use crate::authority::Credential;
+    let path = data_dir.join("admin-credential");
+    let fail = |reason: String| SetupError::AdminCredential {
+        path: path.display().to_string(),
+        reason,
+    };
+    let now = std::time::SystemTime::now();
+    let current = match crate::store::files::read_limited(&path, 64 * 1024) {
+        Ok(bytes) => String::from_utf8(bytes)
+            .ok()
+            .and_then(|s| Credential::parse(&s).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let fresh = current.as_ref().is_some_and(|c| {
+        trust
+            .verify_operator(c.cert_der(), now + ADMIN_CREDENTIAL_RENEW)
+            .is_ok()
+    });
+    let Some(ca) = ca else {
+        return Ok(current.map(std::sync::Arc::new));
+    };
+    if fresh {
+        return Ok(current.map(std::sync::Arc::new));
+    }
+    let cred = ca
+        .issue_admin_credential(ADMIN_CREDENTIAL_TTL, now)
+        .map_err(|r| fail(r.message))?;
+    crate::store::files::write_atomic(&path, cred.encode().as_bytes(), 0o600)
+        .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(path = %path.display(), "admin credential written (operator admin, role admin)");
+    Ok(Some(std::sync::Arc::new(cred)))
 }

@@ -41,8 +41,13 @@ pub struct Agent {
     pub config: Arc<ConfigReplica>,
     /// Everything the data plane reads.
     pub data: Arc<ProxyInputs>,
-    /// The admin token.
+    /// The admin token: node-local actions, and on a node that holds an admin
+    /// credential, that credential.
     pub admin_token: String,
+    /// Verifies what operators signed.
+    pub authority: Arc<crate::authority::Authority>,
+    /// `<data-dir>/admin-credential`, when this node holds one (the bootstrap node).
+    pub admin_credential: Option<Arc<crate::authority::Credential>>,
     /// Cancelled when the agent must stop.
     pub shutdown: CancellationToken,
 }

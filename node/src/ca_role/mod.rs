@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 use weft_ca::{
-    unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeName, TokenRefusal,
+    unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeKey, NodeName, OperatorName,
+    Role, TokenRefusal,
 };
 use weft_gossip::{encode_signed, Gossip, RevocationList, Revoked};
 
@@ -35,6 +36,8 @@ pub enum RefusalKind {
     Unavailable,
     /// The request is malformed.
     BadRequest,
+    /// Not signed by an operator allowed to do it.
+    Forbidden,
 }
 
 /// A join request whose fields all parsed (from `rpc::JoinRequest`).
@@ -76,6 +79,32 @@ impl From<StoreError> for Refusal {
             "the CA's store failed; see its log",
         )
     }
+}
+
+/// What the CA remembers of an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    /// Name.
+    pub name: OperatorName,
+    /// Role.
+    pub role: Role,
+    /// Serial of its newest certificate.
+    pub serial: String,
+    /// Expiry of that certificate, Unix seconds.
+    pub not_after_unix: u64,
+    /// When it was issued, Unix seconds.
+    pub issued_at_unix: u64,
+    /// Revoked (every certificate it had).
+    pub revoked: bool,
+}
+
+/// Shortest and longest operator credential lifetimes.
+pub const OPERATOR_TTL: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(3600)..=Duration::from_secs(400 * 86400);
+
+/// The store's index key of an operator's serials (never a valid node name).
+fn operator_key(name: &OperatorName) -> String {
+    format!("operator:{name}")
 }
 
 /// Longest join-token lifetime accepted.
@@ -293,13 +322,23 @@ impl CaRole {
                 format!("no certificate was issued to {node}"),
             ));
         }
+        self.revoke_serials(node, serials, now)
+    }
+
+    /// Adds `serials` (of `label`, a node or an operator) to the revocation list.
+    fn revoke_serials(
+        &self,
+        label: &NodeName,
+        serials: Vec<String>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, Refusal> {
         let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = crl.clone();
         let mut added = Vec::new();
         for serial in serials {
             if !next.is_revoked(&serial) {
                 next.revoked.push(Revoked {
-                    node: node.clone(),
+                    node: label.clone(),
                     serial: serial.clone(),
                     revoked_at_unix: unix(now),
                 });
@@ -310,9 +349,117 @@ impl CaRole {
             next.version += 1;
             self.store.set_crl(&next)?;
             *crl = next;
-            warn!(node = %node, serials = ?added, "certificates revoked");
+            warn!(name = %label, serials = ?added, "certificates revoked");
         }
         Ok(added)
+    }
+
+    /// Issues an operator credential's certificate for `csr` (which may name only the
+    /// operator). An existing, unrevoked operator of that name is refused: revoke first.
+    pub fn create_operator(
+        &self,
+        name: &OperatorName,
+        role: Role,
+        ttl: Duration,
+        csr: &[u8],
+        now: SystemTime,
+    ) -> Result<IssuedCert, Refusal> {
+        if !OPERATOR_TTL.contains(&ttl) {
+            return Err(Refusal::new(
+                RefusalKind::BadRequest,
+                "operator credential ttl must be between 1h and 400d",
+            ));
+        }
+        if let Some(r) = self.store.operator::<OperatorRecord>(name.as_str())? {
+            if !r.revoked && r.not_after_unix > unix(now) {
+                return Err(Refusal::new(
+                    RefusalKind::NameTaken,
+                    format!("operator {name} exists; `weft operator revoke {name}` first"),
+                ));
+            }
+        }
+        self.issue_operator(name, role, ttl, csr, now)
+    }
+
+    fn issue_operator(
+        &self,
+        name: &OperatorName,
+        role: Role,
+        ttl: Duration,
+        csr: &[u8],
+        now: SystemTime,
+    ) -> Result<IssuedCert, Refusal> {
+        let issued = self
+            .ca
+            .sign_operator_csr(csr, name, role, ttl, now)
+            .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
+        let entry = NameEntry {
+            serial: issued.serial.clone(),
+            not_after_unix: issued.not_after_unix,
+        };
+        if !self.store.record_issued(&operator_key(name), &entry)? {
+            return Err(Refusal::new(
+                RefusalKind::Unavailable,
+                "serial collision; retry",
+            ));
+        }
+        self.store.put_operator(
+            name.as_str(),
+            &OperatorRecord {
+                name: name.clone(),
+                role,
+                serial: issued.serial.clone(),
+                not_after_unix: issued.not_after_unix,
+                issued_at_unix: unix(now),
+                revoked: false,
+            },
+        )?;
+        info!(operator = %name, %role, serial = %issued.serial, "operator credential issued");
+        Ok(issued)
+    }
+
+    /// Issues this node's own admin credential (bootstrap, upgrade, and before the old
+    /// one expires): a fresh key, role admin, operator name `admin`.
+    pub fn issue_admin_credential(
+        &self,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<crate::authority::Credential, Refusal> {
+        let name = OperatorName::new("admin")
+            .map_err(|e| Refusal::new(RefusalKind::BadRequest, e.to_string()))?;
+        let key = NodeKey::generate()
+            .map_err(|e| Refusal::new(RefusalKind::Unavailable, e.to_string()))?;
+        let csr = key
+            .named_csr_der(name.as_str())
+            .map_err(|e| Refusal::new(RefusalKind::Unavailable, e.to_string()))?;
+        let issued = self.issue_operator(&name, Role::Admin, ttl, &csr, now)?;
+        Ok(crate::authority::Credential::new(key, issued.der))
+    }
+
+    /// Revokes every credential of operator `name`.
+    pub fn revoke_operator(
+        &self,
+        name: &OperatorName,
+        now: SystemTime,
+    ) -> Result<Vec<String>, Refusal> {
+        let Some(mut record) = self.store.operator::<OperatorRecord>(name.as_str())? else {
+            return Err(Refusal::new(
+                RefusalKind::BadRequest,
+                format!("no operator {name}"),
+            ));
+        };
+        let serials = self.store.serials_of(&operator_key(name))?;
+        let label = NodeName::new(name.as_str())
+            .map_err(|e| Refusal::new(RefusalKind::BadRequest, e.to_string()))?;
+        let added = self.revoke_serials(&label, serials, now)?;
+        record.revoked = true;
+        self.store.put_operator(name.as_str(), &record)?;
+        Ok(added)
+    }
+
+    /// Every operator the CA issued a credential to.
+    pub fn operators(&self) -> Result<Vec<OperatorRecord>, Refusal> {
+        Ok(self.store.operators()?)
     }
 
     /// The revocation list, signed by the CA, for gossip (None while empty).

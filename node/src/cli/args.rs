@@ -64,6 +64,12 @@ pub enum Command {
         #[command(subcommand)]
         action: super::config_cmd::PolicyAction,
     },
+    /// Operator credentials: who may change the cluster (admin).
+    Operator {
+        /// Operator action.
+        #[command(subcommand)]
+        action: OperatorAction,
+    },
     /// Register or deregister a service on the local agent.
     Service {
         /// Service action.
@@ -123,6 +129,36 @@ pub struct RegisterArgs {
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `weft operator …`
+#[derive(Debug, Subcommand)]
+pub enum OperatorAction {
+    /// Issue a credential and print it once (admin). The key is made here and never
+    /// leaves this host but in what is printed.
+    Create {
+        /// Operator name (a person or an automation).
+        name: String,
+        /// viewer (reads), operator (config entries) or admin (everything).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// Lifetime (e.g. 90d, 12h).
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List operators (any role).
+    List(ClientArgs),
+    /// Revoke an operator's credentials everywhere (admin).
+    Revoke {
+        /// Operator name.
+        name: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `weft token …`
@@ -190,9 +226,13 @@ pub struct ClientArgs {
     /// The agent's API address.
     #[arg(long, env = "WEFT_API", default_value = "127.0.0.1:7070")]
     pub api: String,
-    /// Data directory holding `admin-token` (when WEFT_TOKEN is not set).
+    /// Data directory holding `admin-credential` and `admin-token` (when neither
+    /// WEFT_TOKEN nor --credential is given).
     #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
     pub data_dir: PathBuf,
+    /// File holding an operator credential (from `weft operator create`).
+    #[arg(long, env = "WEFT_CREDENTIAL")]
+    pub credential: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

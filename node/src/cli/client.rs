@@ -5,15 +5,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
-use weft_web::{GossipKeysView, KeyringNodeResult, MemberView, RevokeView, ServiceView, TokenView};
+use weft_web::{
+    GossipKeysView, KeyringNodeResult, MemberView, NodeStatus, RevokeView, ServiceView, StampView,
+    TokenView, OPERATOR_HEADER,
+};
 
-use super::args::{ClientArgs, RegisterArgs};
+use super::args::{ClientArgs, OperatorAction, RegisterArgs};
+use crate::authority::{Act, Credential};
 
 /// An HTTP client for the local agent.
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
     data_dir: std::path::PathBuf,
+    credential: Option<std::path::PathBuf>,
 }
 
 impl ApiClient {
@@ -32,12 +37,125 @@ impl ApiClient {
             base,
             http,
             data_dir: args.data_dir.clone(),
+            credential: args.credential.clone(),
         })
+    }
+
+    /// The operator credential: `--credential FILE`, `WEFT_TOKEN` holding one, or
+    /// `<data-dir>/admin-credential` when readable.
+    fn credential(&self) -> anyhow::Result<Option<Credential>> {
+        if let Some(path) = &self.credential {
+            let s = std::fs::read_to_string(path)
+                .with_context(|| format!("--credential {}", path.display()))?;
+            return Credential::parse(&s)
+                .map(Some)
+                .with_context(|| format!("--credential {}", path.display()));
+        }
+        if let Ok(t) = std::env::var("WEFT_TOKEN") {
+            if Credential::looks_like(&t) {
+                return Credential::parse(&t).map(Some).context("WEFT_TOKEN");
+            }
+        }
+        let path = self.data_dir.join("admin-credential");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Credential::parse(&s)
+                .map(Some)
+                .with_context(|| path.display().to_string()),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends `act`'s request signed with the operator credential (and the admin token
+    /// too when readable: on the node holding an admin credential it stands for it).
+    /// `signer`: the act, the credential, and the cluster and node names to sign for.
+    async fn send_signed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        signer: Option<(Act, &Credential, &str, &str)>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Ok(token) = self.admin_token() {
+            req = req.bearer_auth(token);
+        }
+        if let Some((act, cred, cluster, node)) = signer {
+            let cluster = weft_ca::ClusterName::new(cluster).context("the agent's cluster name")?;
+            let signed = cred.sign(cluster, node, act, std::time::SystemTime::now())?;
+            req = req.header(OPERATOR_HEADER, signed.to_header());
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.map_err(|e| self.unreachable(e))
+    }
+
+    /// A cluster-wide act (not a config write), signed with the credential when there
+    /// is one; parses the JSON answer.
+    pub async fn act<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        act: Act,
+    ) -> anyhow::Result<T> {
+        let cred = self.credential()?;
+        let me: Option<NodeStatus> = match &cred {
+            Some(_) => Some(self.get("/v1/self").await?),
+            None => None,
+        };
+        let signer = cred
+            .as_ref()
+            .zip(me.as_ref())
+            .map(|(c, me)| (act, c, me.cluster.as_str(), me.name.as_str()));
+        let resp = self.send_signed(method, path, body, signer).await?;
+        Self::parse(resp).await
+    }
+
+    /// A config write (`value: None` deletes), stamped by the agent and signed here.
+    pub async fn config_write(
+        &self,
+        kind: &str,
+        name: &str,
+        value: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let cred = self.credential()?;
+        let parsed_kind: crate::cluster_config::Kind = kind.parse()?;
+        let path = format!("/v1/config/{kind}/{name}");
+        let (method, body) = match &value {
+            Some(v) => (reqwest::Method::PUT, Some(v.clone())),
+            None => (reqwest::Method::DELETE, None),
+        };
+        let resp = match &cred {
+            Some(cred) => {
+                let stamp: StampView = self.get(&format!("{path}/stamp")).await?;
+                let version =
+                    serde_json::from_value(stamp.version).context("the agent's version stamp")?;
+                let act = Act::ConfigWrite {
+                    kind: parsed_kind,
+                    name: name.to_owned(),
+                    version,
+                    value,
+                };
+                self.send_signed(
+                    method,
+                    &path,
+                    body,
+                    Some((act, cred, &stamp.cluster, &stamp.node)),
+                )
+                .await?
+            }
+            None => self.send_signed(method, &path, body, None).await?,
+        };
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(serde_json::Value::Null);
+        }
+        Self::parse(resp).await
     }
 
     fn admin_token(&self) -> anyhow::Result<String> {
         if let Ok(t) = std::env::var("WEFT_TOKEN") {
-            if !t.trim().is_empty() {
+            if !t.trim().is_empty() && !Credential::looks_like(&t) {
                 return Ok(t.trim().to_owned());
             }
         }
@@ -89,18 +207,6 @@ impl ApiClient {
     ) -> anyhow::Result<T> {
         let resp = self
             .send_admin(reqwest::Method::POST, path, Some(body))
-            .await?;
-        Self::parse(resp).await
-    }
-
-    /// PUT JSON with the admin token and parse the JSON answer.
-    pub async fn put_json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: serde_json::Value,
-    ) -> anyhow::Result<T> {
-        let resp = self
-            .send_admin(reqwest::Method::PUT, path, Some(body))
             .await?;
         Self::parse(resp).await
     }
@@ -202,9 +308,13 @@ pub async fn token_create(args: &ClientArgs, ttl: &str) -> anyhow::Result<()> {
         .with_context(|| format!("--ttl {ttl:?}: expected e.g. 10m or 1h"))?;
     let client = ApiClient::new(args)?;
     let token: TokenView = client
-        .post(
+        .act(
+            reqwest::Method::POST,
             "/v1/tokens",
-            serde_json::json!({ "ttl_secs": ttl.as_secs() }),
+            Some(serde_json::json!({ "ttl_secs": ttl.as_secs() })),
+            Act::CreateToken {
+                ttl_secs: ttl.as_secs(),
+            },
         )
         .await?;
     if args.json {
@@ -223,8 +333,14 @@ pub async fn token_create(args: &ClientArgs, ttl: &str) -> anyhow::Result<()> {
 /// `weft node revoke NAME`
 pub async fn node_revoke(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
     let client = ApiClient::new(args)?;
+    let node = weft_ca::NodeName::new(name)?;
     let r: RevokeView = client
-        .post(&format!("/v1/nodes/{name}/revoke"), serde_json::json!({}))
+        .act(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{name}/revoke"),
+            None,
+            Act::Revoke { node },
+        )
         .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -254,7 +370,15 @@ pub async fn gossip_keys(args: &ClientArgs) -> anyhow::Result<()> {
 /// Fails (non-zero) if any alive member did not apply it; every step can be repeated.
 pub async fn gossip_key_op(args: &ClientArgs, op: serde_json::Value) -> anyhow::Result<()> {
     let client = ApiClient::new(args)?;
-    let results: Vec<KeyringNodeResult> = client.post("/v1/gossip/keys", op).await?;
+    let change: crate::identity::keyring::KeyringOp = serde_json::from_value(op.clone())?;
+    let results: Vec<KeyringNodeResult> = client
+        .act(
+            reqwest::Method::POST,
+            "/v1/gossip/keys",
+            Some(op),
+            Act::Keyring { change },
+        )
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
@@ -386,4 +510,84 @@ pub async fn service_deregister(args: &ClientArgs, name: &str) -> anyhow::Result
         println!("deregistered {name}");
     }
     Ok(())
+}
+
+/// `weft operator create|list|revoke`
+pub async fn operator(action: &OperatorAction) -> anyhow::Result<()> {
+    match action {
+        OperatorAction::Create {
+            name,
+            role,
+            ttl,
+            client: args,
+        } => {
+            let name = weft_ca::OperatorName::new(name.as_str())?;
+            let role: weft_ca::Role = role.parse()?;
+            let ttl = humantime::parse_duration(ttl)
+                .with_context(|| format!("--ttl {ttl:?}: expected e.g. 90d or 12h"))?;
+            let key = weft_ca::NodeKey::generate()?;
+            let csr = key.named_csr_der(name.as_str())?;
+            let act = Act::OperatorCreate {
+                name: name.clone(),
+                role,
+                ttl_secs: ttl.as_secs(),
+                csr: crate::rpc::messages::b64(&csr),
+            };
+            let client = ApiClient::new(args)?;
+            let body = serde_json::to_value(&act)?;
+            let answer: serde_json::Value = client
+                .act(reqwest::Method::POST, "/v1/operators", Some(body), act)
+                .await?;
+            let cert = answer["cert"]
+                .as_str()
+                .and_then(|c| crate::rpc::messages::unb64(c, "cert").ok())
+                .context("the CA's answer holds no certificate")?;
+            let credential = Credential::new(key, cert);
+            println!("{}", credential.encode());
+            eprintln!(
+                "operator {name} ({role}) expires {}; this credential is shown once: keep it in a 0600 file (--credential FILE) or WEFT_TOKEN",
+                ago_or_in(answer["not_after_unix"].as_u64().unwrap_or(0))
+            );
+            Ok(())
+        }
+        OperatorAction::List(args) => {
+            let client = ApiClient::new(args)?;
+            let act = Act::OperatorList;
+            let body = serde_json::to_value(&act)?;
+            let list: Vec<crate::ca_role::OperatorRecord> = client
+                .act(reqwest::Method::POST, "/v1/operators", Some(body), act)
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!("{:<20} {:<9} {:<10} EXPIRES", "NAME", "ROLE", "STATE");
+            for o in list {
+                let state = if o.revoked { "revoked" } else { "active" };
+                println!(
+                    "{:<20} {:<9} {:<10} {}",
+                    o.name,
+                    o.role,
+                    state,
+                    ago_or_in(o.not_after_unix)
+                );
+            }
+            Ok(())
+        }
+        OperatorAction::Revoke { name, client: args } => {
+            let name = weft_ca::OperatorName::new(name.as_str())?;
+            let client = ApiClient::new(args)?;
+            let act = Act::OperatorRevoke { name: name.clone() };
+            let body = serde_json::to_value(&act)?;
+            let answer: serde_json::Value = client
+                .act(reqwest::Method::POST, "/v1/operators", Some(body), act)
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("operator {name} revoked");
+            }
+            Ok(())
+        }
+    }
 }

@@ -193,9 +193,7 @@ async fn put(
     name: &str,
     value: serde_json::Value,
 ) -> anyhow::Result<serde_json::Value> {
-    client
-        .put_json(&format!("/v1/config/{kind}/{name}"), value)
-        .await
+    client.config_write(kind, name, Some(value)).await
 }
 
 /// Runs a `weft config` command.
@@ -255,12 +253,7 @@ pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
         }
         ConfigAction::Delete { kind, name, client } => {
             let c = ApiClient::new(client)?;
-            c.write(
-                reqwest::Method::DELETE,
-                &format!("/v1/config/{kind}/{name}"),
-                None,
-            )
-            .await?;
+            c.config_write(kind, name, None).await?;
             if !client.json {
                 println!("deleted {kind} {name}");
             }

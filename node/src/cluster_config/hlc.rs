@@ -31,7 +31,7 @@ impl PartialOrd for Hlc {
 
 /// Largest forward jump accepted from a remote stamp (protects against a peer with a
 /// clock far in the future dragging everyone's versions along).
-pub const MAX_DRIFT_MS: u64 = 5 * 60 * 1000;
+pub const MAX_DRIFT_MS: u64 = 10 * 1000;
 
 /// A node's clock state.
 #[derive(Debug, Clone)]

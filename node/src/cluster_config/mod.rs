@@ -11,7 +11,7 @@ pub mod state;
 pub mod sync;
 
 pub use applied::{Applied, AppliedView};
-pub use replica::{ConfigReplica, WriteError};
+pub use replica::{ConfigReplica, EntryCheck, WriteError};
 pub use state::{ConfigState, Entry, Kind, KindError};
 
 use crate::config::ValueError;

@@ -15,20 +15,38 @@ use super::validate;
 use crate::config::ValueError;
 use crate::store::{Store, StoreError};
 
+/// Checks that an entry was written by someone allowed to: the operator signature
+/// (implemented by `authority::Authority`).
+pub trait EntryCheck: Send + Sync {
+    /// `Ok` names the operator who signed it; `Err` is the one-line reason to refuse it.
+    fn check(&self, e: &Entry, now_ms: u64) -> Result<String, String>;
+}
+
 /// Why a write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The value does not validate.
     #[error(transparent)]
     Invalid(#[from] ValueError),
+    /// Not signed by an operator allowed to write it.
+    #[error("{0}")]
+    Refused(String),
+    /// This node already holds a newer version of the entry.
+    #[error("{kind}/{name} has a newer version than the one signed; run the command again")]
+    Stale {
+        /// Kind.
+        kind: Kind,
+        /// Name.
+        name: String,
+    },
     /// The store failed; nothing was applied.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// The replica.
-#[derive(Debug)]
 pub struct ConfigReplica {
+    check: Arc<dyn EntryCheck>,
     inner: Mutex<(ConfigState, Clock)>,
     applied: AppliedView,
     /// When this replica's digest last equalled every alive peer's (Unix ms).
@@ -37,10 +55,18 @@ pub struct ConfigReplica {
     version: watch::Sender<u64>,
 }
 
+impl std::fmt::Debug for ConfigReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigReplica").finish_non_exhaustive()
+    }
+}
+
 impl ConfigReplica {
     /// Loads the persisted entries (the data plane starts on the last known config even
     /// if no peer is reachable). Entries that no longer validate are skipped and logged.
-    pub fn load(store: Store, node: &str) -> Result<Self, StoreError> {
+    /// What this node stored was checked when it arrived (or predates signatures), so it
+    /// is not checked again; everything new is checked by `check`.
+    pub fn load(store: Store, node: &str, check: Arc<dyn EntryCheck>) -> Result<Self, StoreError> {
         let mut state = ConfigState::default();
         let mut clock = Clock::new(node);
         for e in store.config_entries::<Entry>()? {
@@ -55,6 +81,7 @@ impl ConfigReplica {
         }
         let applied = AppliedView::new(Applied::build(&state));
         Ok(Self {
+            check,
             inner: Mutex::new((state, clock)),
             applied,
             synced_at_ms: AtomicU64::new(crate::clock::unix_ms()),
@@ -102,31 +129,61 @@ impl ConfigReplica {
         }
     }
 
-    /// A local write (`value: None` deletes). Validated, stamped, persisted, applied.
-    pub fn write(
-        &self,
-        kind: Kind,
-        name: &str,
-        value: Option<serde_json::Value>,
-    ) -> Result<Entry, WriteError> {
-        match &value {
-            Some(v) => validate(kind, name, v)?,
-            None => super::validate_name(kind, name)?,
-        }
+    /// A version for a new write of `kind`/`name` by this node: after every version it
+    /// has seen, that one included. The operator signs it (see `apply_signed`).
+    pub fn stamp(&self, kind: Kind, name: &str) -> super::hlc::Hlc {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (state, clock) = &mut *guard;
-        let entry = Entry {
-            kind,
-            name: name.to_owned(),
-            version: clock.tick(crate::clock::unix_ms()),
-            value,
-        };
+        if let Some(cur) = state.get(kind, name) {
+            clock.observe(&cur.version, u64::MAX / 2);
+        }
+        clock.tick(crate::clock::unix_ms())
+    }
+
+    /// A signed write received by this node's API (`value: None` deletes): validated,
+    /// verified, persisted, applied.
+    pub fn apply_signed(&self, entry: Entry) -> Result<Entry, WriteError> {
+        match &entry.value {
+            Some(v) => validate(entry.kind, &entry.name, v)?,
+            None => super::validate_name(entry.kind, &entry.name)?,
+        }
+        let now = crate::clock::unix_ms();
+        let operator = self.check.check(&entry, now).map_err(WriteError::Refused)?;
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (state, clock) = &mut *guard;
+        if state
+            .get(entry.kind, &entry.name)
+            .is_some_and(|cur| cur.version >= entry.version)
+        {
+            return Err(WriteError::Stale {
+                kind: entry.kind,
+                name: entry.name,
+            });
+        }
+        if !clock.observe(&entry.version, now) {
+            return Err(WriteError::Refused(
+                "the entry's version is stamped in the future".into(),
+            ));
+        }
         self.store.put_config(&entry.store_key(), &entry)?;
         self.remember(&entry);
         state.merge(entry.clone());
         self.changed(state);
-        info!(kind = %kind, name, deleted = entry.value.is_none(), "config written");
+        info!(target: "weft::audit", kind = %entry.kind, name = %entry.name, %operator, version = entry.version.wall, deleted = entry.value.is_none(), "config written through this node");
         Ok(entry)
+    }
+
+    /// Entries this node holds that carry no operator signature (written before
+    /// signatures existed), for the root holder to sign again.
+    pub fn unsigned(&self) -> Vec<Entry> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .all()
+            .filter(|e| e.auth.is_none())
+            .cloned()
+            .collect()
     }
 
     /// Merges entries pulled from a peer: each is validated first; a bad one is logged and
@@ -143,14 +200,21 @@ impl ConfigReplica {
                     continue;
                 }
             }
-            if !clock.observe(&e.version, now) {
-                warn!(peer = from, kind = %e.kind, name = %e.name, "rejected a config entry stamped far in the future");
-                continue;
-            }
             let newer = state
                 .get(e.kind, &e.name)
                 .is_none_or(|cur| cur.version < e.version);
             if !newer {
+                continue;
+            }
+            let operator = match self.check.check(&e, now) {
+                Ok(operator) => operator,
+                Err(err) => {
+                    warn!(peer = from, kind = %e.kind, name = %e.name, error = %err, "refused a config entry from a peer: not signed by an allowed operator");
+                    continue;
+                }
+            };
+            if !clock.observe(&e.version, now) {
+                warn!(peer = from, kind = %e.kind, name = %e.name, "rejected a config entry stamped far in the future");
                 continue;
             }
             if let Err(err) = self.store.put_config(&e.store_key(), &e) {
@@ -158,6 +222,7 @@ impl ConfigReplica {
                 continue;
             }
             self.remember(&e);
+            info!(target: "weft::audit", kind = %e.kind, name = %e.name, %operator, version = e.version.wall, deleted = e.value.is_none(), peer = from, "config applied");
             state.merge(e);
             changed += 1;
         }

@@ -85,6 +85,11 @@ pub struct Entry {
     pub version: Hlc,
     /// The value, or None when deleted.
     pub value: Option<serde_json::Value>,
+    /// The operator's signature over kind, name, version and value (absent only on
+    /// entries written before operator credentials existed, which only the node that
+    /// stored them keeps trusting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::authority::envelope::Signed>,
 }
 
 impl Entry {
@@ -208,6 +213,7 @@ mod tests {
                 node: node.into(),
             },
             value: v.map(Into::into),
+            auth: None,
         }
     }
 

@@ -147,6 +147,14 @@ impl NodeIdentity {
             .is_revoked(serial)
     }
 
+    /// When the certificate with `serial` was revoked (Unix seconds), if it was.
+    pub fn revoked_at(&self, serial: &str) -> Option<u64> {
+        self.revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoked_at(serial)
+    }
+
     /// The version of the revocation list in force.
     pub fn revocation_version(&self) -> u64 {
         self.revoked
@@ -182,5 +190,11 @@ impl NodeIdentity {
     /// Resolves at the next `adopt_revocations` or `wake_connections`.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
+    }
+}
+
+impl crate::authority::Revocations for NodeIdentity {
+    fn revoked_at(&self, serial: &str) -> Option<u64> {
+        NodeIdentity::revoked_at(self, serial)
     }
 }

@@ -1,6 +1,7 @@
 //! Control requests between members (ALPN `weft-ctl/1`, client certificate required):
-//! config pulls, gossip keyring changes, and, on the CA node, renewals, forwarded joins,
-//! join tokens and revocations.
+//! config pulls, and, on the CA node, renewals and forwarded joins; a member's
+//! certificate grants nothing more. Cluster-wide changes arrive as operator-signed acts
+//! (`CtlRequest::Operator`), verified here before they are executed.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -11,7 +12,7 @@ use weft_ca::LeafInfo;
 use super::messages::{b64, decode, unb64, CtlRequest, CtlResponse, RefusalKind, MAX_REQUEST};
 use super::server::ServerInputs;
 use super::stream::{read_request, respond};
-use crate::identity::keyring;
+use crate::authority::execute::execute;
 
 /// Serves control requests on one connection until it closes.
 pub async fn serve(
@@ -56,35 +57,31 @@ async fn handle(
     req: CtlRequest,
     remote: SocketAddr,
 ) -> CtlResponse {
-    if let CtlRequest::ConfigPull = req {
-        return CtlResponse::Config {
-            entries: inputs.config.dump(),
-        };
-    }
-    if let CtlRequest::Keyring { change: op } = &req {
-        info!(by = %peer.id, "gossip keyring change from a member");
-        return match keyring::apply(op, inputs.gossip.keyring(), &inputs.identity.files) {
-            Ok(ring) => CtlResponse::Keyring {
-                primary: ring.primary,
-                keys: ring.ids(),
-            },
-            Err(e) => error(RefusalKind::BadRequest, e.to_string()),
-        };
-    }
-    let Some(ca) = &inputs.ca else {
-        return error(
-            RefusalKind::Unavailable,
-            format!("{} does not hold the CA", inputs.identity.info.name),
-        );
-    };
-    let now = SystemTime::now();
     match req {
+        CtlRequest::ConfigPull => CtlResponse::Config {
+            entries: inputs.config.dump(),
+        },
+        CtlRequest::Operator { signed } => {
+            match inputs.authority.any_command(&signed, SystemTime::now()) {
+                Ok(v) => {
+                    info!(via = %peer.id, operator = %v.operator.name, act = v.payload.act.label(), "operator act forwarded by a member");
+                    execute(&v, inputs.ca.as_deref(), &inputs.gossip, &inputs.identity).await
+                }
+                Err(e) => {
+                    warn!(%remote, peer = %peer.id, error = %e, "refused an operator act forwarded by a member");
+                    error(RefusalKind::Forbidden, e.to_string())
+                }
+            }
+        }
         CtlRequest::Renew { csr } => {
+            let Some(ca) = &inputs.ca else {
+                return not_ca(inputs);
+            };
             let csr = match unb64(&csr, "csr") {
                 Ok(c) => c,
                 Err(e) => return error(RefusalKind::BadRequest, e.to_string()),
             };
-            match ca.renew(peer, &csr, now) {
+            match ca.renew(peer, &csr, SystemTime::now()) {
                 Ok(issued) => CtlResponse::Cert {
                     cert: b64(&issued.der),
                 },
@@ -92,33 +89,18 @@ async fn handle(
             }
         }
         CtlRequest::Join(join) => {
+            if inputs.ca.is_none() {
+                return not_ca(inputs);
+            }
             info!(%remote, via = %peer.id, node = %join.name, "join request forwarded by a member");
             CtlResponse::Join(super::join_server::decide(inputs, join, remote).await)
         }
-        CtlRequest::CreateToken { ttl_secs } => {
-            match ca.create_token(std::time::Duration::from_secs(ttl_secs), now) {
-                Ok((token, expires)) => {
-                    info!(by = %peer.id, token_id = %token.id(), "join token created for a member");
-                    CtlResponse::Token {
-                        token: token.to_string(),
-                        id: token.id().to_string(),
-                        expires_at_unix: expires,
-                    }
-                }
-                Err(r) => error(r.kind, r.message),
-            }
-        }
-        CtlRequest::ConfigPull | CtlRequest::Keyring { .. } => {
-            error(RefusalKind::BadRequest, "handled above".into())
-        }
-        CtlRequest::Revoke { node: target } => match ca.revoke(&target, now) {
-            Ok(serials) => {
-                info!(by = %peer.id, node = %target, "revocation requested by a member");
-                ca.publish_revocations(&inputs.identity, &inputs.gossip)
-                    .await;
-                CtlResponse::Revoked { serials }
-            }
-            Err(r) => error(r.kind, r.message),
-        },
     }
+}
+
+fn not_ca(inputs: &ServerInputs) -> CtlResponse {
+    error(
+        RefusalKind::Unavailable,
+        format!("{} does not hold the CA", inputs.identity.info.name),
+    )
 }

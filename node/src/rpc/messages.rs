@@ -8,6 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use weft_ca::{ClusterName, JoinToken, NodeName};
 
+use crate::authority::Signed;
 use crate::cluster_config::Entry;
 use weft_gossip::Keyring;
 
@@ -147,22 +148,15 @@ pub enum CtlRequest {
     },
     /// A join request received by another member, forwarded to the CA node.
     Join(JoinRequest),
-    /// Create a join token (forwarded from a member's admin API).
-    CreateToken {
-        /// Lifetime in seconds.
-        ttl_secs: u64,
-    },
-    /// Revoke a node's certificates (forwarded from a member's admin API).
-    Revoke {
-        /// The node.
-        node: NodeName,
-    },
     /// Send every cluster-config entry (the caller's digest differs from ours).
     ConfigPull,
-    /// Apply a gossip keyring change (fanned out by the member whose admin API got it).
-    Keyring {
-        /// The change.
-        change: KeyringOp,
+    /// A cluster-wide change signed by an operator (join token, revocation, gossip key,
+    /// operator credentials), forwarded by the member whose API received it. The
+    /// receiver verifies the signature itself and executes it: the sender's certificate
+    /// grants nothing here.
+    Operator {
+        /// The signed act.
+        signed: Signed,
     },
 }
 
@@ -202,6 +196,11 @@ pub enum CtlResponse {
         kind: RefusalKind,
         /// One-line reason.
         message: String,
+    },
+    /// The answer to an operator act that has no answer of its own (operators).
+    Answer {
+        /// JSON.
+        value: serde_json::Value,
     },
     /// The keyring after a change: primary and accepted key ids.
     Keyring {

@@ -42,6 +42,8 @@ pub struct ServerInputs {
     pub gossip: Arc<Gossip>,
     /// The cluster config, for peers' pulls.
     pub config: Arc<ConfigReplica>,
+    /// Verifies operator-signed acts.
+    pub authority: Arc<crate::authority::Authority>,
     /// The data plane, for `weft/1` connections.
     pub data: Arc<ProxyInputs>,
     /// Cancelled when the agent stops.

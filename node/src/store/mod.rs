@@ -75,6 +75,7 @@ pub struct Store {
     services: sled::Tree,
     config: sled::Tree,
     config_history: sled::Tree,
+    operators: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -104,6 +105,7 @@ impl Store {
             services: db.open_tree("services")?,
             config: db.open_tree("config")?,
             config_history: db.open_tree("config_history")?,
+            operators: db.open_tree("operators")?,
             db,
         })
     }
@@ -220,6 +222,30 @@ impl Store {
         self.names.insert(node, encode(entry))?;
         self.flush()?;
         Ok(true)
+    }
+
+    /// Records (or replaces) an operator's record (CA node).
+    pub fn put_operator<T: Serialize>(&self, name: &str, record: &T) -> Result<(), StoreError> {
+        self.operators.insert(name, encode(record))?;
+        self.flush()
+    }
+
+    /// Every operator record (CA node).
+    pub fn operators<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.operators.iter() {
+            let (_, v) = kv?;
+            out.push(decode("operators", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// One operator's record (CA node).
+    pub fn operator<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.operators
+            .get(name)?
+            .map(|v| decode("operators", &v))
+            .transpose()
     }
 
     /// Serials issued to `node` (from the issued index).

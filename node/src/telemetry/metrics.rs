@@ -160,6 +160,9 @@ pub struct Metrics {
     pub cert_renewals: Counter,
     /// `weft_cert_renewal_failures` (in a row), set by the renewal loop.
     pub cert_renewal_failures: Gauge,
+    /// `weft_authority_refused_total{what,reason}`: operator acts and config entries
+    /// this node refused to apply.
+    pub authority_refused: Family<crate::authority::RefusedLabels, Counter>,
     /// `weft_config_entries`, set when scraped.
     pub config_entries: Gauge,
     /// `weft_config_digest_age_seconds`, set when scraped.
@@ -191,6 +194,12 @@ impl Metrics {
         let cert_renewals = Counter::default();
         let cert_renewal_failures = Gauge::default();
         let config_entries = Gauge::default();
+        let authority_refused = Family::<crate::authority::RefusedLabels, Counter>::default();
+        registry.register(
+            "authority_refused",
+            "Operator acts and config entries refused: unsigned, forged, revoked, wrong role, replayed or stamped in the future",
+            authority_refused.clone(),
+        );
         let config_digest_age_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "members",
@@ -287,6 +296,7 @@ impl Metrics {
             cert_renewals,
             cert_renewal_failures,
             config_entries,
+            authority_refused,
             config_digest_age_seconds,
             edges: std::sync::Mutex::default(),
             labelled: std::sync::Mutex::default(),

@@ -31,6 +31,17 @@ fn member(name: &str) -> MemberView {
     }
 }
 
+/// The fake's stand-in for verification: a signed request or the admin token.
+fn allowed(caller: &Caller) -> Result<(), ApiError> {
+    if caller.local_admin || caller.signed.as_deref() == Some("signed-by-alice") {
+        Ok(())
+    } else {
+        Err(ApiError::NotAllowed(
+            "writing route entries needs an operator credential".into(),
+        ))
+    }
+}
+
 impl NodeApi for Fake {
     async fn members(&self) -> Vec<MemberView> {
         vec![member("vm-1"), member("<script>alert(1)</script>")]
@@ -52,14 +63,16 @@ impl NodeApi for Fake {
             gossip_dropped: 0,
         }
     }
-    async fn create_token(&self, ttl: Duration) -> Result<TokenView, ApiError> {
+    async fn create_token(&self, ttl: Duration, caller: Caller) -> Result<TokenView, ApiError> {
+        allowed(&caller)?;
         Ok(TokenView {
             token: "weft1.x".into(),
             id: "x".into(),
             expires_at_unix: ttl.as_secs(),
         })
     }
-    async fn revoke(&self, node: String) -> Result<RevokeView, ApiError> {
+    async fn revoke(&self, node: String, caller: Caller) -> Result<RevokeView, ApiError> {
+        allowed(&caller)?;
         Err(ApiError::NotFound(format!(
             "no certificate was issued to {node}"
         )))
@@ -73,7 +86,12 @@ impl NodeApi for Fake {
             keys: vec!["0000abcd".into()],
         }
     }
-    async fn gossip_key_op(&self, _body: Vec<u8>) -> Result<Vec<KeyringNodeResult>, ApiError> {
+    async fn gossip_key_op(
+        &self,
+        _body: Vec<u8>,
+        caller: Caller,
+    ) -> Result<Vec<KeyringNodeResult>, ApiError> {
+        allowed(&caller)?;
         Ok(Vec::new())
     }
     async fn services(&self) -> Vec<ServiceView> {
@@ -106,8 +124,25 @@ impl NodeApi for Fake {
         _kind: String,
         _name: String,
         _body: Vec<u8>,
+        caller: Caller,
     ) -> Result<serde_json::Value, ApiError> {
+        allowed(&caller)?;
         Ok(serde_json::json!({}))
+    }
+    async fn config_stamp(&self, _kind: String, _name: String) -> Result<StampView, ApiError> {
+        Ok(StampView {
+            cluster: "weft".into(),
+            node: "vm-1".into(),
+            version: serde_json::json!({"wall": 1, "logical": 0, "node": "vm-1"}),
+        })
+    }
+    async fn operators(
+        &self,
+        _body: Vec<u8>,
+        caller: Caller,
+    ) -> Result<serde_json::Value, ApiError> {
+        allowed(&caller)?;
+        Ok(serde_json::json!([]))
     }
     async fn config_history(
         &self,
@@ -116,7 +151,13 @@ impl NodeApi for Fake {
     ) -> Result<serde_json::Value, ApiError> {
         Ok(serde_json::json!([]))
     }
-    async fn config_delete(&self, _kind: String, _name: String) -> Result<(), ApiError> {
+    async fn config_delete(
+        &self,
+        _kind: String,
+        _name: String,
+        caller: Caller,
+    ) -> Result<(), ApiError> {
+        allowed(&caller)?;
         Ok(())
     }
     async fn policy_explain(&self, q: ExplainQuery) -> Result<serde_json::Value, ApiError> {
@@ -197,11 +238,11 @@ async fn writes_need_the_admin_token() {
     };
     assert_eq!(
         call(true, post(None, "/v1/tokens", "")).await.0,
-        StatusCode::UNAUTHORIZED
+        StatusCode::FORBIDDEN
     );
     assert_eq!(
         call(true, post(Some("wrong"), "/v1/tokens", "")).await.0,
-        StatusCode::UNAUTHORIZED
+        StatusCode::FORBIDDEN
     );
     let (status, body, _) = call(
         true,
@@ -286,8 +327,15 @@ async fn config_writes_need_admin() {
         }
         b.body(Body::from("{}")).expect("request")
     };
-    assert_eq!(call(true, put(false)).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body, _) = call(true, put(false)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("operator credential"), "{body}");
     assert_eq!(call(true, put(true)).await.0, StatusCode::OK);
+    let signed = Request::put("/v1/config/route/reviews")
+        .header(OPERATOR_HEADER, "signed-by-alice")
+        .body(Body::from("{}"))
+        .expect("request");
+    assert_eq!(call(true, signed).await.0, StatusCode::OK);
     assert_eq!(
         call(true, get("/v1/config/route/nope")).await.0,
         StatusCode::NOT_FOUND
