@@ -381,7 +381,33 @@ impl NodeApi for Agent {
         if h.is_empty() {
             return Err(ApiError::NotFound(format!("no history for {kind} {name}")));
         }
-        Ok(serde_json::to_value(h).unwrap_or_default())
+        let with_operator: Vec<serde_json::Value> = h
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.remove("auth");
+                    let signer = self.authority.signer(e);
+                    obj.insert(
+                        "operator".into(),
+                        signer
+                            .as_ref()
+                            .map(|o| o.name.to_string())
+                            .unwrap_or_else(|| "-".into())
+                            .into(),
+                    );
+                    obj.insert(
+                        "role".into(),
+                        signer
+                            .map(|o| o.role.to_string())
+                            .unwrap_or_else(|| "-".into())
+                            .into(),
+                    );
+                }
+                v
+            })
+            .collect();
+        Ok(serde_json::Value::Array(with_operator))
     }
 
     async fn config_delete(

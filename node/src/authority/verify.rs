@@ -336,6 +336,14 @@ impl Authority {
         r
     }
 
+    /// Who signed an entry, for display (`config history`); None when it is unsigned or
+    /// does not verify. Counts nothing.
+    pub fn signer(&self, e: &Entry) -> Option<OperatorInfo> {
+        self.entry_inner(e, SystemTime::now())
+            .ok()
+            .map(|v| v.operator)
+    }
+
     fn entry_inner(&self, e: &Entry, now: SystemTime) -> Result<Verified, AuthError> {
         let unsigned = Act::ConfigWrite {
             kind: e.kind,

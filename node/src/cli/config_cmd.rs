@@ -245,7 +245,8 @@ pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
                     e["value"].to_string()
                 };
                 println!(
-                    "{time}  {:<16} {value}",
+                    "{time}  {:<16} {:<16} {value}",
+                    e["operator"].as_str().unwrap_or("-"),
                     e["version"]["node"].as_str().unwrap_or("")
                 );
             }
