@@ -344,6 +344,45 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
         "prefixes match whole segments"
     );
 
+    // A raw tunnel cannot dodge a path rule: CONNECT through the HTTP proxy to the HTTP
+    // service works while no rule looks at paths for its source, and is refused once one
+    // does (`deny '*' hello --path /admin`).
+    c.cli_ok("vm-1", &["policy", "allow", "*", "hello"])?;
+    let proxy = c.agent("vm-1").proxy();
+    let tunnel_get = |path: &str| -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(&proxy)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"CONNECT hello:80 HTTP/1.1\r\nHost: hello:80\r\n\r\n")?;
+        let mut head = [0u8; 512];
+        let n = s.read(&mut head)?;
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Ok(head);
+        }
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        Ok(format!("{head}{}", String::from_utf8_lossy(&rest)))
+    };
+    eventually("a tunnel to hello works", CONVERGE, || {
+        Ok(tunnel_get("/").ok().filter(|r| r.contains("hello from")))
+    })?;
+    c.cli_ok(
+        "vm-1",
+        &["policy", "deny", "*", "hello", "--path", "/admin"],
+    )?;
+    let before = hello.count();
+    let refusal = eventually("the tunnel refused", CONVERGE, || {
+        Ok(tunnel_get("/admin")
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1 403")))
+    })?;
+    assert!(refusal.contains("path"), "{refusal}");
+    assert_eq!(hello.count(), before, "the tunnel reached the backend");
+    c.cli_ok("vm-1", &["config", "delete", "policy", "allow.any.hello"])?;
+
     // Dry run: the default deny is counted but not enforced.
     c.cli_ok(
         "vm-1",

@@ -129,6 +129,21 @@ pub struct PolicySet {
     pub rules: Vec<(String, PolicyRule)>,
 }
 
+impl PolicySet {
+    /// The first rule for `src → dst` that decides by path or method: a raw stream to
+    /// an HTTP service cannot be checked against it.
+    pub fn http_rule_for(&self, src: &str, dst: &str) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|(_, r)| {
+                (r.source == "*" || r.source == src)
+                    && (r.destination == "*" || r.destination == dst)
+                    && (r.path.is_some() || r.method.is_some())
+            })
+            .map(|(n, _)| n.as_str())
+    }
+}
+
 /// The outcome for one request or stream, with what decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {

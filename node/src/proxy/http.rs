@@ -198,6 +198,17 @@ fn connect(
             format!("weft: unknown service {destination}\n"),
         );
     }
+    let http_service = catalog
+        .instances
+        .iter()
+        .any(|i| i.service == destination && i.protocol == crate::catalog::Protocol::Http);
+    if http_service {
+        let src = source.as_ref().map_or("-", |s| s.as_str());
+        let d = inputs.authorize_stream(src, destination.as_str(), crate::catalog::Protocol::Http);
+        if !d.allowed {
+            return text(StatusCode::FORBIDDEN, format!("weft: {}\n", d.reason));
+        }
+    }
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {

@@ -274,7 +274,10 @@ async fn handle_stream(
         return;
     }
     let started = Instant::now();
-    if header.protocol == Protocol::Http {
+    // What the destination registered decides how the stream is handled, never what
+    // the sender claims: an HTTP service is served request by request when the sender
+    // speaks HTTP, and a raw stream to it must pass `authorize_stream`.
+    if spec.protocol == Protocol::Http && header.protocol == Protocol::Http {
         serve_http(
             inputs,
             QuicIo::new(send, recv),
@@ -285,7 +288,10 @@ async fn handle_stream(
         .await;
         return;
     }
-    if !inputs.authorize(&source, &destination, None).allowed {
+    if !inputs
+        .authorize_stream(&source, &destination, spec.protocol)
+        .allowed
+    {
         inputs.metrics.record(&source, &destination, "denied", 0.0);
         refuse(&mut send, &mut recv, ERR_REFUSED);
         return;

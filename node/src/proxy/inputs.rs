@@ -130,4 +130,43 @@ impl ProxyInputs {
     ) -> crate::policy::Decision {
         crate::policy::enforce(&self.config.get().policy, &self.metrics, src, dst, http)
     }
+
+    /// Authorises a raw (L4) stream `src → dst`, where `dst_protocol` is what the
+    /// destination registered (never what the sender claims). A raw stream to an HTTP
+    /// service that has path or method rules is refused: its requests cannot be checked
+    /// against them (use the service's HTTP port through the mesh instead).
+    pub fn authorize_stream(
+        &self,
+        src: &str,
+        dst: &str,
+        dst_protocol: crate::catalog::Protocol,
+    ) -> crate::policy::Decision {
+        if dst_protocol == crate::catalog::Protocol::Http {
+            let applied = self.config.get();
+            if let Some(rule) = applied.policy.http_rule_for(src, dst) {
+                tracing::warn!(
+                    source = src,
+                    destination = dst,
+                    rule,
+                    "raw stream to an HTTP service refused: rule {rule} decides by path or method"
+                );
+                self.metrics
+                    .policy_denied
+                    .get_or_create(&crate::telemetry::metrics::ModeLabels {
+                        mode: "enforce".into(),
+                    })
+                    .inc();
+                return crate::policy::Decision {
+                    allowed: false,
+                    verdict: crate::policy::Action::Deny,
+                    rule: rule.to_owned(),
+                    reason: format!(
+                        "{dst} is an HTTP service and rule {rule} decides by path or method, which a raw stream (CONNECT or TCP) cannot be checked against"
+                    ),
+                    dry_run: false,
+                };
+            }
+        }
+        self.authorize(src, dst, None)
+    }
 }

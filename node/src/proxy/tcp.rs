@@ -53,7 +53,11 @@ pub async fn proxy_connection(
             return;
         }
     };
-    if dialed.instance.is_local && !inputs.authorize(&src, &dst, None).allowed {
+    if dialed.instance.is_local
+        && !inputs
+            .authorize_stream(&src, &dst, dialed.instance.protocol)
+            .allowed
+    {
         inputs
             .metrics
             .record(&src, &dst, "denied", started.elapsed().as_secs_f64());
