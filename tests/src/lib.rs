@@ -462,12 +462,18 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("lab host for {name}: {e:#}"));
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", &ns]).arg(weft_bin());
+                // Each lab host is its own VM: its API is on the lab address, which only
+                // the test reaches.
+                cmd.arg("agent").arg("--dangerous-public-api");
                 cmd
             }
-            None => Command::new(weft_bin()),
+            None => {
+                let mut cmd = Command::new(weft_bin());
+                cmd.arg("agent");
+                cmd
+            }
         };
         let child = cmd
-            .arg("agent")
             .args(["--name", node_name, "--bind", &ip.to_string()])
             .args([
                 "--api",

@@ -74,7 +74,45 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/leave", post(leave::<N>))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(check_host))
         .with_state(node)
+}
+
+/// Whether a `Host` header names this API the way only a local client would: an IP
+/// address or `localhost`. A web page that rebinds its own DNS name to 127.0.0.1 sends its
+/// name, and is refused (DNS rebinding).
+pub fn host_allowed(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+}
+
+async fn check_host(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if !host_allowed(&h) => (
+            StatusCode::MISDIRECTED_REQUEST,
+            axum::Json(serde_json::json!({
+                "error": format!("Host {:?} is not this API's address; use its IP address (DNS-rebinding protection)", h.chars().take(80).collect::<String>())
+            })),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn security_headers(mut resp: Response) -> Response {

@@ -2,6 +2,7 @@
 //! certificate renewal and housekeeping until SIGTERM, SIGINT or `weft leave`.
 
 mod api;
+mod api_server;
 mod loops;
 mod records;
 mod setup;
@@ -297,15 +298,11 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     {
         let agent = agent.clone();
         let router = weft_web::router(agent.clone());
-        tasks.spawn(async move {
-            let shutdown = agent.shutdown.clone();
-            if let Err(e) = axum::serve(api_listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-            {
-                error!(error = %e, "API server failed");
-            }
-        });
+        tasks.spawn(api_server::serve(
+            api_listener,
+            router,
+            agent.shutdown.clone(),
+        ));
     }
 
     info!(

@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub bootstrap: Option<bool>,
     /// Single-node development mode.
     pub dev: Option<bool>,
+    /// Allow `api` and `proxy` on non-loopback addresses.
+    pub dangerous_public_api: Option<bool>,
     /// Failure-domain label used for same-zone routing.
     pub zone: Option<String>,
     /// `human` or `json`.

@@ -52,6 +52,10 @@ pub struct AgentArgs {
     /// Single node, temporary data dir, bootstrap, verbose logs.
     #[arg(long)]
     pub dev: bool,
+    /// Allow the API and the HTTP proxy on a non-loopback address (the API then answers
+    /// reads to anyone who can reach it; writes still need a credential).
+    #[arg(long)]
+    pub dangerous_public_api: bool,
     /// Zone label for same-zone routing.
     #[arg(long)]
     pub zone: Option<String>,

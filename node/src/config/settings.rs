@@ -163,6 +163,18 @@ impl Settings {
             SocketAddr::from(([127, 0, 0, 1], 15001)),
         )
         .map_err(|m| invalid("proxy", m.to_string()))?;
+        let public_ok = args.dangerous_public_api || file.dangerous_public_api.unwrap_or(false);
+        for (key, addr) in [("api", api), ("proxy", proxy)] {
+            if !addr.ip().is_loopback() && !public_ok {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{addr} is not a loopback address: anyone who can reach it could read the cluster's state{}; bind it to 127.0.0.1, or set dangerous_public_api = true (--dangerous-public-api) if a firewall guards it",
+                        if key == "proxy" { " and send traffic as this node" } else { "" }
+                    ),
+                ));
+            }
+        }
 
         let join = if args.join.is_empty() {
             file.join
@@ -356,12 +368,25 @@ mod tests {
             ("api = \"nope\"\n", "api"),
             ("log_format = \"xml\"\n", "log_format"),
             ("join = [\"a:b:c\"]\n", "join"),
+            ("api = \"10.0.0.1:7070\"\n", "api"),
+            ("proxy = \"0.0.0.0:15001\"\n", "proxy"),
         ] {
             let file = FileConfig::parse(text, "w.toml").expect("parses");
             let err = Settings::from_parts(&args(), file, "w.toml").expect_err(text);
             let msg = err.to_string();
             assert!(msg.contains(key) && msg.contains("w.toml"), "{msg}");
         }
+    }
+
+    #[test]
+    fn public_api_needs_the_dangerous_switch() {
+        let text = "api = \"10.0.0.1:7070\"\ndangerous_public_api = true\n";
+        let file = FileConfig::parse(text, "w.toml").expect("parses");
+        let s = Settings::from_parts(&args(), file, "w.toml").expect("allowed when asked for");
+        assert_eq!(s.api, "10.0.0.1:7070".parse::<SocketAddr>().expect("addr"));
+        let file = FileConfig::parse("api = \"10.0.0.1:7070\"\n", "w.toml").expect("parses");
+        let err = Settings::from_parts(&args(), file, "w.toml").expect_err("refused");
+        assert!(err.to_string().contains("dangerous_public_api"), "{err}");
     }
 
     #[test]

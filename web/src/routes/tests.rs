@@ -401,3 +401,20 @@ async fn every_page_renders_and_escapes() {
     let (_, none, _) = call(true, get("/v1/logs?filter=nomatch")).await;
     assert_eq!(none, "[]");
 }
+
+#[tokio::test]
+async fn other_host_names_are_refused_against_dns_rebinding() {
+    for ok in ["127.0.0.1:7070", "localhost:7070", "[::1]:7070", "10.0.0.5", "app.localhost"] {
+        assert!(crate::routes::host_allowed(ok), "{ok}");
+    }
+    for bad in ["evil.example:7070", "evil.example", "127.0.0.1.nip.io:7070", "[zz]:1"] {
+        assert!(!crate::routes::host_allowed(bad), "{bad}");
+    }
+    let req = Request::get("/v1/members")
+        .header("host", "attacker.example:7070")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body, _) = call(true, req).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(body.contains("DNS-rebinding"), "{body}");
+}
