@@ -18,15 +18,61 @@ use weft_gossip::Gossip;
 use super::client::CaClient;
 use super::control;
 use super::join_server::{self, JoinLimiter};
-use super::stream::EXCHANGE_TIMEOUT;
 use crate::ca_role::CaRole;
 use crate::cluster_config::ConfigReplica;
 use crate::identity::NodeIdentity;
 use crate::proxy::ProxyInputs;
 use crate::tls::{ALPN_CTL, ALPN_DATA, ALPN_JOIN};
 
-/// Connections handled at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 256;
+/// Handshakes in progress at once, from all addresses.
+const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in progress at once from one IP address.
+const MAX_HANDSHAKES_PER_IP: u32 = 8;
+/// Above this many handshakes in progress, a client must first prove it owns its address
+/// (a QUIC Retry): spoofed Initial packets then cost one stateless answer each and never
+/// a handshake slot.
+const RETRY_ABOVE: usize = 8;
+/// Time a handshake may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Join connections at once (no client certificate: the tightest budget).
+const MAX_JOIN_CONNECTIONS: usize = 32;
+/// Control connections at once (members: renewals, pulls, forwarded acts).
+const MAX_CTL_CONNECTIONS: usize = 512;
+/// Data-plane connections at once (one per peer node, long-lived).
+const MAX_DATA_CONNECTIONS: usize = 4096;
+
+/// Handshakes in progress per IP address.
+#[derive(Debug, Default)]
+struct PerIp(Mutex<std::collections::HashMap<std::net::IpAddr, u32>>);
+
+impl PerIp {
+    fn enter(&self, ip: std::net::IpAddr) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_IP {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: std::net::IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The separate budgets of connections by kind.
+struct Budgets {
+    join: Arc<Semaphore>,
+    ctl: Arc<Semaphore>,
+    data: Arc<Semaphore>,
+}
 
 /// What the server's handlers need.
 pub struct ServerInputs {
@@ -53,7 +99,13 @@ pub struct ServerInputs {
 /// Runs until the node shuts down.
 pub async fn serve(inputs: Arc<ServerInputs>, tasks: TaskTracker) {
     let limiter = Arc::new(Mutex::new(JoinLimiter::new(Instant::now())));
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_ip = Arc::new(PerIp::default());
+    let budgets = Arc::new(Budgets {
+        join: Arc::new(Semaphore::new(MAX_JOIN_CONNECTIONS)),
+        ctl: Arc::new(Semaphore::new(MAX_CTL_CONNECTIONS)),
+        data: Arc::new(Semaphore::new(MAX_DATA_CONNECTIONS)),
+    });
     loop {
         let incoming = tokio::select! {
             _ = inputs.shutdown.cancelled() => break,
@@ -62,16 +114,35 @@ pub async fn serve(inputs: Arc<ServerInputs>, tasks: TaskTracker) {
                 None => break,
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let busy = MAX_HANDSHAKES - handshakes.available_permits();
+        if busy >= RETRY_ABOVE && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.refuse();
+            }
+            continue;
+        }
+        let ip = incoming.remote_address().ip();
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             incoming.refuse();
             continue;
         };
+        if !per_ip.enter(ip) {
+            debug!(%ip, "too many QUIC handshakes from one address; refused");
+            incoming.refuse();
+            continue;
+        }
         let inputs = inputs.clone();
         let limiter = limiter.clone();
+        let per_ip = per_ip.clone();
+        let budgets = budgets.clone();
         tasks.spawn(async move {
-            let _permit = permit;
             let remote = incoming.remote_address();
-            let conn = match tokio::time::timeout(EXCHANGE_TIMEOUT, incoming).await {
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            per_ip.leave(ip);
+            drop(permit);
+            let conn = match handshake {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
                     info!(%remote, error = %e, "QUIC handshake failed");
@@ -82,7 +153,7 @@ pub async fn serve(inputs: Arc<ServerInputs>, tasks: TaskTracker) {
                     return;
                 }
             };
-            dispatch(&inputs, conn, remote, &limiter).await;
+            dispatch(&inputs, conn, remote, &limiter, &budgets).await;
         });
     }
 }
@@ -92,11 +163,26 @@ async fn dispatch(
     conn: quinn::Connection,
     remote: SocketAddr,
     limiter: &Mutex<JoinLimiter>,
+    budgets: &Budgets,
 ) {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
+    let budget = match alpn.as_deref() {
+        Some(ALPN_JOIN) => &budgets.join,
+        Some(ALPN_CTL) => &budgets.ctl,
+        Some(ALPN_DATA) => &budgets.data,
+        _ => {
+            conn.close(1u32.into(), b"unknown protocol");
+            return;
+        }
+    };
+    let Ok(_slot) = budget.clone().try_acquire_owned() else {
+        debug!(%remote, "connection budget for its protocol exhausted; closed");
+        conn.close(3u32.into(), b"busy");
+        return;
+    };
     match alpn.as_deref() {
         Some(ALPN_JOIN) => join_server::serve(inputs, conn, remote, limiter).await,
         Some(ALPN_CTL) => match peer_leaf(&conn) {

@@ -104,21 +104,38 @@ impl rustls::client::ResolvesClientCert for CertStore {
 /// Ack-eliciting packets a peer may receive before it must send an ACK of its own.
 const ACK_ELICITING_THRESHOLD: u32 = 8;
 
+/// Bytes a peer may have in flight to us on one connection (all streams) and on one
+/// stream: quinn's connection window is unbounded by default.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 2 << 20;
+
+/// Transport for the server side (peers open streams to us).
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(1024))
+}
+
+/// Transport for connections this node opens: the peer may not open streams on them.
+fn client_transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(0))
+}
+
+fn transport_config(peer_streams: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
     // A peer that vanished without closing (kill -9, power loss) is noticed within 10 s.
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
     t.keep_alive_interval(Some(Duration::from_secs(3)));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(peer_streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     // Request/response traffic carries its ACKs on the answers; acknowledging every other
     // packet on its own (the default) cost about one extra datagram per proxied request.
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_ELICITING_THRESHOLD));
     t.ack_frequency_config(Some(ack));
-    Arc::new(t)
+    t
 }
 
 /// UDP socket buffer size for QUIC: quinn does not size its socket, and the kernel's
@@ -201,7 +218,7 @@ fn mtls_client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
+    cfg.transport_config(client_transport());
     Ok(cfg)
 }
 
@@ -216,6 +233,6 @@ pub fn join_client_config(ca_sha256: [u8; 32]) -> Result<quinn::ClientConfig, Tl
     tls.alpn_protocols = vec![ALPN_JOIN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport());
+    cfg.transport_config(client_transport());
     Ok(cfg)
 }
