@@ -785,3 +785,45 @@ async fn entries_a_member_forges_are_refused() {
     );
     assert_eq!(c.replica(0).merge_remote(vec![genuine], "n9"), 1);
 }
+
+/// A pull pages through everything a peer holds: every page is bounded, the pages
+/// together are exactly the peer's entries, and nothing repeats.
+#[tokio::test(start_paused = true)]
+async fn pull_pages_cover_every_entry_once() {
+    let c = ConfigCluster::start(1).await;
+    for i in 0..300 {
+        c.write(
+            0,
+            Kind::Ratelimit,
+            &format!("svc-{i:03}"),
+            Some(ratelimit(i as f64 + 1.0)),
+        )
+        .expect("signed write");
+    }
+    c.write(0, Kind::Ratelimit, "svc-007", None)
+        .expect("a tombstone too");
+    let all = c.replica(0).dump();
+    let mut paged = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (entries, next) = c.replica(0).page(after.as_ref(), 16 * 1024);
+        let bytes: usize = entries
+            .iter()
+            .map(|e| serde_json::to_vec(e).expect("json").len() + 1)
+            .sum();
+        assert!(
+            bytes <= 16 * 1024 || entries.len() == 1,
+            "page of {bytes} bytes"
+        );
+        assert!(!entries.is_empty());
+        paged.extend(entries);
+        pages += 1;
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert!(pages > 5, "{pages} pages: the test must span several");
+    assert_eq!(paged, all);
+}

@@ -13,6 +13,9 @@ cargo build -p weft-node
 status=0
 WEFT_FAULT_LONG=1 cargo test --no-fail-fast -p weft-tests --test faults --test floods --test gossip_attacks --test traffic \
   -- --nocapture --test-threads 1 2>&1 | tee "$out" || status=1
+# 10 000 signed config entries to a late joiner (the short form writes 1 500): ~3 min.
+WEFT_LONG=1 cargo test -p weft-tests --test cluster_config thousands_of_entries_reach_a_late_joiner \
+  -- --nocapture 2>&1 | tee -a "$out" || status=1
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

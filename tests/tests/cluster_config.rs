@@ -410,3 +410,45 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     assert!(explain.contains("deny"), "{explain}");
     Ok(())
 }
+
+/// A late joiner receives thousands of entries (a pull answers in pages of 512 KiB, so
+/// this spans many). `WEFT_LONG=1` writes 10 000, the most a node keeps.
+#[test]
+fn thousands_of_entries_reach_a_late_joiner() -> anyhow::Result<()> {
+    let n: usize = if std::env::var_os("WEFT_LONG").is_some() {
+        10_000
+    } else {
+        1_500
+    };
+    let mut c = Cluster::new("thousands_of_entries_reach_a_late_joiner");
+    c.start_nodes(1, &[])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("entries.json");
+    let entries: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "kind": "ratelimit",
+                "name": format!("svc-{i:05}"),
+                "value": {"rps": i + 1},
+            })
+        })
+        .collect();
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&serde_json::json!({ "entry": entries }))?,
+    )?;
+    let path = file.to_string_lossy().into_owned();
+    c.cli_ok("vm-1", &["config", "apply", "-f", &path, "--json"])?;
+    c.join("vm-2", "vm-1", &[])?;
+    let count = |node: &str| -> anyhow::Result<usize> {
+        let body = weft_tests::http_get(&c.agent(node).api(), "/v1/config/ratelimit")?;
+        Ok(serde_json::from_str::<Vec<serde_json::Value>>(&body)?.len())
+    };
+    assert_eq!(count("vm-1")?, n);
+    eventually(
+        &format!("{n} entries on vm-2"),
+        Duration::from_secs(60),
+        || Ok((count("vm-2")? == n).then_some(())),
+    )?;
+    Ok(())
+}

@@ -257,6 +257,34 @@ impl ConfigReplica {
             .collect()
     }
 
+    /// One page of a peer's pull: entries after `after` in key order, at most
+    /// `max_bytes` of them as JSON (at least one), and the key to continue after when
+    /// more remain.
+    pub fn page(
+        &self,
+        after: Option<&(Kind, String)>,
+        max_bytes: usize,
+    ) -> (Vec<Entry>, Option<(Kind, String)>) {
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut size = 0;
+        let mut rest = guard.0.after(after).peekable();
+        while let Some(e) = rest.peek() {
+            let len = serde_json::to_vec(e).map(|v| v.len()).unwrap_or(0) + 1;
+            if !out.is_empty() && size + len > max_bytes {
+                break;
+            }
+            size += len;
+            out.push((*e).clone());
+            rest.next();
+        }
+        let next = match rest.peek() {
+            Some(_) => out.last().map(|e| (e.kind, e.name.clone())),
+            None => None,
+        };
+        (out, next)
+    }
+
     /// Live entries, optionally of one kind.
     pub fn list(&self, kind: Option<Kind>) -> Vec<Entry> {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -161,6 +161,22 @@ impl ConfigState {
         self.entries.values()
     }
 
+    /// Entries (tombstones too) after `after` in key order, for one page of a pull.
+    pub fn after<'a>(
+        &'a self,
+        after: Option<&(Kind, String)>,
+    ) -> Box<dyn Iterator<Item = &'a Entry> + 'a> {
+        use std::ops::Bound;
+        match after {
+            None => Box::new(self.entries.values()),
+            Some(k) => Box::new(
+                self.entries
+                    .range((Bound::Excluded(k.clone()), Bound::Unbounded))
+                    .map(|(_, e)| e),
+            ),
+        }
+    }
+
     /// Live entries in total.
     pub fn live_count(&self) -> usize {
         self.entries.values().filter(|e| e.value.is_some()).count()

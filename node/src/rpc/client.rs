@@ -155,13 +155,24 @@ impl crate::cluster_config::sync::Pull for CtlClient {
                 source,
             }
         };
-        match self
-            .call(name, addr, &CtlRequest::ConfigPull)
-            .await
-            .map_err(|e| fail(Box::new(e)))?
-        {
-            CtlResponse::Config { entries } => Ok(entries),
-            _ => Err(fail("unexpected answer".into())),
+        let mut all = Vec::new();
+        let mut after = None;
+        for _ in 0..super::messages::MAX_CONFIG_PAGES {
+            match self
+                .call(name, addr, &CtlRequest::ConfigPull { after })
+                .await
+                .map_err(|e| fail(Box::new(e)))?
+            {
+                CtlResponse::Config { entries, next } => {
+                    all.extend(entries);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return Ok(all),
+                    }
+                }
+                _ => return Err(fail("unexpected answer".into())),
+            }
         }
+        Ok(all)
     }
 }

@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 use weft_ca::LeafInfo;
 
-use super::messages::{b64, decode, unb64, CtlRequest, CtlResponse, RefusalKind, MAX_REQUEST};
+use super::messages::{
+    b64, decode, unb64, CtlRequest, CtlResponse, RefusalKind, CONFIG_PAGE_BYTES, MAX_REQUEST,
+};
 use super::server::ServerInputs;
 use super::stream::{read_request, respond};
 use crate::authority::execute::execute;
@@ -58,9 +60,10 @@ async fn handle(
     remote: SocketAddr,
 ) -> CtlResponse {
     match req {
-        CtlRequest::ConfigPull => CtlResponse::Config {
-            entries: inputs.config.dump(),
-        },
+        CtlRequest::ConfigPull { after } => {
+            let (entries, next) = inputs.config.page(after.as_ref(), CONFIG_PAGE_BYTES);
+            CtlResponse::Config { entries, next }
+        }
         CtlRequest::Operator { signed } => {
             match inputs.authority.any_command(&signed, SystemTime::now()) {
                 Ok(v) => {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use weft_ca::{ClusterName, JoinToken, NodeName};
 
 use crate::authority::Signed;
-use crate::cluster_config::Entry;
+use crate::cluster_config::{Entry, Kind};
 use weft_gossip::Keyring;
 
 pub use crate::ca_role::{ParsedJoin, RefusalKind};
@@ -19,6 +19,10 @@ pub use crate::identity::keyring::KeyringOp;
 pub const MAX_REQUEST: usize = 16 * 1024;
 /// Largest response a client reads.
 pub const MAX_RESPONSE: usize = 1024 * 1024;
+/// Size of one page of a config pull (well under `MAX_RESPONSE`).
+pub const CONFIG_PAGE_BYTES: usize = 512 * 1024;
+/// Most pages one pull follows (10 000 entries of a few KiB fit comfortably).
+pub const MAX_CONFIG_PAGES: usize = 256;
 
 /// A request could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,8 +152,13 @@ pub enum CtlRequest {
     },
     /// A join request received by another member, forwarded to the CA node.
     Join(JoinRequest),
-    /// Send every cluster-config entry (the caller's digest differs from ours).
-    ConfigPull,
+    /// Send one page of cluster-config entries (the caller's digest differs from ours):
+    /// the first, or the one after `after`.
+    ConfigPull {
+        /// The last key of the previous page.
+        #[serde(default)]
+        after: Option<(Kind, String)>,
+    },
     /// A cluster-wide change signed by an operator (join token, revocation, gossip key,
     /// operator credentials), forwarded by the member whose API received it. The
     /// receiver verifies the signature itself and executes it: the sender's certificate
@@ -180,10 +189,13 @@ pub enum CtlResponse {
         /// Expiry, Unix seconds.
         expires_at_unix: u64,
     },
-    /// The sender's cluster-config entries.
+    /// One page of the sender's cluster-config entries.
     Config {
         /// Entries, tombstones included.
         entries: Vec<Entry>,
+        /// Where the next page starts, when there is one.
+        #[serde(default)]
+        next: Option<(Kind, String)>,
     },
     /// Serials revoked.
     Revoked {

@@ -404,10 +404,21 @@ async fn every_page_renders_and_escapes() {
 
 #[tokio::test]
 async fn other_host_names_are_refused_against_dns_rebinding() {
-    for ok in ["127.0.0.1:7070", "localhost:7070", "[::1]:7070", "10.0.0.5", "app.localhost"] {
+    for ok in [
+        "127.0.0.1:7070",
+        "localhost:7070",
+        "[::1]:7070",
+        "10.0.0.5",
+        "app.localhost",
+    ] {
         assert!(crate::routes::host_allowed(ok), "{ok}");
     }
-    for bad in ["evil.example:7070", "evil.example", "127.0.0.1.nip.io:7070", "[zz]:1"] {
+    for bad in [
+        "evil.example:7070",
+        "evil.example",
+        "127.0.0.1.nip.io:7070",
+        "[zz]:1",
+    ] {
         assert!(!crate::routes::host_allowed(bad), "{bad}");
     }
     let req = Request::get("/v1/members")
