@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use weft_ca::{LeafInfo, NodeName, TrustRoot};
 
 use crate::record::{
-    verify_crl, verify_node_record, verify_service_set, NodeRecord, RevocationList, ServiceRecord,
-    ServiceSet, CRL_KEY, NODE_KEY, SERVICES_KEY,
+    verify_crl, verify_node_record, verify_service_set, NodeRecord, RecordError, RevocationList,
+    ServiceRecord, ServiceSet, CRL_KEY, NODE_KEY, SERVICES_KEY,
 };
 use crate::stats::GossipStats;
 use crate::transport::{SealedTransport, SharedKeyring};
@@ -124,6 +124,9 @@ struct Verified {
 #[derive(Default)]
 struct Cache {
     records: HashMap<ChitchatId, Verified>,
+    /// Names that have published a record bound to its generation: their unbound
+    /// (pre-binding) records are replays from then on.
+    bound: std::collections::HashSet<Arc<str>>,
     rejected: HashMap<ChitchatId, String>,
     crl: RevocationList,
     crl_raw: String,
@@ -300,8 +303,28 @@ impl Gossip {
             {
                 continue;
             }
-            match verify_node_record(raw, &id.node_id, &root, now) {
+            let verified =
+                verify_node_record(raw, &id.node_id, &root, now).and_then(|(record, leaf)| {
+                    let bound = record.generation != 0;
+                    let matches = record.generation == id.generation_id
+                        && record.gossip_addr == Some(id.gossip_advertise_addr);
+                    if (bound && !matches) || (!bound && cache.bound.contains(&id.node_id)) {
+                        return Err(RecordError::Replayed {
+                            signed: record.generation,
+                            signed_addr: record
+                                .gossip_addr
+                                .map_or_else(|| "-".into(), |a| a.to_string()),
+                            published: id.generation_id,
+                            published_addr: id.gossip_advertise_addr.to_string(),
+                        });
+                    }
+                    Ok((record, leaf))
+                });
+            match verified {
                 Ok((record, leaf)) => {
+                    if record.generation != 0 {
+                        cache.bound.insert(id.node_id.clone());
+                    }
                     let newer = cache
                         .records
                         .get(id)

@@ -41,6 +41,15 @@ pub struct NodeRecord {
     pub leaving: bool,
     /// Unix milliseconds when signed; later records replace earlier ones.
     pub signed_at_ms: u64,
+    /// The chitchat generation this record is published under (the agent's start time):
+    /// a genuine record replayed under another generation does not verify. 0 only in
+    /// records of agents older than the binding, accepted until the node publishes a
+    /// bound one.
+    #[serde(default)]
+    pub generation: u64,
+    /// The gossip address this record is published from (bound like `generation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_addr: Option<SocketAddr>,
 }
 
 impl NodeRecord {
@@ -158,6 +167,19 @@ pub enum RecordError {
     /// Certificate or signature problem.
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// A genuine record replayed under another generation or address than it was
+    /// signed for (or an unbound one after the node published a bound record).
+    #[error("record signed for generation {signed} at {signed_addr}, published as generation {published} at {published_addr}")]
+    Replayed {
+        /// The generation in the signed record.
+        signed: u64,
+        /// The address in the signed record.
+        signed_addr: String,
+        /// The chitchat generation it was published under.
+        published: u64,
+        /// The chitchat address it was published from.
+        published_addr: String,
+    },
 }
 
 /// Signs `payload`'s JSON with `sign` and returns the gossip value `json64.sig64`.

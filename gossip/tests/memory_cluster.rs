@@ -119,6 +119,8 @@ impl Cluster {
             ca: false,
             leaving: false,
             signed_at_ms: 1,
+            generation: 1,
+            gossip_addr: Some(addr(i)),
         };
         let signed = encode_signed(&record, |m| key.sign(m).expect("sign record"));
         let seeds = if i == 0 {

@@ -37,6 +37,8 @@ async fn start(ca: &CertificateAuthority, name: &str, ring: &Keyring, seeds: Vec
         ca: false,
         leaving: false,
         signed_at_ms: 1,
+        generation: 1,
+        gossip_addr: Some(addr),
     };
     let signed = encode_signed(&record, |m| key.sign(m).expect("sign"));
     let root = TrustRoot::new(cluster, ca.cert_der().to_vec()).expect("root");

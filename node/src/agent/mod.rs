@@ -148,7 +148,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     let keyring = SharedKeyring::new(identity.keyring.clone());
     let gossip_stats = Arc::new(GossipStats::default());
     let metrics = Arc::new(Metrics::new(gossip_stats.clone()));
-    let records = RecordSigner::default();
+    let records = RecordSigner::new(crate::clock::unix_ms());
     let node_identity = Arc::new(NodeIdentity::new(
         identity.info.clone(),
         identity.key,
@@ -172,12 +172,17 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     let admin_credential = setup::admin_credential(&settings.data_dir, &trust, ca.as_deref())?;
 
     // The first record is signed before gossip starts; the agent re-signs from then on.
-    let boot_record = boot_record(&node_identity, &settings, ca.is_some());
+    let boot_record = boot_record(
+        &node_identity,
+        &settings,
+        ca.is_some(),
+        records.generation(),
+    );
     let gossip = Arc::new(
         Gossip::start(
             GossipConfig {
                 name: node_identity.info.name.clone(),
-                generation: crate::clock::unix_ms(),
+                generation: records.generation(),
                 listen: settings.gossip_listen(),
                 advertise: settings.gossip_advertise(),
                 seeds,
@@ -354,7 +359,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
 }
 
 /// The record gossip starts with (signed once more by the agent as soon as it runs).
-fn boot_record(identity: &NodeIdentity, settings: &Settings, ca: bool) -> String {
+fn boot_record(identity: &NodeIdentity, settings: &Settings, ca: bool, generation: u64) -> String {
     let (der, _) = identity.cert();
     let record = weft_gossip::NodeRecord {
         name: identity.info.name.clone(),
@@ -365,6 +370,8 @@ fn boot_record(identity: &NodeIdentity, settings: &Settings, ca: bool) -> String
         ca,
         leaving: false,
         signed_at_ms: 0,
+        generation,
+        gossip_addr: Some(settings.gossip_advertise()),
     };
     weft_gossip::encode_signed(&record, |m| identity.key.sign(m).unwrap_or_default())
 }

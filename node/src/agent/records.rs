@@ -13,9 +13,24 @@ use super::state::{Agent, VERSION};
 pub struct RecordSigner {
     last_signed_ms: AtomicU64,
     leaving: AtomicBool,
+    /// The chitchat generation this run publishes under (bound into every record).
+    generation: u64,
 }
 
 impl RecordSigner {
+    /// A signer for a run that publishes under `generation`.
+    pub fn new(generation: u64) -> Self {
+        Self {
+            generation,
+            ..Self::default()
+        }
+    }
+
+    /// This run's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// A stamp later than every earlier one (wall-clock milliseconds when it can be).
     fn next_ms(&self) -> u64 {
         let now = crate::clock::unix_ms();
@@ -47,6 +62,8 @@ impl Agent {
             ca: self.ca.is_some(),
             leaving: self.records.leaving.load(Ordering::SeqCst),
             signed_at_ms: self.records.next_ms(),
+            generation: self.records.generation,
+            gossip_addr: Some(s.gossip_advertise()),
         };
         encode_signed(&record, |m| self.identity.key.sign(m).unwrap_or_default())
     }
