@@ -52,8 +52,13 @@ fn main() -> ExitCode {
                 action: TokenAction::Create { ttl, client: c },
             } => client::token_create(&c, &ttl).await,
             Command::Node {
-                action: NodeAction::Revoke { name, client: c },
-            } => client::node_revoke(&c, &name).await,
+                action:
+                    NodeAction::Revoke {
+                        name,
+                        no_rotate,
+                        client: c,
+                    },
+            } => client::node_revoke(&c, &name, !no_rotate).await,
             Command::GossipKey { action } => match action {
                 GossipKeyAction::List(c) => client::gossip_keys(&c).await,
                 GossipKeyAction::Install { key, client: c } => {

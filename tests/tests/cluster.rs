@@ -195,6 +195,14 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     let mut c = Cluster::new("revoked_node_is_refused_everywhere");
     c.formed(3)?;
 
+    let primary = |n: &str| -> anyhow::Result<String> {
+        let v: serde_json::Value = serde_json::from_str(&weft_tests::http_get(
+            &c.agent(n).api(),
+            "/v1/gossip/keys",
+        )?)?;
+        Ok(v["primary"].as_str().unwrap_or_default().to_owned())
+    };
+    let old_key = primary("vm-1")?;
     // Revoked from a member that does not hold the CA: forwarded to the CA node.
     let out = c.agent("vm-2").cli(&["node", "revoke", "vm-3", "--json"]);
     assert!(
@@ -215,6 +223,11 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     }
     // ... vm-3 knows it is out, and no node accepts its handshakes any more.
     c.wait_not_ready("vm-3", CONVERGE)?;
+    // The gossip key was rotated out of vm-3's reach.
+    for n in ["vm-1", "vm-2"] {
+        assert_ne!(primary(n)?, old_key, "{n} still seals with the old key");
+    }
+    assert_eq!(primary("vm-3")?, old_key, "vm-3 took part in the rotation");
     let vm3 = c.agent("vm-3");
     let out = vm3.cli(&["token", "create"]);
     assert!(!out.status.success(), "a revoked node still reached the CA");

@@ -210,10 +210,14 @@ pub enum GossipKeyAction {
 /// `weft node …`
 #[derive(Debug, Subcommand)]
 pub enum NodeAction {
-    /// Revoke a node's certificate everywhere (admin).
+    /// Revoke a node's certificate everywhere, then rotate the gossip key out of its
+    /// reach (admin).
     Revoke {
         /// The node to revoke.
         name: String,
+        /// Keep the gossip key (the revoked node can still read and send gossip).
+        #[arg(long)]
+        no_rotate: bool,
         /// Common client options.
         #[command(flatten)]
         client: ClientArgs,

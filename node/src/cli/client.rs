@@ -330,8 +330,10 @@ pub async fn token_create(args: &ClientArgs, ttl: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weft node revoke NAME`
-pub async fn node_revoke(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
+/// `weft node revoke NAME`: the revocation, then (unless `rotate` is false) a gossip key
+/// rotation that the revoked node takes no part in, once the revocation list has had a
+/// few gossip rounds to reach it.
+pub async fn node_revoke(args: &ClientArgs, name: &str, rotate: bool) -> anyhow::Result<()> {
     let client = ApiClient::new(args)?;
     let node = weft_ca::NodeName::new(name)?;
     let r: RevokeView = client
@@ -349,7 +351,65 @@ pub async fn node_revoke(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
     } else {
         println!("{}: revoked {} certificate(s)", r.node, r.serials.len());
     }
+    if rotate {
+        tokio::time::sleep(ROTATE_AFTER).await;
+        let id = rotate_gossip_key(&client).await.with_context(|| {
+            format!("{name} is revoked, but the gossip key was not rotated (run `weft gossip-key install`, `use`, `remove` by hand)")
+        })?;
+        if !args.json {
+            println!("gossip key rotated to {id}; {name} no longer holds it");
+        }
+    }
     Ok(())
+}
+
+/// Time the revocation list gets to reach the revoked node before the key changes.
+const ROTATE_AFTER: Duration = Duration::from_secs(3);
+
+/// One gossip-key step on every alive, unrevoked member; fails unless all applied it.
+async fn gossip_key_step(
+    client: &ApiClient,
+    op: serde_json::Value,
+) -> anyhow::Result<Vec<KeyringNodeResult>> {
+    let change: crate::identity::keyring::KeyringOp = serde_json::from_value(op.clone())?;
+    let results: Vec<KeyringNodeResult> = client
+        .act(
+            reqwest::Method::POST,
+            "/v1/gossip/keys",
+            Some(op),
+            Act::Keyring { change },
+        )
+        .await?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.keyring.is_none())
+        .map(|r| format!("{}: {}", r.node, r.error.as_deref().unwrap_or("no answer")))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "not applied on every member (repeat the command): {}",
+            failed.join("; ")
+        );
+    }
+    Ok(results)
+}
+
+/// Installs a fresh key everywhere, uses it, removes the old one; returns the new id.
+async fn rotate_gossip_key(client: &ApiClient) -> anyhow::Result<String> {
+    let before: GossipKeysView = client.get("/v1/gossip/keys").await?;
+    let installed = gossip_key_step(
+        client,
+        serde_json::json!({"op": "install", "key": new_gossip_key()}),
+    )
+    .await?;
+    let id = installed
+        .first()
+        .and_then(|r| r.keyring.as_ref())
+        .and_then(|k| k.keys.iter().find(|k| !before.keys.contains(k)).cloned())
+        .context("the new key's id was not reported")?;
+    gossip_key_step(client, serde_json::json!({"op": "use", "id": id})).await?;
+    gossip_key_step(client, serde_json::json!({"op": "remove", "id": before.primary})).await?;
+    Ok(id)
 }
 
 /// `weft gossip-key list`
@@ -370,42 +430,20 @@ pub async fn gossip_keys(args: &ClientArgs) -> anyhow::Result<()> {
 /// Fails (non-zero) if any alive member did not apply it; every step can be repeated.
 pub async fn gossip_key_op(args: &ClientArgs, op: serde_json::Value) -> anyhow::Result<()> {
     let client = ApiClient::new(args)?;
-    let change: crate::identity::keyring::KeyringOp = serde_json::from_value(op.clone())?;
-    let results: Vec<KeyringNodeResult> = client
-        .act(
-            reqwest::Method::POST,
-            "/v1/gossip/keys",
-            Some(op),
-            Act::Keyring { change },
-        )
-        .await?;
+    let results = gossip_key_step(&client, op).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
     }
-    let mut failed = Vec::new();
     for r in &results {
-        match (&r.keyring, &r.error) {
-            (Some(k), _) if !args.json => {
-                println!(
-                    "{}: in use {}, accepted {}",
-                    r.node,
-                    k.primary,
-                    k.keys.join(" ")
-                )
-            }
-            (None, e) => failed.push(format!(
-                "{}: {}",
+        if let Some(k) = &r.keyring {
+            println!(
+                "{}: in use {}, accepted {}",
                 r.node,
-                e.as_deref().unwrap_or("no answer")
-            )),
-            _ => {}
+                k.primary,
+                k.keys.join(" ")
+            );
         }
-    }
-    if !failed.is_empty() {
-        bail!(
-            "not applied on every member (repeat the command): {}",
-            failed.join("; ")
-        );
     }
     Ok(())
 }
