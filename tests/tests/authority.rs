@@ -169,6 +169,21 @@ fn a_member_without_a_credential_changes_nothing_and_operators_act_within_their_
                 .filter(|b| b.contains("\"v1\"")))
         })?;
     }
+    // Every node's audit trail names the operator, the node that received the write and
+    // the change; the CA node's names who created dave.
+    let audit = ok(&c.agent("vm-3").cli(&["audit", "--json"]))?;
+    let audit: Vec<serde_json::Value> = serde_json::from_str(&audit)?;
+    anyhow::ensure!(
+        audit.iter().any(|r| r["operator"] == "dave (operator)"
+            && r["via"] == "vm-2"
+            && r["change"] == "set route/reviews"),
+        "vm-3's audit: {audit:?}"
+    );
+    let ca_audit = ok(&c.agent("vm-1").cli(&["audit"]))?;
+    anyhow::ensure!(
+        ca_audit.contains("admin (admin) via vm-1: create operator dave (operator) [applied]"),
+        "vm-1's audit: {ca_audit}"
+    );
     let history = ok(&vm2.cli_as_node(&["config", "history", "route", "reviews"], &[]))?;
     anyhow::ensure!(
         history.contains("dave"),
@@ -255,6 +270,66 @@ fn an_entry_injected_by_a_member_is_dropped_by_every_other_node() -> anyhow::Res
             http_get(&agent.api(), "/v1/config/policy/default").is_err(),
             "{n} applied an unsigned entry"
         );
+    }
+    Ok(())
+}
+
+/// Upgrade: a bootstrap node from before operator credentials (no `admin-credential`,
+/// an unsigned entry in its store) issues its admin credential on start, signs the old
+/// entry so that nodes joining later accept it, and its old admin token keeps working
+/// for scripts (it stands for the credential there).
+#[test]
+fn an_upgraded_bootstrap_node_issues_its_credential_and_signs_old_entries() -> anyhow::Result<()> {
+    let mut c = Cluster::new("an_upgraded_bootstrap_node_issues_its_credential");
+    c.start_nodes(1, &[])?;
+    c.agent_mut("vm-1").kill();
+    let dir = c.data_dir("vm-1");
+    std::fs::remove_file(dir.join("admin-credential"))?;
+    let store = weft_node::store::Store::open(&dir.join("store"))?;
+    let old = weft_node::cluster_config::Entry {
+        kind: weft_node::cluster_config::Kind::Ratelimit,
+        name: "reviews".into(),
+        version: weft_node::cluster_config::hlc::Hlc {
+            wall: 1_000,
+            logical: 0,
+            node: "vm-1".into(),
+        },
+        value: Some(serde_json::json!({"rps": 5.0})),
+        auth: None,
+    };
+    store.put_config(&old.store_key(), &old)?;
+    drop(store);
+    c.spawn("vm-1", &[]);
+    c.wait_ready("vm-1")?;
+    anyhow::ensure!(
+        dir.join("admin-credential").exists(),
+        "no admin credential after the upgrade"
+    );
+
+    // The old admin token, as a script would send it.
+    let token = std::fs::read_to_string(dir.join("admin-token"))?;
+    let api = c.agent("vm-1").api();
+    let body = r#"{"rps":7.0}"#;
+    let (status, answer) = weft_tests::backends::http_raw(
+        &api,
+        &format!(
+            "PUT /v1/config/ratelimit/ratings HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        ),
+    )?;
+    anyhow::ensure!(status == 200, "admin token refused: {status} {answer}");
+
+    // A node joining now accepts both entries: the old one was signed again.
+    c.join("vm-2", "vm-1", &[])?;
+    for name in ["reviews", "ratings"] {
+        eventually(&format!("ratelimit {name} on vm-2"), CONVERGE, || {
+            Ok(http_get(
+                &c.agent("vm-2").api(),
+                &format!("/v1/config/ratelimit/{name}"),
+            )
+            .ok())
+        })?;
     }
     Ok(())
 }

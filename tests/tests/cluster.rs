@@ -196,10 +196,8 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     c.formed(3)?;
 
     let primary = |n: &str| -> anyhow::Result<String> {
-        let v: serde_json::Value = serde_json::from_str(&weft_tests::http_get(
-            &c.agent(n).api(),
-            "/v1/gossip/keys",
-        )?)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&weft_tests::http_get(&c.agent(n).api(), "/v1/gossip/keys")?)?;
         Ok(v["primary"].as_str().unwrap_or_default().to_owned())
     };
     let old_key = primary("vm-1")?;

@@ -335,6 +335,9 @@ pub trait NodeApi: Send + Sync + 'static {
     fn logs(&self, filter: Option<String>) -> impl Future<Output = Vec<serde_json::Value>> + Send;
     /// The service graph with live rates (`{services, edges}`).
     fn graph(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// The newest `limit` audit records of this node (operator acts it executed, config
+    /// changes it applied), newest first.
+    fn audit(&self, limit: usize) -> impl Future<Output = Vec<serde_json::Value>> + Send;
     /// Prometheus text exposition.
     fn metrics(&self) -> impl Future<Output = String> + Send;
     /// Whether `token` is this node's admin token.

@@ -61,6 +61,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/config/{kind}/{name}/history", get(config_history::<N>))
         .route("/v1/config/{kind}/{name}/stamp", get(config_stamp::<N>))
         .route("/v1/operators", post(operators::<N>))
+        .route("/v1/audit", get(audit::<N>))
         .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
@@ -298,6 +299,20 @@ async fn config_put<N: NodeApi>(
 ) -> Result<Response, ApiError> {
     let caller = caller(&*node, &headers);
     Ok(Json(node.config_put(kind, name, body.to_vec(), caller).await?).into_response())
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Response {
+    Json(node.audit(q.limit.unwrap_or(100).min(10_000)).await).into_response()
 }
 
 async fn config_stamp<N: NodeApi>(

@@ -461,6 +461,13 @@ impl NodeApi for Agent {
         crate::telemetry::graph::graph(&members, &self.data.catalog.get())
     }
 
+    async fn audit(&self, limit: usize) -> Vec<serde_json::Value> {
+        self.store.audit(limit).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the audit records");
+            Vec::new()
+        })
+    }
+
     async fn metrics(&self) -> String {
         self.refresh_gauges().await;
         self.data.metrics.render()

@@ -22,8 +22,9 @@ fn error(kind: RefusalKind, message: impl Into<String>) -> CtlResponse {
     }
 }
 
-/// Writes the audit line of a verified act (`outcome`: "applied" or the refusal).
-pub fn audit(v: &Verified, node: &str, outcome: &str) {
+/// Writes the audit record of a verified act (`outcome`: "applied" or the refusal): one
+/// JSON line in the journal and one record in `store` (`weft audit`).
+pub fn audit(v: &Verified, node: &str, outcome: &str, store: &crate::store::Store) {
     let change = match &v.payload.act {
         Act::ConfigWrite {
             kind, name, value, ..
@@ -46,8 +47,12 @@ pub fn audit(v: &Verified, node: &str, outcome: &str) {
         "change": change,
         "outcome": outcome,
         "signed_at_ms": v.payload.issued_at_ms,
+        "at_ms": crate::clock::unix_ms(),
     });
     info!(target: "weft::audit", audit = %line, "operator act");
+    if let Err(e) = store.push_audit(&line) {
+        tracing::warn!(error = %e, "cannot record an audit record");
+    }
 }
 
 /// Executes a verified act here.
@@ -63,7 +68,7 @@ pub async fn execute(
         CtlResponse::Error { message, .. } => message.clone(),
         _ => "applied".into(),
     };
-    audit(v, &node, &outcome);
+    audit(v, &node, &outcome, identity.store());
     answer
 }
 

@@ -381,7 +381,7 @@ impl crate::cluster_config::EntryCheck for Authority {
     fn check(&self, e: &Entry, now_ms: u64) -> Result<String, String> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
         self.entry(e, now)
-            .map(|v| v.operator.name.to_string())
+            .map(|v| format!("{} ({})", v.operator.name, v.operator.role))
             .map_err(|err| err.to_string())
     }
 }

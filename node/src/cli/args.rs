@@ -64,6 +64,15 @@ pub enum Command {
         #[command(subcommand)]
         action: super::config_cmd::PolicyAction,
     },
+    /// What operators changed, as this node saw it: acts it executed, config it applied.
+    Audit {
+        /// Most records shown (newest first).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Operator credentials: who may change the cluster (admin).
     Operator {
         /// Operator action.

@@ -408,7 +408,11 @@ async fn rotate_gossip_key(client: &ApiClient) -> anyhow::Result<String> {
         .and_then(|k| k.keys.iter().find(|k| !before.keys.contains(k)).cloned())
         .context("the new key's id was not reported")?;
     gossip_key_step(client, serde_json::json!({"op": "use", "id": id})).await?;
-    gossip_key_step(client, serde_json::json!({"op": "remove", "id": before.primary})).await?;
+    gossip_key_step(
+        client,
+        serde_json::json!({"op": "remove", "id": before.primary}),
+    )
+    .await?;
     Ok(id)
 }
 
@@ -628,4 +632,31 @@ pub async fn operator(action: &OperatorAction) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `weft audit`
+pub async fn audit(args: &ClientArgs, limit: usize) -> anyhow::Result<()> {
+    let client = ApiClient::new(args)?;
+    let records: Vec<serde_json::Value> = client.get(&format!("/v1/audit?limit={limit}")).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    for r in records {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(r["at_ms"].as_u64().unwrap_or(0)),
+        );
+        let role = r["role"]
+            .as_str()
+            .map(|x| format!(" ({x})"))
+            .unwrap_or_default();
+        println!(
+            "{when}  {}{role} via {}: {} [{}]",
+            r["operator"].as_str().unwrap_or("-"),
+            r["via"].as_str().unwrap_or("-"),
+            r["change"].as_str().unwrap_or("-"),
+            r["outcome"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
 }

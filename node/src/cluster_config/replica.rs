@@ -47,6 +47,7 @@ pub enum WriteError {
 /// The replica.
 pub struct ConfigReplica {
     check: Arc<dyn EntryCheck>,
+    node: String,
     inner: Mutex<(ConfigState, Clock)>,
     applied: AppliedView,
     /// When this replica's digest last equalled every alive peer's (Unix ms).
@@ -82,6 +83,7 @@ impl ConfigReplica {
         let applied = AppliedView::new(Applied::build(&state));
         Ok(Self {
             check,
+            node: node.to_owned(),
             inner: Mutex::new((state, clock)),
             applied,
             synced_at_ms: AtomicU64::new(crate::clock::unix_ms()),
@@ -119,6 +121,25 @@ impl ConfigReplica {
     fn changed(&self, state: &ConfigState) {
         self.applied.set(Applied::build(state));
         self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The audit record of an applied entry: a JSON line in the journal and a record in
+    /// the store (`weft audit`). `operator` is what `EntryCheck` said of the signer.
+    fn audit(&self, e: &Entry, operator: &str, from_peer: Option<&str>) {
+        let line = serde_json::json!({
+            "operator": operator,
+            "via": e.version.node,
+            "node": self.node,
+            "change": format!("{} {}/{}", if e.value.is_some() { "set" } else { "delete" }, e.kind, e.name),
+            "outcome": "applied",
+            "from_peer": from_peer,
+            "version_ms": e.version.wall,
+            "at_ms": crate::clock::unix_ms(),
+        });
+        info!(target: "weft::audit", audit = %line, "config change applied");
+        if let Err(err) = self.store.push_audit(&line) {
+            warn!(error = %err, "cannot record an audit record");
+        }
     }
 
     /// Appends `e` to its history (best effort: the entry itself is already stored).
@@ -169,7 +190,7 @@ impl ConfigReplica {
         self.remember(&entry);
         state.merge(entry.clone());
         self.changed(state);
-        info!(target: "weft::audit", kind = %entry.kind, name = %entry.name, %operator, version = entry.version.wall, deleted = entry.value.is_none(), "config written through this node");
+        self.audit(&entry, &operator, None);
         Ok(entry)
     }
 
@@ -222,7 +243,7 @@ impl ConfigReplica {
                 continue;
             }
             self.remember(&e);
-            info!(target: "weft::audit", kind = %e.kind, name = %e.name, %operator, version = e.version.wall, deleted = e.value.is_none(), peer = from, "config applied");
+            self.audit(&e, &operator, Some(from));
             state.merge(e);
             changed += 1;
         }

@@ -147,6 +147,11 @@ impl NodeIdentity {
             .is_revoked(serial)
     }
 
+    /// This node's store (for the audit trail of what it executed).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// When the certificate with `serial` was revoked (Unix seconds), if it was.
     pub fn revoked_at(&self, serial: &str) -> Option<u64> {
         self.revoked

@@ -63,6 +63,9 @@ pub enum Consume {
     Missing,
 }
 
+/// Audit records a node keeps.
+pub const AUDIT_LEN: usize = 10_000;
+
 /// The sled database of one node.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -76,6 +79,7 @@ pub struct Store {
     config: sled::Tree,
     config_history: sled::Tree,
     operators: sled::Tree,
+    audit: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -106,6 +110,7 @@ impl Store {
             config: db.open_tree("config")?,
             config_history: db.open_tree("config_history")?,
             operators: db.open_tree("operators")?,
+            audit: db.open_tree("audit")?,
             db,
         })
     }
@@ -222,6 +227,30 @@ impl Store {
         self.names.insert(node, encode(entry))?;
         self.flush()?;
         Ok(true)
+    }
+
+    /// Appends an audit record (not flushed on its own: the change it records was), keeping
+    /// the newest `AUDIT_LEN`.
+    pub fn push_audit<T: Serialize>(&self, record: &T) -> Result<(), StoreError> {
+        let id = self.db.generate_id()?;
+        let key = format!("{:020}-{id:020}", crate::clock::unix_ms());
+        self.audit.insert(key.as_bytes(), encode(record))?;
+        while self.audit.len() > AUDIT_LEN {
+            if self.audit.pop_min()?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` audit records, newest first.
+    pub fn audit<T: DeserializeOwned>(&self, limit: usize) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.audit.iter().rev().take(limit) {
+            let (_, v) = kv?;
+            out.push(decode("audit", &v)?);
+        }
+        Ok(out)
     }
 
     /// Records (or replaces) an operator's record (CA node).

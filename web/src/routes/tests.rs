@@ -175,6 +175,9 @@ impl NodeApi for Fake {
             "edges": [{"source": "frontend", "destination": "reviews", "rps": 2.5, "error_rate": 0.0, "p50_ms": 1.0, "p99_ms": 4.0}]
         })
     }
+    async fn audit(&self, limit: usize) -> Vec<serde_json::Value> {
+        vec![serde_json::json!({ "limit": limit })]
+    }
     async fn metrics(&self) -> String {
         "weft_members{status=\"alive\"} 2\n".into()
     }
