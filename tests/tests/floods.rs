@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use weft_tests::backends::{http_get_host, Backend};
-use weft_tests::{http_get, no_cert_data_config, trust_of, Cluster};
+use weft_tests::{eventually, http_get, no_cert_data_config, trust_of, Cluster};
 
 /// Bound on the agent's RSS growth over the whole test.
 const RSS_GROWTH_MIB: f64 = 64.0;
@@ -244,5 +244,164 @@ fn floods_leave_the_agent_bounded_and_serving() -> anyhow::Result<()> {
         "RSS grew {rss_before} → {rss_after}"
     );
     c.allow_error("unknown service");
+    Ok(())
+}
+
+/// Every listener bounded: while ordinary requests and certificate renewals go on,
+/// vm-1 (the CA node) takes QUIC Initials from thousands of source addresses that never
+/// answer (what spoofed packets look like to it), join connections that never speak,
+/// idle TCP connections to its API and to an upstream listener, and a member that opens
+/// streams and never reads. Nothing ordinary fails and its memory stays bounded.
+#[test]
+fn listener_floods_do_not_stop_traffic_or_renewals() -> anyhow::Result<()> {
+    let long = std::env::var_os("WEFT_FAULT_LONG").is_some();
+    let initials: u32 = if long { 10_000 } else { 2_000 };
+    let mut c = Cluster::new("listener_floods_do_not_stop_traffic_or_renewals");
+    c.formed_with(2, &["--leaf-ttl", "20s"])?;
+    let reviews = Backend::http("reviews");
+    let up = c.reachable_http("vm-1", "reviews", reviews.port())?;
+    let vm1 = c.agent("vm-1");
+    let pid = vm1
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("vm-1 not running"))?;
+    let rss_before = rss_mib(pid);
+    let renewals_before = c.agent("vm-2").metric("weft_cert_renewals_total")?;
+    let api = vm1.api();
+    let target = std::net::SocketAddr::from((vm1.ip, 7443));
+
+    // Ordinary traffic through the flood: an app request and an API read every 50 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, up, api) = (stop.clone(), up.clone(), api.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get_host(&up, "reviews", "/") {
+                    Ok((200, _)) => ok += 1,
+                    other => failed.push(format!("app: {other:?}")),
+                }
+                match http_get(&api, "/v1/members") {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("api: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+
+    // Idle TCP: 1000 to the API, 1000 to the upstream listener, held to the end.
+    let mut idle = Vec::new();
+    for addr in [&api, &up] {
+        for _ in 0..1000 {
+            if let Ok(s) = TcpStream::connect(addr) {
+                idle.push(s);
+            }
+        }
+    }
+
+    let (trust, vm2_id) = trust_of(&c.agent("vm-2").data_dir)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let (joins_held, streams_opened) = rt.block_on(async {
+        // Initials from many addresses that never answer a Retry nor finish a handshake.
+        let join_config = weft_node::tls::join_client_config(trust.ca_sha256())?;
+        let t = tokio::time::Instant::now();
+        for i in 0..initials {
+            // 127.250.0.0/14 holds no test's subnet (those are 127.100-249.*).
+            let src = std::net::Ipv4Addr::new(
+                127,
+                250 + (i / 62_500) as u8,
+                (i / 250 % 250) as u8,
+                (i % 250 + 1) as u8,
+            );
+            let Ok(ep) = quinn::Endpoint::client(std::net::SocketAddr::from((src, 0))) else {
+                continue;
+            };
+            let _ = ep.connect_with(join_config.clone(), target, "vm-1");
+            tokio::task::yield_now().await;
+            drop(ep);
+            let due = Duration::from_secs(10).mul_f64(f64::from(i) / f64::from(initials));
+            tokio::time::sleep_until(t + due).await;
+        }
+        // Join connections that complete the handshake and never speak.
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let mut joins = Vec::new();
+        for _ in 0..500 {
+            if let Ok(Ok(conn)) = tokio::time::timeout(
+                Duration::from_millis(300),
+                ep.connect_with(join_config.clone(), target, "vm-1")?,
+            )
+            .await
+            {
+                joins.push(conn);
+            }
+        }
+        // A member that opens streams and never reads their answers.
+        let certs = weft_node::tls::CertStore::new(&vm2_id.key, &vm2_id.cert_der, &vm2_id.ca_der)?;
+        let data = weft_node::tls::data_client_config(
+            &certs,
+            trust.clone(),
+            std::sync::Arc::new(std::sync::RwLock::new(
+                weft_gossip::RevocationList::default(),
+            )),
+        )?;
+        let conn = ep.connect_with(data, target, "vm-1")?.await?;
+        let mut opened = 0u32;
+        let mut streams = Vec::new();
+        for _ in 0..2000 {
+            match tokio::time::timeout(Duration::from_millis(200), conn.open_bi()).await {
+                Ok(Ok((mut send, recv))) => {
+                    let _ = send.write_all(&[0u8; 4096]).await;
+                    streams.push((send, recv));
+                    opened += 1;
+                }
+                _ => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = joins.iter().filter(|j| j.close_reason().is_none()).count();
+        drop(streams);
+        conn.close(0u32.into(), b"");
+        drop(joins);
+        ep.close(0u32.into(), b"");
+        anyhow::Ok((held, opened))
+    })?;
+
+    // Renewals went on: vm-2 (20 s certificates, renewed at half-life) renewed again.
+    eventually(
+        "a renewal during the floods",
+        Duration::from_secs(25),
+        || {
+            Ok(
+                (c.agent("vm-2").metric("weft_cert_renewals_total")? > renewals_before)
+                    .then_some(()),
+            )
+        },
+    )?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    let rss_after = rss_mib(pid);
+    drop(idle);
+    println!(
+        "FAULT | 19b listener floods | {} | {initials} unanswered Initials from {initials} addresses in 10 s, {joins_held} silent join connections held of 500, 2000 idle TCP connections (API, upstream), {streams_opened} unread streams from one member; {ok} ordinary requests served, {} failed; a renewal went through; RSS {rss_before:.1} → {rss_after:.1} MiB (bound +{RSS_GROWTH_MIB} MiB)",
+        if failed.is_empty() && rss_after - rss_before < RSS_GROWTH_MIB { "pass" } else { "FAIL" },
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "ordinary traffic failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "too little ordinary traffic: {ok}");
+    assert!(
+        joins_held <= 32,
+        "{joins_held} silent join connections held (budget 32)"
+    );
+    assert!(
+        rss_after - rss_before < RSS_GROWTH_MIB,
+        "RSS grew {rss_before} → {rss_after}"
+    );
     Ok(())
 }

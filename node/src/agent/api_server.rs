@@ -1,5 +1,7 @@
 //! The API and dashboard listener, bounded: at most `MAX_API_CONNECTIONS` connections at
-//! once (the rest wait in the kernel's backlog), request headers must arrive within
+//! once (one more is accepted and closed at once, so that a flood of idle connections
+//! cannot fill the kernel's backlog and make every client hang), request headers must
+//! arrive within
 //! `HEADER_READ_TIMEOUT` (idle keep-alive connections too), and every connection is
 //! closed gracefully when the agent stops. `axum::serve` has none of these knobs, so the
 //! router is served with hyper-util's connection builder directly.
@@ -14,10 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Most API connections served at once.
-pub const MAX_API_CONNECTIONS: usize = 256;
+pub const MAX_API_CONNECTIONS: usize = 1024;
 /// Time allowed for a request's headers (and for an idle keep-alive connection).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a connection gets to finish once the agent stops.
@@ -28,13 +30,6 @@ pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: Cancel
     let permits = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
     let conns = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let sock = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = listener.accept() => match a {
@@ -45,6 +40,11 @@ pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: Cancel
                     continue;
                 }
             },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!("API connection limit reached; connection closed");
+            drop(sock);
+            continue;
         };
         let svc = TowerToHyperService::new(router.clone());
         let stop = shutdown.clone();

@@ -4,7 +4,7 @@
 //! HTTP forward proxy (`http://SERVICE/…`, `CONNECT SERVICE:port`).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::catalog::Protocol;
 use bytes::Bytes;
@@ -63,6 +63,10 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     r
 }
 
+/// Time an app has to send a request's headers (also how long an idle keep-alive
+/// connection is kept).
+pub const APP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves one app connection (HTTP/1.1 or h2c, with CONNECT upgrades) until it closes.
 pub async fn serve_connection(inputs: Arc<ProxyInputs>, io: tokio::net::TcpStream, target: Target) {
     let inputs_for_guard = inputs.clone();
@@ -76,7 +80,16 @@ pub async fn serve_connection(inputs: Arc<ProxyInputs>, io: tokio::net::TcpStrea
         warn!(reason, "request refused with 400: ambiguous framing");
         metrics.record("-", "unknown", "400", 0.0);
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(APP_HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(APP_HEADER_READ_TIMEOUT))
+        .keep_alive_timeout(Duration::from_secs(20));
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(guarded), svc)
         .await

@@ -71,13 +71,19 @@ pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: Cancellatio
     }
 }
 
-/// Accepts on `listener` until `stop`, handing each socket (no-delay set) to `handle`.
-/// Accept errors (e.g. out of file descriptors) are logged and retried after a pause.
+/// Connections one app-side listener serves at once; more wait in the kernel's backlog.
+pub const MAX_APP_CONNECTIONS: usize = 4096;
+
+/// Accepts on `listener` until `stop`, handing each socket (no-delay set) to `handle`;
+/// at most `MAX_APP_CONNECTIONS` at once (more are accepted and closed at once rather than
+/// left to fill the kernel's backlog). Accept errors (e.g. out of file descriptors) are
+/// logged and retried after a pause.
 async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F)
 where
     F: Fn(tokio::net::TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_APP_CONNECTIONS));
     loop {
         let (sock, _) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -90,8 +96,20 @@ where
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                limit = MAX_APP_CONNECTIONS,
+                "app connection limit reached; connection closed"
+            );
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(handle(sock));
+        let conn = handle(sock);
+        tokio::spawn(async move {
+            conn.await;
+            drop(slot);
+        });
     }
 }
 

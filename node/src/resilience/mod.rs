@@ -11,7 +11,7 @@ pub mod settings;
 pub mod state;
 
 pub use fault::Fault;
-pub use ratelimit::RateLimit;
+pub use ratelimit::{RateLimit, TokenBucket};
 pub use retry::{RetryPolicy, DEFAULT_ATTEMPTS};
 pub use settings::{Outlier, Resilience};
 pub use state::{InFlight, ResilienceState};
