@@ -134,7 +134,10 @@ async fn wait_ready(api: &str) -> anyhow::Result<()> {
     for _ in 0..100 {
         if let Ok(mut s) = TcpStream::connect(api).await {
             let _ = s
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    format!("GET /readyz HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
                 .await;
             let mut buf = Vec::new();
             let _ = s.read_to_end(&mut buf).await;
@@ -154,7 +157,7 @@ async fn create_token(api: &str, data_dir: &Path) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(api).await?;
     let body = "{\"ttl_secs\":600}";
     let req = format!(
-        "POST /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/tokens HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await?;
