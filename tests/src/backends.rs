@@ -225,3 +225,23 @@ pub fn http_get_host(addr: &str, host: &str, target: &str) -> anyhow::Result<(u1
         &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     )
 }
+
+/// An HTTP/2 GET with prior knowledge (h2c) of `http://{authority}{path}` on `addr`;
+/// returns the status and the body.
+pub async fn h2c_request(addr: &str, authority: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt as _;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri(format!("http://{authority}{path}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

@@ -335,6 +335,10 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
         let (status, body) = get(trick)?;
         assert_eq!(status, 403, "{trick}: {body}");
     }
+    // The same deny holds for HTTP/2 (h2c with prior knowledge).
+    let rt = tokio::runtime::Runtime::new()?;
+    let (status, body) = rt.block_on(weft_tests::backends::h2c_request(&up, "hello", "/admin"))?;
+    assert_eq!(status, 403, "h2c /admin: {body}");
     let (status, _) = get("/../../etc/passwd")?;
     assert_eq!(status, 400);
     assert_eq!(hello.count(), before, "a dodge reached the backend");

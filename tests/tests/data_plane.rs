@@ -176,21 +176,9 @@ fn apps_reach_services_on_other_nodes() -> anyhow::Result<()> {
 }
 
 async fn h2c_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    use http_body_util::BodyExt as _;
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .uri(format!("http://reviews{path}"))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let resp = send.send_request(req).await?;
-    anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    let (status, body) = weft_tests::backends::h2c_request(addr, "reviews", path).await?;
+    anyhow::ensure!(status == 200, "status {status}");
+    Ok(body)
 }
 
 #[test]
