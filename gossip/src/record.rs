@@ -123,6 +123,10 @@ pub struct Revoked {
     pub serial: String,
     /// When it was revoked, Unix seconds.
     pub revoked_at_unix: u64,
+    /// When the certificate expires, Unix seconds: the entry is pruned after that (0 in
+    /// entries made before expiry was recorded: kept).
+    #[serde(default)]
+    pub not_after_unix: u64,
 }
 
 /// The cluster's revocation list, signed by the CA.

@@ -470,6 +470,7 @@ async fn revocations_spread_and_forged_values_are_ignored() {
             node: NodeName::new("n2").expect("valid"),
             serial,
             revoked_at_unix: 1,
+            not_after_unix: 0,
         }],
     };
     let signed_crl = encode_signed(&crl, |m| c.ca.sign(m).expect("CA signs"));

@@ -290,3 +290,27 @@ fn expired_certificate_needs_a_new_token() -> anyhow::Result<()> {
     c.wait_all_see_all(&["vm-1", "vm-2"], CONVERGE)?;
     Ok(())
 }
+
+/// The CA node loses its store (identity kept): the revocation list it had published is
+/// adopted back from gossip, so a revocation made afterwards carries a newer version and
+/// is honoured everywhere instead of being ignored as old.
+#[test]
+fn revocations_after_the_ca_lost_its_store_still_apply() -> anyhow::Result<()> {
+    let mut c = Cluster::new("revocations_after_the_ca_lost_its_store_still_apply");
+    c.formed(3)?;
+    c.cli_ok("vm-1", &["node", "revoke", "vm-3", "--no-rotate"])?;
+    for observer in ["vm-1", "vm-2"] {
+        c.wait_revoked(observer, "vm-3", CONVERGE)?;
+    }
+    c.agent_mut("vm-1").kill();
+    std::fs::remove_dir_all(c.data_dir("vm-1").join("store"))?;
+    c.spawn("vm-1", &["--join", &c.agent("vm-2").ip.to_string()]);
+    c.wait_ready("vm-1")?;
+    c.join("vm-4", "vm-1", &[])?;
+    c.cli_ok("vm-2", &["node", "revoke", "vm-4", "--no-rotate"])?;
+    for observer in ["vm-1", "vm-2", "vm-4"] {
+        c.wait_revoked(observer, "vm-4", CONVERGE)?;
+        c.wait_revoked(observer, "vm-3", CONVERGE)?;
+    }
+    Ok(())
+}

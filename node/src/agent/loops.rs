@@ -159,6 +159,15 @@ pub async fn housekeeping_loop(agent: Arc<Agent>) {
         agent.sync_revocations().await;
         agent.data.enforce_own_expiry();
         n += 1;
+        if n % 60 == 30 {
+            if let Some(ca) = &agent.ca {
+                match ca.prune_revocations(std::time::SystemTime::now()) {
+                    Ok(0) => {}
+                    Ok(_) => agent.sync_revocations().await,
+                    Err(e) => warn!(error = %e, "cannot prune the revocation list"),
+                }
+            }
+        }
         if n % 5 == 1 {
             if let Some(ca) = members
                 .iter()

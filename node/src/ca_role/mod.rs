@@ -107,6 +107,9 @@ fn operator_key(name: &OperatorName) -> String {
     format!("operator:{name}")
 }
 
+/// How long after its certificate expired a revocation entry is kept (clock skew).
+pub const PRUNE_GRACE: Duration = Duration::from_secs(3600);
+
 /// Longest join-token lifetime accepted.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);
 
@@ -313,37 +316,75 @@ impl CaRole {
         Ok(issued)
     }
 
-    /// Revokes every certificate issued to `node`; returns the serials newly revoked.
+    /// Revokes every unexpired certificate issued to `node`; returns the serials newly
+    /// revoked (expired ones need no entry: nothing accepts them anyway).
     pub fn revoke(&self, node: &NodeName, now: SystemTime) -> Result<Vec<String>, Refusal> {
-        let serials = self.store.serials_of(node.as_str())?;
-        if serials.is_empty() {
+        if self.store.serials_of(node.as_str())?.is_empty() {
             return Err(Refusal::new(
                 RefusalKind::BadRequest,
                 format!("no certificate was issued to {node}"),
             ));
         }
+        let serials = self.store.unexpired_serials_of(node.as_str(), unix(now))?;
         self.revoke_serials(node, serials, now)
     }
 
-    /// Adds `serials` (of `label`, a node or an operator) to the revocation list.
+    /// Drops entries whose certificate expired more than `PRUNE_GRACE` ago; returns how
+    /// many were dropped (the list's version moves on when any were).
+    pub fn prune_revocations(&self, now: SystemTime) -> Result<usize, Refusal> {
+        let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
+        let cutoff = unix(now).saturating_sub(PRUNE_GRACE.as_secs());
+        let mut next = crl.clone();
+        next.revoked
+            .retain(|r| r.not_after_unix == 0 || r.not_after_unix > cutoff);
+        let dropped = crl.revoked.len() - next.revoked.len();
+        if dropped > 0 {
+            next.version += 1;
+            self.store.set_crl(&next)?;
+            *crl = next;
+            info!(
+                dropped,
+                left = crl.revoked.len(),
+                "expired certificates pruned from the revocation list"
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// Adds `serials` (of `label`, a node or an operator, with their expiry) to the
+    /// revocation list. A list that would no longer fit in one gossip value is refused
+    /// with the reason, never published in part.
     fn revoke_serials(
         &self,
         label: &NodeName,
-        serials: Vec<String>,
+        serials: Vec<(String, u64)>,
         now: SystemTime,
     ) -> Result<Vec<String>, Refusal> {
         let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = crl.clone();
         let mut added = Vec::new();
-        for serial in serials {
+        for (serial, not_after_unix) in serials {
             if !next.is_revoked(&serial) {
                 next.revoked.push(Revoked {
                     node: label.clone(),
                     serial: serial.clone(),
                     revoked_at_unix: unix(now),
+                    not_after_unix,
                 });
                 added.push(serial);
             }
+        }
+        let size = encode_signed(&next, |m| self.ca.sign(m).unwrap_or_default()).len();
+        if size > weft_gossip::record::MAX_SIGNED_VALUE {
+            warn!(name = %label, entries = next.revoked.len(), size, "revocation refused: the list would not fit in gossip");
+            return Err(Refusal::new(
+                RefusalKind::Unavailable,
+                format!(
+                    "the revocation list would be {size} bytes with {} entries, over gossip's {} byte limit; nothing was revoked. Entries leave the list when their certificates expire (leaf_ttl); retry then",
+                    next.revoked.len(),
+                    weft_gossip::record::MAX_SIGNED_VALUE
+                ),
+            ));
         }
         if !added.is_empty() {
             next.version += 1;
@@ -448,7 +489,9 @@ impl CaRole {
                 format!("no operator {name}"),
             ));
         };
-        let serials = self.store.serials_of(&operator_key(name))?;
+        let serials = self
+            .store
+            .unexpired_serials_of(&operator_key(name), unix(now))?;
         let label = NodeName::new(name.as_str())
             .map_err(|e| Refusal::new(RefusalKind::BadRequest, e.to_string()))?;
         let added = self.revoke_serials(&label, serials, now)?;
@@ -486,13 +529,42 @@ impl CaRole {
 
     /// Makes this CA's own revocation list the one in force here and publishes it in
     /// gossip, unless gossip already carries a newer one (which `identity` adopts).
+    ///
+    /// A list in gossip at least as new as this CA's that holds entries this CA lacks is
+    /// CA-signed, so it is this CA's own from before a lost store: its entries are merged
+    /// in (union) at a version above both, so that nothing revoked before the loss comes
+    /// back and revocations made from now on are not ignored as old.
     pub async fn publish_revocations(&self, identity: &NodeIdentity, gossip: &Gossip) {
-        let own = self.crl();
-        if own.version >= gossip.revocations().version {
-            if let Some(signed) = self.signed_crl() {
-                gossip.publish_crl(signed).await;
+        let seen = gossip.revocations();
+        let mut own = self.crl();
+        let lacking = seen.revoked.iter().any(|r| !own.is_revoked(&r.serial));
+        if seen.version >= own.version && lacking {
+            let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
+            let mut merged = crl.clone();
+            for r in &seen.revoked {
+                if !merged.is_revoked(&r.serial) {
+                    merged.revoked.push(r.clone());
+                }
             }
-            identity.adopt_revocations(own);
+            merged.version = seen.version.max(crl.version) + 1;
+            if let Err(e) = self.store.set_crl(&merged) {
+                warn!(error = %e, "cannot store the merged revocation list");
+                return;
+            }
+            warn!(
+                version = merged.version,
+                store_had = crl.version,
+                "merged revocations from gossip that this CA's store had lost"
+            );
+            *crl = merged.clone();
+            own = merged;
         }
+        if let Some(signed) = self.signed_crl() {
+            gossip.publish_crl(signed).await;
+        }
+        identity.adopt_revocations(own);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use weft_gossip::{Gossip, Member, MemberStatus};
 
-use super::messages::{CtlRequest, CtlResponse, MAX_RESPONSE};
+use super::messages::{CtlRequest, CtlResponse, RefusalKind, MAX_RESPONSE};
 use super::stream::{call, RpcError};
 use crate::store::Store;
 
@@ -68,14 +68,6 @@ pub enum CaCallError {
     /// Every candidate failed to connect.
     #[error("the CA node is not reachable: {0}")]
     Unreachable(String),
-    /// The CA node was reached but the exchange failed.
-    #[error("CA node {node}: {source}")]
-    Exchange {
-        /// The CA node.
-        node: String,
-        /// Why.
-        source: RpcError,
-    },
 }
 
 /// Sends requests to the CA node.
@@ -114,13 +106,16 @@ impl CaClient {
         out
     }
 
-    /// Sends `request` to the first CA candidate that accepts a connection.
+    /// Sends `request` to the CA candidates in turn: it moves on after a connection
+    /// failure, a failed exchange or a refusal that is not final (the candidate is
+    /// unavailable or busy), and returns the first final answer.
     pub async fn call(&self, request: &CtlRequest) -> Result<CtlResponse, CaCallError> {
         let candidates = self.candidates().await;
         if candidates.is_empty() {
             return Err(CaCallError::NoneKnown);
         }
         let mut errors = Vec::new();
+        let mut last_refusal = None;
         for (name, addr) in candidates {
             let conn = match self.ctl.connect(&name, addr).await {
                 Ok(c) => c,
@@ -129,17 +124,24 @@ impl CaClient {
                     continue;
                 }
             };
-            let resp =
-                call(&conn, request, MAX_RESPONSE)
-                    .await
-                    .map_err(|source| CaCallError::Exchange {
-                        node: name.clone(),
-                        source,
-                    });
+            let resp = call(&conn, request, MAX_RESPONSE).await;
             conn.close(0u32.into(), b"done");
-            return resp;
+            match resp {
+                Ok(CtlResponse::Error {
+                    kind: kind @ (RefusalKind::Unavailable | RefusalKind::RateLimited),
+                    message,
+                }) => {
+                    errors.push(format!("CA node {name}: {message}"));
+                    last_refusal = Some(CtlResponse::Error { kind, message });
+                }
+                Ok(answer) => return Ok(answer),
+                Err(source) => errors.push(format!("CA node {name} at {addr}: {source}")),
+            }
         }
-        Err(CaCallError::Unreachable(errors.join("; ")))
+        match last_refusal {
+            Some(refusal) if errors.len() == 1 => Ok(refusal),
+            _ => Err(CaCallError::Unreachable(errors.join("; "))),
+        }
     }
 }
 

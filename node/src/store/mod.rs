@@ -80,6 +80,8 @@ pub struct Store {
     config_history: sled::Tree,
     operators: sled::Tree,
     audit: sled::Tree,
+    /// Serial → expiry (Unix seconds, big-endian u64) of every certificate issued.
+    expiry: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -111,6 +113,7 @@ impl Store {
             config_history: db.open_tree("config_history")?,
             operators: db.open_tree("operators")?,
             audit: db.open_tree("audit")?,
+            expiry: db.open_tree("expiry")?,
             db,
         })
     }
@@ -224,6 +227,8 @@ impl Store {
         if !fresh {
             return Ok(false);
         }
+        self.expiry
+            .insert(entry.serial.as_bytes(), &entry.not_after_unix.to_be_bytes())?;
         self.names.insert(node, encode(entry))?;
         self.flush()?;
         Ok(true)
@@ -275,6 +280,27 @@ impl Store {
             .get(name)?
             .map(|v| decode("operators", &v))
             .transpose()
+    }
+
+    /// Serials issued to `node` that are still valid at `now_unix`, with their expiry
+    /// (serials issued before expiry was recorded count as valid, expiry 0).
+    pub fn unexpired_serials_of(
+        &self,
+        node: &str,
+        now_unix: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for serial in self.serials_of(node)? {
+            let not_after = self
+                .expiry
+                .get(serial.as_bytes())?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes);
+            if not_after == 0 || not_after > now_unix {
+                out.push((serial, not_after));
+            }
+        }
+        Ok(out)
     }
 
     /// Serials issued to `node` (from the issued index).

@@ -1,0 +1,103 @@
+//! The revocation list stays small: revoking a node revokes only its unexpired
+//! certificates, expired entries are pruned, and a list that would not fit in gossip is
+//! refused with the reason instead of published in part. The CA's `now` is stepped.
+
+use std::time::{Duration, SystemTime};
+
+use weft_ca::{CertificateAuthority, ClusterName, NodeKey, NodeName, SpiffeId};
+
+use super::{CaRole, RefusalKind, PRUNE_GRACE};
+use crate::store::Store;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn role(dir: &std::path::Path) -> CaRole {
+    let cluster = ClusterName::new("weft").expect("valid");
+    let (ca, _) =
+        CertificateAuthority::create(cluster, SystemTime::now(), Duration::from_secs(86400 * 30))
+            .expect("ca");
+    CaRole::new(ca, Store::open(dir).expect("store"), TTL).expect("role")
+}
+
+fn issue(ca: &CaRole, key: &NodeKey, name: &str, at: SystemTime) {
+    let node = NodeName::new(name).expect("valid");
+    let csr = key
+        .csr_der(&SpiffeId::node(
+            ClusterName::new("weft").expect("valid"),
+            node.clone(),
+        ))
+        .expect("csr");
+    ca.issue_own(&node, &csr, at).expect("issued");
+}
+
+#[test]
+fn a_node_with_many_past_certificates_is_revoked_by_its_live_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = role(dir.path());
+    let key = NodeKey::generate().expect("key");
+    let t0 = SystemTime::now();
+    for i in 0..150u64 {
+        issue(&ca, &key, "busy", t0 + Duration::from_secs(i * 40));
+    }
+    let now = t0 + Duration::from_secs(149 * 40 + 1);
+    let revoked = ca
+        .revoke(&NodeName::new("busy").expect("valid"), now)
+        .expect("revoked");
+    assert_eq!(
+        revoked.len(),
+        2,
+        "only the certificates still valid at {now:?}"
+    );
+    assert_eq!(ca.crl().revoked.len(), 2);
+    assert!(ca.crl().revoked.iter().all(|r| r.not_after_unix > 0));
+}
+
+#[test]
+fn expired_entries_are_pruned_and_an_overfull_list_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = role(dir.path());
+    let key = NodeKey::generate().expect("key");
+    let t0 = SystemTime::now();
+    let mut refused = None;
+    let mut revoked = 0;
+    for i in 0..400 {
+        let name = format!("node-{i:03}");
+        issue(&ca, &key, &name, t0);
+        match ca.revoke(
+            &NodeName::new(name).expect("valid"),
+            t0 + Duration::from_secs(1),
+        ) {
+            Ok(s) => revoked += s.len(),
+            Err(r) => {
+                refused = Some(r);
+                break;
+            }
+        }
+    }
+    let refusal = refused.expect("a list over gossip's value limit is refused");
+    assert_eq!(refusal.kind, RefusalKind::Unavailable);
+    assert!(
+        refusal.message.contains("nothing was revoked"),
+        "{}",
+        refusal.message
+    );
+    assert!(revoked > 50, "{revoked} revocations fit");
+    let full = ca.crl();
+    assert_eq!(
+        full.revoked.len(),
+        revoked,
+        "the refused one left the list as it was"
+    );
+    assert!(ca.signed_crl().is_some());
+
+    // Not yet past expiry and grace: kept. Past both: the set shrinks back to nothing.
+    assert_eq!(ca.prune_revocations(t0 + TTL).expect("prune"), 0);
+    let later = t0 + TTL + PRUNE_GRACE + Duration::from_secs(1);
+    assert_eq!(ca.prune_revocations(later).expect("prune"), revoked);
+    let pruned = ca.crl();
+    assert!(pruned.revoked.is_empty());
+    assert!(
+        pruned.version > full.version,
+        "a pruned list is a newer list"
+    );
+}
