@@ -321,9 +321,16 @@ impl Gossip {
                     Ok((record, leaf))
                 });
             match verified {
-                Ok((record, leaf)) => {
+                Ok((mut record, leaf)) => {
                     if record.generation != 0 {
                         cache.bound.insert(id.node_id.clone());
+                    }
+                    if record.ca && !crate::record::ca_claim_holds(&record, &root) {
+                        self.stats
+                            .false_ca_claims
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!(node = %id.node_id, "ignoring a CA claim without the root's proof");
+                        record.ca = false;
                     }
                     let newer = cache
                         .records

@@ -50,6 +50,31 @@ pub struct NodeRecord {
     /// The gossip address this record is published from (bound like `generation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip_addr: Option<SocketAddr>,
+    /// With `ca`: the root key's signature over `ca_claim(cluster, name, generation)`,
+    /// base64url. A CA claim without it is not believed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_proof: Option<String>,
+}
+
+/// What the root key signs to say that node `name`, in this run, holds it.
+pub fn ca_claim(cluster: &str, name: &str, generation: u64) -> Vec<u8> {
+    format!("weft-ca-holder-v1\0{cluster}\0{name}\0{generation}").into_bytes()
+}
+
+/// Whether `record`'s CA claim is proven by the root of `root`.
+pub fn ca_claim_holds(record: &NodeRecord, root: &TrustRoot) -> bool {
+    let Some(proof) = record.ca_proof.as_deref() else {
+        return false;
+    };
+    let Ok(sig) = URL_SAFE_NO_PAD.decode(proof) else {
+        return false;
+    };
+    let msg = ca_claim(
+        root.cluster().as_str(),
+        record.name.as_str(),
+        record.generation,
+    );
+    root.verify_ca_signature(&msg, &sig).is_ok()
 }
 
 impl NodeRecord {

@@ -35,6 +35,8 @@ pub struct GossipStats {
     pub recv_errors: AtomicU64,
     /// Node records ignored because their signature or certificate did not verify.
     pub rejected_records: AtomicU64,
+    /// Records claiming the CA role without the root's proof (the claim is ignored).
+    pub false_ca_claims: AtomicU64,
 }
 
 impl GossipStats {

@@ -121,6 +121,7 @@ impl Cluster {
             signed_at_ms: 1,
             generation: 1,
             gossip_addr: Some(addr(i)),
+            ca_proof: None,
         };
         let signed = encode_signed(&record, |m| key.sign(m).expect("sign record"));
         let seeds = if i == 0 {
@@ -663,5 +664,68 @@ async fn real_clock_isolation_and_heal() {
     c.net.heal_all();
     let took = c.wait_all_alive("after heal").await;
     println!("real clock: all alive again {took:?} after the heal");
+    c.shutdown().await;
+}
+
+/// A member's own, genuinely signed record that claims the CA role is believed only with
+/// the root's proof: without it every node shows the member as not the CA and counts the
+/// claim; with the proof (made with the root key) the claim holds.
+#[tokio::test(start_paused = true)]
+async fn a_ca_claim_needs_the_roots_proof() {
+    let c = Cluster::start(3, FAST).await;
+    c.wait_all_alive("after start").await;
+    let claimer = &c.nodes[2];
+    let false_claim = NodeRecord {
+        ca: true,
+        signed_at_ms: claimer.record.signed_at_ms + 1,
+        ..claimer.record.clone()
+    };
+    claimer
+        .gossip
+        .publish_record(claimer.signed_record(&false_claim))
+        .await;
+    c.wait_until("the false claim counted on n0 and n1", STEP, async || {
+        for o in [0, 1] {
+            c.nodes[o].gossip.members().await;
+            let counted = c.nodes[o]
+                .gossip
+                .stats()
+                .false_ca_claims
+                .load(Ordering::Relaxed);
+            if counted == 0 {
+                return Err(format!("{} has not seen the claim", name(o)));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    for o in [0, 1] {
+        let m = c.member(o, 2).await.expect("n2 known");
+        assert!(!m.ca, "{} believed a CA claim without proof", name(o));
+        assert_eq!(m.status, MemberStatus::Alive, "the member itself stays");
+    }
+
+    let proof =
+        c.ca.sign(&record::ca_claim("weft", "n2", claimer.record.generation))
+            .expect("root signs");
+    let proven = NodeRecord {
+        ca: true,
+        signed_at_ms: claimer.record.signed_at_ms + 2,
+        ca_proof: Some(NodeRecord::encode_cert(&proof)),
+        ..claimer.record.clone()
+    };
+    claimer
+        .gossip
+        .publish_record(claimer.signed_record(&proven))
+        .await;
+    c.wait_until("the proven claim believed", STEP, async || {
+        for o in [0, 1] {
+            if !c.member(o, 2).await.is_some_and(|m| m.ca) {
+                return Err(format!("{} does not show n2 as the CA", name(o)));
+            }
+        }
+        Ok(())
+    })
+    .await;
     c.shutdown().await;
 }

@@ -192,6 +192,7 @@ impl ConfigCluster {
                 signed_at_ms: 1,
                 generation: 1,
                 gossip_addr: Some(gossip_addr(i)),
+                ca_proof: None,
             };
             let signed = encode_signed(&record, |m| key.sign(m).expect("sign record"));
             let seeds = if i == 0 {

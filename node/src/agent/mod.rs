@@ -175,7 +175,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     let boot_record = boot_record(
         &node_identity,
         &settings,
-        ca.is_some(),
+        ca.as_deref(),
         records.generation(),
     );
     let gossip = Arc::new(
@@ -359,7 +359,12 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
 }
 
 /// The record gossip starts with (signed once more by the agent as soon as it runs).
-fn boot_record(identity: &NodeIdentity, settings: &Settings, ca: bool, generation: u64) -> String {
+fn boot_record(
+    identity: &NodeIdentity,
+    settings: &Settings,
+    ca: Option<&CaRole>,
+    generation: u64,
+) -> String {
     let (der, _) = identity.cert();
     let record = weft_gossip::NodeRecord {
         name: identity.info.name.clone(),
@@ -367,11 +372,12 @@ fn boot_record(identity: &NodeIdentity, settings: &Settings, ca: bool, generatio
         zone: settings.zone.clone(),
         version: VERSION.to_owned(),
         cert: weft_gossip::NodeRecord::encode_cert(&der),
-        ca,
+        ca: ca.is_some(),
         leaving: false,
         signed_at_ms: 0,
         generation,
         gossip_addr: Some(settings.gossip_advertise()),
+        ca_proof: ca.and_then(|ca| ca.ca_proof(&identity.info.name, generation)),
     };
     weft_gossip::encode_signed(&record, |m| identity.key.sign(m).unwrap_or_default())
 }

@@ -64,6 +64,10 @@ impl Agent {
             signed_at_ms: self.records.next_ms(),
             generation: self.records.generation,
             gossip_addr: Some(s.gossip_advertise()),
+            ca_proof: self
+                .ca
+                .as_ref()
+                .and_then(|ca| ca.ca_proof(&self.identity.info.name, self.records.generation)),
         };
         encode_signed(&record, |m| self.identity.key.sign(m).unwrap_or_default())
     }

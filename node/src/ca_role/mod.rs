@@ -505,6 +505,17 @@ impl CaRole {
         Ok(self.store.operators()?)
     }
 
+    /// The proof, for this node's gossip record, that node `name` in run `generation`
+    /// holds the root key (base64url of the root's signature over `ca_claim`).
+    pub fn ca_proof(&self, name: &NodeName, generation: u64) -> Option<String> {
+        let msg =
+            weft_gossip::record::ca_claim(self.ca.cluster().as_str(), name.as_str(), generation);
+        self.ca
+            .sign(&msg)
+            .ok()
+            .map(|sig| crate::rpc::messages::b64(&sig))
+    }
+
     /// The revocation list, signed by the CA, for gossip (None while empty).
     pub fn signed_crl(&self) -> Option<String> {
         let crl = self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone();

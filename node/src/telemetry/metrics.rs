@@ -108,6 +108,13 @@ impl Collector for GossipCollector {
             None,
             rejected.metric_type(),
         )?)?;
+        let false_ca = ConstCounter::new(stats.false_ca_claims.load(Ordering::Relaxed));
+        false_ca.encode(encoder.encode_descriptor(
+            "gossip_false_ca_claims",
+            "Gossiped records that claimed the CA role without the root's proof",
+            None,
+            false_ca.metric_type(),
+        )?)?;
         let mut bytes = encoder.encode_descriptor(
             "gossip_bytes",
             "Gossip bytes on the wire, by direction",
