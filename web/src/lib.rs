@@ -299,6 +299,13 @@ pub trait NodeApi: Send + Sync + 'static {
         body: Vec<u8>,
         caller: Caller,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// An encrypted backup of the CA (`{"passphrase": …}`), on the node that holds the
+    /// root key (role admin); answers `{"backup": base64}`.
+    fn ca_backup(
+        &self,
+        body: Vec<u8>,
+        caller: Caller,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// The version a new write of an entry gets, for the CLI to sign.
     fn config_stamp(
         &self,

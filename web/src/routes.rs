@@ -62,6 +62,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/config/{kind}/{name}/stamp", get(config_stamp::<N>))
         .route("/v1/operators", post(operators::<N>))
         .route("/v1/audit", get(audit::<N>))
+        .route("/v1/ca/backup", post(ca_backup::<N>))
         .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
@@ -299,6 +300,15 @@ async fn config_put<N: NodeApi>(
 ) -> Result<Response, ApiError> {
     let caller = caller(&*node, &headers);
     Ok(Json(node.config_put(kind, name, body.to_vec(), caller).await?).into_response())
+}
+
+async fn ca_backup<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.ca_backup(body.to_vec(), caller).await?).into_response())
 }
 
 /// Query of `GET /v1/audit`.

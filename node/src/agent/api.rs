@@ -353,6 +353,52 @@ impl NodeApi for Agent {
         Ok(serde_json::to_value(entry).unwrap_or_default())
     }
 
+    async fn ca_backup(
+        &self,
+        body: Vec<u8>,
+        caller: Caller,
+    ) -> Result<serde_json::Value, ApiError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            passphrase: String,
+        }
+        let req: Req = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("expected {{\"passphrase\": …}}: {e}")))?;
+        let (verified, _) = self.authorize(&caller, &Act::CaBackup, true)?;
+        let key = self
+            .identity
+            .files
+            .ca_key_pem()
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let Some(root_key_pem) = key else {
+            return Err(ApiError::BadRequest(format!(
+                "{} does not hold the root key: run the backup on the CA node",
+                self.identity.info.name
+            )));
+        };
+        let backup = crate::ca_role::backup::CaBackup {
+            version: 1,
+            cluster: self.identity.info.cluster.clone(),
+            root_cert: self.identity.trust.ca_der().to_vec(),
+            root_key_pem,
+            state: self
+                .store
+                .export_ca_state()
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+            made_at_unix: crate::clock::unix_secs(),
+        };
+        let sealed = crate::ca_role::backup::seal(&backup, &req.passphrase)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        crate::authority::execute::audit(
+            &verified,
+            self.identity.info.name.as_str(),
+            "applied",
+            &self.store,
+        );
+        Ok(serde_json::json!({ "backup": crate::rpc::messages::b64(&sealed) }))
+    }
+
     async fn config_stamp(&self, kind: String, name: String) -> Result<StampView, ApiError> {
         let kind: Kind = kind
             .parse()

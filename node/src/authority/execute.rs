@@ -38,6 +38,7 @@ pub fn audit(v: &Verified, node: &str, outcome: &str, store: &crate::store::Stor
         Act::OperatorCreate { name, role, .. } => format!("create operator {name} ({role})"),
         Act::OperatorRevoke { name } => format!("revoke operator {name}"),
         Act::OperatorList => "list operators".into(),
+        Act::CaBackup => "back up the CA".into(),
     };
     let line = serde_json::json!({
         "operator": v.operator.name.as_str(),
@@ -150,7 +151,7 @@ async fn execute_inner(
             },
             Err(r) => error(r.kind, r.message),
         },
-        Act::Keyring { .. } | Act::ConfigWrite { .. } => error(
+        Act::Keyring { .. } | Act::ConfigWrite { .. } | Act::CaBackup => error(
             RefusalKind::BadRequest,
             "this act is not executed as a command",
         ),

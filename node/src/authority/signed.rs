@@ -78,6 +78,8 @@ pub enum Act {
     },
     /// List operators.
     OperatorList,
+    /// Export the CA (root key and records), encrypted, from the node that holds it.
+    CaBackup,
 }
 
 impl Act {
@@ -90,7 +92,8 @@ impl Act {
             | Self::Revoke { .. }
             | Self::Keyring { .. }
             | Self::OperatorCreate { .. }
-            | Self::OperatorRevoke { .. } => Role::Admin,
+            | Self::OperatorRevoke { .. }
+            | Self::CaBackup => Role::Admin,
         }
     }
 
@@ -104,6 +107,7 @@ impl Act {
             Self::OperatorCreate { .. } => "creating operators".into(),
             Self::OperatorRevoke { .. } => "revoking operators".into(),
             Self::OperatorList => "listing operators".into(),
+            Self::CaBackup => "backing up the CA".into(),
         }
     }
 
@@ -117,6 +121,7 @@ impl Act {
             Self::OperatorCreate { .. } => "operator_create",
             Self::OperatorRevoke { .. } => "operator_revoke",
             Self::OperatorList => "operator_list",
+            Self::CaBackup => "ca_backup",
         }
     }
 }

@@ -3,6 +3,8 @@
 //! CA may refuse (`RefusalKind`). Other members forward these requests here over mTLS
 //! QUIC (`rpc::control`).
 
+pub mod backup;
+
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 

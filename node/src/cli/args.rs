@@ -73,6 +73,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The cluster CA: backup and restore of the root key and the CA's records.
+    Ca {
+        /// CA action.
+        #[command(subcommand)]
+        action: CaAction,
+    },
     /// Operator credentials: who may change the cluster (admin).
     Operator {
         /// Operator action.
@@ -138,6 +144,32 @@ pub struct RegisterArgs {
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `weft ca …`
+#[derive(Debug, Subcommand)]
+pub enum CaAction {
+    /// Write the root key and the CA's records, encrypted with WEFT_CA_PASSPHRASE, to FILE
+    /// (admin; run against the node that holds the root key).
+    Backup {
+        /// Where to write the backup (created 0600; an existing file is not replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make this node the root holder from a backup (WEFT_CA_PASSPHRASE). Run it with the
+    /// agent stopped, on a member of the same cluster whose root holder is gone for good;
+    /// then start the agent.
+    Restore {
+        /// The backup file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The node's data directory.
+        #[arg(long, env = "WEFT_DATA_DIR", default_value = "/var/lib/weft")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `weft operator …`

@@ -1,6 +1,7 @@
 //! The `weft` command line: argument definitions and client commands.
 
 pub mod args;
+pub mod ca_cmd;
 pub mod client;
 pub mod config_cmd;
 

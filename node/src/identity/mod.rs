@@ -180,6 +180,24 @@ impl IdentityFiles {
         self.write("cluster.json", &json, 0o644)
     }
 
+    /// The root key (PEM), on the node that holds it.
+    pub fn ca_key_pem(&self) -> Result<Option<String>, IdentityError> {
+        if !self.path("ca.key").exists() {
+            return Ok(None);
+        }
+        self.read_text("ca.key").map(Some)
+    }
+
+    /// Makes this node the root holder (a restored backup): writes `ca.key` (0600).
+    pub fn save_ca_key(&self, key: &NodeKey) -> Result<(), IdentityError> {
+        self.write("ca.key", key.to_pem().as_bytes(), 0o600)
+    }
+
+    /// The cluster root certificate this node trusts (DER).
+    pub fn root_cert(&self) -> Result<Vec<u8>, IdentityError> {
+        self.read_cert("ca.crt")
+    }
+
     /// Replaces the node certificate (renewal).
     pub fn save_cert(&self, cert_der: &[u8]) -> Result<(), IdentityError> {
         self.write(

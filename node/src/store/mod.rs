@@ -63,6 +63,18 @@ pub enum Consume {
     Missing,
 }
 
+/// Raw (key, value) rows of one sled tree.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The CA's records, as a backup carries them.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct CaState {
+    /// Tree name → raw (key, value) rows.
+    pub trees: std::collections::BTreeMap<String, Rows>,
+    /// The revocation list.
+    pub crl: serde_json::Value,
+}
+
 /// Audit records a node keeps.
 pub const AUDIT_LEN: usize = 10_000;
 
@@ -256,6 +268,50 @@ impl Store {
             out.push(decode("audit", &v)?);
         }
         Ok(out)
+    }
+
+    /// Every record of the CA's trees (tokens, names, issued serials, expiries, operators)
+    /// and its revocation list, for a backup: tree name → (key, value) rows.
+    pub fn export_ca_state(&self) -> Result<CaState, StoreError> {
+        let mut trees = std::collections::BTreeMap::new();
+        for (name, tree) in self.ca_trees() {
+            let mut rows = Vec::new();
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                rows.push((k.to_vec(), v.to_vec()));
+            }
+            trees.insert(name.to_owned(), rows);
+        }
+        Ok(CaState {
+            trees,
+            crl: serde_json::to_value(self.crl()?).unwrap_or_default(),
+        })
+    }
+
+    /// Writes a backup's CA state into this store (rows are added; existing ones with the
+    /// same key are replaced) and flushes.
+    pub fn import_ca_state(&self, state: &CaState) -> Result<(), StoreError> {
+        for (name, tree) in self.ca_trees() {
+            for (k, v) in state.trees.get(name).map(Vec::as_slice).unwrap_or_default() {
+                tree.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
+        if let Ok(crl) = serde_json::from_value::<RevocationList>(state.crl.clone()) {
+            if crl.version >= self.crl()?.version {
+                self.set_crl(&crl)?;
+            }
+        }
+        self.flush()
+    }
+
+    fn ca_trees(&self) -> [(&'static str, &sled::Tree); 5] {
+        [
+            ("tokens", &self.tokens),
+            ("names", &self.names),
+            ("issued", &self.issued),
+            ("expiry", &self.expiry),
+            ("operators", &self.operators),
+        ]
     }
 
     /// Records (or replaces) an operator's record (CA node).

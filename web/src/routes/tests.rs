@@ -129,6 +129,14 @@ impl NodeApi for Fake {
         allowed(&caller)?;
         Ok(serde_json::json!({}))
     }
+    async fn ca_backup(
+        &self,
+        _body: Vec<u8>,
+        caller: Caller,
+    ) -> Result<serde_json::Value, ApiError> {
+        allowed(&caller)?;
+        Ok(serde_json::json!({}))
+    }
     async fn config_stamp(&self, _kind: String, _name: String) -> Result<StampView, ApiError> {
         Ok(StampView {
             cluster: "weft".into(),

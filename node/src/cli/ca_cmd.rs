@@ -1,0 +1,106 @@
+//! `weft ca backup` (through the agent that holds the root key) and `weft ca restore`
+//! (offline, into a stopped agent's data dir).
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+
+use anyhow::{bail, Context as _};
+
+use super::args::CaAction;
+use super::client::ApiClient;
+use crate::authority::Act;
+use crate::ca_role::backup;
+use crate::identity::IdentityFiles;
+use crate::store::Store;
+
+fn passphrase() -> anyhow::Result<String> {
+    match std::env::var("WEFT_CA_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => bail!(
+            "set WEFT_CA_PASSPHRASE to the backup's passphrase (at least {} characters)",
+            backup::MIN_PASSPHRASE
+        ),
+    }
+}
+
+/// Runs a `weft ca` command.
+pub async fn ca(action: &CaAction) -> anyhow::Result<()> {
+    match action {
+        CaAction::Backup { out, client } => {
+            let pass = passphrase()?;
+            if pass.chars().count() < backup::MIN_PASSPHRASE {
+                bail!(backup::BackupError::WeakPassphrase);
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(out)
+                .with_context(|| {
+                    format!(
+                        "cannot create {} (an existing file is not replaced)",
+                        out.display()
+                    )
+                })?;
+            let api = ApiClient::new(client)?;
+            let answer: serde_json::Value = api
+                .act(
+                    reqwest::Method::POST,
+                    "/v1/ca/backup",
+                    Some(serde_json::json!({ "passphrase": pass })),
+                    Act::CaBackup,
+                )
+                .await
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(out);
+                })?;
+            let sealed = answer["backup"]
+                .as_str()
+                .and_then(|b| crate::rpc::messages::unb64(b, "backup").ok())
+                .context("the agent's answer holds no backup")?;
+            file.write_all(&sealed)?;
+            file.sync_all()?;
+            eprintln!(
+                "CA backup written to {} ({} bytes, age-encrypted with WEFT_CA_PASSPHRASE); keep it and the passphrase apart",
+                out.display(),
+                sealed.len()
+            );
+            Ok(())
+        }
+        CaAction::Restore { input, data_dir } => {
+            let pass = passphrase()?;
+            let sealed = crate::store::files::read_limited(input, backup::MAX_BACKUP)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let restored = backup::open(&sealed, &pass)?;
+            let files = IdentityFiles::new(data_dir);
+            let identity = files.load().with_context(|| {
+                format!("{} holds no node identity: restore onto a member of the cluster (join it first)", data_dir.display())
+            })?;
+            let root = files.root_cert()?;
+            if identity.info.cluster != restored.cluster || root != restored.root_cert {
+                bail!(backup::BackupError::OtherCluster {
+                    expected: format!(
+                        "cluster {} (root in {})",
+                        identity.info.cluster,
+                        data_dir.display()
+                    ),
+                    found: format!("cluster {} with another root", restored.cluster),
+                });
+            }
+            let store = Store::open(&data_dir.join("store")).with_context(|| {
+                "cannot open the node's store: stop the agent first (systemctl stop weft)"
+                    .to_owned()
+            })?;
+            store.import_ca_state(&restored.state)?;
+            drop(store);
+            files.save_ca_key(&restored.check()?)?;
+            eprintln!(
+                "{} ({}) now holds the root key of cluster {}; start its agent: it takes the CA role. Make sure the old root holder stays gone (two would issue independently).",
+                identity.info.name,
+                data_dir.display(),
+                restored.cluster
+            );
+            Ok(())
+        }
+    }
+}
