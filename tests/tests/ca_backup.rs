@@ -59,6 +59,13 @@ fn a_restored_backup_makes_another_member_the_ca() -> anyhow::Result<()> {
     c.agent_mut("vm-1").kill();
     std::fs::remove_dir_all(c.data_dir("vm-1"))?;
 
+    // The others say so where people look.
+    let vm3_api = c.agent("vm-3").api();
+    eventually("vm-3 warns that no node holds the CA", CONVERGE, || {
+        let status = weft_tests::http_get(&vm3_api, "/v1/self")?;
+        Ok(status.contains("no alive node holds the CA").then_some(()))
+    })?;
+
     // Restore on vm-2 (stopped): a wrong passphrase is refused, the right one works.
     c.agent_mut("vm-2").kill();
     let vm2_dir = c.data_dir("vm-2").to_string_lossy().into_owned();
@@ -83,6 +90,17 @@ fn a_restored_backup_makes_another_member_the_ca() -> anyhow::Result<()> {
             .members()?
             .iter()
             .any(|m| m["name"] == "vm-2" && m["ca"] == true)
+            .then_some(()))
+    })?;
+    eventually("weft ca status on vm-3 names vm-2, alive", CONVERGE, || {
+        let status: serde_json::Value = serde_json::from_str(&ok(&weft(
+            &["ca", "status", "--json"],
+            &[("WEFT_API", vm3.api().as_str())],
+        ))?)?;
+        let holders = status["holders"].as_array().cloned().unwrap_or_default();
+        Ok(holders
+            .iter()
+            .any(|x| x["node"] == "vm-2" && x["status"] == "alive")
             .then_some(()))
     })?;
     let renewals = vm3.metric("weft_cert_renewals_total")?;

@@ -306,6 +306,9 @@ pub trait NodeApi: Send + Sync + 'static {
         body: Vec<u8>,
         caller: Caller,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// The CA as this node sees it: root fingerprint and expiry, which nodes hold it,
+    /// the revocation list's size.
+    fn ca_status(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// The version a new write of an entry gets, for the CLI to sign.
     fn config_stamp(
         &self,

@@ -63,6 +63,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/operators", post(operators::<N>))
         .route("/v1/audit", get(audit::<N>))
         .route("/v1/ca/backup", post(ca_backup::<N>))
+        .route("/v1/ca", get(ca_status::<N>))
         .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
@@ -300,6 +301,10 @@ async fn config_put<N: NodeApi>(
 ) -> Result<Response, ApiError> {
     let caller = caller(&*node, &headers);
     Ok(Json(node.config_put(kind, name, body.to_vec(), caller).await?).into_response())
+}
+
+async fn ca_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.ca_status().await).into_response()
 }
 
 async fn ca_backup<N: NodeApi>(

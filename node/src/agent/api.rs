@@ -81,6 +81,16 @@ impl NodeApi for Agent {
         let remaining = leaf.remaining(crate::clock::now());
         let reason = self.not_ready_reason();
         let mut warnings = Vec::new();
+        let ca_alive = self.ca.is_some()
+            || Agent::members(self)
+                .await
+                .iter()
+                .any(|m| m.ca && m.status == weft_gossip::MemberStatus::Alive);
+        if !ca_alive {
+            warnings.push(
+                "no alive node holds the CA: renewals, joins and tokens fail until it is back; if it is gone for good, restore a backup on a member (weft ca restore)".into(),
+            );
+        }
         let failures = self.data.metrics.cert_renewal_failures.get();
         if failures > 0 {
             warnings.push(format!(
@@ -397,6 +407,25 @@ impl NodeApi for Agent {
             &self.store,
         );
         Ok(serde_json::json!({ "backup": crate::rpc::messages::b64(&sealed) }))
+    }
+
+    async fn ca_status(&self) -> serde_json::Value {
+        let members = Agent::members(self).await;
+        let holders: Vec<serde_json::Value> = members
+            .iter()
+            .filter(|m| m.ca)
+            .map(|m| serde_json::json!({ "node": m.name, "status": m.status.to_string() }))
+            .collect();
+        let crl = self.gossip.revocations();
+        let root = self.identity.trust.ca_der();
+        serde_json::json!({
+            "cluster": self.identity.info.cluster.to_string(),
+            "root_sha256": hex::encode(self.identity.trust.ca_sha256()),
+            "root_expiry_unix": weft_ca::not_after_unix(root).unwrap_or(0),
+            "holders": holders,
+            "this_node_holds_root": self.ca.is_some(),
+            "revocations": { "version": crl.version, "entries": crl.revoked.len() },
+        })
     }
 
     async fn config_stamp(&self, kind: String, name: String) -> Result<StampView, ApiError> {

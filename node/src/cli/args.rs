@@ -149,6 +149,8 @@ pub struct RegisterArgs {
 /// `weft ca …`
 #[derive(Debug, Subcommand)]
 pub enum CaAction {
+    /// The root (fingerprint, expiry), which nodes hold it, the revocation list's size.
+    Status(ClientArgs),
     /// Write the root key and the CA's records, encrypted with WEFT_CA_PASSPHRASE, to FILE
     /// (admin; run against the node that holds the root key).
     Backup {

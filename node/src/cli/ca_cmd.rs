@@ -26,6 +26,47 @@ fn passphrase() -> anyhow::Result<String> {
 /// Runs a `weft ca` command.
 pub async fn ca(action: &CaAction) -> anyhow::Result<()> {
     match action {
+        CaAction::Status(args) => {
+            let api = ApiClient::new(args)?;
+            let v: serde_json::Value = api.get("/v1/ca").await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let expiry = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(v["root_expiry_unix"].as_u64().unwrap_or(0)),
+            );
+            println!("cluster      {}", v["cluster"].as_str().unwrap_or("-"));
+            println!("root sha256  {}", v["root_sha256"].as_str().unwrap_or("-"));
+            println!("root expires {expiry}");
+            let holders: Vec<String> = v["holders"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} ({})",
+                        h["node"].as_str().unwrap_or("-"),
+                        h["status"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect();
+            println!(
+                "held by      {}",
+                if holders.is_empty() {
+                    "no node (restore a backup: weft ca restore)".into()
+                } else {
+                    holders.join(", ")
+                }
+            );
+            println!(
+                "revocations  {} entries (list version {})",
+                v["revocations"]["entries"], v["revocations"]["version"]
+            );
+            Ok(())
+        }
         CaAction::Backup { out, client } => {
             let pass = passphrase()?;
             if pass.chars().count() < backup::MIN_PASSPHRASE {

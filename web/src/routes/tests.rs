@@ -129,6 +129,9 @@ impl NodeApi for Fake {
         allowed(&caller)?;
         Ok(serde_json::json!({}))
     }
+    async fn ca_status(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
     async fn ca_backup(
         &self,
         _body: Vec<u8>,
