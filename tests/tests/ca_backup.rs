@@ -65,6 +65,7 @@ fn a_restored_backup_makes_another_member_the_ca() -> anyhow::Result<()> {
         let status = weft_tests::http_get(&vm3_api, "/v1/self")?;
         Ok(status.contains("no alive node holds the CA").then_some(()))
     })?;
+    anyhow::ensure!(c.agent("vm-3").metric("weft_ca_holders_alive")? == 0.0);
 
     // Restore on vm-2 (stopped): a wrong passphrase is refused, the right one works.
     c.agent_mut("vm-2").kill();
@@ -103,6 +104,7 @@ fn a_restored_backup_makes_another_member_the_ca() -> anyhow::Result<()> {
             .any(|x| x["node"] == "vm-2" && x["status"] == "alive")
             .then_some(()))
     })?;
+    anyhow::ensure!(vm3.metric("weft_ca_holders_alive")? == 1.0);
     let renewals = vm3.metric("weft_cert_renewals_total")?;
     eventually(
         "vm-3 renews through the restored CA",

@@ -729,5 +729,13 @@ impl Agent {
             .set(i64::try_from(self.config.live_count()).unwrap_or(i64::MAX));
         let age_ms = crate::clock::unix_ms().saturating_sub(self.config.synced_at_ms());
         m.config_digest_age_seconds.set(age_ms as f64 / 1000.0);
+        let holders = members
+            .iter()
+            .filter(|x| x.ca && x.status == weft_gossip::MemberStatus::Alive)
+            .count();
+        m.ca_holders_alive
+            .set(i64::try_from(holders).unwrap_or(i64::MAX));
+        m.revocation_list_entries
+            .set(i64::try_from(self.gossip.revocations().revoked.len()).unwrap_or(i64::MAX));
     }
 }

@@ -172,6 +172,10 @@ pub struct Metrics {
     pub authority_refused: Family<crate::authority::RefusedLabels, Counter>,
     /// `weft_config_entries`, set when scraped.
     pub config_entries: Gauge,
+    /// `weft_ca_holders_alive`: alive nodes that hold the CA (proven), set when scraped.
+    pub ca_holders_alive: Gauge,
+    /// `weft_revocation_list_entries`, set when scraped.
+    pub revocation_list_entries: Gauge,
     /// `weft_config_digest_age_seconds`, set when scraped.
     pub config_digest_age_seconds: Gauge<f64, AtomicU64>,
     /// Per-edge ring buffers for the dashboard.
@@ -201,6 +205,18 @@ impl Metrics {
         let cert_renewals = Counter::default();
         let cert_renewal_failures = Gauge::default();
         let config_entries = Gauge::default();
+        let ca_holders_alive = Gauge::default();
+        let revocation_list_entries = Gauge::default();
+        registry.register(
+            "ca_holders_alive",
+            "Alive nodes that hold the cluster CA (0: renewals and joins fail)",
+            ca_holders_alive.clone(),
+        );
+        registry.register(
+            "revocation_list_entries",
+            "Entries in the revocation list in force on this node",
+            revocation_list_entries.clone(),
+        );
         let authority_refused = Family::<crate::authority::RefusedLabels, Counter>::default();
         registry.register(
             "authority_refused",
@@ -303,6 +319,8 @@ impl Metrics {
             cert_renewals,
             cert_renewal_failures,
             config_entries,
+            ca_holders_alive,
+            revocation_list_entries,
             authority_refused,
             config_digest_age_seconds,
             edges: std::sync::Mutex::default(),
