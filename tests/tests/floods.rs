@@ -254,6 +254,8 @@ fn floods_leave_the_agent_bounded_and_serving() -> anyhow::Result<()> {
 /// streams and never reads. Nothing ordinary fails and its memory stays bounded.
 #[test]
 fn listener_floods_do_not_stop_traffic_or_renewals() -> anyhow::Result<()> {
+    // The test itself holds ~2 000 sockets at once.
+    rlimit::increase_nofile_limit(8192)?;
     let long = std::env::var_os("WEFT_FAULT_LONG").is_some();
     let initials: u32 = if long { 10_000 } else { 2_000 };
     let mut c = Cluster::new("listener_floods_do_not_stop_traffic_or_renewals");

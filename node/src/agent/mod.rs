@@ -104,6 +104,12 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 /// Runs the agent until it is told to stop.
 pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> {
+    // Every listener's connection cap assumes the descriptors exist: raise the soft
+    // limit to the hard one (the systemd unit sets both to 65 536).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(open_files = n, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     ensure_private_dir(&settings.data_dir).map_err(|source| AgentError::DataDir {
         dir: settings.data_dir.display().to_string(),
         source,
