@@ -138,6 +138,10 @@ pub struct ServiceSet {
     pub signed_at_ms: u64,
 }
 
+/// How long after its certificate expired a revocation entry is still kept (clock skew
+/// between the CA and the nodes).
+pub const REVOCATION_GRACE_SECS: u64 = 3600;
+
 /// One revoked certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +172,28 @@ impl RevocationList {
     /// Whether the certificate with this serial is revoked.
     pub fn is_revoked(&self, serial: &str) -> bool {
         self.revoked.iter().any(|r| r.serial == serial)
+    }
+
+    /// `newer` (a list with a higher version) merged with the entries of this one that it
+    /// lacks and whose certificate has not been expired for `grace_secs` at `now_unix`:
+    /// revocations form a grow-only set (nothing is ever un-revoked), so a list published
+    /// without an entry — by a CA that lost its store — cannot bring a revoked node back.
+    /// Entries leave only once their certificate has expired.
+    pub fn merged_with(
+        &self,
+        newer: RevocationList,
+        now_unix: u64,
+        grace_secs: u64,
+    ) -> RevocationList {
+        let mut out = newer;
+        let cutoff = now_unix.saturating_sub(grace_secs);
+        for r in &self.revoked {
+            let live = r.not_after_unix == 0 || r.not_after_unix > cutoff;
+            if live && !out.is_revoked(&r.serial) {
+                out.revoked.push(r.clone());
+            }
+        }
+        out
     }
 
     /// When the certificate with this serial was revoked (Unix seconds), if it was.
@@ -284,4 +310,38 @@ pub fn verify_service_set(value: &str, cert_der: &[u8]) -> Result<ServiceSet, Re
         return Err(RecordError::Malformed("too many services"));
     }
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(serial: &str, not_after_unix: u64) -> Revoked {
+        Revoked {
+            node: NodeName::new("n1").expect("valid"),
+            serial: serial.into(),
+            revoked_at_unix: 1,
+            not_after_unix,
+        }
+    }
+
+    #[test]
+    fn revocations_merge_as_a_grow_only_set_and_expire() {
+        let held = RevocationList {
+            version: 3,
+            revoked: vec![entry("a", 1_000), entry("b", 10), entry("legacy", 0)],
+        };
+        // A newer list that lacks "a" (its CA lost its store) keeps "a"; "b" expired long
+        // ago and leaves; an entry without expiry stays.
+        let newer = RevocationList {
+            version: 4,
+            revoked: vec![entry("c", 1_000)],
+        };
+        let merged = held.merged_with(newer, 500, 60);
+        assert_eq!(merged.version, 4);
+        for s in ["a", "c", "legacy"] {
+            assert!(merged.is_revoked(s), "{s} kept");
+        }
+        assert!(!merged.is_revoked("b"), "expired entries leave");
+    }
 }

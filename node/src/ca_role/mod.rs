@@ -110,7 +110,7 @@ fn operator_key(name: &OperatorName) -> String {
 }
 
 /// How long after its certificate expired a revocation entry is kept (clock skew).
-pub const PRUNE_GRACE: Duration = Duration::from_secs(3600);
+pub const PRUNE_GRACE: Duration = Duration::from_secs(weft_gossip::record::REVOCATION_GRACE_SECS);
 
 /// Longest join-token lifetime accepted.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);

@@ -175,6 +175,17 @@ impl NodeIdentity {
         if newest.version <= self.revocation_version() {
             return;
         }
+        // A grow-only set: what this node already held stays until its certificate expired
+        // (plus the grace for clocks), even if the newer list lacks it.
+        let newest = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .merged_with(
+                newest,
+                crate::clock::unix_secs(),
+                weft_gossip::record::REVOCATION_GRACE_SECS,
+            );
         info!(
             version = newest.version,
             revoked = newest.revoked.len(),
