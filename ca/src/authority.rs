@@ -48,7 +48,7 @@ pub struct IssuedCert {
     pub not_after_unix: u64,
 }
 
-pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
+fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| CaError::Clock)?
@@ -57,7 +57,7 @@ pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
 }
 
 /// A random positive 128-bit serial.
-pub(crate) fn random_serial() -> SerialNumber {
+fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
@@ -129,15 +129,6 @@ impl CertificateAuthority {
         &self.cluster
     }
 
-    /// Signs a certificate built by this crate for `public_key`; returns its DER.
-    pub(crate) fn sign_params(
-        &self,
-        params: CertificateParams,
-        public_key: &impl rcgen::PublicKeyData,
-    ) -> Result<Vec<u8>, rcgen::Error> {
-        Ok(params.signed_by(public_key, &self.issuer)?.der().to_vec())
-    }
-
     /// Signs `msg` with the CA key (used for the revocation list).
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CaError> {
         use rcgen::SigningKey as _;
@@ -159,28 +150,55 @@ impl CertificateAuthority {
     ) -> Result<IssuedCert, CsrRefusal> {
         let id = SpiffeId::node(self.cluster.clone(), node.clone());
         inspect_csr(csr_der, &id)?;
+        self.issue_leaf(
+            csr_der,
+            LeafSpec {
+                common_name: node.as_str(),
+                unit: None,
+                uri: id.uri(),
+                usages: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            },
+            ttl,
+            now,
+        )
+    }
+
+    /// Signs a leaf for the key of an already-inspected `csr_der`: every field is the
+    /// CA's (`spec`), not a CA, digital signature only, a random 128-bit serial,
+    /// backdated by `BACKDATE`.
+    pub(crate) fn issue_leaf(
+        &self,
+        csr_der: &[u8],
+        spec: LeafSpec<'_>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCert, CsrRefusal> {
         let parsed =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
         if parsed.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
             return Err(CsrRefusal::KeyAlgorithm);
         }
-
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, node.as_str());
+            .push(DnType::CommonName, spec.common_name);
+        if let Some(unit) = spec.unit {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, unit);
+        }
         params.subject_alt_names =
-            vec![SanType::URI(id.uri().try_into().map_err(|_| {
+            vec![SanType::URI(spec.uri.try_into().map_err(|_| {
                 CsrRefusal::Malformed("SPIFFE URI not IA5".into())
             })?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = spec.usages;
         params.use_authority_key_identifier_extension = true;
         let not_after = now + ttl;
         params.not_before = to_offset(now - BACKDATE).map_err(|_| CsrRefusal::Clock)?;
@@ -194,10 +212,19 @@ impl CertificateAuthority {
         Ok(IssuedCert {
             der: cert.der().to_vec(),
             serial: serial_hex,
-            not_after_unix: not_after
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            not_after_unix: crate::leaf::unix(not_after),
         })
     }
+}
+
+/// The fields of a leaf the CA writes (`issue_leaf`).
+pub(crate) struct LeafSpec<'a> {
+    /// Subject common name.
+    pub common_name: &'a str,
+    /// Subject organisational unit, if any.
+    pub unit: Option<String>,
+    /// The one URI SAN.
+    pub uri: String,
+    /// Extended key usages.
+    pub usages: Vec<ExtendedKeyUsagePurpose>,
 }

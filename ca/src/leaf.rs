@@ -54,22 +54,7 @@ pub struct LeafInfo {
 impl LeafInfo {
     /// Reads the fields of a certificate without verifying it.
     pub fn parse(der: &[u8]) -> Result<Self, VerifyError> {
-        let (rest, cert) =
-            X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(VerifyError::Malformed("trailing bytes".into()));
-        }
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| VerifyError::Malformed(e.to_string()))?
-            .ok_or(VerifyError::Identity)?;
-        let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        });
-        let (Some(uri), None) = (uris.next(), uris.next()) else {
-            return Err(VerifyError::Identity);
-        };
+        let (cert, uri) = parse_with_one_uri(der)?;
         let id: SpiffeId = uri.parse().map_err(|_| VerifyError::Identity)?;
         let v = cert.validity();
         Ok(Self {
@@ -96,6 +81,31 @@ impl LeafInfo {
     pub fn lifetime(&self) -> Duration {
         Duration::from_secs(self.not_after_unix.saturating_sub(self.issued_at_unix()))
     }
+}
+
+/// Parses `der` (no trailing bytes) and returns it with its one URI SAN; more or fewer
+/// URIs is `VerifyError::Identity`.
+pub(crate) fn parse_with_one_uri(der: &[u8]) -> Result<(X509Certificate<'_>, &str), VerifyError> {
+    let (rest, cert) =
+        X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(VerifyError::Malformed("trailing bytes".into()));
+    }
+    let uri = {
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?
+            .ok_or(VerifyError::Identity)?;
+        let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        });
+        let (Some(uri), None) = (uris.next(), uris.next()) else {
+            return Err(VerifyError::Identity);
+        };
+        uri
+    };
+    Ok((cert, uri))
 }
 
 /// The expiry (Unix seconds) of any certificate, e.g. the cluster root.
@@ -139,8 +149,28 @@ impl TrustRoot {
         &self.cluster
     }
 
-    pub(crate) fn anchor(&self) -> &TrustAnchor<'static> {
-        &self.anchor
+    /// Checks that `der` chains to this root for client authentication at `now` (node and
+    /// operator certificates alike; what the certificate names is the caller's check).
+    pub(crate) fn verify_client_chain(
+        &self,
+        der: &[u8],
+        now: SystemTime,
+    ) -> Result<(), VerifyError> {
+        let cert_der = CertificateDer::from(der);
+        let ee = EndEntityCert::try_from(&cert_der)
+            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(unix(now)));
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            std::slice::from_ref(&self.anchor),
+            &[],
+            time,
+            KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| VerifyError::Chain(format!("{e:?}")))
     }
 
     /// The root certificate DER.
@@ -155,20 +185,7 @@ impl TrustRoot {
 
     /// Verifies that `der` is a valid node certificate of this cluster at `now`.
     pub fn verify_node(&self, der: &[u8], now: SystemTime) -> Result<LeafInfo, VerifyError> {
-        let cert_der = CertificateDer::from(der);
-        let ee = EndEntityCert::try_from(&cert_der)
-            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
-        let time = UnixTime::since_unix_epoch(Duration::from_secs(unix(now)));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(&self.anchor),
-            &[],
-            time,
-            KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| VerifyError::Chain(format!("{e:?}")))?;
+        self.verify_client_chain(der, now)?;
         let info = LeafInfo::parse(der)?;
         if info.id.cluster() != &self.cluster {
             return Err(VerifyError::ForeignCluster {

@@ -12,19 +12,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
-};
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, UnixTime};
+use rcgen::ExtendedKeyUsagePurpose;
 use serde::{Deserialize, Serialize};
-use webpki::{EndEntityCert, KeyUsage};
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use crate::authority::{CertificateAuthority, IssuedCert, BACKDATE};
+use crate::authority::{CertificateAuthority, IssuedCert, LeafSpec};
 use crate::csr::{inspect_csr_for, CsrRefusal};
-use crate::leaf::{unix, TrustRoot, VerifyError};
+use crate::leaf::{TrustRoot, VerifyError};
 use crate::names::{ClusterName, OperatorName};
 
 /// The prefix of the role in the subject's organisational unit.
@@ -112,44 +105,17 @@ impl CertificateAuthority {
     ) -> Result<IssuedCert, CsrRefusal> {
         let uri = operator_uri(self.cluster(), name);
         inspect_csr_for(csr_der, name.as_str(), &uri)?;
-        let parsed =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
-        if parsed.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(CsrRefusal::KeyAlgorithm);
-        }
-        let mut params = CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, name.as_str());
-        params.distinguished_name.push(
-            DnType::OrganizationalUnitName,
-            format!("{ROLE_PREFIX}{role}"),
-        );
-        params.subject_alt_names =
-            vec![SanType::URI(uri.try_into().map_err(|_| {
-                CsrRefusal::Malformed("SPIFFE URI not IA5".into())
-            })?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let not_after = now + ttl;
-        params.not_before =
-            crate::authority::to_offset(now - BACKDATE).map_err(|_| CsrRefusal::Clock)?;
-        params.not_after = crate::authority::to_offset(not_after).map_err(|_| CsrRefusal::Clock)?;
-        let serial = crate::authority::random_serial();
-        let serial_hex = hex::encode(serial.to_bytes());
-        params.serial_number = Some(serial);
-        let cert = self
-            .sign_params(params, &parsed.public_key)
-            .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
-        Ok(IssuedCert {
-            der: cert,
-            serial: serial_hex,
-            not_after_unix: unix(not_after),
-        })
+        self.issue_leaf(
+            csr_der,
+            LeafSpec {
+                common_name: name.as_str(),
+                unit: Some(format!("{ROLE_PREFIX}{role}")),
+                uri,
+                usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            },
+            ttl,
+            now,
+        )
     }
 }
 
@@ -161,36 +127,8 @@ impl TrustRoot {
         der: &[u8],
         now: SystemTime,
     ) -> Result<OperatorInfo, VerifyError> {
-        let cert_der = CertificateDer::from(der);
-        let ee = EndEntityCert::try_from(&cert_der)
-            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
-        let time = UnixTime::since_unix_epoch(Duration::from_secs(unix(now)));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(self.anchor()),
-            &[],
-            time,
-            KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| VerifyError::Chain(format!("{e:?}")))?;
-        let (rest, cert) =
-            X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(VerifyError::Malformed("trailing bytes".into()));
-        }
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| VerifyError::Malformed(e.to_string()))?
-            .ok_or(VerifyError::Identity)?;
-        let mut uris = san.value.general_names.iter().filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        });
-        let (Some(uri), None) = (uris.next(), uris.next()) else {
-            return Err(VerifyError::Identity);
-        };
+        self.verify_client_chain(der, now)?;
+        let (cert, uri) = crate::leaf::parse_with_one_uri(der)?;
         let prefix = format!("spiffe://{}/operator/", self.cluster());
         let name = uri
             .strip_prefix(&prefix)
