@@ -42,6 +42,16 @@ pub fn weft_bin() -> PathBuf {
     bin
 }
 
+/// The trimmed stdout of a command that must have succeeded (its stderr otherwise).
+pub fn stdout_ok(out: &Output) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout.clone())?.trim().to_owned())
+}
+
 /// Polls `check` every 100 ms until it returns `Ok(Some(v))` or `timeout` passes.
 pub fn eventually<T>(
     what: &str,

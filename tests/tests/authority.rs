@@ -10,7 +10,7 @@ use weft_gossip::RevocationList;
 use weft_node::authority::{Act, Credential};
 use weft_node::rpc::{CtlClient, CtlRequest, CtlResponse};
 use weft_node::tls::{self, CertStore};
-use weft_tests::{eventually, http_get, trust_of, Cluster};
+use weft_tests::{eventually, http_get, stdout_ok as ok, trust_of, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(15);
 
@@ -22,15 +22,6 @@ fn refused(out: &Output, needle: &str) -> anyhow::Result<()> {
         "refusal {err:?} does not say {needle:?}"
     );
     Ok(())
-}
-
-fn ok(out: &Output) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout.clone())?.trim().to_owned())
 }
 
 /// Runs `f` with a control client that presents `dir`'s node certificate.

@@ -6,19 +6,10 @@
 use std::process::Output;
 use std::time::Duration;
 
-use weft_tests::{eventually, Cluster};
+use weft_tests::{eventually, stdout_ok as ok, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 const PASS: &str = "correct horse battery staple";
-
-fn ok(out: &Output) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout.clone())?.trim().to_owned())
-}
 
 fn weft(args: &[&str], env: &[(&str, &str)]) -> Output {
     std::process::Command::new(weft_tests::weft_bin())

@@ -92,6 +92,8 @@ pub struct Store {
     config_history: sled::Tree,
     operators: sled::Tree,
     audit: sled::Tree,
+    /// Records in `audit` (counted once at open: sled's `len` walks the tree).
+    audit_len: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Serial → expiry (Unix seconds, big-endian u64) of every certificate issued.
     expiry: sled::Tree,
 }
@@ -124,6 +126,9 @@ impl Store {
             config: db.open_tree("config")?,
             config_history: db.open_tree("config_history")?,
             operators: db.open_tree("operators")?,
+            audit_len: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+                db.open_tree("audit")?.len(),
+            )),
             audit: db.open_tree("audit")?,
             expiry: db.open_tree("expiry")?,
             db,
@@ -251,11 +256,12 @@ impl Store {
     pub fn push_audit<T: Serialize>(&self, record: &T) -> Result<(), StoreError> {
         let id = self.db.generate_id()?;
         let key = format!("{:020}-{id:020}", crate::clock::unix_ms());
+        use std::sync::atomic::Ordering;
         self.audit.insert(key.as_bytes(), encode(record))?;
-        while self.audit.len() > AUDIT_LEN {
-            if self.audit.pop_min()?.is_none() {
-                break;
-            }
+        if self.audit_len.fetch_add(1, Ordering::Relaxed) >= AUDIT_LEN
+            && self.audit.pop_min()?.is_some()
+        {
+            self.audit_len.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -488,6 +494,24 @@ impl Store {
 mod tests {
     use super::*;
     use weft_ca::JoinToken;
+
+    #[test]
+    fn the_audit_trail_keeps_the_newest_records_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for i in 0..AUDIT_LEN + 5 {
+            store.push_audit(&i).expect("push");
+        }
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        store
+            .push_audit(&(AUDIT_LEN + 5))
+            .expect("push after reopen");
+        let newest: Vec<usize> = store.audit(AUDIT_LEN + 10).expect("read");
+        assert_eq!(newest.len(), AUDIT_LEN);
+        assert_eq!(newest.first(), Some(&(AUDIT_LEN + 5)));
+        assert_eq!(newest.last(), Some(&6));
+    }
 
     #[test]
     fn token_is_consumed_once_even_concurrently() {
