@@ -21,8 +21,8 @@ use crate::CaError;
 /// How far back `not_before` is set, to tolerate clock skew between nodes.
 pub const BACKDATE: Duration = Duration::from_secs(60);
 
-/// The root certificate authority of one cluster. Holds the CA private key: only the
-/// bootstrap node has one.
+/// A certificate authority of one cluster with its private key: the root (on the node
+/// that holds it) or a replica's intermediate (`replica`); both issue the same leaves.
 pub struct CertificateAuthority {
     cluster: ClusterName,
     issuer: Issuer<'static, KeyPair>,
@@ -48,7 +48,7 @@ pub struct IssuedCert {
     pub not_after_unix: u64,
 }
 
-fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
+pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| CaError::Clock)?
@@ -62,6 +62,13 @@ fn random_serial() -> SerialNumber {
     rand::rng().fill_bytes(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     SerialNumber::from_slice(&bytes)
+}
+
+/// A random serial and its hex form (as `LeafInfo::serial` reads it back).
+pub(crate) fn fresh_serial() -> (SerialNumber, String) {
+    let serial = random_serial();
+    let hex = hex::encode(serial.to_bytes());
+    (serial, hex)
 }
 
 impl CertificateAuthority {
@@ -81,7 +88,8 @@ impl CertificateAuthority {
         params
             .distinguished_name
             .push(DnType::OrganizationName, cluster.as_str());
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // Path length 1: the root signs replicas' intermediates, which sign leaves only.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -103,7 +111,12 @@ impl CertificateAuthority {
         ))
     }
 
-    /// Loads an existing root from its certificate (DER) and private key.
+    /// The rcgen issuer (certificate and key).
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    /// Loads an existing root or intermediate from its certificate (DER) and private key.
     pub fn load(cluster: ClusterName, cert_der: &[u8], key: NodeKey) -> Result<Self, CaError> {
         let der = CertificateDer::from(cert_der.to_vec());
         let issuer = Issuer::from_ca_cert_der(&der, key.into_pair())?;
@@ -114,12 +127,12 @@ impl CertificateAuthority {
         })
     }
 
-    /// The root certificate, DER.
+    /// This authority's certificate (the root's, or a replica's intermediate), DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
     }
 
-    /// SHA-256 of the root certificate: what join tokens pin.
+    /// SHA-256 of this authority's certificate (for the root: what join tokens pin).
     pub fn cert_sha256(&self) -> [u8; 32] {
         Sha256::digest(&self.cert_der).into()
     }
@@ -129,7 +142,7 @@ impl CertificateAuthority {
         &self.cluster
     }
 
-    /// Signs `msg` with the CA key (used for the revocation list).
+    /// Signs `msg` with this authority's key (revocation lists, the root's CA proofs).
     pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, CaError> {
         use rcgen::SigningKey as _;
         Ok(self.issuer.key().sign(msg)?)

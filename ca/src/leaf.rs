@@ -49,6 +49,8 @@ pub struct LeafInfo {
     pub not_before_unix: u64,
     /// SHA-256 of the certificate DER, hex.
     pub fingerprint: String,
+    /// The replica whose intermediate issued it (None: issued by the root, or not verified).
+    pub issuer: Option<crate::replica::IssuerInfo>,
 }
 
 impl LeafInfo {
@@ -63,6 +65,7 @@ impl LeafInfo {
             not_after_unix: v.not_after.timestamp().max(0) as u64,
             not_before_unix: v.not_before.timestamp().max(0) as u64,
             fingerprint: hex::encode(Sha256::digest(der)),
+            issuer: None,
         })
     }
 
@@ -149,28 +152,53 @@ impl TrustRoot {
         &self.cluster
     }
 
-    /// Checks that `der` chains to this root for client authentication at `now` (node and
-    /// operator certificates alike; what the certificate names is the caller's check).
+    /// Checks that `der` chains to this root for client authentication at `now`, directly
+    /// or through one intermediate of this cluster (node and operator certificates alike;
+    /// what the certificate names is the caller's check). Returns the issuing replica.
     pub(crate) fn verify_client_chain(
         &self,
         der: &[u8],
+        intermediates: &[Vec<u8>],
         now: SystemTime,
-    ) -> Result<(), VerifyError> {
+    ) -> Result<Option<crate::replica::IssuerInfo>, VerifyError> {
+        if intermediates.len() > crate::replica::MAX_CHAIN {
+            return Err(VerifyError::Chain(format!(
+                "{} intermediates; at most {} is accepted",
+                intermediates.len(),
+                crate::replica::MAX_CHAIN
+            )));
+        }
+        let issuer = match intermediates.first() {
+            Some(i) => Some(crate::replica::parse_replica(i, &self.cluster)?),
+            None => None,
+        };
         let cert_der = CertificateDer::from(der);
         let ee = EndEntityCert::try_from(&cert_der)
             .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
         let time = UnixTime::since_unix_epoch(Duration::from_secs(unix(now)));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(&self.anchor),
-            &[],
-            time,
-            KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map(|_| ())
-        .map_err(|e| VerifyError::Chain(format!("{e:?}")))
+        let chain: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .map(|i| CertificateDer::from(i.as_slice()))
+            .collect();
+        let path = ee
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&self.anchor),
+                &chain,
+                time,
+                KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| VerifyError::Chain(format!("{e:?}")))?;
+        // The intermediate offered must be the one the path went through (an unused one
+        // would otherwise name a replica that did not issue this certificate).
+        if issuer.is_some() && path.intermediate_certificates().count() != intermediates.len() {
+            return Err(VerifyError::Chain(
+                "the intermediate offered did not issue the certificate".into(),
+            ));
+        }
+        Ok(issuer)
     }
 
     /// The root certificate DER.
@@ -183,10 +211,23 @@ impl TrustRoot {
         Sha256::digest(&self.ca_der).into()
     }
 
-    /// Verifies that `der` is a valid node certificate of this cluster at `now`.
+    /// Verifies that `der` is a valid node certificate of this cluster at `now`, issued by
+    /// the root itself.
     pub fn verify_node(&self, der: &[u8], now: SystemTime) -> Result<LeafInfo, VerifyError> {
-        self.verify_client_chain(der, now)?;
-        let info = LeafInfo::parse(der)?;
+        self.verify_node_chain(der, &[], now)
+    }
+
+    /// Verifies that `der` is a valid node certificate of this cluster at `now`, issued by
+    /// the root or by the replica whose intermediate is `intermediates` (at most one).
+    pub fn verify_node_chain(
+        &self,
+        der: &[u8],
+        intermediates: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<LeafInfo, VerifyError> {
+        let issuer = self.verify_client_chain(der, intermediates, now)?;
+        let mut info = LeafInfo::parse(der)?;
+        info.issuer = issuer;
         if info.id.cluster() != &self.cluster {
             return Err(VerifyError::ForeignCluster {
                 expected: self.cluster.to_string(),

@@ -1,6 +1,7 @@
 //! weft's built-in certificate authority, without I/O.
 //!
-//! The bootstrap node creates a root (`CertificateAuthority::create`); every node makes
+//! The bootstrap node creates a root (`CertificateAuthority::create`), which signs CA
+//! replicas their intermediates (`replica`); every node makes
 //! its own key (`NodeKey`) and sends only a CSR; the CA checks the CSR (`csr`) and writes
 //! every field of the node certificate itself. `TrustRoot` verifies certificates and
 //! signatures on every node; `token` is the one-time join token format; `operator` issues
@@ -13,6 +14,7 @@ pub mod key;
 pub mod leaf;
 pub mod names;
 pub mod operator;
+pub mod replica;
 pub mod token;
 
 pub use authority::{CertificateAuthority, IssuedCert};
@@ -21,6 +23,7 @@ pub use key::NodeKey;
 pub use leaf::{not_after_unix, unix, verify_signature, LeafInfo, TrustRoot, VerifyError};
 pub use names::{ClusterName, NameError, NodeName, OperatorName, ServiceName, SpiffeId};
 pub use operator::{operator_uri, OperatorInfo, Role, RoleError};
+pub use replica::{parse_replica, replica_uri, IssuerInfo};
 pub use token::{JoinToken, TokenId, TokenParseError, TokenRecord, TokenRefusal};
 
 /// Failures of key and certificate generation (not refusals of a request).

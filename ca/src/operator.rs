@@ -127,7 +127,7 @@ impl TrustRoot {
         der: &[u8],
         now: SystemTime,
     ) -> Result<OperatorInfo, VerifyError> {
-        self.verify_client_chain(der, now)?;
+        self.verify_client_chain(der, &[], now)?;
         let (cert, uri) = crate::leaf::parse_with_one_uri(der)?;
         let prefix = format!("spiffe://{}/operator/", self.cluster());
         let name = uri

@@ -302,3 +302,109 @@ fn ca_reloads_from_its_files() {
         .verify_node(&issued.der, SystemTime::now())
         .expect("chain to the original root");
 }
+
+/// A replica of `root` for node `name`: its intermediate (DER) and the authority it issues with.
+fn replica(root: &CertificateAuthority, name: &str) -> (Vec<u8>, CertificateAuthority) {
+    let key = NodeKey::generate().expect("key");
+    let csr = key.replica_csr_der(&cluster(), &node(name)).expect("csr");
+    let issued = root
+        .sign_replica_csr(
+            &csr,
+            &node(name),
+            Duration::from_secs(86400 * 90),
+            SystemTime::now(),
+        )
+        .expect("intermediate");
+    let authority = CertificateAuthority::load(cluster(), &issued.der, key).expect("loads");
+    (issued.der, authority)
+}
+
+#[test]
+fn a_replica_issues_leaves_that_chain_through_its_intermediate() {
+    let root = ca();
+    let trust = TrustRoot::new(cluster(), root.cert_der().to_vec()).expect("root");
+    let (inter, replica_ca) = replica(&root, "vm-2");
+    let key = NodeKey::generate().expect("key");
+    let csr = key
+        .csr_der(&SpiffeId::node(cluster(), node("vm-5")))
+        .expect("csr");
+    let leaf = sign(&replica_ca, &csr, "vm-5").expect("issued by the replica");
+    let info = trust
+        .verify_node_chain(&leaf.der, std::slice::from_ref(&inter), SystemTime::now())
+        .expect("verifies through the intermediate");
+    assert_eq!(info.id.node_name().as_str(), "vm-5");
+    let issuer = info.issuer.expect("names its replica");
+    assert_eq!(issuer.node.as_str(), "vm-2");
+    assert!(
+        trust.verify_node(&leaf.der, SystemTime::now()).is_err(),
+        "without the intermediate the leaf does not chain"
+    );
+    // Another replica's intermediate offered with it: refused, not silently ignored.
+    let (other, _) = replica(&root, "vm-3");
+    assert!(trust
+        .verify_node_chain(&leaf.der, &[other], SystemTime::now())
+        .is_err());
+    // A leaf of the root itself offered with an intermediate it does not go through.
+    let direct = sign(&root, &csr, "vm-5").expect("root issues too");
+    assert!(trust
+        .verify_node_chain(&direct.der, std::slice::from_ref(&inter), SystemTime::now())
+        .is_err());
+    // The intermediate itself is never a node certificate.
+    assert!(trust.verify_node(&inter, SystemTime::now()).is_err());
+    // It cannot sign another CA below it (path length 0): webpki refuses such a chain.
+    let sub_key = NodeKey::generate().expect("key");
+    let sub_csr = sub_key
+        .replica_csr_der(&cluster(), &node("vm-9"))
+        .expect("csr");
+    let sub = replica_ca
+        .sign_replica_csr(
+            &sub_csr,
+            &node("vm-9"),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .expect("rcgen signs it");
+    let sub_ca = CertificateAuthority::load(cluster(), &sub.der, sub_key).expect("loads");
+    let deep = sign(&sub_ca, &csr, "vm-5").expect("issued");
+    assert!(trust
+        .verify_node_chain(&deep.der, &[sub.der.clone(), inter.clone()], SystemTime::now())
+        .is_err());
+}
+
+#[test]
+fn a_replica_csr_may_name_only_its_own_node() {
+    let root = ca();
+    let key = NodeKey::generate().expect("key");
+    let csr = key.replica_csr_der(&cluster(), &node("vm-2")).expect("csr");
+    assert!(root
+        .sign_replica_csr(
+            &csr,
+            &node("vm-3"),
+            Duration::from_secs(3600),
+            SystemTime::now()
+        )
+        .is_err());
+    // An intermediate of another cluster is refused even if signed by this root.
+    let foreign = ClusterName::new("other").expect("valid");
+    let fkey = NodeKey::generate().expect("key");
+    let fcsr = fkey.replica_csr_der(&foreign, &node("vm-2")).expect("csr");
+    let other_root = CertificateAuthority::create(
+        foreign.clone(),
+        SystemTime::now(),
+        Duration::from_secs(3600),
+    )
+    .expect("root")
+    .0;
+    let finter = other_root
+        .sign_replica_csr(
+            &fcsr,
+            &node("vm-2"),
+            Duration::from_secs(3600),
+            SystemTime::now(),
+        )
+        .expect("issued");
+    assert!(matches!(
+        parse_replica(&finter.der, &cluster()),
+        Err(VerifyError::ForeignCluster { .. })
+    ));
+}

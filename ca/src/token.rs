@@ -1,9 +1,11 @@
 //! One-time join tokens: format, parsing, and the decision whether a presented token is
 //! accepted. Storage (and the atomic "mark used") belongs to the node's store.
 //!
-//! Wire form: `weft1.<id>.<secret>.<ca-hash>`, where `id` is 8 random bytes in hex (it
-//! appears in logs), `secret` is 32 random bytes and `ca-hash` the SHA-256 of the root
-//! certificate's DER, both base64url without padding. Only `sha256(secret)` is stored.
+//! Wire form: `weft1.<id>.<secret>.<ca-hash>[.<replica>]`, where `id` is 8 random bytes
+//! in hex (it appears in logs), `secret` is 32 random bytes and `ca-hash` the SHA-256 of
+//! the root certificate's DER, both base64url without padding, and `replica` the node name
+//! of the CA replica that made it and alone consumes it (absent in tokens made before
+//! replicas: the root holder consumes those). Only `sha256(secret)` is stored.
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +34,7 @@ pub struct JoinToken {
     id: TokenId,
     secret: [u8; 32],
     ca_hash: [u8; 32],
+    replica: Option<crate::names::NodeName>,
 }
 
 /// The public id of a token: safe to log.
@@ -65,6 +68,20 @@ impl fmt::Display for TokenId {
 }
 
 impl JoinToken {
+    /// Makes a fresh token that pins the root certificate whose DER hashes to `ca_hash`,
+    /// to be consumed by replica `replica`.
+    pub fn generate_at(ca_hash: [u8; 32], replica: crate::names::NodeName) -> Self {
+        Self {
+            replica: Some(replica),
+            ..Self::generate(ca_hash)
+        }
+    }
+
+    /// The replica that made this token and alone consumes it (None: the root holder).
+    pub fn replica(&self) -> Option<&crate::names::NodeName> {
+        self.replica.as_ref()
+    }
+
     /// Makes a fresh token that pins the root certificate whose DER hashes to `ca_hash`.
     pub fn generate(ca_hash: [u8; 32]) -> Self {
         let mut rng = rand::rng();
@@ -76,6 +93,7 @@ impl JoinToken {
             id: TokenId(hex::encode(id)),
             secret,
             ca_hash,
+            replica: None,
         }
     }
 
@@ -122,7 +140,11 @@ impl fmt::Display for JoinToken {
             self.id,
             URL_SAFE_NO_PAD.encode(self.secret),
             URL_SAFE_NO_PAD.encode(self.ca_hash)
-        )
+        )?;
+        match &self.replica {
+            Some(r) => write!(f, ".{r}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -149,17 +171,27 @@ impl FromStr for JoinToken {
                 "expected it to start with 'weft1.'",
             ));
         }
-        let (Some(id), Some(secret), Some(ca), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(id), Some(secret), Some(ca)) = (parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenParseError::Malformed(
-                "expected four dot-separated parts",
+                "expected four or five dot-separated parts",
             ));
+        };
+        // Node names may contain dots: everything after the CA hash is the replica.
+        let rest: Vec<&str> = parts.collect();
+        let replica = if rest.is_empty() {
+            None
+        } else {
+            Some(
+                crate::names::NodeName::new(rest.join("."))
+                    .map_err(|_| TokenParseError::Malformed("bad replica name"))?,
+            )
         };
         Ok(Self {
             id: TokenId::parse(id)?,
             secret: decode32(secret, "bad secret")?,
             ca_hash: decode32(ca, "bad CA hash")?,
+            replica,
         })
     }
 }
@@ -226,6 +258,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_check() {
+        let at = JoinToken::generate_at([7; 32], crate::names::NodeName::new("ca.eu-1").expect("valid"));
+        let back: JoinToken = at.to_string().parse().expect("parses");
+        assert_eq!(back, at);
+        assert_eq!(back.replica().map(|r| r.as_str()), Some("ca.eu-1"));
         let t = JoinToken::generate([7; 32]);
         let parsed: JoinToken = t.to_string().parse().expect("parses");
         assert_eq!(parsed, t);
