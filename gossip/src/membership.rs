@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weft_ca::{LeafInfo, NodeName, TrustRoot};
 
 use crate::record::{
@@ -89,8 +89,13 @@ pub struct Member {
     pub zone: String,
     /// Agent version.
     pub version: String,
-    /// Whether it holds the CA.
+    /// Whether it is a CA replica (its certificate was issued by its own intermediate, or
+    /// it proved it holds the root): it takes joins, renewals and revocations.
     pub ca: bool,
+    /// Whether it proved it holds the root key.
+    pub root: bool,
+    /// Expiry of its intermediate (Unix seconds; 0 when it has none).
+    pub ca_expiry_unix: u64,
     /// Certificate expiry, Unix seconds.
     pub cert_expiry_unix: u64,
     /// Certificate serial (hex).
@@ -128,8 +133,10 @@ struct Cache {
     /// (pre-binding) records are replays from then on.
     bound: std::collections::HashSet<Arc<str>>,
     rejected: HashMap<ChitchatId, String>,
+    /// The union of every replica's verified list (grow-only until expiry).
     crl: RevocationList,
-    crl_raw: String,
+    /// Each publisher's last list value seen, verified or not (not looked at again).
+    crl_raw: HashMap<ChitchatId, String>,
 }
 
 /// A running gossip participant. Call `leave` (optional) and then `shutdown`.
@@ -273,27 +280,6 @@ impl Gossip {
         let root = self.root.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
 
-        // The revocation list: the highest version whose CA signature verifies.
-        for (_, values) in states.iter() {
-            if let Some(raw) = values.get(CRL_KEY) {
-                if *raw != cache.crl_raw {
-                    match verify_crl(raw, &root) {
-                        Ok(crl) if crl.version > cache.crl.version => {
-                            cache.crl = crl;
-                            cache.crl_raw = raw.clone();
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            self.stats
-                                .rejected_records
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            warn!(error = %e, "ignoring revocation list that does not verify");
-                        }
-                    }
-                }
-            }
-        }
-
         for (id, values) in states.iter() {
             let Some(raw) = values.get(NODE_KEY) else {
                 continue;
@@ -325,11 +311,11 @@ impl Gossip {
                     if record.generation != 0 {
                         cache.bound.insert(id.node_id.clone());
                     }
-                    if record.ca && !crate::record::ca_claim_holds(&record, &root) {
+                    if record.ca && !crate::record::ca_claim_holds(&record, &leaf, &root) {
                         self.stats
                             .false_ca_claims
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        warn!(node = %id.node_id, "ignoring a CA claim without the root's proof");
+                        warn!(node = %id.node_id, "ignoring a CA claim without an intermediate for this node or the root's proof");
                         record.ca = false;
                     }
                     let newer = cache
@@ -393,6 +379,52 @@ impl Gossip {
         cache.records.retain(|id, _| states.contains_key(id));
         cache.rejected.retain(|id, _| states.contains_key(id));
 
+        // Revocation lists: each replica publishes its own, signed with its intermediate's
+        // key (the root's on a root holder without one); the union of those that verify is
+        // in force. A list from a member that is not a proven replica is ignored.
+        let now_unix = weft_ca::unix(now);
+        for (id, values) in states.iter() {
+            let Some(raw) = values.get(CRL_KEY) else {
+                continue;
+            };
+            if cache.crl_raw.get(id) == Some(raw) {
+                continue;
+            }
+            let signer = cache.records.get(id).and_then(|v| {
+                if !v.record.ca {
+                    return None;
+                }
+                match v.leaf.issuer {
+                    Some(_) => v.record.chain_der().ok()?.into_iter().next(),
+                    None => Some(root.ca_der().to_vec()),
+                }
+            });
+            let verified = match &signer {
+                Some(der) => verify_crl(raw, der),
+                None => Err(RecordError::Malformed("published by a member that is not a CA replica")),
+            };
+            match verified {
+                Ok(crl) => {
+                    if cache.crl.union_from(&crl, now_unix, crate::record::REVOCATION_GRACE_SECS) {
+                        cache.crl.version += 1;
+                    }
+                    cache.crl_raw.insert(id.clone(), raw.clone());
+                }
+                Err(e) if signer.is_none() && !cache.records.contains_key(id) => {
+                    // Its record is not verified yet: look again next round.
+                    debug!(node = %id.node_id, error = %e, "revocation list waits for its publisher's record");
+                }
+                Err(e) => {
+                    self.stats
+                        .rejected_records
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(node = %id.node_id, error = %e, "ignoring revocation list that does not verify");
+                    cache.crl_raw.insert(id.clone(), raw.clone());
+                }
+            }
+        }
+        cache.crl_raw.retain(|id, _| states.contains_key(id));
+
         // One member per name: its newest verified generation.
         let mut by_name: BTreeMap<&str, (&ChitchatId, &Verified)> = BTreeMap::new();
         for (id, v) in &cache.records {
@@ -420,6 +452,12 @@ impl Gossip {
                     zone: v.record.zone.clone(),
                     version: v.record.version.clone(),
                     ca: v.record.ca,
+                    root: crate::record::root_claim_holds(&v.record, &root),
+                    ca_expiry_unix: v
+                        .leaf
+                        .issuer
+                        .as_ref()
+                        .map_or(0, |i| i.not_after_unix),
                     cert_expiry_unix: v.leaf.not_after_unix,
                     cert_serial: v.leaf.serial.clone(),
                     cert_fingerprint: v.leaf.fingerprint.clone(),

@@ -50,10 +50,15 @@ pub struct NodeRecord {
     /// The gossip address this record is published from (bound like `generation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip_addr: Option<SocketAddr>,
-    /// With `ca`: the root key's signature over `ca_claim(cluster, name, generation)`,
-    /// base64url. A CA claim without it is not believed.
+    /// On the node that holds the root key: the root's signature over
+    /// `ca_claim(cluster, name, generation)`, base64url.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_proof: Option<String>,
+    /// The intermediates `cert` chains through to the root (base64url DER; at most one):
+    /// a CA replica's node certificate is issued by its own intermediate, which proves the
+    /// `ca` claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 /// What the root key signs to say that node `name`, in this run, holds it.
@@ -61,8 +66,14 @@ pub fn ca_claim(cluster: &str, name: &str, generation: u64) -> Vec<u8> {
     format!("weft-ca-holder-v1\0{cluster}\0{name}\0{generation}").into_bytes()
 }
 
-/// Whether `record`'s CA claim is proven by the root of `root`.
-pub fn ca_claim_holds(record: &NodeRecord, root: &TrustRoot) -> bool {
+/// Whether `record`'s CA claim is proven: its certificate (`leaf`, verified) was issued
+/// by an intermediate naming this very node (a replica), or it carries the root's proof.
+pub fn ca_claim_holds(record: &NodeRecord, leaf: &LeafInfo, root: &TrustRoot) -> bool {
+    leaf.issuer.as_ref().is_some_and(|i| i.node == record.name) || root_claim_holds(record, root)
+}
+
+/// Whether `record` carries the root's proof that its node holds the root key.
+pub fn root_claim_holds(record: &NodeRecord, root: &TrustRoot) -> bool {
     let Some(proof) = record.ca_proof.as_deref() else {
         return false;
     };
@@ -83,6 +94,21 @@ impl NodeRecord {
         URL_SAFE_NO_PAD
             .decode(&self.cert)
             .map_err(|_| RecordError::Malformed("certificate is not base64url"))
+    }
+
+    /// The intermediates of `chain`, DER.
+    pub fn chain_der(&self) -> Result<Vec<Vec<u8>>, RecordError> {
+        if self.chain.len() > weft_ca::replica::MAX_CHAIN {
+            return Err(RecordError::Malformed("too many intermediates"));
+        }
+        self.chain
+            .iter()
+            .map(|c| {
+                URL_SAFE_NO_PAD
+                    .decode(c)
+                    .map_err(|_| RecordError::Malformed("intermediate is not base64url"))
+            })
+            .collect()
     }
 
     /// Encodes a certificate for the `cert` field.
@@ -156,6 +182,9 @@ pub struct Revoked {
     /// entries made before expiry was recorded: kept).
     #[serde(default)]
     pub not_after_unix: u64,
+    /// An operator's credential (then `node` is the operator's name), not a node's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
 }
 
 /// The cluster's revocation list, signed by the CA.
@@ -194,6 +223,24 @@ impl RevocationList {
             }
         }
         out
+    }
+
+    /// Adds the entries of `other` this list lacks and drops its own, both only while
+    /// their certificate has not been expired for `grace_secs` at `now_unix`: the union of
+    /// the lists every replica publishes. Returns whether anything changed.
+    pub fn union_from(&mut self, other: &RevocationList, now_unix: u64, grace_secs: u64) -> bool {
+        let cutoff = now_unix.saturating_sub(grace_secs);
+        let live = |r: &Revoked| r.not_after_unix == 0 || r.not_after_unix > cutoff;
+        let before = self.revoked.len();
+        self.revoked.retain(|r| live(r));
+        let mut changed = self.revoked.len() != before;
+        for r in &other.revoked {
+            if live(r) && !self.is_revoked(&r.serial) {
+                self.revoked.push(r.clone());
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// When the certificate with this serial was revoked (Unix seconds), if it was.
@@ -281,7 +328,7 @@ pub fn verify_node_record(
         });
     }
     let der = record.cert_der()?;
-    let leaf = root.verify_node(&der, now)?;
+    let leaf = root.verify_node_chain(&der, &record.chain_der()?, now)?;
     if leaf.id.node_name() != &record.name {
         return Err(RecordError::WrongNode {
             record: record.name.to_string(),
@@ -292,10 +339,11 @@ pub fn verify_node_record(
     Ok((record, leaf))
 }
 
-/// Verifies a revocation list signed by the cluster CA.
-pub fn verify_crl(value: &str, root: &TrustRoot) -> Result<RevocationList, RecordError> {
+/// Verifies a revocation list signed with the key of `signer` (DER): the root, or the
+/// intermediate of the replica that published it (verified by the caller).
+pub fn verify_crl(value: &str, signer: &[u8]) -> Result<RevocationList, RecordError> {
     let (body, sig) = split_signed(value)?;
-    root.verify_ca_signature(&body, &sig)?;
+    weft_ca::verify_signature(signer, &body, &sig)?;
     serde_json::from_slice(&body)
         .map_err(|_| RecordError::Malformed("revocation list is not valid JSON"))
 }
@@ -322,6 +370,7 @@ mod tests {
             serial: serial.into(),
             revoked_at_unix: 1,
             not_after_unix,
+            operator: false,
         }
     }
 

@@ -40,6 +40,7 @@ async fn start(ca: &CertificateAuthority, name: &str, ring: &Keyring, seeds: Vec
         generation: 1,
         gossip_addr: Some(addr),
         ca_proof: None,
+        chain: Vec::new(),
     };
     let signed = encode_signed(&record, |m| key.sign(m).expect("sign"));
     let root = TrustRoot::new(cluster, ca.cert_der().to_vec()).expect("root");
