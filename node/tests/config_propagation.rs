@@ -193,6 +193,7 @@ impl ConfigCluster {
                 generation: 1,
                 gossip_addr: Some(gossip_addr(i)),
                 ca_proof: None,
+                chain: Vec::new(),
             };
             let signed = encode_signed(&record, |m| key.sign(m).expect("sign record"));
             let seeds = if i == 0 {

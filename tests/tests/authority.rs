@@ -32,7 +32,7 @@ fn with_ctl<T>(
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let (trust, id) = trust_of(dir)?;
-        let certs = CertStore::new(&id.key, &id.cert_der, &id.ca_der)?;
+        let certs = CertStore::new(&id.key, &id.cert_der, &id.chain, &id.ca_der)?;
         let config = tls::ctl_client_config(
             &certs,
             trust,

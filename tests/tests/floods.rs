@@ -339,7 +339,12 @@ fn listener_floods_do_not_stop_traffic_or_renewals() -> anyhow::Result<()> {
             }
         }
         // A member that opens streams and never reads their answers.
-        let certs = weft_node::tls::CertStore::new(&vm2_id.key, &vm2_id.cert_der, &vm2_id.ca_der)?;
+        let certs = weft_node::tls::CertStore::new(
+            &vm2_id.key,
+            &vm2_id.cert_der,
+            &vm2_id.chain,
+            &vm2_id.ca_der,
+        )?;
         let data = weft_node::tls::data_client_config(
             &certs,
             trust.clone(),

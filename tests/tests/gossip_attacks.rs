@@ -150,6 +150,7 @@ async fn member_cannot_publish_under_another_name() -> anyhow::Result<()> {
         generation: u64::MAX / 2,
         gossip_addr: Some(SocketAddr::from((c.subnet.ip(201), 7946))),
         ca_proof: None,
+        chain: Vec::new(),
     };
     let signed = encode_signed(&forged, |m| rogue_key.sign(m).unwrap_or_default());
     let rogue = rogue_as_vm2(&c, signed, 0).await?;
@@ -182,6 +183,7 @@ async fn genuine_records_replayed_under_another_generation_are_refused() -> anyh
         generation,
         gossip_addr: (generation != 0).then(|| c.agent("vm-2").gossip_addr()),
         ca_proof: None,
+        chain: Vec::new(),
     };
     for (i, record) in [genuine(12_345, true), genuine(0, true)]
         .into_iter()

@@ -49,7 +49,7 @@ async fn exchange(
 
 fn member_config(dir: &Path) -> anyhow::Result<quinn::ClientConfig> {
     let (trust, id) = trust_of(dir)?;
-    let certs = CertStore::new(&id.key, &id.cert_der, &id.ca_der)?;
+    let certs = CertStore::new(&id.key, &id.cert_der, &id.chain, &id.ca_der)?;
     Ok(tls::data_client_config(
         &certs,
         trust,
@@ -118,7 +118,7 @@ fn only_valid_members_open_streams_for_their_own_services() -> anyhow::Result<()
             SystemTime::now(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let certs = CertStore::new(&key, &cert.der, foreign_ca.cert_der())?;
+    let certs = CertStore::new(&key, &cert.der, &[], foreign_ca.cert_der())?;
     let foreign = tls::data_client_config(&certs, trust.clone(), Arc::default())?;
     let r = open_echo(foreign, Some("frontend"));
     assert!(r.is_err(), "a foreign CA's certificate got through: {r:?}");

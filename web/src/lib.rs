@@ -306,6 +306,14 @@ pub trait NodeApi: Send + Sync + 'static {
         body: Vec<u8>,
         caller: Caller,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Makes `node` a CA replica (`add`) or stops it being one (role admin), carried out
+    /// on that member.
+    fn ca_replica(
+        &self,
+        node: String,
+        add: bool,
+        caller: Caller,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// The CA as this node sees it: root fingerprint and expiry, which nodes hold it,
     /// the revocation list's size.
     fn ca_status(&self) -> impl Future<Output = serde_json::Value> + Send;

@@ -64,6 +64,10 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/audit", get(audit::<N>))
         .route("/v1/ca/backup", post(ca_backup::<N>))
         .route("/v1/ca", get(ca_status::<N>))
+        .route(
+            "/v1/ca/replicas/{node}",
+            post(ca_replica_add::<N>).delete(ca_replica_remove::<N>),
+        )
         .route("/v1/policy/explain", get(policy_explain::<N>))
         .route(
             "/v1/services/{name}",
@@ -305,6 +309,24 @@ async fn config_put<N: NodeApi>(
 
 async fn ca_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     Json(node.ca_status().await).into_response()
+}
+
+async fn ca_replica_add<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.ca_replica(name, true, caller).await?).into_response())
+}
+
+async fn ca_replica_remove<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.ca_replica(name, false, caller).await?).into_response())
 }
 
 async fn ca_backup<N: NodeApi>(

@@ -81,15 +81,29 @@ impl NodeApi for Agent {
         let remaining = leaf.remaining(crate::clock::now());
         let reason = self.not_ready_reason();
         let mut warnings = Vec::new();
-        let ca_alive = self.ca.is_some()
-            || Agent::members(self)
-                .await
-                .iter()
-                .any(|m| m.ca && m.status == weft_gossip::MemberStatus::Alive);
-        if !ca_alive {
+        let members = Agent::members(self).await;
+        let replicas_alive = members
+            .iter()
+            .filter(|m| m.ca && m.status == weft_gossip::MemberStatus::Alive)
+            .count();
+        if replicas_alive == 0 {
             warnings.push(
-                "no alive node holds the CA: renewals, joins and tokens fail until it is back; if it is gone for good, restore a backup on a member (weft ca restore)".into(),
+                "no CA replica is alive: renewals, joins and tokens fail until one is back; if they are gone for good, restore a backup on a member (weft ca restore)".into(),
             );
+        } else if replicas_alive < 2 {
+            warnings.push(
+                "only one CA replica is alive: losing it stops renewals and joins; add another (weft ca add-replica NODE)".into(),
+            );
+        }
+        let soon = weft_ca::unix(crate::clock::now()) + 30 * 86400;
+        for m in members
+            .iter()
+            .filter(|m| m.ca && m.ca_expiry_unix != 0 && m.ca_expiry_unix < soon)
+        {
+            warnings.push(format!(
+                "the intermediate of CA replica {} expires within 30 days (unix {}); it renews from the root holder, which must be reachable",
+                m.name, m.ca_expiry_unix
+            ));
         }
         let failures = self.data.metrics.cert_renewal_failures.get();
         if failures > 0 {
@@ -409,12 +423,53 @@ impl NodeApi for Agent {
         Ok(serde_json::json!({ "backup": crate::rpc::messages::b64(&sealed) }))
     }
 
+    async fn ca_replica(
+        &self,
+        node: String,
+        add: bool,
+        caller: Caller,
+    ) -> Result<serde_json::Value, ApiError> {
+        let name = NodeName::new(node).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let act = if add {
+            Act::AddReplica { node: name.clone() }
+        } else {
+            Act::RemoveReplica { node: name.clone() }
+        };
+        let here = name == self.identity.info.name;
+        let (v, signed) = self.authorize(&caller, &act, here)?;
+        let answer = if here {
+            super::replica::apply(self, &v, &signed).await
+        } else {
+            let member = Agent::members(self)
+                .await
+                .into_iter()
+                .find(|m| m.name == name.as_str())
+                .ok_or_else(|| ApiError::NotFound(format!("no member named {name}")))?;
+            self.ctl
+                .call(&member.name, member.address, &CtlRequest::Operator { signed })
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("{name} cannot be asked: {e}")))?
+        };
+        match answer {
+            CtlResponse::Answer { value } => Ok(value),
+            CtlResponse::Error { kind, message } => Err(api_error(kind, message)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn ca_status(&self) -> serde_json::Value {
         let members = Agent::members(self).await;
         let holders: Vec<serde_json::Value> = members
             .iter()
             .filter(|m| m.ca)
-            .map(|m| serde_json::json!({ "node": m.name, "status": m.status.to_string() }))
+            .map(|m| {
+                serde_json::json!({
+                    "node": m.name,
+                    "status": m.status.to_string(),
+                    "root": m.root,
+                    "intermediate_expiry_unix": m.ca_expiry_unix,
+                })
+            })
             .collect();
         let crl = self.gossip.revocations();
         let root = self.identity.trust.ca_der();
@@ -423,7 +478,13 @@ impl NodeApi for Agent {
             "root_sha256": hex::encode(self.identity.trust.ca_sha256()),
             "root_expiry_unix": weft_ca::not_after_unix(root).unwrap_or(0),
             "holders": holders,
-            "this_node_holds_root": self.ca.is_some(),
+            "this_node_holds_root": self.ca.get().is_some_and(|c| c.holds_root()),
+            "this_node_is_replica": self.ca.is_some(),
+            "this_replica": self.ca.get().map(|c| serde_json::json!({
+                "intermediate": c.intermediate(),
+                "issued": c.issued_count(),
+                "last_issue_unix": c.last_issue_unix(),
+            })),
             "revocations": { "version": crl.version, "entries": crl.revoked.len() },
         })
     }
@@ -602,10 +663,21 @@ impl Agent {
     /// Runs a CA act: here on the CA node, otherwise verified here (for a clear answer)
     /// and forwarded to the CA node, which verifies it again and executes it.
     async fn run_on_ca(&self, caller: &Caller, act: Act) -> Result<CtlResponse, ApiError> {
-        let here = self.ca.is_some();
+        // Operator credentials and their records live with the root holder.
+        let needs_root = matches!(
+            act,
+            Act::OperatorCreate { .. } | Act::OperatorRevoke { .. } | Act::OperatorList
+        );
+        let ca = self.ca.get();
+        let here = ca.as_ref().is_some_and(|c| !needs_root || c.holds_root());
         let (v, signed) = self.authorize(caller, &act, here)?;
         let answer = if here {
-            execute(&v, self.ca.as_deref(), &self.gossip, &self.identity).await
+            execute(&v, ca.as_deref(), &self.gossip, &self.identity).await
+        } else if needs_root {
+            self.ca_client
+                .call_root(&CtlRequest::Operator { signed })
+                .await
+                .map_err(ca_unavailable)?
         } else {
             self.ca_client
                 .call(&CtlRequest::Operator { signed })

@@ -100,20 +100,27 @@ async fn renew_once(agent: &Agent) -> Result<(), RenewError> {
     let info = &agent.identity.info;
     let id = SpiffeId::node(info.cluster.clone(), info.name.clone());
     let csr = agent.identity.key.csr_der(&id)?;
-    let der = if let Some(ca) = &agent.ca {
-        ca.issue_own(&info.name, &csr, SystemTime::now())?.der
+    let (der, chain) = if let Some(ca) = agent.ca.get() {
+        let issued = ca.issue_own(&info.name, &csr, SystemTime::now())?;
+        (issued.der, ca.chain())
     } else {
         match agent
             .ca_client
             .call(&CtlRequest::Renew { csr: b64(&csr) })
             .await?
         {
-            CtlResponse::Cert { cert } => unb64(&cert, "cert")?,
+            CtlResponse::Cert { cert, chain } => (
+                unb64(&cert, "cert")?,
+                chain
+                    .iter()
+                    .map(|c| unb64(c, "chain"))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
             CtlResponse::Error { message, .. } => return Err(RenewError::CaRefused(message)),
             _ => return Err(RenewError::Unexpected),
         }
     };
-    agent.identity.install_cert(der)?;
+    agent.identity.install_cert(der, chain)?;
     agent.publish_record().await;
     Ok(())
 }
@@ -160,11 +167,14 @@ pub async fn housekeeping_loop(agent: Arc<Agent>) {
         agent.data.enforce_own_expiry();
         n += 1;
         if n % 60 == 30 {
-            if let Some(ca) = &agent.ca {
+            if let Some(ca) = agent.ca.get() {
                 match ca.prune_revocations(std::time::SystemTime::now()) {
                     Ok(0) => {}
                     Ok(_) => agent.sync_revocations().await,
                     Err(e) => warn!(error = %e, "cannot prune the revocation list"),
+                }
+                if let Err(e) = super::replica::renew_intermediate_if_due(&agent, &ca).await {
+                    warn!(error = %e, "cannot renew this replica's intermediate; will retry");
                 }
             }
         }

@@ -5,6 +5,7 @@ mod api;
 mod api_server;
 mod loops;
 mod records;
+mod replica;
 mod setup;
 pub mod state;
 
@@ -18,6 +19,7 @@ use weft_ca::TrustRoot;
 use weft_gossip::{Gossip, GossipConfig, GossipStats, SharedKeyring};
 
 use crate::authority::Authority;
+use crate::ca_role::slot::CaSlot;
 use crate::ca_role::CaRole;
 use crate::catalog::{LocalServices, RegistryError};
 use crate::cluster_config::ConfigReplica;
@@ -116,7 +118,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     })?;
     let files = IdentityFiles::new(&settings.data_dir);
     let store = Store::open(&settings.data_dir.join("store"))?;
-    let identity = setup::establish(&settings, &files, &store).await?;
+    let mut identity = setup::establish(&settings, &files, &store).await?;
     let admin_token = files.admin_token()?;
 
     let trust = Arc::new(TrustRoot::new(
@@ -124,7 +126,12 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         identity.ca_der.clone(),
     )?);
     let revoked = Arc::new(RwLock::new(store.crl()?));
-    let certs = CertStore::new(&identity.key, &identity.cert_der, &identity.ca_der)?;
+    let certs = CertStore::new(
+        &identity.key,
+        &identity.cert_der,
+        &identity.chain,
+        &identity.ca_der,
+    )?;
     let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
     let ctl_config = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
     let data_config = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
@@ -140,10 +147,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
             source,
         }
     })?;
-    let ca = identity
-        .ca
-        .map(|ca| CaRole::new(ca, store.clone(), settings.leaf_ttl).map(Arc::new))
-        .transpose()?;
+    let ca = CaSlot::new(setup::ca_role(&mut identity, &store, &settings)?.map(Arc::new));
 
     let seeds: Vec<String> = store
         .peers()?
@@ -159,6 +163,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         identity.info.clone(),
         identity.key,
         identity.cert_der,
+        identity.chain,
         certs,
         trust.clone(),
         revoked,
@@ -175,13 +180,14 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         node_identity.info.name.as_str(),
         authority.clone(),
     )?);
-    let admin_credential = setup::admin_credential(&settings.data_dir, &trust, ca.as_deref())?;
+    let admin_credential =
+        setup::admin_credential(&settings.data_dir, &trust, ca.get().as_deref())?;
 
     // The first record is signed before gossip starts; the agent re-signs from then on.
     let boot_record = boot_record(
         &node_identity,
         &settings,
-        ca.as_deref(),
+        ca.get().as_deref(),
         records.generation(),
     );
     let gossip = Arc::new(
@@ -264,10 +270,12 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     agent.refresh_catalog().await;
 
     let tasks = TaskTracker::new();
+    let (replica_orders, replica_inbox) = crate::ca_role::slot::ReplicaOrders::channel();
     let server = Arc::new(ServerInputs {
         endpoint: endpoint.clone(),
         identity: agent.identity.clone(),
         ca: agent.ca.clone(),
+        replicas: replica_orders,
         ca_client: agent.ca_client.clone(),
         gossip: agent.gossip.clone(),
         config: agent.config.clone(),
@@ -282,6 +290,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
             agent.shutdown.clone(),
         ));
     }
+    tasks.spawn(replica::replica_loop(agent.clone(), replica_inbox));
     tasks.spawn(loops::renew_loop(agent.clone()));
     tasks.spawn(loops::housekeeping_loop(agent.clone()));
     tasks.spawn(loops::catalog_loop(agent.clone()));
@@ -322,7 +331,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         gossip = %settings.gossip_advertise(),
         quic = %settings.quic_advertise(),
         api = %settings.api,
-        ca = agent.ca.is_some(),
+        ca_replica = agent.ca.is_some(),
         "agent ready; dashboard at http://{}/", settings.api
     );
     if settings.dev {
@@ -384,6 +393,11 @@ fn boot_record(
         generation,
         gossip_addr: Some(settings.gossip_advertise()),
         ca_proof: ca.and_then(|ca| ca.ca_proof(&identity.info.name, generation)),
+        chain: identity
+            .chain()
+            .iter()
+            .map(|c| weft_gossip::NodeRecord::encode_cert(c))
+            .collect(),
     };
     weft_gossip::encode_signed(&record, |m| identity.key.sign(m).unwrap_or_default())
 }

@@ -53,21 +53,27 @@ impl Agent {
     pub fn signed_record(&self) -> String {
         let s = self.settings();
         let (der, _) = self.identity.cert();
+        let ca = self.ca.get();
         let record = NodeRecord {
             name: self.identity.info.name.clone(),
             quic_addr: s.quic_advertise(),
             zone: s.zone.clone(),
             version: VERSION.to_owned(),
             cert: NodeRecord::encode_cert(&der),
-            ca: self.ca.is_some(),
+            ca: ca.is_some(),
             leaving: self.records.leaving.load(Ordering::SeqCst),
             signed_at_ms: self.records.next_ms(),
             generation: self.records.generation,
             gossip_addr: Some(s.gossip_advertise()),
-            ca_proof: self
-                .ca
+            ca_proof: ca
                 .as_ref()
                 .and_then(|ca| ca.ca_proof(&self.identity.info.name, self.records.generation)),
+            chain: self
+                .identity
+                .chain()
+                .iter()
+                .map(|c| NodeRecord::encode_cert(c))
+                .collect(),
         };
         encode_signed(&record, |m| self.identity.key.sign(m).unwrap_or_default())
     }

@@ -98,7 +98,80 @@ pub async fn establish(
             .into());
         }
     }
+    let identity = ensure_own_replica(settings, files, store, identity)?;
     refresh_if_expired(settings, files, store, identity).await
+}
+
+/// The CA role this identity carries: its replica, with the root where it holds it.
+/// Takes both authorities out of `identity`.
+pub fn ca_role(
+    identity: &mut Identity,
+    store: &Store,
+    settings: &Settings,
+) -> Result<Option<CaRole>, AgentError> {
+    let Some(replica) = identity.replica.take() else {
+        return Ok(None);
+    };
+    Ok(Some(CaRole::new(
+        identity.info.name.clone(),
+        replica,
+        identity.ca.take(),
+        identity.ca_der.clone(),
+        store.clone(),
+        settings.leaf_ttl,
+    )?))
+}
+
+/// Makes the root holder a replica of its own (`--bootstrap`, and the first start after an
+/// upgrade from a single CA: no node re-joins), renews an intermediate that is close to
+/// expiry there, and re-issues the node certificate through it so that the node's gossip
+/// record proves the role.
+fn ensure_own_replica(
+    settings: &Settings,
+    files: &IdentityFiles,
+    store: &Store,
+    identity: Identity,
+) -> Result<Identity, AgentError> {
+    let Some(root) = &identity.ca else {
+        return Ok(identity);
+    };
+    let now = SystemTime::now();
+    let due = identity.replica.as_ref().is_none_or(|r| {
+        weft_ca::parse_replica(r.cert_der(), &identity.info.cluster)
+            .map(|i| i.not_after_unix < unix(now) + crate::ca_role::REPLICA_TTL.as_secs() / 3)
+            .unwrap_or(true)
+    });
+    let issued_by_own = LeafInfo::parse(&identity.cert_der).is_ok()
+        && identity
+            .chain
+            .first()
+            .and_then(|c| weft_ca::parse_replica(c, &identity.info.cluster).ok())
+            .is_some_and(|i| i.node == identity.info.name);
+    if !due && issued_by_own {
+        return Ok(identity);
+    }
+    let name = identity.info.name.clone();
+    if due {
+        let key = match files.replica_key()? {
+            Some(k) => k,
+            None => NodeKey::generate()?,
+        };
+        let csr = key.replica_csr_der(&identity.info.cluster, &name)?;
+        let inter = root
+            .sign_replica_csr(&csr, &name, crate::ca_role::REPLICA_TTL, now)
+            .map_err(|e| crate::ca_role::Refusal::new(crate::ca_role::RefusalKind::BadCsr, e.to_string()))?;
+        files.save_replica(&key, &inter.der)?;
+        info!(replica = %name, not_after_unix = inter.not_after_unix, "this root holder is a CA replica with its own intermediate");
+    }
+    let mut identity = files.load()?;
+    if let Some(role) = ca_role(&mut identity, store, settings)? {
+        let csr = identity
+            .key
+            .csr_der(&SpiffeId::node(identity.info.cluster.clone(), name.clone()))?;
+        let issued = role.issue_own(&name, &csr, now)?;
+        files.save_cert(&issued.der, &role.chain())?;
+    }
+    files.load().map_err(Into::into)
 }
 
 fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Result<(), AgentError> {
@@ -106,19 +179,49 @@ fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Resul
         ClusterName::new("weft").unwrap_or_else(|_| unreachable!("constant is valid"))
     });
     let now = SystemTime::now();
-    let (ca, ca_key) = CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY)?;
-    let authority = CaRole::new(ca, store.clone(), settings.leaf_ttl)?;
+    let (root, root_key) = CertificateAuthority::create(cluster.clone(), now, ROOT_VALIDITY)?;
+    let replica_key = NodeKey::generate()?;
+    let inter = root
+        .sign_replica_csr(
+            &replica_key.replica_csr_der(&cluster, &settings.name)?,
+            &settings.name,
+            crate::ca_role::REPLICA_TTL,
+            now,
+        )
+        .map_err(|e| crate::ca_role::Refusal::new(crate::ca_role::RefusalKind::BadCsr, e.to_string()))?;
+    let ca_der = root.cert_der().to_vec();
+    let replica = CertificateAuthority::load(
+        cluster.clone(),
+        &inter.der,
+        NodeKey::from_pem(&replica_key.to_pem())?,
+    )?;
+    let authority = CaRole::new(
+        settings.name.clone(),
+        replica,
+        Some(root),
+        ca_der.clone(),
+        store.clone(),
+        settings.leaf_ttl,
+    )?;
     let key = NodeKey::generate()?;
     let csr = key.csr_der(&SpiffeId::node(cluster.clone(), settings.name.clone()))?;
     let issued = authority.issue_own(&settings.name, &csr, now)?;
-    let ca_der = authority.ca_cert_der().to_vec();
     let keyring = Keyring::single(GossipKey::generate());
     let info = ClusterInfo {
         cluster: cluster.clone(),
         name: settings.name.clone(),
     };
-    files.save_new(&info, &key, &issued.der, &ca_der, Some(&ca_key), &keyring)?;
-    info!(cluster = %cluster, node = %settings.name, "bootstrapped a new cluster; this node holds its CA");
+    files.save_replica(&replica_key, &inter.der)?;
+    files.save_new(
+        &info,
+        &key,
+        &issued.der,
+        &authority.chain(),
+        &ca_der,
+        Some(&root_key),
+        &keyring,
+    )?;
+    info!(cluster = %cluster, node = %settings.name, "bootstrapped a new cluster; this node holds its root and is its first CA replica");
     Ok(())
 }
 
@@ -144,6 +247,7 @@ async fn join_with_token(
         &info,
         &key,
         &joined.cert_der,
+        &joined.chain,
         &joined.ca_der,
         None,
         &joined.keyring,
@@ -183,15 +287,14 @@ async fn refresh_if_expired(
     if leaf.not_after_unix > unix(now) {
         return Ok(identity);
     }
-    if let Some(ca) = identity.ca.take() {
-        let authority = CaRole::new(ca, store.clone(), settings.leaf_ttl)?;
+    if let Some(authority) = ca_role(&mut identity, store, settings)? {
         let csr = identity.key.csr_der(&SpiffeId::node(
             identity.info.cluster.clone(),
             identity.info.name.clone(),
         ))?;
         let issued = authority.issue_own(&identity.info.name, &csr, now)?;
-        files.save_cert(&issued.der)?;
-        warn!("the node certificate had expired; the CA node issued itself a new one");
+        files.save_cert(&issued.der, &authority.chain())?;
+        warn!("the node certificate had expired; this CA replica issued itself a new one");
         return files.load().map_err(Into::into);
     }
     let Some(token) = &settings.token else {
@@ -209,6 +312,7 @@ async fn refresh_if_expired(
         &identity.info,
         &key,
         &joined.cert_der,
+        &joined.chain,
         &joined.ca_der,
         None,
         &joined.keyring,

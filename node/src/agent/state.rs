@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use weft_gossip::{Gossip, Member};
 
 use super::records::RecordSigner;
-use crate::ca_role::CaRole;
+use crate::ca_role::slot::CaSlot;
 use crate::cluster_config::ConfigReplica;
 use crate::config::Settings;
 use crate::identity::NodeIdentity;
@@ -31,8 +31,8 @@ pub struct Agent {
     pub gossip: Arc<Gossip>,
     /// Signs what this node publishes in gossip.
     pub records: RecordSigner,
-    /// The CA role, on the CA node.
-    pub ca: Option<Arc<CaRole>>,
+    /// The CA role, while this node is a CA replica.
+    pub ca: CaSlot,
     /// Control requests to members.
     pub ctl: CtlClient,
     /// Requests to the CA node.
@@ -69,9 +69,9 @@ impl Agent {
         members
     }
 
-    /// Adopts a newer revocation list from gossip, and on the CA node publishes its own.
+    /// Adopts the replicas' revocations from gossip, and on a replica publishes its own.
     pub async fn sync_revocations(&self) {
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = self.ca.get() {
             ca.publish_revocations(&self.identity, &self.gossip).await;
         }
         self.identity.adopt_revocations(self.gossip.revocations());

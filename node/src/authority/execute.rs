@@ -39,6 +39,8 @@ pub fn audit(v: &Verified, node: &str, outcome: &str, store: &crate::store::Stor
         Act::OperatorRevoke { name } => format!("revoke operator {name}"),
         Act::OperatorList => "list operators".into(),
         Act::CaBackup => "back up the CA".into(),
+        Act::AddReplica { node } => format!("make {node} a CA replica"),
+        Act::RemoveReplica { node } => format!("stop {node} being a CA replica"),
     };
     let line = serde_json::json!({
         "operator": v.operator.name.as_str(),
@@ -151,7 +153,11 @@ async fn execute_inner(
             },
             Err(r) => error(r.kind, r.message),
         },
-        Act::Keyring { .. } | Act::ConfigWrite { .. } | Act::CaBackup => error(
+        Act::Keyring { .. }
+        | Act::ConfigWrite { .. }
+        | Act::CaBackup
+        | Act::AddReplica { .. }
+        | Act::RemoveReplica { .. } => error(
             RefusalKind::BadRequest,
             "this act is not executed as a command",
         ),

@@ -80,6 +80,16 @@ pub enum Act {
     OperatorList,
     /// Export the CA (root key and records), encrypted, from the node that holds it.
     CaBackup,
+    /// Make a member a CA replica: it makes a key and the root signs its intermediate.
+    AddReplica {
+        /// The member.
+        node: NodeName,
+    },
+    /// Stop a member being a CA replica (its key and intermediate are removed there).
+    RemoveReplica {
+        /// The member.
+        node: NodeName,
+    },
 }
 
 impl Act {
@@ -93,7 +103,9 @@ impl Act {
             | Self::Keyring { .. }
             | Self::OperatorCreate { .. }
             | Self::OperatorRevoke { .. }
-            | Self::CaBackup => Role::Admin,
+            | Self::CaBackup
+            | Self::AddReplica { .. }
+            | Self::RemoveReplica { .. } => Role::Admin,
         }
     }
 
@@ -108,6 +120,8 @@ impl Act {
             Self::OperatorRevoke { .. } => "revoking operators".into(),
             Self::OperatorList => "listing operators".into(),
             Self::CaBackup => "backing up the CA".into(),
+            Self::AddReplica { .. } => "adding CA replicas".into(),
+            Self::RemoveReplica { .. } => "removing CA replicas".into(),
         }
     }
 
@@ -122,6 +136,8 @@ impl Act {
             Self::OperatorRevoke { .. } => "operator_revoke",
             Self::OperatorList => "operator_list",
             Self::CaBackup => "ca_backup",
+            Self::AddReplica { .. } => "add_replica",
+            Self::RemoveReplica { .. } => "remove_replica",
         }
     }
 }

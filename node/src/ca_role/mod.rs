@@ -1,17 +1,21 @@
-//! The CA role of the node that holds the cluster's CA key (`CaRole`; the pure CA logic
-//! is the `weft-ca` crate): join tokens, joins, renewals and revocations, and what the
-//! CA may refuse (`RefusalKind`). Other members forward these requests here over mTLS
-//! QUIC (`rpc::control`).
+//! The CA role of a replica (`CaRole`; the pure CA logic is the `weft-ca` crate): join
+//! tokens, joins, renewals and revocations signed with the replica's own intermediate,
+//! plus, on the node that holds the root key, replicas' intermediates, operator
+//! credentials and the root's proof; and what a replica may refuse (`RefusalKind`).
+//! Other members forward these requests here over mTLS QUIC (`rpc::control`). How
+//! replicas share one cluster (token ownership, name claims, revocations) is `CA.md`.
 
 pub mod backup;
+pub mod names;
+pub mod slot;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 use weft_ca::{
-    unix, CertificateAuthority, IssuedCert, JoinToken, LeafInfo, NodeKey, NodeName, OperatorName,
-    Role, TokenRefusal,
+    unix, CertificateAuthority, IssuedCert, IssuerInfo, JoinToken, LeafInfo, NodeKey, NodeName,
+    OperatorName, Role, TokenRecord, TokenRefusal,
 };
 use weft_gossip::{encode_signed, Gossip, RevocationList, Revoked};
 
@@ -115,12 +119,25 @@ pub const PRUNE_GRACE: Duration = Duration::from_secs(weft_gossip::record::REVOC
 /// Longest join-token lifetime accepted.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86400);
 
-/// The CA role.
+/// Lifetime of a replica's intermediate; it is renewed once a third of it is left.
+pub const REPLICA_TTL: Duration = Duration::from_secs(90 * 86400);
+
+/// The CA role of one replica.
 pub struct CaRole {
-    ca: CertificateAuthority,
+    /// This replica's node name.
+    name: NodeName,
+    /// Its intermediate and key (replaced in place when the root renews it).
+    issuer: RwLock<Arc<CertificateAuthority>>,
+    /// The root, on the node that holds its key.
+    root: Option<CertificateAuthority>,
+    /// The root certificate (what tokens pin).
+    root_der: Vec<u8>,
     store: Store,
     leaf_ttl: Duration,
     crl: Mutex<RevocationList>,
+    /// Certificates issued by this replica since it started, and when it last issued one.
+    issued: std::sync::atomic::AtomicU64,
+    last_issue_unix: std::sync::atomic::AtomicU64,
     /// The signed form of the current list, made once per version (ECDSA signatures
     /// differ every time, and a changing value would be re-gossiped every round).
     signed: Mutex<Option<(u64, String)>>,
@@ -135,25 +152,117 @@ impl std::fmt::Debug for CaRole {
 }
 
 impl CaRole {
-    /// The CA role over `ca`, keeping its records in `store`.
+    /// The CA role of replica `name` issuing with `issuer` (its intermediate), with the
+    /// root where this node holds it, keeping its records in `store`.
     pub fn new(
-        ca: CertificateAuthority,
+        name: NodeName,
+        issuer: CertificateAuthority,
+        root: Option<CertificateAuthority>,
+        root_der: Vec<u8>,
         store: Store,
         leaf_ttl: Duration,
     ) -> Result<Self, StoreError> {
         let crl = store.crl()?;
         Ok(Self {
-            ca,
+            name,
+            issuer: RwLock::new(Arc::new(issuer)),
+            root,
+            root_der,
             store,
             leaf_ttl,
             crl: Mutex::new(crl),
+            issued: Default::default(),
+            last_issue_unix: Default::default(),
             signed: Mutex::new(None),
         })
     }
 
+    /// Certificates issued by this replica since the agent started.
+    pub fn issued_count(&self) -> u64 {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When this replica last issued a certificate (Unix seconds; 0: not since start).
+    pub fn last_issue_unix(&self) -> u64 {
+        self.last_issue_unix
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn issuer(&self) -> Arc<CertificateAuthority> {
+        self.issuer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// This replica's node name.
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
     /// The root certificate, DER.
     pub fn ca_cert_der(&self) -> &[u8] {
-        self.ca.cert_der()
+        &self.root_der
+    }
+
+    fn root_sha256(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&self.root_der).into()
+    }
+
+    /// Whether this node holds the root key.
+    pub fn holds_root(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// The chain a leaf issued here carries: this replica's intermediate.
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        vec![self.issuer().cert_der().to_vec()]
+    }
+
+    /// This replica's intermediate: serial and expiry.
+    pub fn intermediate(&self) -> Option<IssuerInfo> {
+        weft_ca::parse_replica(self.issuer().cert_der(), self.issuer().cluster()).ok()
+    }
+
+    /// Installs a renewed intermediate (same key).
+    pub fn replace_issuer(&self, issuer: CertificateAuthority) {
+        *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(issuer);
+        *self.signed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The root, or the refusal naming why this replica cannot do `what`.
+    fn root(&self, what: &str) -> Result<&CertificateAuthority, Refusal> {
+        self.root.as_ref().ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::Unavailable,
+                format!(
+                    "{what} needs the root key, which {} does not hold",
+                    self.name
+                ),
+            )
+        })
+    }
+
+    /// Signs replica `node` an intermediate for `csr` (root holder only).
+    pub fn sign_replica(
+        &self,
+        node: &NodeName,
+        csr: &[u8],
+        now: SystemTime,
+    ) -> Result<IssuedCert, Refusal> {
+        let root = self.root("signing a replica's intermediate")?;
+        let issued = root
+            .sign_replica_csr(csr, node, REPLICA_TTL, now)
+            .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
+        let entry = NameEntry {
+            serial: issued.serial.clone(),
+            not_after_unix: issued.not_after_unix,
+        };
+        self.store
+            .record_issued(&format!("replica:{node}"), &entry)?;
+        info!(replica = %node, serial = %issued.serial, not_after_unix = issued.not_after_unix, "CA replica intermediate issued");
+        Ok(issued)
     }
 
     /// Leaf lifetime this CA issues.
@@ -173,7 +282,7 @@ impl CaRole {
                 "token ttl must be between 1s and 7 days",
             ));
         }
-        let token = JoinToken::generate(self.ca.cert_sha256());
+        let token = JoinToken::generate_at(self.root_sha256(), self.name.clone());
         let expires = unix(now) + ttl.as_secs();
         self.store.put_token(&token.record(expires))?;
         let _ = self.store.prune_tokens(unix(now));
@@ -185,7 +294,7 @@ impl CaRole {
     fn sign(&self, csr: &[u8], name: &NodeName, now: SystemTime) -> Result<IssuedCert, Refusal> {
         for _ in 0..4 {
             let issued = self
-                .ca
+                .issuer()
                 .sign_node_csr(csr, name, self.leaf_ttl, now)
                 .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
             if self
@@ -214,22 +323,42 @@ impl CaRole {
                 "serial collision; retry",
             ));
         }
+        self.issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.last_issue_unix
+            .store(unix(SystemTime::now()), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// Admits a joining node: checks the token and the name, signs the CSR, consumes the
-    /// token (exactly one concurrent join with a token succeeds).
-    pub fn join(&self, req: &ParsedJoin, now: SystemTime) -> Result<IssuedCert, Refusal> {
+    /// Checks a join's token (made by this replica, unused, unexpired, right secret) and
+    /// that this replica issued no live certificate under the name; consumes nothing.
+    /// The caller then claims the name cluster-wide (`names`) and calls `admit`.
+    pub fn check_join(&self, req: &ParsedJoin, now: SystemTime) -> Result<TokenRecord, Refusal> {
         let id = req.token.id().clone();
         let refuse = |kind, message: String| {
             warn!(token_id = %id, node = %req.name, reason = %message, "join refused");
             Refusal::new(kind, message)
         };
-        if req.token.ca_hash() != self.ca.cert_sha256() {
+        if req.token.ca_hash() != self.root_sha256() {
             return Err(refuse(
                 RefusalKind::BadToken,
                 format!("join token {id} was made for another cluster's CA"),
             ));
+        }
+        match req.token.replica() {
+            Some(r) if *r != self.name => {
+                return Err(refuse(
+                    RefusalKind::BadToken,
+                    format!("join token {id} was made by CA replica {r}, not {}: only {r} consumes it", self.name),
+                ))
+            }
+            None if !self.holds_root() => {
+                return Err(refuse(
+                    RefusalKind::BadToken,
+                    format!("join token {id} predates replicas: only the root holder consumes it"),
+                ))
+            }
+            _ => {}
         }
         let Some(record) = self.store.token(&id)? else {
             return Err(refuse(
@@ -256,10 +385,27 @@ impl CaRole {
                 ));
             }
         }
+        Ok(record)
+    }
+
+    /// Admits a joining node whose token `check_join` accepted and whose name was
+    /// claimed: signs the CSR, consumes the token (exactly one concurrent join with a
+    /// token succeeds), records the certificate.
+    pub fn admit(
+        &self,
+        req: &ParsedJoin,
+        record: &TokenRecord,
+        now: SystemTime,
+    ) -> Result<IssuedCert, Refusal> {
+        let id = req.token.id().clone();
+        let refuse = |kind, message: String| {
+            warn!(token_id = %id, node = %req.name, reason = %message, "join refused");
+            Refusal::new(kind, message)
+        };
         let issued = self
             .sign(&req.csr, &req.name, now)
             .map_err(|r| refuse(r.kind, r.message))?;
-        match self.store.consume_token(&record)? {
+        match self.store.consume_token(record)? {
             Consume::Consumed => {}
             Consume::Raced => {
                 return Err(refuse(
@@ -275,8 +421,15 @@ impl CaRole {
             }
         }
         self.record(&req.name, &issued)?;
-        info!(token_id = %id, node = %req.name, serial = %issued.serial, "node joined; certificate issued");
+        info!(token_id = %id, node = %req.name, serial = %issued.serial, replica = %self.name, "node joined; certificate issued");
         Ok(issued)
+    }
+
+    /// Admits a joining node in one step, where no other replica needs asking (tests and
+    /// single-replica clusters): `check_join` then `admit`.
+    pub fn join(&self, req: &ParsedJoin, now: SystemTime) -> Result<IssuedCert, Refusal> {
+        let record = self.check_join(req, now)?;
+        self.admit(req, &record, now)
     }
 
     /// Renews the certificate of an authenticated node (`peer` is its current,
@@ -328,7 +481,7 @@ impl CaRole {
             ));
         }
         let serials = self.store.unexpired_serials_of(node.as_str(), unix(now))?;
-        self.revoke_serials(node, serials, now)
+        self.revoke_serials(node, false, serials, now)
     }
 
     /// Drops entries whose certificate expired more than `PRUNE_GRACE` ago; returns how
@@ -359,6 +512,7 @@ impl CaRole {
     fn revoke_serials(
         &self,
         label: &NodeName,
+        operator: bool,
         serials: Vec<(String, u64)>,
         now: SystemTime,
     ) -> Result<Vec<String>, Refusal> {
@@ -372,11 +526,13 @@ impl CaRole {
                     serial: serial.clone(),
                     revoked_at_unix: unix(now),
                     not_after_unix,
+                    operator,
                 });
                 added.push(serial);
             }
         }
-        let size = encode_signed(&next, |m| self.ca.sign(m).unwrap_or_default()).len();
+        let issuer = self.issuer();
+        let size = encode_signed(&next, |m| issuer.sign(m).unwrap_or_default()).len();
         if size > weft_gossip::record::MAX_SIGNED_VALUE {
             warn!(name = %label, entries = next.revoked.len(), size, "revocation refused: the list would not fit in gossip");
             return Err(Refusal::new(
@@ -433,7 +589,7 @@ impl CaRole {
         now: SystemTime,
     ) -> Result<IssuedCert, Refusal> {
         let issued = self
-            .ca
+            .root("issuing an operator credential")?
             .sign_operator_csr(csr, name, role, ttl, now)
             .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
         let entry = NameEntry {
@@ -496,7 +652,7 @@ impl CaRole {
             .unexpired_serials_of(&operator_key(name), unix(now))?;
         let label = NodeName::new(name.as_str())
             .map_err(|e| Refusal::new(RefusalKind::BadRequest, e.to_string()))?;
-        let added = self.revoke_serials(&label, serials, now)?;
+        let added = self.revoke_serials(&label, true, serials, now)?;
         record.revoked = true;
         self.store.put_operator(name.as_str(), &record)?;
         Ok(added)
@@ -510,15 +666,15 @@ impl CaRole {
     /// The proof, for this node's gossip record, that node `name` in run `generation`
     /// holds the root key (base64url of the root's signature over `ca_claim`).
     pub fn ca_proof(&self, name: &NodeName, generation: u64) -> Option<String> {
-        let msg =
-            weft_gossip::record::ca_claim(self.ca.cluster().as_str(), name.as_str(), generation);
-        self.ca
-            .sign(&msg)
+        let root = self.root.as_ref()?;
+        let msg = weft_gossip::record::ca_claim(root.cluster().as_str(), name.as_str(), generation);
+        root.sign(&msg)
             .ok()
             .map(|sig| crate::rpc::messages::b64(&sig))
     }
 
-    /// The revocation list, signed by the CA, for gossip (None while empty).
+    /// The revocation list, signed with this replica's intermediate, for gossip (None
+    /// while empty).
     pub fn signed_crl(&self) -> Option<String> {
         let crl = self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if crl.version == 0 {
@@ -528,7 +684,8 @@ impl CaRole {
         match &*signed {
             Some((v, s)) if *v == crl.version => Some(s.clone()),
             _ => {
-                let s = encode_signed(&crl, |m| self.ca.sign(m).unwrap_or_default());
+                let issuer = self.issuer();
+                let s = encode_signed(&crl, |m| issuer.sign(m).unwrap_or_default());
                 *signed = Some((crl.version, s.clone()));
                 Some(s)
             }
@@ -540,39 +697,62 @@ impl CaRole {
         self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Makes this CA's own revocation list the one in force here and publishes it in
-    /// gossip, unless gossip already carries a newer one (which `identity` adopts).
-    ///
-    /// A list in gossip at least as new as this CA's that holds entries this CA lacks is
-    /// CA-signed, so it is this CA's own from before a lost store: its entries are merged
-    /// in (union) at a version above both, so that nothing revoked before the loss comes
-    /// back and revocations made from now on are not ignored as old.
+    /// Merges what every replica published (the union in gossip) into this replica's own
+    /// list, completes it with the certificates this replica issued to nodes another
+    /// replica revoked, and publishes it. The union survives the loss of any replica (or
+    /// of this one's store): each replica republishes all of it. Entries leave once their
+    /// certificate has been expired for `PRUNE_GRACE`.
     pub async fn publish_revocations(&self, identity: &NodeIdentity, gossip: &Gossip) {
         let seen = gossip.revocations();
-        let mut own = self.crl();
-        let lacking = seen.revoked.iter().any(|r| !own.is_revoked(&r.serial));
-        if seen.version >= own.version && lacking {
+        let now = unix(SystemTime::now());
+        let own = {
             let mut crl = self.crl.lock().unwrap_or_else(|e| e.into_inner());
-            let mut merged = crl.clone();
-            for r in &seen.revoked {
-                if !merged.is_revoked(&r.serial) {
-                    merged.revoked.push(r.clone());
+            let mut next = crl.clone();
+            let mut changed = next.union_from(&seen, now, PRUNE_GRACE.as_secs());
+            // A node revoked at another replica: the certificates issued here to it before
+            // that moment are revoked too (the other replica did not know their serials).
+            let mut completions = Vec::new();
+            for r in seen.revoked.iter().filter(|r| !r.operator) {
+                let issued_before = r.revoked_at_unix;
+                match self.store.unexpired_serials_of(r.node.as_str(), now) {
+                    Ok(serials) => {
+                        for (serial, not_after) in serials {
+                            let issued_at = not_after.saturating_sub(self.leaf_ttl.as_secs());
+                            if issued_at <= issued_before && !next.is_revoked(&serial) {
+                                completions.push(Revoked {
+                                    node: r.node.clone(),
+                                    serial,
+                                    revoked_at_unix: issued_before,
+                                    not_after_unix: not_after,
+                                    operator: false,
+                                });
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot read issued serials"),
                 }
             }
-            merged.version = seen.version.max(crl.version) + 1;
-            if let Err(e) = self.store.set_crl(&merged) {
-                warn!(error = %e, "cannot store the merged revocation list");
-                return;
+            for c in completions {
+                if !next.is_revoked(&c.serial) {
+                    info!(node = %c.node, serial = %c.serial, "revoking a certificate this replica issued to a node revoked elsewhere");
+                    next.revoked.push(c);
+                    changed = true;
+                }
             }
-            warn!(
-                version = merged.version,
-                store_had = crl.version,
-                "merged revocations from gossip that this CA's store had lost"
-            );
-            *crl = merged.clone();
-            own = merged;
-        }
+            if changed {
+                next.version += 1;
+                if let Err(e) = self.store.set_crl(&next) {
+                    warn!(error = %e, "cannot store the merged revocation list");
+                    return;
+                }
+                *crl = next;
+            }
+            crl.clone()
+        };
         if let Some(signed) = self.signed_crl() {
+            if signed.len() > weft_gossip::record::MAX_SIGNED_VALUE {
+                warn!(size = signed.len(), entries = own.revoked.len(), "the merged revocation list is over gossip's limit; peers keep the lists they have");
+            }
             gossip.publish_crl(signed).await;
         }
         identity.adopt_revocations(own);

@@ -11,12 +11,40 @@ use crate::store::Store;
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn role(dir: &std::path::Path) -> CaRole {
+/// The root holder's role: its replica's intermediate signed by a fresh root.
+pub(super) fn role_named(dir: &std::path::Path, name: &str) -> CaRole {
     let cluster = ClusterName::new("weft").expect("valid");
-    let (ca, _) =
-        CertificateAuthority::create(cluster, SystemTime::now(), Duration::from_secs(86400 * 30))
-            .expect("ca");
-    CaRole::new(ca, Store::open(dir).expect("store"), TTL).expect("role")
+    let node = NodeName::new(name).expect("valid");
+    let (root, _) = CertificateAuthority::create(
+        cluster.clone(),
+        SystemTime::now(),
+        Duration::from_secs(86400 * 30),
+    )
+    .expect("ca");
+    let key = NodeKey::generate().expect("key");
+    let inter = root
+        .sign_replica_csr(
+            &key.replica_csr_der(&cluster, &node).expect("csr"),
+            &node,
+            Duration::from_secs(86400 * 30),
+            SystemTime::now(),
+        )
+        .expect("intermediate");
+    let replica = CertificateAuthority::load(cluster, &inter.der, key).expect("loads");
+    let root_der = root.cert_der().to_vec();
+    CaRole::new(
+        node,
+        replica,
+        Some(root),
+        root_der,
+        Store::open(dir).expect("store"),
+        TTL,
+    )
+    .expect("role")
+}
+
+fn role(dir: &std::path::Path) -> CaRole {
+    role_named(dir, "ca-1")
 }
 
 fn issue(ca: &CaRole, key: &NodeKey, name: &str, at: SystemTime) {

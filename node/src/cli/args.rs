@@ -149,8 +149,27 @@ pub struct RegisterArgs {
 /// `weft ca …`
 #[derive(Debug, Subcommand)]
 pub enum CaAction {
-    /// The root (fingerprint, expiry), which nodes hold it, the revocation list's size.
+    /// The root (fingerprint, expiry), the replicas and their intermediates, the
+    /// revocation set's size.
     Status(ClientArgs),
+    /// Make NODE a CA replica: it makes a key, the root holder signs its intermediate;
+    /// it then issues certificates, consumes its tokens and signs revocations (admin).
+    AddReplica {
+        /// The member to make a replica.
+        node: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop NODE being a CA replica (its key and intermediate are removed there; the
+    /// certificates it issued stay valid until they expire) (admin).
+    RemoveReplica {
+        /// The replica to stop.
+        node: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Write the root key and the CA's records, encrypted with WEFT_CA_PASSPHRASE, to FILE
     /// (admin; run against the node that holds the root key).
     Backup {

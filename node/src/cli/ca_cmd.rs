@@ -1,5 +1,6 @@
-//! `weft ca backup` (through the agent that holds the root key) and `weft ca restore`
-//! (offline, into a stopped agent's data dir).
+//! `weft ca status`, `add-replica` / `remove-replica` (through any agent, carried out on
+//! the member concerned), `backup` (through the agent that holds the root key) and
+//! `restore` (offline, into a stopped agent's data dir).
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -65,6 +66,38 @@ pub async fn ca(action: &CaAction) -> anyhow::Result<()> {
                 "revocations  {} entries (list version {})",
                 v["revocations"]["entries"], v["revocations"]["version"]
             );
+            Ok(())
+        }
+        CaAction::AddReplica { node, client } | CaAction::RemoveReplica { node, client } => {
+            let add = matches!(action, CaAction::AddReplica { .. });
+            let name = weft_ca::NodeName::new(node.as_str())?;
+            let api = ApiClient::new(client)?;
+            let (method, act) = if add {
+                (reqwest::Method::POST, Act::AddReplica { node: name })
+            } else {
+                (reqwest::Method::DELETE, Act::RemoveReplica { node: name })
+            };
+            let v: serde_json::Value = api
+                .act(method, &format!("/v1/ca/replicas/{node}"), None, act)
+                .await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if add && v["already"].as_bool() == Some(true) {
+                println!("{node} is already a CA replica");
+            } else if add {
+                let expiry = v["intermediate"]["not_after_unix"].as_u64().unwrap_or(0);
+                println!(
+                    "{node} is a CA replica (intermediate {} until {})",
+                    v["intermediate"]["serial"].as_str().unwrap_or("-"),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(expiry)
+                    )
+                );
+            } else if v["was_replica"].as_bool() == Some(true) {
+                println!("{node} is no longer a CA replica");
+            } else {
+                println!("{node} was not a CA replica");
+            }
             Ok(())
         }
         CaAction::Backup { out, client } => {

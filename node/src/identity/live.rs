@@ -47,6 +47,8 @@ pub struct NodeIdentity {
     certs: CertStore,
     /// Current certificate (DER) and its parsed fields.
     cert: RwLock<(Vec<u8>, LeafInfo)>,
+    /// The intermediates the current certificate chains through.
+    chain: RwLock<Vec<Vec<u8>>>,
     /// `not_after` of the current certificate (Unix seconds), for cheap expiry checks.
     not_after: AtomicU64,
     /// Revocation list used by every verifier.
@@ -73,6 +75,7 @@ impl NodeIdentity {
         info: ClusterInfo,
         key: NodeKey,
         cert_der: Vec<u8>,
+        chain: Vec<Vec<u8>>,
         certs: CertStore,
         trust: Arc<TrustRoot>,
         revoked: Revocations,
@@ -88,6 +91,7 @@ impl NodeIdentity {
             certs,
             not_after: AtomicU64::new(leaf.not_after_unix),
             cert: RwLock::new((cert_der, leaf)),
+            chain: RwLock::new(chain),
             revoked,
             store,
             changed: Notify::new(),
@@ -97,6 +101,11 @@ impl NodeIdentity {
     /// The current certificate and its fields.
     pub fn cert(&self) -> (Vec<u8>, LeafInfo) {
         self.cert.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The intermediates the current certificate chains through.
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        self.chain.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The current certificate's fields.
@@ -110,14 +119,22 @@ impl NodeIdentity {
 
     /// Installs a renewed certificate: on disk first, then in TLS. The caller publishes
     /// it in gossip.
-    pub fn install_cert(&self, der: Vec<u8>) -> Result<LeafInfo, CertInstallError> {
-        let leaf = self.trust.verify_node(&der, SystemTime::now())?;
+    pub fn install_cert(
+        &self,
+        der: Vec<u8>,
+        chain: Vec<Vec<u8>>,
+    ) -> Result<LeafInfo, CertInstallError> {
+        let leaf = self
+            .trust
+            .verify_node_chain(&der, &chain, SystemTime::now())?;
         if leaf.id.node_name() != &self.info.name {
             return Err(CertInstallError::WrongNode(leaf.id.to_string()));
         }
-        self.certs.replace(&self.key, &der, self.trust.ca_der())?;
-        self.files.save_cert(&der)?;
+        self.certs
+            .replace(&self.key, &der, &chain, self.trust.ca_der())?;
+        self.files.save_cert(&der, &chain)?;
         self.not_after.store(leaf.not_after_unix, Ordering::Relaxed);
+        *self.chain.write().unwrap_or_else(|e| e.into_inner()) = chain;
         *self.cert.write().unwrap_or_else(|e| e.into_inner()) = (der, leaf.clone());
         Ok(leaf)
     }
@@ -168,24 +185,27 @@ impl NodeIdentity {
             .version
     }
 
-    /// Installs `newest` if it is newer than the list in force: persisted, installed for
-    /// every verifier, and every peer connection woken so that those of revoked nodes
-    /// close now rather than at their next stream.
+    /// Merges `newest` into the list in force if it adds or expires anything: persisted,
+    /// installed for every verifier, and every peer connection woken so that those of
+    /// revoked nodes close now rather than at their next stream.
     pub fn adopt_revocations(&self, newest: RevocationList) {
-        if newest.version <= self.revocation_version() {
-            return;
-        }
         // A grow-only set: what this node already held stays until its certificate expired
-        // (plus the grace for clocks), even if the newer list lacks it.
-        let newest = self
+        // (plus the grace for clocks), even if the list seen lacks it; the union of the
+        // replicas' lists is compared by content (each replica counts its own versions).
+        let mut merged = self
             .revoked
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .merged_with(
-                newest,
-                crate::clock::unix_secs(),
-                weft_gossip::record::REVOCATION_GRACE_SECS,
-            );
+            .clone();
+        if !merged.union_from(
+            &newest,
+            crate::clock::unix_secs(),
+            weft_gossip::record::REVOCATION_GRACE_SECS,
+        ) {
+            return;
+        }
+        merged.version += 1;
+        let newest = merged;
         info!(
             version = newest.version,
             revoked = newest.revoked.len(),

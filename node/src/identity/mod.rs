@@ -1,5 +1,6 @@
-//! The node's identity on disk: its key, certificate, the cluster root, the CA key (on
-//! the CA node only), the gossip keyring and the admin token. Every file is written
+//! The node's identity on disk: its key, certificate (with the intermediate it chains
+//! through), the cluster root, the root key (on the root holder only), a CA replica's
+//! intermediate and its key (on replicas), the gossip keyring and the admin token. Every file is written
 //! atomically; private material with mode 0600. Beside it: the running identity
 //! (`live`: certificate, revocation list, expiry, a signal when they change), when to
 //! renew (`renewal`) and gossip key rotation (`keyring`).
@@ -67,10 +68,14 @@ pub struct Identity {
     pub key: NodeKey,
     /// The node certificate, DER.
     pub cert_der: Vec<u8>,
+    /// The intermediates the node certificate chains through (empty: issued by the root).
+    pub chain: Vec<Vec<u8>>,
     /// The cluster root certificate, DER.
     pub ca_der: Vec<u8>,
-    /// The CA, on the node that holds its key.
+    /// The root CA, on the node that holds its key.
     pub ca: Option<CertificateAuthority>,
+    /// This node's CA replica (its intermediate and key), on replicas.
+    pub replica: Option<CertificateAuthority>,
     /// Gossip keys.
     pub keyring: Keyring,
 }
@@ -130,8 +135,23 @@ impl IdentityFiles {
             .map_err(|e| self.corrupt("cluster.json", e.to_string()))?;
         let key = NodeKey::from_pem(&self.read_text("node.key")?)
             .map_err(|e| self.corrupt("node.key", e.to_string()))?;
-        let cert_der = self.read_cert("node.crt")?;
+        let mut certs = pem::decode_all("CERTIFICATE", &self.read_text("node.crt")?).into_iter();
+        let cert_der = certs
+            .next()
+            .ok_or_else(|| self.corrupt("node.crt", "no PEM certificate"))?;
+        let chain: Vec<Vec<u8>> = certs.collect();
         let ca_der = self.read_cert("ca.crt")?;
+        let replica = if self.path("replica.key").exists() {
+            let key = NodeKey::from_pem(&self.read_text("replica.key")?)
+                .map_err(|e| self.corrupt("replica.key", e.to_string()))?;
+            let cert = self.read_cert("replica.crt")?;
+            Some(
+                CertificateAuthority::load(info.cluster.clone(), &cert, key)
+                    .map_err(|e| self.corrupt("replica.crt", e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let ca = if self.path("ca.key").exists() {
             let ca_key = NodeKey::from_pem(&self.read_text("ca.key")?)
                 .map_err(|e| self.corrupt("ca.key", e.to_string()))?;
@@ -148,8 +168,10 @@ impl IdentityFiles {
             info,
             key,
             cert_der,
+            chain,
             ca_der,
             ca,
+            replica,
             keyring,
         })
     }
@@ -161,12 +183,13 @@ impl IdentityFiles {
         info: &ClusterInfo,
         key: &NodeKey,
         cert_der: &[u8],
+        chain: &[Vec<u8>],
         ca_der: &[u8],
         ca_key: Option<&NodeKey>,
         keyring: &Keyring,
     ) -> Result<(), IdentityError> {
         self.write("node.key", key.to_pem().as_bytes(), 0o600)?;
-        self.save_cert(cert_der)?;
+        self.save_cert(cert_der, chain)?;
         self.write(
             "ca.crt",
             pem::encode("CERTIFICATE", ca_der).as_bytes(),
@@ -198,13 +221,53 @@ impl IdentityFiles {
         self.read_cert("ca.crt")
     }
 
-    /// Replaces the node certificate (renewal).
-    pub fn save_cert(&self, cert_der: &[u8]) -> Result<(), IdentityError> {
+    /// Replaces the node certificate and its chain (renewal).
+    pub fn save_cert(&self, cert_der: &[u8], chain: &[Vec<u8>]) -> Result<(), IdentityError> {
+        let mut text = pem::encode("CERTIFICATE", cert_der);
+        for c in chain {
+            text.push_str(&pem::encode("CERTIFICATE", c));
+        }
+        self.write("node.crt", text.as_bytes(), 0o644)
+    }
+
+    /// Makes (or renews, with the same key) this node's CA replica: its intermediate, then
+    /// its key (0600). The key's presence is what makes a replica, so a crash between the
+    /// two leaves a node that is not (yet) one, never a key without its certificate.
+    pub fn save_replica(&self, key: &NodeKey, cert_der: &[u8]) -> Result<(), IdentityError> {
         self.write(
-            "node.crt",
+            "replica.crt",
             pem::encode("CERTIFICATE", cert_der).as_bytes(),
             0o644,
-        )
+        )?;
+        self.write("replica.key", key.to_pem().as_bytes(), 0o600)
+    }
+
+    /// This node's replica key, if it is a replica (renewals keep the key).
+    pub fn replica_key(&self) -> Result<Option<NodeKey>, IdentityError> {
+        if !self.path("replica.key").exists() {
+            return Ok(None);
+        }
+        NodeKey::from_pem(&self.read_text("replica.key")?)
+            .map(Some)
+            .map_err(|e| self.corrupt("replica.key", e.to_string()))
+    }
+
+    /// Stops being a replica: the key, then the intermediate, are removed.
+    pub fn remove_replica(&self) -> Result<(), IdentityError> {
+        for name in ["replica.key", "replica.crt"] {
+            let p = self.path(name);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(IdentityError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the gossip keyring.

@@ -28,13 +28,31 @@ pub fn decode(label: &str, text: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
+/// Decodes every PEM block labelled `label`, in order (a certificate and its chain);
+/// stops at the first block that does not decode.
+pub fn decode_all(label: &str, text: &str) -> Vec<Vec<u8>> {
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(der) = decode(label, rest) {
+        out.push(der);
+        match rest.find(&end) {
+            Some(i) => rest = &rest[i + end.len()..],
+            None => break,
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn round_trip() {
         let der: Vec<u8> = (0..=255u8).collect();
         let pem = super::encode("CERTIFICATE", &der);
-        assert_eq!(super::decode("CERTIFICATE", &pem), Some(der));
+        assert_eq!(super::decode("CERTIFICATE", &pem), Some(der.clone()));
         assert_eq!(super::decode("KEY", &pem), None);
+        let two = format!("{pem}{}", super::encode("CERTIFICATE", b"second"));
+        assert_eq!(super::decode_all("CERTIFICATE", &two), vec![der, b"second".to_vec()]);
     }
 }

@@ -1,7 +1,8 @@
 //! The calling side of control requests: a mutually authenticated connection to one
-//! member (`CtlClient`), and the CA client (`CaClient`), which finds the CA node in
-//! gossip (alive before failed) or from the address remembered at the join, and tries
-//! each candidate in turn.
+//! member (`CtlClient`), and the CA client (`CaClient`), which finds the CA replicas in
+//! gossip (alive before failed, each caller in its own order so that the load spreads) or
+//! from the address remembered at the join, and tries each candidate in turn; or asks one
+//! named replica (a token's, a name's owner) or the root holder.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,8 +63,8 @@ impl CtlClient {
 /// The CA node could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CaCallError {
-    /// Gossip names no CA node yet and none was remembered.
-    #[error("no CA node is known (not in gossip yet)")]
+    /// Gossip names no CA replica yet and none was remembered.
+    #[error("no CA replica is known (not in gossip yet; or the root holder is offline)")]
     NoneKnown,
     /// Every candidate failed to connect.
     #[error("the CA node is not reachable: {0}")]
@@ -84,18 +85,28 @@ impl CaClient {
         Self { ctl, gossip, store }
     }
 
-    /// Where the CA node may be: from gossip first (alive before failed), then the
+    /// Where the CA replicas may be: from gossip first (alive before failed; among them in
+    /// an order of this caller's own, so that callers spread over the replicas), then the
     /// address remembered from the join or an earlier gossip view. A node that joined a
-    /// moment ago can reach the CA before gossip has converged.
-    async fn candidates(&self) -> Vec<(String, SocketAddr)> {
-        let mut members: Vec<Member> = self
-            .gossip
-            .members()
-            .await
+    /// moment ago can reach a replica before gossip has converged.
+    async fn candidates(&self, root_only: bool) -> Vec<(String, SocketAddr)> {
+        let all = self.gossip.members().await;
+        let me = all
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let mut members: Vec<Member> = all
             .into_iter()
             .filter(|m| m.ca && !m.is_self && m.status != MemberStatus::Left)
+            .filter(|m| m.root || !root_only)
             .collect();
-        members.sort_by_key(|m| m.status != MemberStatus::Alive);
+        members.sort_by_cached_key(|m| {
+            use sha2::Digest as _;
+            let spread: [u8; 32] =
+                sha2::Sha256::digest(format!("{me}\0{}", m.name).as_bytes()).into();
+            (m.status != MemberStatus::Alive, spread)
+        });
         let mut out: Vec<(String, SocketAddr)> =
             members.into_iter().map(|m| (m.name, m.address)).collect();
         if let Ok(Some(p)) = self.store.ca_peer() {
@@ -106,11 +117,74 @@ impl CaClient {
         out
     }
 
+    /// The alive CA replicas' names, this node included when it is one, sorted.
+    pub async fn alive_replicas(&self) -> Vec<String> {
+        self.gossip
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.ca && m.status == MemberStatus::Alive)
+            .map(|m| m.name)
+            .collect()
+    }
+
+    /// Whether an alive, unrevoked member goes by `name`.
+    pub async fn alive_member_named(&self, name: &str) -> bool {
+        self.gossip
+            .members()
+            .await
+            .into_iter()
+            .any(|m| m.name == name && m.status == MemberStatus::Alive && !m.revoked)
+    }
+
+    /// Sends `request` to member `name` (a token's replica, a name's owner): tried even
+    /// when gossip shows it failed (a node that joined a moment ago has not seen it alive
+    /// yet), and found from the address remembered at the join when gossip lacks it.
+    pub async fn call_named(
+        &self,
+        name: &str,
+        request: &CtlRequest,
+    ) -> Result<CtlResponse, CaCallError> {
+        let member = self
+            .gossip
+            .members()
+            .await
+            .into_iter()
+            .find(|m| m.name == name && m.status != MemberStatus::Left && !m.is_self);
+        let addr = match member {
+            Some(m) => m.address,
+            None => match self.store.ca_peer() {
+                Ok(Some(p)) if p.name == name => p.quic_addr,
+                _ => {
+                    return Err(CaCallError::Unreachable(format!(
+                        "CA replica {name} is not a member"
+                    )))
+                }
+            },
+        };
+        self.ctl
+            .call(name, addr, request)
+            .await
+            .map_err(|e| CaCallError::Unreachable(format!("CA replica {name} at {addr}: {e}")))
+    }
+
+    /// Sends `request` to the replicas that hold the root key, in turn.
+    pub async fn call_root(&self, request: &CtlRequest) -> Result<CtlResponse, CaCallError> {
+        self.call_among(self.candidates(true).await, request).await
+    }
+
     /// Sends `request` to the CA candidates in turn: it moves on after a connection
     /// failure, a failed exchange or a refusal that is not final (the candidate is
     /// unavailable or busy), and returns the first final answer.
     pub async fn call(&self, request: &CtlRequest) -> Result<CtlResponse, CaCallError> {
-        let candidates = self.candidates().await;
+        self.call_among(self.candidates(false).await, request).await
+    }
+
+    async fn call_among(
+        &self,
+        candidates: Vec<(String, SocketAddr)>,
+        request: &CtlRequest,
+    ) -> Result<CtlResponse, CaCallError> {
         if candidates.is_empty() {
             return Err(CaCallError::NoneKnown);
         }

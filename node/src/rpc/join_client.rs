@@ -45,6 +45,8 @@ pub struct Joined {
     pub cluster: ClusterName,
     /// Certificate DER.
     pub cert_der: Vec<u8>,
+    /// The intermediates it chains through, DER.
+    pub chain: Vec<Vec<u8>>,
     /// Root DER.
     pub ca_der: Vec<u8>,
     /// Gossip keys.
@@ -149,8 +151,14 @@ fn finish(resp: JoinResponse, name: &NodeName, token: &JoinToken) -> Result<Join
     let cert_der = unb64(&grant.cert, "cert").map_err(|e| bad(e.to_string()))?;
     let trust =
         TrustRoot::new(grant.cluster.clone(), ca_der.clone()).map_err(|e| bad(e.to_string()))?;
+    let chain = grant
+        .chain
+        .iter()
+        .map(|c| unb64(c, "chain"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     let leaf = trust
-        .verify_node(&cert_der, SystemTime::now())
+        .verify_node_chain(&cert_der, &chain, SystemTime::now())
         .map_err(|e| bad(e.to_string()))?;
     if leaf.id.node_name() != name {
         return Err(bad(format!("certificate is for {}", leaf.id)));
@@ -158,6 +166,7 @@ fn finish(resp: JoinResponse, name: &NodeName, token: &JoinToken) -> Result<Join
     Ok(Joined {
         cluster: grant.cluster,
         cert_der,
+        chain,
         ca_der,
         keyring: grant.keyring,
         members: grant.members,

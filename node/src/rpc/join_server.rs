@@ -1,6 +1,7 @@
 //! The serving side of the join protocol (ALPN `weft-join/1`, no client certificate:
-//! the token is the credential): rate-limited per source address, decided here on the CA
-//! node or forwarded to it over mTLS.
+//! the token is the credential): rate-limited per source address, decided by the replica
+//! that made the token (forwarded to it over mTLS), after the name's owning replica
+//! recorded the claim (`CA.md`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,9 @@ use super::messages::{
     RefusalKind, MAX_REQUEST,
 };
 use super::server::ServerInputs;
+use crate::ca_role::{names, CaRole, Refusal};
+use crate::store::NameClaim;
+use weft_ca::NodeName;
 use super::stream::{read_request, respond, EXCHANGE_TIMEOUT};
 use crate::resilience::ratelimit::TokenBucket;
 
@@ -99,33 +103,165 @@ fn refused(kind: RefusalKind, message: &str) -> JoinResponse {
     }
 }
 
-/// Decides a join here on the CA node, or forwards it to the CA node.
+/// Decides a join here when this replica made the token (the root holder, for tokens from
+/// before replicas), or forwards it to the replica that did: only it consumes the token.
 pub async fn decide(inputs: &ServerInputs, req: JoinRequest, remote: SocketAddr) -> JoinResponse {
-    let Some(ca) = &inputs.ca else {
-        info!(%remote, node = %req.name, "forwarding join request to the CA node");
-        return match inputs.ca_client.call(&CtlRequest::Join(req)).await {
+    let parsed = match req.clone().into_parsed() {
+        Ok(p) => p,
+        Err(e) => return refused(RefusalKind::BadRequest, &e.to_string()),
+    };
+    let ca = inputs.ca.get();
+    let target = parsed.token.replica().map(|r| r.to_string());
+    let here = match (&ca, &target) {
+        (Some(ca), Some(t)) => ca.name().as_str() == t,
+        (Some(ca), None) => ca.holds_root(),
+        (None, _) => false,
+    };
+    let Some(ca) = ca.filter(|_| here) else {
+        let answer = match &target {
+            Some(t) => {
+                info!(%remote, node = %req.name, replica = %t, "forwarding join request to the replica that made the token");
+                inputs
+                    .ca_client
+                    .call_named(t, &CtlRequest::Join(req))
+                    .await
+                    .map_err(|e| {
+                        format!("{e}; the token can only be used while replica {t} is up: make a new token (weft token create) on an alive replica")
+                    })
+            }
+            None => {
+                info!(%remote, node = %req.name, "forwarding join request to the root holder");
+                inputs
+                    .ca_client
+                    .call_root(&CtlRequest::Join(req))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        return match answer {
             Ok(CtlResponse::Join(answer)) => answer,
             Ok(CtlResponse::Error { kind, message }) => refused(kind, &message),
             Ok(_) => refused(
                 RefusalKind::Unavailable,
-                "unexpected answer from the CA node",
+                "unexpected answer from the CA replica",
             ),
-            Err(e) => refused(RefusalKind::Unavailable, &e.to_string()),
+            Err(e) => refused(RefusalKind::Unavailable, &e),
         };
     };
-    let parsed = match req.into_parsed() {
-        Ok(p) => p,
-        Err(e) => return refused(RefusalKind::BadRequest, &e.to_string()),
+    let now = SystemTime::now();
+    let record = match ca.check_join(&parsed, now) {
+        Ok(r) => r,
+        Err(r) => return refused(r.kind, &r.message),
     };
-    match ca.join(&parsed, SystemTime::now()) {
+    let claimant = names::join_claimant(parsed.token.id().as_str());
+    if let Err(r) = claim(inputs, &ca, &parsed.name, &claimant, ca.claim_until(now), false).await {
+        warn!(node = %parsed.name, token_id = %parsed.token.id(), reason = %r.message, "join refused");
+        return refused(r.kind, &r.message);
+    }
+    match ca.admit(&parsed, &record, now) {
         Ok(issued) => JoinResponse::Granted(Box::new(JoinGrant {
             cluster: inputs.identity.info.cluster.clone(),
             cert: b64(&issued.der),
+            chain: ca.chain().iter().map(|c| b64(c)).collect(),
             ca: b64(inputs.identity.trust.ca_der()),
             keyring: inputs.gossip.keyring().get(),
             members: member_addrs(inputs).await,
         })),
-        Err(r) => refused(r.kind, &r.message),
+        Err(r) => {
+            release(inputs, &ca, &parsed.name, &claimant).await;
+            refused(r.kind, &r.message)
+        }
+    }
+}
+
+/// The replica that decides claims on `name` in this node's view (this replica when no
+/// other is alive).
+async fn owner_of(inputs: &ServerInputs, ca: &CaRole, name: &NodeName) -> String {
+    let mut replicas = inputs.ca_client.alive_replicas().await;
+    if !replicas.iter().any(|r| r == ca.name().as_str()) {
+        replicas.push(ca.name().to_string());
+    }
+    names::owner(name.as_str(), replicas.iter().map(String::as_str))
+        .unwrap_or(ca.name().as_str())
+        .to_owned()
+}
+
+/// Claims `name` for `claimant` at the replica that owns it (here when this one does):
+/// of two joins with one name at two replicas, the owner admits exactly one.
+pub async fn claim(
+    inputs: &ServerInputs,
+    ca: &CaRole,
+    name: &NodeName,
+    claimant: &str,
+    until_unix: u64,
+    renewal: bool,
+) -> Result<(), Refusal> {
+    let owner = owner_of(inputs, ca, name).await;
+    let claim = NameClaim {
+        claimant: claimant.to_owned(),
+        until_unix,
+        renewal,
+    };
+    if owner == ca.name().as_str() {
+        let alive = !renewal && inputs.ca_client.alive_member_named(name.as_str()).await;
+        return ca
+            .claim_name(name, &claim, alive, SystemTime::now())
+            .map(|_| ());
+    }
+    let request = CtlRequest::ClaimName {
+        name: name.clone(),
+        claimant: claim.claimant,
+        until_unix,
+        renewal,
+    };
+    match inputs.ca_client.call_named(&owner, &request).await {
+        Ok(CtlResponse::Answer { .. }) => Ok(()),
+        Ok(CtlResponse::Error { kind, message }) => Err(Refusal::new(kind, message)),
+        Ok(_) => Err(Refusal::new(
+            RefusalKind::Unavailable,
+            "unexpected answer to a name claim",
+        )),
+        Err(e) => Err(Refusal::new(
+            RefusalKind::Unavailable,
+            format!("the CA replica that decides the name {name} cannot be asked ({e}); retry in a few seconds"),
+        )),
+    }
+}
+
+/// Serves a claim sent by another replica: decided only by the name's owner in this
+/// replica's own view (a caller with another view is told to retry).
+pub async fn serve_claim(
+    inputs: &ServerInputs,
+    ca: &CaRole,
+    name: &NodeName,
+    claim: &NameClaim,
+) -> Result<NameClaim, Refusal> {
+    let owner = owner_of(inputs, ca, name).await;
+    if owner != ca.name().as_str() {
+        return Err(Refusal::new(
+            RefusalKind::Unavailable,
+            format!(
+                "{} does not decide the name {name} (its owner is {owner}); retry once the replicas agree",
+                ca.name()
+            ),
+        ));
+    }
+    let alive = !claim.renewal && inputs.ca_client.alive_member_named(name.as_str()).await;
+    ca.claim_name(name, claim, alive, SystemTime::now())
+}
+
+async fn release(inputs: &ServerInputs, ca: &CaRole, name: &NodeName, claimant: &str) {
+    let owner = owner_of(inputs, ca, name).await;
+    if owner == ca.name().as_str() {
+        ca.release_name(name, claimant);
+        return;
+    }
+    let request = CtlRequest::ReleaseName {
+        name: name.clone(),
+        claimant: claimant.to_owned(),
+    };
+    if let Err(e) = inputs.ca_client.call_named(&owner, &request).await {
+        warn!(node = %name, %owner, error = %e, "cannot release a name claim; it lapses with the certificate lifetime");
     }
 }
 

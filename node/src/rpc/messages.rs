@@ -118,6 +118,9 @@ pub struct JoinGrant {
     pub cluster: ClusterName,
     /// Its certificate, base64url DER.
     pub cert: String,
+    /// The intermediate it chains through (the issuing replica's), base64url DER.
+    #[serde(default)]
+    pub chain: Vec<String>,
     /// The root certificate, base64url DER.
     pub ca: String,
     /// Gossip keys.
@@ -167,6 +170,35 @@ pub enum CtlRequest {
         /// The signed act.
         signed: Signed,
     },
+    /// To the replica that owns a node name (`ca_role::names`): record a claim on it
+    /// before a join is answered, or extend it at a renewal.
+    ClaimName {
+        /// The name.
+        name: NodeName,
+        /// `token:<id>` for a join.
+        claimant: String,
+        /// Expiry of the certificate the claim is for.
+        until_unix: u64,
+        /// A renewal of the name's holder.
+        #[serde(default)]
+        renewal: bool,
+    },
+    /// To the owner: drop the claim of a join that failed after claiming.
+    ReleaseName {
+        /// The name.
+        name: NodeName,
+        /// The join's claimant.
+        claimant: String,
+    },
+    /// To the root holder: sign the caller an intermediate for `csr`. With the operator's
+    /// act when it becomes a replica; without, only a current replica (renewal).
+    ReplicaCert {
+        /// `AddReplica` for the caller, signed by an admin.
+        #[serde(default)]
+        signed: Option<Signed>,
+        /// The replica's CSR, base64url DER.
+        csr: String,
+    },
 }
 
 /// Answers to `CtlRequest`.
@@ -177,6 +209,9 @@ pub enum CtlResponse {
     Cert {
         /// base64url DER.
         cert: String,
+        /// The intermediates it chains through, base64url DER.
+        #[serde(default)]
+        chain: Vec<String>,
     },
     /// Answer to a forwarded join.
     Join(JoinResponse),

@@ -18,7 +18,6 @@ use weft_gossip::Gossip;
 use super::client::CaClient;
 use super::control;
 use super::join_server::{self, JoinLimiter};
-use crate::ca_role::CaRole;
 use crate::cluster_config::ConfigReplica;
 use crate::identity::NodeIdentity;
 use crate::proxy::ProxyInputs;
@@ -83,8 +82,10 @@ pub struct ServerInputs {
     pub endpoint: quinn::Endpoint,
     /// This node's identity.
     pub identity: Arc<NodeIdentity>,
-    /// The CA role, on the CA node.
-    pub ca: Option<Arc<CaRole>>,
+    /// The CA role, while this node is a CA replica.
+    pub ca: crate::ca_role::slot::CaSlot,
+    /// Replica changes for this node, carried out by the agent.
+    pub replicas: crate::ca_role::slot::ReplicaOrders,
     /// Forwards joins, tokens and revocations to the CA node.
     pub ca_client: CaClient,
     /// Gossip (keyring, members, revocation list).
@@ -212,10 +213,16 @@ async fn dispatch(
     }
 }
 
+/// The peer's certificate fields, with the replica that issued it (the handshake verified
+/// the whole chain already; this only reads it).
 fn peer_leaf(conn: &quinn::Connection) -> Option<LeafInfo> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    LeafInfo::parse(certs.first()?).ok()
+    let mut leaf = LeafInfo::parse(certs.first()?).ok()?;
+    leaf.issuer = certs[1..]
+        .iter()
+        .find_map(|c| weft_ca::parse_replica(c, leaf.id.cluster()).ok());
+    Some(leaf)
 }

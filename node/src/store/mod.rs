@@ -52,6 +52,18 @@ pub struct NameEntry {
     pub not_after_unix: u64,
 }
 
+/// A replica's decision that a node name is taken until `until_unix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameClaim {
+    /// Who claimed it: `token:<id>` for a join, `node` for the node itself.
+    pub claimant: String,
+    /// Expiry of the certificate the claim is for, Unix seconds.
+    pub until_unix: u64,
+    /// A renewal by the authenticated holder: extends whoever's claim is in force.
+    #[serde(default)]
+    pub renewal: bool,
+}
+
 /// The outcome of consuming a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Consume {
@@ -96,6 +108,8 @@ pub struct Store {
     audit_len: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Serial → expiry (Unix seconds, big-endian u64) of every certificate issued.
     expiry: sled::Tree,
+    /// Node-name claims this CA replica decided (it owns the name): name → `NameClaim`.
+    claims: sled::Tree,
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -131,6 +145,7 @@ impl Store {
             )),
             audit: db.open_tree("audit")?,
             expiry: db.open_tree("expiry")?,
+            claims: db.open_tree("claims")?,
             db,
         })
     }
@@ -222,6 +237,59 @@ impl Store {
         Ok(removed)
     }
 
+    /// Claims node name `name` for `claim` unless another claimant holds an unexpired claim
+    /// (a compare-and-swap: of two concurrent claims exactly one wins). The same claimant
+    /// may claim again; a renewal (`claim.renewal`) always extends. Returns the claim in
+    /// force.
+    pub fn claim_name(
+        &self,
+        name: &str,
+        claim: &NameClaim,
+        now_unix: u64,
+    ) -> Result<Result<NameClaim, NameClaim>, StoreError> {
+        loop {
+            let current = self.claims.get(name)?;
+            let held: Option<NameClaim> = current
+                .as_ref()
+                .map(|v| decode("claims", v))
+                .transpose()?;
+            let next = match &held {
+                Some(h) if h.until_unix > now_unix && h.claimant != claim.claimant && !claim.renewal => {
+                    return Ok(Err(h.clone()));
+                }
+                Some(h) if h.until_unix > now_unix => NameClaim {
+                    until_unix: h.until_unix.max(claim.until_unix),
+                    claimant: if claim.renewal { h.claimant.clone() } else { claim.claimant.clone() },
+                    renewal: false,
+                },
+                _ => NameClaim {
+                    renewal: false,
+                    ..claim.clone()
+                },
+            };
+            if self
+                .claims
+                .compare_and_swap(name, current, Some(encode(&next)))?
+                .is_ok()
+            {
+                self.flush()?;
+                return Ok(Ok(next));
+            }
+        }
+    }
+
+    /// Drops `claimant`'s claim on `name` (a join that failed after claiming).
+    pub fn release_name(&self, name: &str, claimant: &str) -> Result<(), StoreError> {
+        if let Some(v) = self.claims.get(name)? {
+            let held: NameClaim = decode("claims", &v)?;
+            if held.claimant == claimant {
+                let _ = self.claims.compare_and_swap(name, Some(v), None::<&[u8]>)?;
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
     /// The certificate currently held under a node name.
     pub fn name(&self, node: &str) -> Result<Option<NameEntry>, StoreError> {
         self.names
@@ -310,8 +378,9 @@ impl Store {
         self.flush()
     }
 
-    fn ca_trees(&self) -> [(&'static str, &sled::Tree); 5] {
+    fn ca_trees(&self) -> [(&'static str, &sled::Tree); 6] {
         [
+            ("claims", &self.claims),
             ("tokens", &self.tokens),
             ("names", &self.names),
             ("issued", &self.issued),

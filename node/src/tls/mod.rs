@@ -50,16 +50,30 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    /// Builds the store from the node key, its certificate and the root.
-    pub fn new(key: &NodeKey, cert_der: &[u8], ca_der: &[u8]) -> Result<Self, TlsError> {
+    /// Builds the store from the node key, its certificate, the intermediates it chains
+    /// through and the root.
+    pub fn new(
+        key: &NodeKey,
+        cert_der: &[u8],
+        chain: &[Vec<u8>],
+        ca_der: &[u8],
+    ) -> Result<Self, TlsError> {
         Ok(Self {
-            current: Arc::new(RwLock::new(Arc::new(certified(key, cert_der, ca_der)?))),
+            current: Arc::new(RwLock::new(Arc::new(certified(
+                key, cert_der, chain, ca_der,
+            )?))),
         })
     }
 
     /// Replaces the certificate (same or new key).
-    pub fn replace(&self, key: &NodeKey, cert_der: &[u8], ca_der: &[u8]) -> Result<(), TlsError> {
-        let ck = Arc::new(certified(key, cert_der, ca_der)?);
+    pub fn replace(
+        &self,
+        key: &NodeKey,
+        cert_der: &[u8],
+        chain: &[Vec<u8>],
+        ca_der: &[u8],
+    ) -> Result<(), TlsError> {
+        let ck = Arc::new(certified(key, cert_der, chain, ca_der)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = ck;
         Ok(())
     }
@@ -72,12 +86,16 @@ impl CertStore {
     }
 }
 
-fn certified(key: &NodeKey, cert_der: &[u8], ca_der: &[u8]) -> Result<CertifiedKey, TlsError> {
+fn certified(
+    key: &NodeKey,
+    cert_der: &[u8],
+    intermediates: &[Vec<u8>],
+    ca_der: &[u8],
+) -> Result<CertifiedKey, TlsError> {
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
-    let chain = vec![
-        CertificateDer::from(cert_der.to_vec()),
-        CertificateDer::from(ca_der.to_vec()),
-    ];
+    let mut chain = vec![CertificateDer::from(cert_der.to_vec())];
+    chain.extend(intermediates.iter().map(|c| CertificateDer::from(c.clone())));
+    chain.push(CertificateDer::from(ca_der.to_vec()));
     Ok(CertifiedKey::from_der(chain, key_der, &provider())?)
 }
 

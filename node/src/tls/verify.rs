@@ -57,23 +57,40 @@ fn general(msg: String) -> Error {
     Error::General(msg)
 }
 
+/// The intermediates a peer presented: everything after the leaf but the root itself
+/// (which every node sends last).
+pub fn presented_intermediates(trust: &TrustRoot, rest: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
+    rest.iter()
+        .filter(|c| c.as_ref() != trust.ca_der())
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
 fn check_node(
     trust: &TrustRoot,
     revoked: &Revocations,
     der: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
     now: UnixTime,
 ) -> Result<LeafInfo, Error> {
-    let info = trust.verify_node(der, to_system(now)).map_err(|e| {
-        warn!(error = %e, "refused a peer certificate");
-        general(e.to_string())
-    })?;
-    if revoked
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_revoked(&info.serial)
-    {
+    let chain = presented_intermediates(trust, intermediates);
+    let info = trust
+        .verify_node_chain(der, &chain, to_system(now))
+        .map_err(|e| {
+            warn!(error = %e, "refused a peer certificate");
+            general(e.to_string())
+        })?;
+    let list = revoked.read().unwrap_or_else(|e| e.into_inner());
+    if list.is_revoked(&info.serial) {
         warn!(node = %info.id, serial = %info.serial, "refused a revoked certificate");
         return Err(general(format!("certificate of {} is revoked", info.id)));
+    }
+    if let Some(issuer) = info.issuer.as_ref().filter(|i| list.is_revoked(&i.serial)) {
+        warn!(node = %info.id, replica = %issuer.node, "refused a certificate from a removed CA replica");
+        return Err(general(format!(
+            "certificate of {} was issued by CA replica {}, whose intermediate is revoked",
+            info.id, issuer.node
+        )));
     }
     Ok(info)
 }
@@ -97,12 +114,12 @@ impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let info = check_node(&self.trust, &self.revoked, end_entity, now)?;
+        let info = check_node(&self.trust, &self.revoked, end_entity, intermediates, now)?;
         let expected = match server_name {
             ServerName::DnsName(n) => n.as_ref().to_owned(),
             other => return Err(general(format!("unexpected server name {other:?}"))),
@@ -147,10 +164,10 @@ impl ClientCertVerifier for ClientVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        check_node(&self.trust, &self.revoked, end_entity, now)?;
+        check_node(&self.trust, &self.revoked, end_entity, intermediates, now)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -193,7 +210,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let trust = TrustRoot::new(leaf.id.cluster().clone(), root.to_vec())
             .map_err(|e| general(e.to_string()))?;
         trust
-            .verify_node(end_entity, to_system(now))
+            .verify_node_chain(
+                end_entity,
+                &presented_intermediates(&trust, intermediates),
+                to_system(now),
+            )
             .map_err(|e| general(e.to_string()))?;
         Ok(ServerCertVerified::assertion())
     }

@@ -198,7 +198,7 @@ fn ca_refuses_what_it_does_not_choose_over_the_wire() -> anyhow::Result<()> {
     let mut c = Cluster::new("ca_refuses_what_it_does_not_choose_over_the_wire");
     c.formed(3)?;
     let (trust, id) = weft_tests::trust_of(&c.agent("vm-2").data_dir)?;
-    let certs = weft_node::tls::CertStore::new(&id.key, &id.cert_der, &id.ca_der)?;
+    let certs = weft_node::tls::CertStore::new(&id.key, &id.cert_der, &id.chain, &id.ca_der)?;
     let config = weft_node::tls::ctl_client_config(&certs, trust, Arc::default())?;
     let ca_addr = std::net::SocketAddr::from((c.agent("vm-1").ip, 7443));
     let csr = |cn: &str, uris: &[&str], ca: bool| -> anyhow::Result<Vec<u8>> {
@@ -257,7 +257,7 @@ fn ca_refuses_what_it_does_not_choose_over_the_wire() -> anyhow::Result<()> {
     }
     // A plain CSR is granted, and the certificate holds only what the CA chose.
     let cert = match ask(&csr("vm-2", &[], false)?)? {
-        CtlResponse::Cert { cert } => cert,
+        CtlResponse::Cert { cert, .. } => cert,
         other => anyhow::bail!("a plain renewal was refused: {other:?}"),
     };
     let der = unb64(&cert, "cert")?;

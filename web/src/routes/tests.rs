@@ -132,6 +132,15 @@ impl NodeApi for Fake {
     async fn ca_status(&self) -> serde_json::Value {
         serde_json::json!({})
     }
+    async fn ca_replica(
+        &self,
+        _node: String,
+        _add: bool,
+        caller: Caller,
+    ) -> Result<serde_json::Value, ApiError> {
+        allowed(&caller)?;
+        Ok(serde_json::json!({}))
+    }
     async fn ca_backup(
         &self,
         _body: Vec<u8>,
