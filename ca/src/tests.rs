@@ -367,7 +367,11 @@ fn a_replica_issues_leaves_that_chain_through_its_intermediate() {
     let sub_ca = CertificateAuthority::load(cluster(), &sub.der, sub_key).expect("loads");
     let deep = sign(&sub_ca, &csr, "vm-5").expect("issued");
     assert!(trust
-        .verify_node_chain(&deep.der, &[sub.der.clone(), inter.clone()], SystemTime::now())
+        .verify_node_chain(
+            &deep.der,
+            &[sub.der.clone(), inter.clone()],
+            SystemTime::now()
+        )
         .is_err());
 }
 

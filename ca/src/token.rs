@@ -171,8 +171,7 @@ impl FromStr for JoinToken {
                 "expected it to start with 'weft1.'",
             ));
         }
-        let (Some(id), Some(secret), Some(ca)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(id), Some(secret), Some(ca)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(TokenParseError::Malformed(
                 "expected four or five dot-separated parts",
             ));
@@ -258,7 +257,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_check() {
-        let at = JoinToken::generate_at([7; 32], crate::names::NodeName::new("ca.eu-1").expect("valid"));
+        let at = JoinToken::generate_at(
+            [7; 32],
+            crate::names::NodeName::new("ca.eu-1").expect("valid"),
+        );
         let back: JoinToken = at.to_string().parse().expect("parses");
         assert_eq!(back, at);
         assert_eq!(back.replica().map(|r| r.as_str()), Some("ca.eu-1"));

@@ -401,11 +401,16 @@ impl Gossip {
             });
             let verified = match &signer {
                 Some(der) => verify_crl(raw, der),
-                None => Err(RecordError::Malformed("published by a member that is not a CA replica")),
+                None => Err(RecordError::Malformed(
+                    "published by a member that is not a CA replica",
+                )),
             };
             match verified {
                 Ok(crl) => {
-                    if cache.crl.union_from(&crl, now_unix, crate::record::REVOCATION_GRACE_SECS) {
+                    if cache
+                        .crl
+                        .union_from(&crl, now_unix, crate::record::REVOCATION_GRACE_SECS)
+                    {
                         cache.crl.version += 1;
                     }
                     cache.crl_raw.insert(id.clone(), raw.clone());
@@ -453,11 +458,7 @@ impl Gossip {
                     version: v.record.version.clone(),
                     ca: v.record.ca,
                     root: crate::record::root_claim_holds(&v.record, &root),
-                    ca_expiry_unix: v
-                        .leaf
-                        .issuer
-                        .as_ref()
-                        .map_or(0, |i| i.not_after_unix),
+                    ca_expiry_unix: v.leaf.issuer.as_ref().map_or(0, |i| i.not_after_unix),
                     cert_expiry_unix: v.leaf.not_after_unix,
                     cert_serial: v.leaf.serial.clone(),
                     cert_fingerprint: v.leaf.fingerprint.clone(),

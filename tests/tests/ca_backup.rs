@@ -52,9 +52,9 @@ fn a_restored_backup_makes_another_member_the_ca() -> anyhow::Result<()> {
 
     // The others say so where people look.
     let vm3_api = c.agent("vm-3").api();
-    eventually("vm-3 warns that no node holds the CA", CONVERGE, || {
+    eventually("vm-3 warns that no CA replica is alive", CONVERGE, || {
         let status = weft_tests::http_get(&vm3_api, "/v1/self")?;
-        Ok(status.contains("no alive node holds the CA").then_some(()))
+        Ok(status.contains("no CA replica is alive").then_some(()))
     })?;
     anyhow::ensure!(c.agent("vm-3").metric("weft_ca_holders_alive")? == 0.0);
 

@@ -446,7 +446,11 @@ impl NodeApi for Agent {
                 .find(|m| m.name == name.as_str())
                 .ok_or_else(|| ApiError::NotFound(format!("no member named {name}")))?;
             self.ctl
-                .call(&member.name, member.address, &CtlRequest::Operator { signed })
+                .call(
+                    &member.name,
+                    member.address,
+                    &CtlRequest::Operator { signed },
+                )
                 .await
                 .map_err(|e| ApiError::Unavailable(format!("{name} cannot be asked: {e}")))?
         };

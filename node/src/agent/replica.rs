@@ -37,7 +37,10 @@ pub async fn apply(agent: &Agent, v: &Verified, signed: &Signed) -> CtlResponse 
     let result = match &v.payload.act {
         Act::AddReplica { .. } => become_replica(agent, signed).await,
         Act::RemoveReplica { .. } => stop_replica(agent).await,
-        _ => Err(Refusal::new(RefusalKind::BadRequest, "not a replica change")),
+        _ => Err(Refusal::new(
+            RefusalKind::BadRequest,
+            "not a replica change",
+        )),
     };
     let answer = match result {
         Ok(value) => CtlResponse::Answer { value },
@@ -113,7 +116,8 @@ async fn become_replica(agent: &Agent, signed: &Signed) -> Result<serde_json::Va
     };
     let der = intermediate_from_root(agent, &key, Some(signed)).await?;
     files.save_replica(&key, &der).map_err(unavailable)?;
-    let issuer = CertificateAuthority::load(info.cluster.clone(), &der, key).map_err(unavailable)?;
+    let issuer =
+        CertificateAuthority::load(info.cluster.clone(), &der, key).map_err(unavailable)?;
     let role = Arc::new(CaRole::new(
         info.name.clone(),
         issuer,

@@ -10,7 +10,7 @@ use weft_gossip::{GossipKey, Keyring};
 use super::AgentError;
 use crate::ca_role::CaRole;
 use crate::config::Settings;
-use crate::identity::{ClusterInfo, Identity, IdentityFiles};
+use crate::identity::{CertChain, ClusterInfo, Identity, IdentityFiles};
 use crate::rpc::join_client::{self as join, JoinFailure};
 use crate::store::{Peer, Store};
 
@@ -159,7 +159,9 @@ fn ensure_own_replica(
         let csr = key.replica_csr_der(&identity.info.cluster, &name)?;
         let inter = root
             .sign_replica_csr(&csr, &name, crate::ca_role::REPLICA_TTL, now)
-            .map_err(|e| crate::ca_role::Refusal::new(crate::ca_role::RefusalKind::BadCsr, e.to_string()))?;
+            .map_err(|e| {
+                crate::ca_role::Refusal::new(crate::ca_role::RefusalKind::BadCsr, e.to_string())
+            })?;
         files.save_replica(&key, &inter.der)?;
         info!(replica = %name, not_after_unix = inter.not_after_unix, "this root holder is a CA replica with its own intermediate");
     }
@@ -188,7 +190,9 @@ fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Resul
             crate::ca_role::REPLICA_TTL,
             now,
         )
-        .map_err(|e| crate::ca_role::Refusal::new(crate::ca_role::RefusalKind::BadCsr, e.to_string()))?;
+        .map_err(|e| {
+            crate::ca_role::Refusal::new(crate::ca_role::RefusalKind::BadCsr, e.to_string())
+        })?;
     let ca_der = root.cert_der().to_vec();
     let replica = CertificateAuthority::load(
         cluster.clone(),
@@ -215,8 +219,10 @@ fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Resul
     files.save_new(
         &info,
         &key,
-        &issued.der,
-        &authority.chain(),
+        CertChain {
+            leaf: &issued.der,
+            chain: &authority.chain(),
+        },
         &ca_der,
         Some(&root_key),
         &keyring,
@@ -246,8 +252,10 @@ async fn join_with_token(
     files.save_new(
         &info,
         &key,
-        &joined.cert_der,
-        &joined.chain,
+        CertChain {
+            leaf: &joined.cert_der,
+            chain: &joined.chain,
+        },
         &joined.ca_der,
         None,
         &joined.keyring,
@@ -311,8 +319,10 @@ async fn refresh_if_expired(
     files.save_new(
         &identity.info,
         &key,
-        &joined.cert_der,
-        &joined.chain,
+        CertChain {
+            leaf: &joined.cert_der,
+            chain: &joined.chain,
+        },
         &joined.ca_der,
         None,
         &joined.keyring,

@@ -58,6 +58,17 @@ pub fn audit(v: &Verified, node: &str, outcome: &str, store: &crate::store::Stor
     }
 }
 
+/// The certificate gossip shows `node` holding (serial, expiry), if any.
+async fn live_certificate(gossip: &Gossip, node: &weft_ca::NodeName) -> Vec<(String, u64)> {
+    gossip
+        .members()
+        .await
+        .into_iter()
+        .filter(|m| m.name == node.as_str() && !m.cert_serial.is_empty())
+        .map(|m| (m.cert_serial, m.cert_expiry_unix))
+        .collect()
+}
+
 /// Executes a verified act here.
 pub async fn execute(
     v: &Verified,
@@ -108,7 +119,7 @@ async fn execute_inner(
                 Err(r) => error(r.kind, r.message),
             }
         }
-        Act::Revoke { node } => match ca.revoke(node, now) {
+        Act::Revoke { node } => match ca.revoke(node, live_certificate(gossip, node).await, now) {
             Ok(serials) => {
                 ca.publish_revocations(identity, gossip).await;
                 CtlResponse::Revoked { serials }

@@ -325,8 +325,10 @@ impl CaRole {
         }
         self.issued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.last_issue_unix
-            .store(unix(SystemTime::now()), std::sync::atomic::Ordering::Relaxed);
+        self.last_issue_unix.store(
+            unix(SystemTime::now()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -349,7 +351,10 @@ impl CaRole {
             Some(r) if *r != self.name => {
                 return Err(refuse(
                     RefusalKind::BadToken,
-                    format!("join token {id} was made by CA replica {r}, not {}: only {r} consumes it", self.name),
+                    format!(
+                        "join token {id} was made by CA replica {r}, not {}: only {r} consumes it",
+                        self.name
+                    ),
                 ))
             }
             None if !self.holds_root() => {
@@ -471,16 +476,32 @@ impl CaRole {
         Ok(issued)
     }
 
-    /// Revokes every unexpired certificate issued to `node`; returns the serials newly
-    /// revoked (expired ones need no entry: nothing accepts them anyway).
-    pub fn revoke(&self, node: &NodeName, now: SystemTime) -> Result<Vec<String>, Refusal> {
-        if self.store.serials_of(node.as_str())?.is_empty() {
+    /// Revokes every unexpired certificate this replica issued to `node`, and `live`
+    /// (serial, expiry): the certificate gossip shows the node holding, which another
+    /// replica may have issued. Returns the serials newly revoked (expired ones need no
+    /// entry: nothing accepts them anyway). The other replicas add what they issued to it
+    /// when they see the entry (`publish_revocations`).
+    pub fn revoke(
+        &self,
+        node: &NodeName,
+        live: Vec<(String, u64)>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, Refusal> {
+        if self.store.serials_of(node.as_str())?.is_empty() && live.is_empty() {
             return Err(Refusal::new(
                 RefusalKind::BadRequest,
-                format!("no certificate was issued to {node}"),
+                format!(
+                    "no certificate of {node} is known to CA replica {}: it issued none, and {node} is not in its member list",
+                    self.name
+                ),
             ));
         }
-        let serials = self.store.unexpired_serials_of(node.as_str(), unix(now))?;
+        let mut serials = self.store.unexpired_serials_of(node.as_str(), unix(now))?;
+        for (serial, not_after) in live {
+            if not_after > unix(now) && !serials.iter().any(|(s, _)| *s == serial) {
+                serials.push((serial, not_after));
+            }
+        }
         self.revoke_serials(node, false, serials, now)
     }
 

@@ -69,7 +69,7 @@ fn a_node_with_many_past_certificates_is_revoked_by_its_live_one() {
     }
     let now = t0 + Duration::from_secs(149 * 40 + 1);
     let revoked = ca
-        .revoke(&NodeName::new("busy").expect("valid"), now)
+        .revoke(&NodeName::new("busy").expect("valid"), Vec::new(), now)
         .expect("revoked");
     assert_eq!(
         revoked.len(),
@@ -93,6 +93,7 @@ fn expired_entries_are_pruned_and_an_overfull_list_is_refused() {
         issue(&ca, &key, &name, t0);
         match ca.revoke(
             &NodeName::new(name).expect("valid"),
+            Vec::new(),
             t0 + Duration::from_secs(1),
         ) {
             Ok(s) => revoked += s.len(),

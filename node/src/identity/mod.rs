@@ -53,6 +53,15 @@ pub struct ClusterInfo {
     pub name: NodeName,
 }
 
+/// A node certificate with the intermediates it chains through, as written to `node.crt`.
+#[derive(Debug, Clone, Copy)]
+pub struct CertChain<'a> {
+    /// The node certificate, DER.
+    pub leaf: &'a [u8],
+    /// Its intermediates, DER (empty: issued by the root).
+    pub chain: &'a [Vec<u8>],
+}
+
 /// Paths of the identity files in a data directory.
 #[derive(Debug, Clone)]
 pub struct IdentityFiles {
@@ -182,14 +191,13 @@ impl IdentityFiles {
         &self,
         info: &ClusterInfo,
         key: &NodeKey,
-        cert_der: &[u8],
-        chain: &[Vec<u8>],
+        cert: CertChain<'_>,
         ca_der: &[u8],
         ca_key: Option<&NodeKey>,
         keyring: &Keyring,
     ) -> Result<(), IdentityError> {
         self.write("node.key", key.to_pem().as_bytes(), 0o600)?;
-        self.save_cert(cert_der, chain)?;
+        self.save_cert(cert.leaf, cert.chain)?;
         self.write(
             "ca.crt",
             pem::encode("CERTIFICATE", ca_der).as_bytes(),

@@ -53,6 +53,9 @@ mod tests {
         assert_eq!(super::decode("CERTIFICATE", &pem), Some(der.clone()));
         assert_eq!(super::decode("KEY", &pem), None);
         let two = format!("{pem}{}", super::encode("CERTIFICATE", b"second"));
-        assert_eq!(super::decode_all("CERTIFICATE", &two), vec![der, b"second".to_vec()]);
+        assert_eq!(
+            super::decode_all("CERTIFICATE", &two),
+            vec![der, b"second".to_vec()]
+        );
     }
 }

@@ -10,12 +10,12 @@ use std::time::SystemTime;
 use tracing::{debug, info, warn};
 use weft_ca::LeafInfo;
 
+use super::join_server;
 use super::messages::{
     b64, decode, unb64, CtlRequest, CtlResponse, RefusalKind, CONFIG_PAGE_BYTES, MAX_REQUEST,
 };
 use super::server::ServerInputs;
 use super::stream::{read_request, respond};
-use super::join_server;
 use crate::authority::execute::execute;
 use crate::authority::Act;
 use crate::store::NameClaim;
@@ -76,12 +76,21 @@ async fn handle(
                         if *node != inputs.identity.info.name {
                             return error(
                                 RefusalKind::BadRequest,
-                                format!("this act is for {node}, not {}", inputs.identity.info.name),
+                                format!(
+                                    "this act is for {node}, not {}",
+                                    inputs.identity.info.name
+                                ),
                             );
                         }
                         return inputs.replicas.order(v, signed).await;
                     }
-                    execute(&v, inputs.ca.get().as_deref(), &inputs.gossip, &inputs.identity).await
+                    execute(
+                        &v,
+                        inputs.ca.get().as_deref(),
+                        &inputs.gossip,
+                        &inputs.identity,
+                    )
+                    .await
                 }
                 Err(e) => {
                     warn!(%remote, peer = %peer.id, error = %e, "refused an operator act forwarded by a member");
@@ -107,7 +116,9 @@ async fn handle(
                         let claim = join_server::claim(&inputs2, &ca2, &name, "node", until, true);
                         match tokio::time::timeout(CLAIM_REFRESH_TIMEOUT, claim).await {
                             Ok(Ok(())) => {}
-                            Ok(Err(r)) => debug!(node = %name, reason = %r.message, "name claim not extended"),
+                            Ok(Err(r)) => {
+                                debug!(node = %name, reason = %r.message, "name claim not extended")
+                            }
                             Err(_) => debug!(node = %name, "name claim not extended in time"),
                         }
                     });
@@ -136,8 +147,11 @@ async fn handle(
                 return not_ca(inputs);
             };
             if !is_replica(peer) {
-                warn!(%remote, peer = %peer.id, "name claim from a member that is not a CA replica refused");
-                return error(RefusalKind::Forbidden, "only CA replicas claim names".into());
+                warn!(%remote, peer = %peer.id, issuer = ?peer.issuer, "name claim from a member that is not a CA replica refused");
+                return error(
+                    RefusalKind::Forbidden,
+                    "only CA replicas claim names".into(),
+                );
             }
             let claim = NameClaim {
                 claimant,
@@ -156,7 +170,10 @@ async fn handle(
                 return not_ca(inputs);
             };
             if !is_replica(peer) {
-                return error(RefusalKind::Forbidden, "only CA replicas release names".into());
+                return error(
+                    RefusalKind::Forbidden,
+                    "only CA replicas release names".into(),
+                );
             }
             ca.release_name(&name, &claimant);
             CtlResponse::Answer {

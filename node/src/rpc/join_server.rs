@@ -16,11 +16,11 @@ use super::messages::{
     RefusalKind, MAX_REQUEST,
 };
 use super::server::ServerInputs;
+use super::stream::{read_request, respond, EXCHANGE_TIMEOUT};
 use crate::ca_role::{names, CaRole, Refusal};
+use crate::resilience::ratelimit::TokenBucket;
 use crate::store::NameClaim;
 use weft_ca::NodeName;
-use super::stream::{read_request, respond, EXCHANGE_TIMEOUT};
-use crate::resilience::ratelimit::TokenBucket;
 
 /// A global bucket plus one per source IP (at most `MAX_SOURCES` tracked).
 #[derive(Debug)]
@@ -154,7 +154,16 @@ pub async fn decide(inputs: &ServerInputs, req: JoinRequest, remote: SocketAddr)
         Err(r) => return refused(r.kind, &r.message),
     };
     let claimant = names::join_claimant(parsed.token.id().as_str());
-    if let Err(r) = claim(inputs, &ca, &parsed.name, &claimant, ca.claim_until(now), false).await {
+    if let Err(r) = claim(
+        inputs,
+        &ca,
+        &parsed.name,
+        &claimant,
+        ca.claim_until(now),
+        false,
+    )
+    .await
+    {
         warn!(node = %parsed.name, token_id = %parsed.token.id(), reason = %r.message, "join refused");
         return refused(r.kind, &r.message);
     }

@@ -249,17 +249,23 @@ impl Store {
     ) -> Result<Result<NameClaim, NameClaim>, StoreError> {
         loop {
             let current = self.claims.get(name)?;
-            let held: Option<NameClaim> = current
-                .as_ref()
-                .map(|v| decode("claims", v))
-                .transpose()?;
+            let held: Option<NameClaim> =
+                current.as_ref().map(|v| decode("claims", v)).transpose()?;
             let next = match &held {
-                Some(h) if h.until_unix > now_unix && h.claimant != claim.claimant && !claim.renewal => {
+                Some(h)
+                    if h.until_unix > now_unix
+                        && h.claimant != claim.claimant
+                        && !claim.renewal =>
+                {
                     return Ok(Err(h.clone()));
                 }
                 Some(h) if h.until_unix > now_unix => NameClaim {
                     until_unix: h.until_unix.max(claim.until_unix),
-                    claimant: if claim.renewal { h.claimant.clone() } else { claim.claimant.clone() },
+                    claimant: if claim.renewal {
+                        h.claimant.clone()
+                    } else {
+                        claim.claimant.clone()
+                    },
                     renewal: false,
                 },
                 _ => NameClaim {

@@ -94,7 +94,11 @@ fn certified(
 ) -> Result<CertifiedKey, TlsError> {
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
     let mut chain = vec![CertificateDer::from(cert_der.to_vec())];
-    chain.extend(intermediates.iter().map(|c| CertificateDer::from(c.clone())));
+    chain.extend(
+        intermediates
+            .iter()
+            .map(|c| CertificateDer::from(c.clone())),
+    );
     chain.push(CertificateDer::from(ca_der.to_vec()));
     Ok(CertifiedKey::from_der(chain, key_der, &provider())?)
 }
@@ -197,6 +201,12 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(ClientVerifier::new(trust, revoked)))
         .with_cert_resolver(Arc::new(certs.clone()));
     tls.alpn_protocols = vec![ALPN_JOIN.to_vec(), ALPN_CTL.to_vec(), ALPN_DATA.to_vec()];
+    // No session resumption: a resumed session skips the client certificate verifier and
+    // carries the identity of the first handshake, so a node revoked (or renewed, or made
+    // a CA replica) since would be seen as it was. Peers pool their connections, so full
+    // handshakes are rare.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(transport());
@@ -234,6 +244,8 @@ fn mtls_client_config(
         .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(trust, revoked)))
         .with_client_cert_resolver(Arc::new(certs.clone()));
     tls.alpn_protocols = vec![alpn.to_vec()];
+    // Every connection verifies the server afresh (see `server_config`).
+    tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(client_transport());

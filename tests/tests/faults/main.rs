@@ -22,6 +22,8 @@
 //! | 17 | parsers, fuzzed (`tests/faults/long.sh`) | — |
 //! | 18 | HTTP from an app: smuggling, ambiguous framing, path tricks | `http` |
 //! | 19 | one agent, flooded (`tests/tests/floods.rs`) | — |
+//! | 20 | the bootstrap node (root holder), destroyed with two replicas left | `replicas` |
+//! | 21–22 | one name at two replicas at once; a token replayed at another replica | `replicas` |
 
 mod common;
 
@@ -32,5 +34,6 @@ mod join;
 mod keys;
 mod loss;
 mod partition;
+mod replicas;
 mod restarts;
 mod revocation;
