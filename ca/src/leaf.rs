@@ -1,6 +1,7 @@
 //! Verifying node certificates: chain to the cluster root, SPIFFE identity, expiry,
 //! and signatures made with a certificate's key.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -51,6 +52,8 @@ pub struct LeafInfo {
     pub fingerprint: String,
     /// The replica whose intermediate issued it (None: issued by the root, or not verified).
     pub issuer: Option<crate::replica::IssuerInfo>,
+    /// SHA-256 (hex) of the root its chain ended in (None: not verified).
+    pub root: Option<String>,
 }
 
 impl LeafInfo {
@@ -66,6 +69,7 @@ impl LeafInfo {
             not_before_unix: v.not_before.timestamp().max(0) as u64,
             fingerprint: hex::encode(Sha256::digest(der)),
             issuer: None,
+            root: None,
         })
     }
 
@@ -125,26 +129,103 @@ pub fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The cluster's root, used to verify node certificates and signatures.
+/// The roots a node trusts: the current one first, during a rotation also the one being
+/// replaced; and roots retired by a finished rotation, trusted only at times before they
+/// were retired (for signatures made while they were in force, e.g. config entries).
+#[derive(Debug)]
+struct Roots {
+    current: Vec<(CertificateDer<'static>, TrustAnchor<'static>)>,
+    retired: Vec<(CertificateDer<'static>, TrustAnchor<'static>, u64)>,
+}
+
+/// The cluster's trusted roots, used to verify node certificates and signatures. Clones
+/// share the roots: a new trust bundle (`set_roots`) applies to every holder at once.
 #[derive(Debug, Clone)]
 pub struct TrustRoot {
     cluster: ClusterName,
-    ca_der: CertificateDer<'static>,
-    anchor: TrustAnchor<'static>,
+    roots: Arc<RwLock<Arc<Roots>>>,
+}
+
+fn anchor_of(der: Vec<u8>) -> Result<(CertificateDer<'static>, TrustAnchor<'static>), VerifyError> {
+    let der = CertificateDer::from(der);
+    let anchor = webpki::anchor_from_trusted_cert(&der)
+        .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?
+        .to_owned();
+    Ok((der, anchor))
 }
 
 impl TrustRoot {
     /// Trusts the root certificate `ca_der` for `cluster`.
     pub fn new(cluster: ClusterName, ca_der: Vec<u8>) -> Result<Self, VerifyError> {
-        let ca_der = CertificateDer::from(ca_der);
-        let anchor = webpki::anchor_from_trusted_cert(&ca_der)
-            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?
-            .to_owned();
+        Self::with_roots(cluster, vec![ca_der], Vec::new())
+    }
+
+    /// Trusts `roots` (the first is the current one, which nodes present and tokens pin)
+    /// and `retired` roots (DER, retired at Unix seconds) for times before they retired.
+    pub fn with_roots(
+        cluster: ClusterName,
+        roots: Vec<Vec<u8>>,
+        retired: Vec<(Vec<u8>, u64)>,
+    ) -> Result<Self, VerifyError> {
+        let roots = Self::build(roots, retired)?;
         Ok(Self {
             cluster,
-            ca_der,
-            anchor,
+            roots: Arc::new(RwLock::new(Arc::new(roots))),
         })
+    }
+
+    fn build(roots: Vec<Vec<u8>>, retired: Vec<(Vec<u8>, u64)>) -> Result<Roots, VerifyError> {
+        if roots.is_empty() {
+            return Err(VerifyError::Malformed("no root to trust".into()));
+        }
+        Ok(Roots {
+            current: roots.into_iter().map(anchor_of).collect::<Result<_, _>>()?,
+            retired: retired
+                .into_iter()
+                .map(|(der, at)| anchor_of(der).map(|(d, a)| (d, a, at)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Replaces the trusted roots (a verified trust bundle) for every clone.
+    pub fn set_roots(
+        &self,
+        roots: Vec<Vec<u8>>,
+        retired: Vec<(Vec<u8>, u64)>,
+    ) -> Result<(), VerifyError> {
+        let built = Arc::new(Self::build(roots, retired)?);
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = built;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Roots> {
+        self.roots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The trusted roots, DER, the current one first.
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        self.snapshot()
+            .current
+            .iter()
+            .map(|(d, _)| d.to_vec())
+            .collect()
+    }
+
+    /// The retired roots (DER) and when each retired.
+    pub fn retired(&self) -> Vec<(Vec<u8>, u64)> {
+        self.snapshot()
+            .retired
+            .iter()
+            .map(|(d, _, at)| (d.to_vec(), *at))
+            .collect()
+    }
+
+    /// Whether `der` is one of the trusted roots.
+    pub fn is_root(&self, der: &[u8]) -> bool {
+        self.snapshot()
+            .current
+            .iter()
+            .any(|(d, _)| d.as_ref() == der)
     }
 
     /// The cluster name.
@@ -152,15 +233,16 @@ impl TrustRoot {
         &self.cluster
     }
 
-    /// Checks that `der` chains to this root for client authentication at `now`, directly
-    /// or through one intermediate of this cluster (node and operator certificates alike;
-    /// what the certificate names is the caller's check). Returns the issuing replica.
+    /// Checks that `der` chains to a root trusted at `now` for client authentication,
+    /// directly or through one intermediate of this cluster (node and operator
+    /// certificates alike; what the certificate names is the caller's check). Returns the
+    /// issuing replica and the SHA-256 of the root the path ended in.
     pub(crate) fn verify_client_chain(
         &self,
         der: &[u8],
         intermediates: &[Vec<u8>],
         now: SystemTime,
-    ) -> Result<Option<crate::replica::IssuerInfo>, VerifyError> {
+    ) -> Result<(Option<crate::replica::IssuerInfo>, [u8; 32]), VerifyError> {
         if intermediates.len() > crate::replica::MAX_CHAIN {
             return Err(VerifyError::Chain(format!(
                 "{} intermediates; at most {} is accepted",
@@ -175,15 +257,31 @@ impl TrustRoot {
         let cert_der = CertificateDer::from(der);
         let ee = EndEntityCert::try_from(&cert_der)
             .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
-        let time = UnixTime::since_unix_epoch(Duration::from_secs(unix(now)));
+        let now_unix = unix(now);
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(now_unix));
         let chain: Vec<CertificateDer<'_>> = intermediates
             .iter()
             .map(|i| CertificateDer::from(i.as_slice()))
             .collect();
+        let roots = self.snapshot();
+        let trusted: Vec<(&CertificateDer<'static>, &TrustAnchor<'static>)> = roots
+            .current
+            .iter()
+            .map(|(d, a)| (d, a))
+            .chain(
+                roots
+                    .retired
+                    .iter()
+                    .filter(|(_, _, at)| now_unix < *at)
+                    .map(|(d, a, _)| (d, a)),
+            )
+            .collect();
+        let anchors: Vec<TrustAnchor<'static>> =
+            trusted.iter().map(|(_, a)| (*a).clone()).collect();
         let path = ee
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
-                std::slice::from_ref(&self.anchor),
+                &anchors,
                 &chain,
                 time,
                 KeyUsage::client_auth(),
@@ -198,17 +296,30 @@ impl TrustRoot {
                 "the intermediate offered did not issue the certificate".into(),
             ));
         }
-        Ok(issuer)
+        let anchor = path.anchor();
+        let root = trusted
+            .iter()
+            .find(|(_, a)| {
+                a.subject_public_key_info == anchor.subject_public_key_info
+                    && a.subject == anchor.subject
+            })
+            .map(|(d, _)| Sha256::digest(d.as_ref()).into())
+            .unwrap_or([0; 32]);
+        Ok((issuer, root))
     }
 
-    /// The root certificate DER.
-    pub fn ca_der(&self) -> &[u8] {
-        &self.ca_der
+    /// The current root certificate, DER (what nodes present and tokens pin).
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.snapshot()
+            .current
+            .first()
+            .map(|(d, _)| d.to_vec())
+            .unwrap_or_default()
     }
 
-    /// SHA-256 of the root certificate.
+    /// SHA-256 of the current root certificate.
     pub fn ca_sha256(&self) -> [u8; 32] {
-        Sha256::digest(&self.ca_der).into()
+        Sha256::digest(self.ca_der()).into()
     }
 
     /// Verifies that `der` is a valid node certificate of this cluster at `now`, issued by
@@ -225,9 +336,10 @@ impl TrustRoot {
         intermediates: &[Vec<u8>],
         now: SystemTime,
     ) -> Result<LeafInfo, VerifyError> {
-        let issuer = self.verify_client_chain(der, intermediates, now)?;
+        let (issuer, root) = self.verify_client_chain(der, intermediates, now)?;
         let mut info = LeafInfo::parse(der)?;
         info.issuer = issuer;
+        info.root = Some(hex::encode(root));
         if info.id.cluster() != &self.cluster {
             return Err(VerifyError::ForeignCluster {
                 expected: self.cluster.to_string(),
@@ -237,9 +349,18 @@ impl TrustRoot {
         Ok(info)
     }
 
-    /// Verifies a signature made with the CA key.
+    /// Verifies a signature made with the key of one of the trusted roots.
     pub fn verify_ca_signature(&self, msg: &[u8], sig: &[u8]) -> Result<(), VerifyError> {
-        verify_signature(&self.ca_der, msg, sig)
+        let roots = self.snapshot();
+        if roots
+            .current
+            .iter()
+            .any(|(d, _)| verify_signature(d, msg, sig).is_ok())
+        {
+            Ok(())
+        } else {
+            Err(VerifyError::Signature)
+        }
     }
 }
 

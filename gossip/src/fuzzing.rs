@@ -43,6 +43,6 @@ pub fn datagram(data: &[u8]) {
     let _ = sealer.open(data, claimed);
     if let (Ok(text), Some(root)) = (std::str::from_utf8(data), root) {
         let _ = verify_node_record(text, "vm-1", root, SystemTime::now());
-        let _ = verify_crl(text, root.ca_der());
+        let _ = verify_crl(text, &root.ca_der());
     }
 }

@@ -2,7 +2,7 @@
 //! carrying node records signed with each node's key, and the CA-signed revocation list.
 //!
 //! `seal` is the pure datagram sealing; `transport` plugs it into chitchat; `record`
-//! defines and verifies what nodes publish; `membership` runs chitchat and yields the
+//! defines and verifies what nodes publish; `trust` the roots the cluster trusts; `membership` runs chitchat and yields the
 //! verified member list. See `GOSSIP.md` beside this crate for the design.
 //!
 //! The transport is a seam: `Gossip::start` runs over the sealed UDP transport, and
@@ -19,6 +19,7 @@ pub mod record;
 pub mod seal;
 pub mod stats;
 pub mod transport;
+pub mod trust;
 
 pub use chitchat::transport::Transport;
 pub use membership::{Gossip, GossipConfig, GossipError, Member, MemberStatus};
@@ -30,3 +31,4 @@ pub use record::{
 pub use seal::{GossipKey, Keyring, KeyringError, SealError, Sealer, MAX_KEYS};
 pub use stats::GossipStats;
 pub use transport::{SealedTransport, SharedKeyring};
+pub use trust::{verify_bundle, TrustBundle, ROOTS_KEY};

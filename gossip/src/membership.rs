@@ -96,6 +96,8 @@ pub struct Member {
     pub root: bool,
     /// Expiry of its intermediate (Unix seconds; 0 when it has none).
     pub ca_expiry_unix: u64,
+    /// SHA-256 (hex) of the root its certificate chains to.
+    pub cert_root: String,
     /// Certificate expiry, Unix seconds.
     pub cert_expiry_unix: u64,
     /// Certificate serial (hex).
@@ -137,6 +139,9 @@ struct Cache {
     crl: RevocationList,
     /// Each publisher's last list value seen, verified or not (not looked at again).
     crl_raw: HashMap<ChitchatId, String>,
+    /// The newest trust bundle verified, and the raw values already looked at.
+    bundle: Option<crate::trust::TrustBundle>,
+    bundle_raw: std::collections::HashSet<String>,
 }
 
 /// A running gossip participant. Call `leave` (optional) and then `shutdown`.
@@ -264,6 +269,20 @@ impl Gossip {
     /// Publishes the digest of this node's cluster config.
     pub async fn publish_config_digest(&self, digest: String) {
         self.set(CONFIG_DIGEST_KEY, digest).await;
+    }
+
+    /// Publishes a signed trust bundle (root holder only).
+    pub async fn publish_roots(&self, signed: String) {
+        self.set(crate::trust::ROOTS_KEY, signed).await;
+    }
+
+    /// The newest trust bundle verified from gossip, if any was published.
+    pub fn trust_bundle(&self) -> Option<crate::trust::TrustBundle> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bundle
+            .clone()
     }
 
     /// Publishes a CA-signed revocation list (CA node only).
@@ -430,6 +449,32 @@ impl Gossip {
         }
         cache.crl_raw.retain(|id, _| states.contains_key(id));
 
+        // The trust bundle: the highest version signed by a root this node trusts.
+        for values in states.values() {
+            let Some(raw) = values.get(crate::trust::ROOTS_KEY) else {
+                continue;
+            };
+            if cache.bundle_raw.contains(raw) {
+                continue;
+            }
+            if cache.bundle_raw.len() >= 64 {
+                cache.bundle_raw.clear();
+            }
+            cache.bundle_raw.insert(raw.clone());
+            match crate::trust::verify_bundle(raw, &root) {
+                Ok(b) if cache.bundle.as_ref().is_none_or(|c| b.version > c.version) => {
+                    cache.bundle = Some(b);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats
+                        .rejected_records
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!(error = %e, "ignoring trust bundle that does not verify");
+                }
+            }
+        }
+
         // One member per name: its newest verified generation.
         let mut by_name: BTreeMap<&str, (&ChitchatId, &Verified)> = BTreeMap::new();
         for (id, v) in &cache.records {
@@ -459,6 +504,7 @@ impl Gossip {
                     ca: v.record.ca,
                     root: crate::record::root_claim_holds(&v.record, &root),
                     ca_expiry_unix: v.leaf.issuer.as_ref().map_or(0, |i| i.not_after_unix),
+                    cert_root: v.leaf.root.clone().unwrap_or_default(),
                     cert_expiry_unix: v.leaf.not_after_unix,
                     cert_serial: v.leaf.serial.clone(),
                     cert_fingerprint: v.leaf.fingerprint.clone(),
@@ -511,6 +557,7 @@ impl Gossip {
                                 .filter(|(k, _)| {
                                     *k == NODE_KEY
                                         || *k == CRL_KEY
+                                        || *k == crate::trust::ROOTS_KEY
                                         || *k == SERVICES_KEY
                                         || *k == CONFIG_DIGEST_KEY
                                         || *k == EDGES_KEY

@@ -37,6 +37,9 @@ pub struct MemberView {
     pub cert_serial: String,
     /// SHA-256 of the certificate, hex.
     pub cert_fingerprint: String,
+    /// SHA-256 (hex) of the root its certificate chains to.
+    #[serde(default)]
+    pub cert_root: String,
     /// Certificate revoked.
     pub revoked: bool,
     /// The node serving this API.
@@ -312,6 +315,11 @@ pub trait NodeApi: Send + Sync + 'static {
         &self,
         node: String,
         add: bool,
+        caller: Caller,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    /// Starts a root rotation on the root holder (role admin).
+    fn ca_rotate(
+        &self,
         caller: Caller,
     ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
     /// The CA as this node sees it: root fingerprint and expiry, which nodes hold it,

@@ -64,6 +64,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/v1/audit", get(audit::<N>))
         .route("/v1/ca/backup", post(ca_backup::<N>))
         .route("/v1/ca", get(ca_status::<N>))
+        .route("/v1/ca/rotate", post(ca_rotate::<N>))
         .route(
             "/v1/ca/replicas/{node}",
             post(ca_replica_add::<N>).delete(ca_replica_remove::<N>),
@@ -309,6 +310,14 @@ async fn config_put<N: NodeApi>(
 
 async fn ca_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     Json(node.ca_status().await).into_response()
+}
+
+async fn ca_rotate<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller(&*node, &headers);
+    Ok(Json(node.ca_rotate(caller).await?).into_response())
 }
 
 async fn ca_replica_add<N: NodeApi>(

@@ -70,6 +70,7 @@ impl NodeApi for Agent {
                 cert_expiry_unix: m.cert_expiry_unix,
                 cert_serial: m.cert_serial,
                 cert_fingerprint: m.cert_fingerprint,
+                cert_root: m.cert_root,
                 revoked: m.revoked,
                 is_self: m.is_self,
             })
@@ -122,7 +123,7 @@ impl NodeApi for Agent {
             cert_remaining_secs: remaining.as_secs(),
             ca: self.ca.is_some(),
             warnings,
-            ca_expiry_unix: weft_ca::not_after_unix(self.identity.trust.ca_der()).unwrap_or(0),
+            ca_expiry_unix: weft_ca::not_after_unix(&self.identity.trust.ca_der()).unwrap_or(0),
             gossip_address: self.settings().gossip_advertise().to_string(),
             quic_address: self.settings().quic_advertise().to_string(),
             gossip_dropped: self
@@ -461,6 +462,25 @@ impl NodeApi for Agent {
         }
     }
 
+    async fn ca_rotate(&self, caller: Caller) -> Result<serde_json::Value, ApiError> {
+        let act = Act::RotateRoot;
+        let here = self.ca.get().is_some_and(|c| c.holds_root());
+        let (v, signed) = self.authorize(&caller, &act, here)?;
+        let answer = if here {
+            super::replica::apply(self, &v, &signed).await
+        } else {
+            self.ca_client
+                .call_root(&CtlRequest::Operator { signed })
+                .await
+                .map_err(ca_unavailable)?
+        };
+        match answer {
+            CtlResponse::Answer { value } => Ok(value),
+            CtlResponse::Error { kind, message } => Err(api_error(kind, message)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn ca_status(&self) -> serde_json::Value {
         let members = Agent::members(self).await;
         let holders: Vec<serde_json::Value> = members
@@ -480,10 +500,14 @@ impl NodeApi for Agent {
         serde_json::json!({
             "cluster": self.identity.info.cluster.to_string(),
             "root_sha256": hex::encode(self.identity.trust.ca_sha256()),
-            "root_expiry_unix": weft_ca::not_after_unix(root).unwrap_or(0),
+            "root_expiry_unix": weft_ca::not_after_unix(&root).unwrap_or(0),
             "holders": holders,
             "this_node_holds_root": self.ca.get().is_some_and(|c| c.holds_root()),
             "this_node_is_replica": self.ca.is_some(),
+            "roots": self.identity.trust.roots().iter().map(|r| hex::encode(<[u8; 32]>::from(<sha2::Sha256 as sha2::Digest>::digest(r)))).collect::<Vec<_>>(),
+            "retired_roots": self.identity.trust.retired().len(),
+            "trust_version": self.identity.trust_version(),
+            "rotation": self.store.rotation::<super::rotation::Rotation>().ok().flatten(),
             "this_replica": self.ca.get().map(|c| serde_json::json!({
                 "intermediate": c.intermediate(),
                 "issued": c.issued_count(),
@@ -634,7 +658,7 @@ impl Agent {
                 .map(Some)
                 .map_err(ApiError::BadRequest);
         }
-        match &self.admin_credential {
+        match self.admin_credential() {
             Some(cred) if caller.local_admin => cred
                 .sign(
                     self.identity.info.cluster.clone(),
@@ -740,7 +764,7 @@ impl Agent {
     /// config entries written before signatures existed, so that every node, including
     /// ones that join later, accepts them.
     pub fn sign_legacy_config(&self) {
-        let Some(cred) = &self.admin_credential else {
+        let Some(cred) = self.admin_credential() else {
             return;
         };
         for old in self.config.unsigned() {

@@ -173,10 +173,18 @@ pub async fn housekeeping_loop(agent: Arc<Agent>) {
                     Ok(_) => agent.sync_revocations().await,
                     Err(e) => warn!(error = %e, "cannot prune the revocation list"),
                 }
+            }
+        }
+        if n % 5 == 2 {
+            if let Some(ca) = agent.ca.get() {
                 if let Err(e) = super::replica::renew_intermediate_if_due(&agent, &ca).await {
                     warn!(error = %e, "cannot renew this replica's intermediate; will retry");
                 }
             }
+            super::rotation::step(&agent).await;
+        }
+        if let Some(bundle) = agent.gossip.trust_bundle() {
+            agent.identity.adopt_bundle(&bundle);
         }
         if n % 5 == 1 {
             if let Some(ca) = members

@@ -6,6 +6,7 @@ mod api_server;
 mod loops;
 mod records;
 mod replica;
+mod rotation;
 mod setup;
 pub mod state;
 
@@ -15,7 +16,6 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-use weft_ca::TrustRoot;
 use weft_gossip::{Gossip, GossipConfig, GossipStats, SharedKeyring};
 
 use crate::authority::Authority;
@@ -121,10 +121,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     let mut identity = setup::establish(&settings, &files, &store).await?;
     let admin_token = files.admin_token()?;
 
-    let trust = Arc::new(TrustRoot::new(
-        identity.info.cluster.clone(),
-        identity.ca_der.clone(),
-    )?);
+    let trust = Arc::new(identity.trust_root()?);
     let revoked = Arc::new(RwLock::new(store.crl()?));
     let certs = CertStore::new(
         &identity.key,
@@ -147,7 +144,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
             source,
         }
     })?;
-    let ca = CaSlot::new(setup::ca_role(&mut identity, &store, &settings)?.map(Arc::new));
+    let ca = CaSlot::new(setup::ca_role(&mut identity, &store, &settings, &trust)?.map(Arc::new));
 
     let seeds: Vec<String> = store
         .peers()?
@@ -169,6 +166,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         revoked,
         files,
         store.clone(),
+        identity.trust.version,
     )?);
     let authority = Arc::new(Authority::new(
         trust.clone(),
@@ -181,7 +179,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         authority.clone(),
     )?);
     let admin_credential =
-        setup::admin_credential(&settings.data_dir, &trust, ca.get().as_deref())?;
+        setup::admin_credential(&settings.data_dir, &trust, ca.get().as_deref(), false)?;
 
     // The first record is signed before gossip starts; the agent re-signs from then on.
     let boot_record = boot_record(
@@ -260,7 +258,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         data,
         admin_token,
         authority,
-        admin_credential,
+        admin_credential: RwLock::new(admin_credential),
         shutdown,
     });
     agent.sign_legacy_config();

@@ -37,6 +37,7 @@ pub async fn apply(agent: &Agent, v: &Verified, signed: &Signed) -> CtlResponse 
     let result = match &v.payload.act {
         Act::AddReplica { .. } => become_replica(agent, signed).await,
         Act::RemoveReplica { .. } => stop_replica(agent).await,
+        Act::RotateRoot => super::rotation::start(agent).await,
         _ => Err(Refusal::new(
             RefusalKind::BadRequest,
             "not a replica change",
@@ -122,7 +123,7 @@ async fn become_replica(agent: &Agent, signed: &Signed) -> Result<serde_json::Va
         info.name.clone(),
         issuer,
         None,
-        agent.identity.trust.ca_der().to_vec(),
+        (*agent.identity.trust).clone(),
         agent.store.clone(),
         agent.settings().leaf_ttl,
     )?);
@@ -165,28 +166,50 @@ async fn stop_replica(agent: &Agent) -> Result<serde_json::Value, Refusal> {
     Ok(serde_json::json!({ "node": name, "was_replica": true }))
 }
 
-/// Renews this replica's intermediate (same key) once a third of its lifetime is left.
+/// Renews this replica's intermediate (same key) once a third of its lifetime is left,
+/// or at once when it chains to a root that is no longer the current one (a rotation),
+/// and then this node's own certificate through it, so that its record shows the move.
 pub async fn renew_intermediate_if_due(agent: &Agent, ca: &CaRole) -> Result<bool, Refusal> {
     let Some(current) = ca.intermediate() else {
         return Ok(false);
     };
-    if current.not_after_unix > unix(SystemTime::now()) + REPLICA_TTL.as_secs() / 3 {
+    let now = SystemTime::now();
+    let trust = &agent.identity.trust;
+    let (der, _) = agent.identity.cert();
+    let on_current_root = trust
+        .verify_node_chain(&der, &ca.chain(), now)
+        .ok()
+        .and_then(|l| l.root)
+        == Some(hex::encode(trust.ca_sha256()));
+    let expiring = current.not_after_unix <= unix(now) + REPLICA_TTL.as_secs() / 3;
+    if on_current_root && !expiring {
         return Ok(false);
     }
     let files = &agent.identity.files;
     let Some(key) = files.replica_key().map_err(unavailable)? else {
         return Err(unavailable("replica.key is missing"));
     };
-    let der = intermediate_from_root(agent, &key, None).await?;
+    let inter = intermediate_from_root(agent, &key, None).await?;
     let reloaded = files
         .replica_key()
         .map_err(unavailable)?
         .ok_or_else(|| unavailable("replica.key is missing"))?;
-    files.save_replica(&key, &der).map_err(unavailable)?;
+    files.save_replica(&key, &inter).map_err(unavailable)?;
     let info = &agent.identity.info;
     ca.replace_issuer(
-        CertificateAuthority::load(info.cluster.clone(), &der, reloaded).map_err(unavailable)?,
+        CertificateAuthority::load(info.cluster.clone(), &inter, reloaded).map_err(unavailable)?,
     );
-    warn!(replica = %info.name, "CA replica intermediate renewed");
+    let csr = agent
+        .identity
+        .key
+        .csr_der(&SpiffeId::node(info.cluster.clone(), info.name.clone()))
+        .map_err(unavailable)?;
+    let own = ca.issue_own(&info.name, &csr, now)?;
+    agent
+        .identity
+        .install_cert(own.der, ca.chain())
+        .map_err(unavailable)?;
+    agent.publish_record().await;
+    warn!(replica = %info.name, root_changed = !on_current_root, "CA replica intermediate renewed");
     Ok(true)
 }

@@ -57,8 +57,7 @@ pub enum SetupError {
     Expired(u64),
 }
 
-/// Validity of a new root CA.
-const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+use super::rotation::ROOT_VALIDITY;
 
 /// Loads, creates or joins: returns the identity to run with.
 pub async fn establish(
@@ -108,18 +107,23 @@ pub fn ca_role(
     identity: &mut Identity,
     store: &Store,
     settings: &Settings,
+    trust: &weft_ca::TrustRoot,
 ) -> Result<Option<CaRole>, AgentError> {
     let Some(replica) = identity.replica.take() else {
         return Ok(None);
     };
-    Ok(Some(CaRole::new(
+    let role = CaRole::new(
         identity.info.name.clone(),
         replica,
-        identity.ca.take(),
-        identity.ca_der.clone(),
+        None,
+        trust.clone(),
         store.clone(),
         settings.leaf_ttl,
-    )?))
+    )?;
+    if let Some(root) = identity.ca.take() {
+        role.set_roots(root, identity.old_ca.take().map(std::sync::Arc::new));
+    }
+    Ok(Some(role))
 }
 
 /// Makes the root holder a replica of its own (`--bootstrap`, and the first start after an
@@ -166,7 +170,8 @@ fn ensure_own_replica(
         info!(replica = %name, not_after_unix = inter.not_after_unix, "this root holder is a CA replica with its own intermediate");
     }
     let mut identity = files.load()?;
-    if let Some(role) = ca_role(&mut identity, store, settings)? {
+    let trust = identity.trust_root()?;
+    if let Some(role) = ca_role(&mut identity, store, settings, &trust)? {
         let csr = identity
             .key
             .csr_der(&SpiffeId::node(identity.info.cluster.clone(), name.clone()))?;
@@ -203,7 +208,7 @@ fn bootstrap(settings: &Settings, files: &IdentityFiles, store: &Store) -> Resul
         settings.name.clone(),
         replica,
         Some(root),
-        ca_der.clone(),
+        weft_ca::TrustRoot::new(cluster.clone(), ca_der.clone())?,
         store.clone(),
         settings.leaf_ttl,
     )?;
@@ -260,6 +265,7 @@ async fn join_with_token(
         None,
         &joined.keyring,
     )?;
+    files.save_trust(&weft_gossip::TrustBundle::new(0, &joined.roots, &[]))?;
     let peers: Vec<Peer> = joined
         .members
         .iter()
@@ -295,7 +301,8 @@ async fn refresh_if_expired(
     if leaf.not_after_unix > unix(now) {
         return Ok(identity);
     }
-    if let Some(authority) = ca_role(&mut identity, store, settings)? {
+    let trust = identity.trust_root()?;
+    if let Some(authority) = ca_role(&mut identity, store, settings, &trust)? {
         let csr = identity.key.csr_der(&SpiffeId::node(
             identity.info.cluster.clone(),
             identity.info.name.clone(),
@@ -327,6 +334,7 @@ async fn refresh_if_expired(
         None,
         &joined.keyring,
     )?;
+    files.save_trust(&weft_gossip::TrustBundle::new(0, &joined.roots, &[]))?;
     files.load().map_err(Into::into)
 }
 
@@ -335,13 +343,15 @@ const ADMIN_CREDENTIAL_TTL: Duration = Duration::from_secs(365 * 86400);
 /// The CA node re-issues its admin credential when less than this is left.
 const ADMIN_CREDENTIAL_RENEW: Duration = Duration::from_secs(30 * 86400);
 
-/// `<data-dir>/admin-credential`: loaded where it exists; on the CA node written at
+/// `<data-dir>/admin-credential`: loaded where it exists; on the root holder written at
 /// bootstrap, on the first start after an upgrade (in place of the admin token, which
-/// then stands for it), and again before it expires.
+/// then stands for it), before it expires, and under the new root when one is made
+/// (`reissue`).
 pub fn admin_credential(
     data_dir: &std::path::Path,
     trust: &weft_ca::TrustRoot,
     ca: Option<&crate::ca_role::CaRole>,
+    reissue: bool,
 ) -> Result<Option<std::sync::Arc<crate::authority::Credential>>, SetupError> {
     use crate::authority::Credential;
     let path = data_dir.join("admin-credential");
@@ -362,10 +372,10 @@ pub fn admin_credential(
             .verify_operator(c.cert_der(), now + ADMIN_CREDENTIAL_RENEW)
             .is_ok()
     });
-    let Some(ca) = ca else {
+    let Some(ca) = ca.filter(|ca| ca.holds_root()) else {
         return Ok(current.map(std::sync::Arc::new));
     };
-    if fresh {
+    if fresh && !reissue {
         return Ok(current.map(std::sync::Arc::new));
     }
     let cred = ca

@@ -47,12 +47,20 @@ pub struct Agent {
     /// Verifies what operators signed.
     pub authority: Arc<crate::authority::Authority>,
     /// `<data-dir>/admin-credential`, when this node holds one (the bootstrap node).
-    pub admin_credential: Option<Arc<crate::authority::Credential>>,
+    pub admin_credential: RwLock<Option<Arc<crate::authority::Credential>>>,
     /// Cancelled when the agent must stop.
     pub shutdown: CancellationToken,
 }
 
 impl Agent {
+    /// This node's admin credential, if it holds one (the root holder).
+    pub fn admin_credential(&self) -> Option<Arc<crate::authority::Credential>> {
+        self.admin_credential
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A copy of the current settings.
     pub fn settings(&self) -> Settings {
         self.settings

@@ -41,6 +41,7 @@ pub fn audit(v: &Verified, node: &str, outcome: &str, store: &crate::store::Stor
         Act::CaBackup => "back up the CA".into(),
         Act::AddReplica { node } => format!("make {node} a CA replica"),
         Act::RemoveReplica { node } => format!("stop {node} being a CA replica"),
+        Act::RotateRoot => "rotate the root".into(),
     };
     let line = serde_json::json!({
         "operator": v.operator.name.as_str(),
@@ -168,7 +169,8 @@ async fn execute_inner(
         | Act::ConfigWrite { .. }
         | Act::CaBackup
         | Act::AddReplica { .. }
-        | Act::RemoveReplica { .. } => error(
+        | Act::RemoveReplica { .. }
+        | Act::RotateRoot => error(
             RefusalKind::BadRequest,
             "this act is not executed as a command",
         ),

@@ -90,6 +90,8 @@ pub enum Act {
         /// The member.
         node: NodeName,
     },
+    /// Make a new root and retire the current one once nothing chains to it.
+    RotateRoot,
 }
 
 impl Act {
@@ -105,7 +107,8 @@ impl Act {
             | Self::OperatorRevoke { .. }
             | Self::CaBackup
             | Self::AddReplica { .. }
-            | Self::RemoveReplica { .. } => Role::Admin,
+            | Self::RemoveReplica { .. }
+            | Self::RotateRoot => Role::Admin,
         }
     }
 
@@ -122,6 +125,7 @@ impl Act {
             Self::CaBackup => "backing up the CA".into(),
             Self::AddReplica { .. } => "adding CA replicas".into(),
             Self::RemoveReplica { .. } => "removing CA replicas".into(),
+            Self::RotateRoot => "rotating the root".into(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Act {
             Self::CaBackup => "ca_backup",
             Self::AddReplica { .. } => "add_replica",
             Self::RemoveReplica { .. } => "remove_replica",
+            Self::RotateRoot => "rotate_root",
         }
     }
 }

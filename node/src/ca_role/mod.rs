@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tracing::{info, warn};
 use weft_ca::{
     unix, CertificateAuthority, IssuedCert, IssuerInfo, JoinToken, LeafInfo, NodeKey, NodeName,
-    OperatorName, Role, TokenRecord, TokenRefusal,
+    OperatorName, Role, TokenRecord, TokenRefusal, TrustRoot,
 };
 use weft_gossip::{encode_signed, Gossip, RevocationList, Revoked};
 
@@ -129,9 +129,12 @@ pub struct CaRole {
     /// Its intermediate and key (replaced in place when the root renews it).
     issuer: RwLock<Arc<CertificateAuthority>>,
     /// The root, on the node that holds its key.
-    root: Option<CertificateAuthority>,
-    /// The root certificate (what tokens pin).
-    root_der: Vec<u8>,
+    root: RwLock<Option<Arc<CertificateAuthority>>>,
+    /// During a root rotation, on the root holder: the root being replaced (it signs the
+    /// trust bundle too, so that nodes trusting only it adopt the new one).
+    old_root: RwLock<Option<Arc<CertificateAuthority>>>,
+    /// The roots this node trusts (shared; the current one is what tokens pin).
+    trust: TrustRoot,
     store: Store,
     leaf_ttl: Duration,
     crl: Mutex<RevocationList>,
@@ -158,7 +161,7 @@ impl CaRole {
         name: NodeName,
         issuer: CertificateAuthority,
         root: Option<CertificateAuthority>,
-        root_der: Vec<u8>,
+        trust: TrustRoot,
         store: Store,
         leaf_ttl: Duration,
     ) -> Result<Self, StoreError> {
@@ -166,8 +169,9 @@ impl CaRole {
         Ok(Self {
             name,
             issuer: RwLock::new(Arc::new(issuer)),
-            root,
-            root_der,
+            root: RwLock::new(root.map(Arc::new)),
+            old_root: RwLock::new(None),
+            trust,
             store,
             leaf_ttl,
             crl: Mutex::new(crl),
@@ -200,19 +204,57 @@ impl CaRole {
         &self.name
     }
 
-    /// The root certificate, DER.
-    pub fn ca_cert_der(&self) -> &[u8] {
-        &self.root_der
+    /// The current root certificate, DER.
+    pub fn ca_cert_der(&self) -> Vec<u8> {
+        self.trust.ca_der()
     }
 
     fn root_sha256(&self) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(&self.root_der).into()
+        self.trust.ca_sha256()
     }
 
     /// Whether this node holds the root key.
     pub fn holds_root(&self) -> bool {
-        self.root.is_some()
+        self.root
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Installs the root keys after a rotation step: `root` signs from now on, `old`
+    /// (while the rotation runs) also signs the trust bundle.
+    pub fn set_roots(&self, root: CertificateAuthority, old: Option<Arc<CertificateAuthority>>) {
+        *self.root.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(root));
+        *self.old_root.write().unwrap_or_else(|e| e.into_inner()) = old;
+    }
+
+    /// Forgets the old root's key (a rotation finished).
+    pub fn drop_old_root(&self) {
+        *self.old_root.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The root keys this holder has, current first (to sign a trust bundle).
+    pub fn root_keys(&self) -> Vec<Arc<CertificateAuthority>> {
+        let current = self.root.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let old = self
+            .old_root
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        current.into_iter().chain(old).collect()
+    }
+
+    /// The current root with its key, on the root holder.
+    pub fn current_root(&self) -> Option<Arc<CertificateAuthority>> {
+        self.root.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The old root during a rotation.
+    pub fn old_root(&self) -> Option<Arc<CertificateAuthority>> {
+        self.old_root
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The chain a leaf issued here carries: this replica's intermediate.
@@ -232,8 +274,8 @@ impl CaRole {
     }
 
     /// The root, or the refusal naming why this replica cannot do `what`.
-    fn root(&self, what: &str) -> Result<&CertificateAuthority, Refusal> {
-        self.root.as_ref().ok_or_else(|| {
+    fn root(&self, what: &str) -> Result<Arc<CertificateAuthority>, Refusal> {
+        self.current_root().ok_or_else(|| {
             Refusal::new(
                 RefusalKind::Unavailable,
                 format!(
@@ -687,7 +729,7 @@ impl CaRole {
     /// The proof, for this node's gossip record, that node `name` in run `generation`
     /// holds the root key (base64url of the root's signature over `ca_claim`).
     pub fn ca_proof(&self, name: &NodeName, generation: u64) -> Option<String> {
-        let root = self.root.as_ref()?;
+        let root = self.current_root()?;
         let msg = weft_gossip::record::ca_claim(root.cluster().as_str(), name.as_str(), generation);
         root.sign(&msg)
             .ok()

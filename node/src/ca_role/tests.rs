@@ -31,12 +31,16 @@ pub(super) fn role_named(dir: &std::path::Path, name: &str) -> CaRole {
         )
         .expect("intermediate");
     let replica = CertificateAuthority::load(cluster, &inter.der, key).expect("loads");
-    let root_der = root.cert_der().to_vec();
+    let trust = weft_ca::TrustRoot::new(
+        ClusterName::new("weft").expect("valid"),
+        root.cert_der().to_vec(),
+    )
+    .expect("trust");
     CaRole::new(
         node,
         replica,
         Some(root),
-        root_der,
+        trust,
         Store::open(dir).expect("store"),
         TTL,
     )

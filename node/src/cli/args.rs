@@ -161,6 +161,9 @@ pub enum CaAction {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make a new root: every node trusts both until every certificate chains to the
+    /// new one, then the old one is retired and its key deleted (admin; on the root holder).
+    Rotate(ClientArgs),
     /// Stop NODE being a CA replica (its key and intermediate are removed there; the
     /// certificates it issued stay valid until they expire) (admin).
     RemoveReplica {

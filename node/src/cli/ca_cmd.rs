@@ -68,6 +68,27 @@ pub async fn ca(action: &CaAction) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        CaAction::Rotate(client) => {
+            let api = ApiClient::new(client)?;
+            let v: serde_json::Value = api
+                .act(
+                    reqwest::Method::POST,
+                    "/v1/ca/rotate",
+                    None,
+                    Act::RotateRoot,
+                )
+                .await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "root rotation started: new root {}; both roots are trusted until every certificate chains to the new one, then the old one ({}) is retired. Follow it with weft ca status. Operator credentials made before now stop working then: make them again (weft operator create).",
+                    v["new_root_sha256"].as_str().unwrap_or("-"),
+                    v["old_root_sha256"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
         CaAction::AddReplica { node, client } | CaAction::RemoveReplica { node, client } => {
             let add = matches!(action, CaAction::AddReplica { .. });
             let name = weft_ca::NodeName::new(node.as_str())?;

@@ -55,6 +55,8 @@ pub struct NodeIdentity {
     revoked: Revocations,
     /// Where the revocation list is persisted.
     store: Store,
+    /// The version of the trust bundle in force (0: the roots from the join or bootstrap).
+    trust_version: AtomicU64,
     /// Woken when open peer connections must check again whether they may stay: a
     /// newer revocation list, or this node's own certificate expired.
     changed: Notify,
@@ -81,6 +83,7 @@ impl NodeIdentity {
         revoked: Revocations,
         files: IdentityFiles,
         store: Store,
+        trust_version: u64,
     ) -> Result<Self, VerifyError> {
         let leaf = LeafInfo::parse(&cert_der)?;
         Ok(Self {
@@ -94,6 +97,7 @@ impl NodeIdentity {
             chain: RwLock::new(chain),
             revoked,
             store,
+            trust_version: AtomicU64::new(trust_version),
             changed: Notify::new(),
         })
     }
@@ -131,7 +135,7 @@ impl NodeIdentity {
             return Err(CertInstallError::WrongNode(leaf.id.to_string()));
         }
         self.certs
-            .replace(&self.key, &der, &chain, self.trust.ca_der())?;
+            .replace(&self.key, &der, &chain, &self.trust.ca_der())?;
         self.files.save_cert(&der, &chain)?;
         self.not_after.store(leaf.not_after_unix, Ordering::Relaxed);
         *self.chain.write().unwrap_or_else(|e| e.into_inner()) = chain;
@@ -216,6 +220,46 @@ impl NodeIdentity {
         }
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
         self.changed.notify_waiters();
+    }
+
+    /// The version of the trust bundle in force.
+    pub fn trust_version(&self) -> u64 {
+        self.trust_version.load(Ordering::SeqCst)
+    }
+
+    /// Adopts a verified trust bundle newer than the one in force: the roots every
+    /// verifier uses change at once, the bundle is persisted, and this node presents the
+    /// new current root from its next handshake on. Returns whether it changed anything.
+    pub fn adopt_bundle(&self, bundle: &weft_gossip::TrustBundle) -> bool {
+        if bundle.version <= self.trust_version() {
+            return false;
+        }
+        let (Ok(roots), Ok(retired)) = (bundle.roots_der(), bundle.retired_der()) else {
+            return false;
+        };
+        if let Err(e) = self.trust.set_roots(roots, retired) {
+            warn!(error = %e, "cannot adopt the trust bundle");
+            return false;
+        }
+        if let Err(e) = self.files.save_trust(bundle) {
+            warn!(error = %e, "cannot persist the trust bundle");
+        }
+        let (der, _) = self.cert();
+        if let Err(e) = self
+            .certs
+            .replace(&self.key, &der, &self.chain(), &self.trust.ca_der())
+        {
+            warn!(error = %e, "cannot present the new root");
+        }
+        self.trust_version.store(bundle.version, Ordering::SeqCst);
+        info!(
+            version = bundle.version,
+            roots = bundle.roots.len(),
+            retired = bundle.retired.len(),
+            "trust bundle adopted"
+        );
+        self.changed.notify_waiters();
+        true
     }
 
     /// Wakes every open peer connection to re-check itself (e.g. at own expiry).

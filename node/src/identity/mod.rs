@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use weft_ca::{CertificateAuthority, ClusterName, NodeKey, NodeName};
-use weft_gossip::Keyring;
+use weft_gossip::{Keyring, TrustBundle};
 
 use crate::store::files::{read_limited, write_atomic};
 
@@ -85,8 +85,24 @@ pub struct Identity {
     pub ca: Option<CertificateAuthority>,
     /// This node's CA replica (its intermediate and key), on replicas.
     pub replica: Option<CertificateAuthority>,
+    /// During a root rotation, on the root holder: the root being replaced.
+    pub old_ca: Option<CertificateAuthority>,
+    /// The roots this node trusts (`trust.json`; before any rotation, `ca.crt` alone).
+    pub trust: TrustBundle,
     /// Gossip keys.
     pub keyring: Keyring,
+}
+
+impl Identity {
+    /// The roots this identity trusts, as a (shared, updatable) `TrustRoot`.
+    pub fn trust_root(&self) -> Result<weft_ca::TrustRoot, weft_ca::VerifyError> {
+        let bad = |e: weft_gossip::RecordError| weft_ca::VerifyError::Malformed(e.to_string());
+        weft_ca::TrustRoot::with_roots(
+            self.info.cluster.clone(),
+            self.trust.roots_der().map_err(bad)?,
+            self.trust.retired_der().map_err(bad)?,
+        )
+    }
 }
 
 impl IdentityFiles {
@@ -171,11 +187,30 @@ impl IdentityFiles {
         } else {
             None
         };
+        let old_ca = if self.path("ca.old.key").exists() {
+            let key = NodeKey::from_pem(&self.read_text("ca.old.key")?)
+                .map_err(|e| self.corrupt("ca.old.key", e.to_string()))?;
+            let cert = self.read_cert("ca.old.crt")?;
+            Some(
+                CertificateAuthority::load(info.cluster.clone(), &cert, key)
+                    .map_err(|e| self.corrupt("ca.old.key", e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let trust = if self.path("trust.json").exists() {
+            serde_json::from_slice(&self.read("trust.json")?)
+                .map_err(|e| self.corrupt("trust.json", e.to_string()))?
+        } else {
+            TrustBundle::new(0, std::slice::from_ref(&ca_der), &[])
+        };
         let keyring: Keyring = serde_json::from_slice(&self.read("gossip.keys")?)
             .map_err(|e| self.corrupt("gossip.keys", e.to_string()))?;
         Ok(Identity {
             info,
             key,
+            old_ca,
+            trust,
             cert_der,
             chain,
             ca_der,
@@ -217,6 +252,66 @@ impl IdentityFiles {
             return Ok(None);
         }
         self.read_text("ca.key").map(Some)
+    }
+
+    /// Persists the roots this node trusts: `trust.json`, and `ca.crt` as the current root.
+    pub fn save_trust(&self, bundle: &TrustBundle) -> Result<(), IdentityError> {
+        let current = bundle
+            .roots_der()
+            .ok()
+            .and_then(|r| r.into_iter().next())
+            .ok_or_else(|| self.corrupt("trust.json", "a bundle without roots"))?;
+        let json = serde_json::to_vec_pretty(bundle).unwrap_or_default();
+        self.write("trust.json", &json, 0o644)?;
+        self.write(
+            "ca.crt",
+            pem::encode("CERTIFICATE", &current).as_bytes(),
+            0o644,
+        )
+    }
+
+    /// Starts a root rotation on the root holder: the current root and key move to
+    /// `ca.old.*`, the new ones become `ca.key` (0600) and `ca.crt`.
+    pub fn save_rotated_root(
+        &self,
+        old: (&NodeKey, &[u8]),
+        new: (&NodeKey, &[u8]),
+    ) -> Result<(), IdentityError> {
+        self.write(
+            "ca.old.crt",
+            pem::encode("CERTIFICATE", old.1).as_bytes(),
+            0o644,
+        )?;
+        self.write("ca.old.key", old.0.to_pem().as_bytes(), 0o600)?;
+        self.write("ca.key", new.0.to_pem().as_bytes(), 0o600)?;
+        self.write(
+            "ca.crt",
+            pem::encode("CERTIFICATE", new.1).as_bytes(),
+            0o644,
+        )
+    }
+
+    /// Ends a root rotation: the old root's key and certificate are deleted.
+    pub fn remove_old_root(&self) -> Result<(), IdentityError> {
+        self.remove(&["ca.old.key", "ca.old.crt"])
+    }
+
+    /// Deletes `names` in order (a missing file is fine).
+    fn remove(&self, names: &[&str]) -> Result<(), IdentityError> {
+        for name in names {
+            let p = self.path(name);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(IdentityError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes this node the root holder (a restored backup): writes `ca.key` (0600).
@@ -262,20 +357,7 @@ impl IdentityFiles {
 
     /// Stops being a replica: the key, then the intermediate, are removed.
     pub fn remove_replica(&self) -> Result<(), IdentityError> {
-        for name in ["replica.key", "replica.crt"] {
-            let p = self.path(name);
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(IdentityError::Io {
-                        path: p.display().to_string(),
-                        source,
-                    })
-                }
-            }
-        }
-        Ok(())
+        self.remove(&["replica.key", "replica.crt"])
     }
 
     /// Replaces the gossip keyring.

@@ -72,6 +72,15 @@ async fn handle(
             match inputs.authority.any_command(&signed, SystemTime::now()) {
                 Ok(v) => {
                     info!(via = %peer.id, operator = %v.operator.name, act = v.payload.act.label(), "operator act forwarded by a member");
+                    if v.payload.act == Act::RotateRoot {
+                        if !inputs.ca.get().is_some_and(|c| c.holds_root()) {
+                            return error(
+                                RefusalKind::Unavailable,
+                                format!("{} does not hold the root key", inputs.identity.info.name),
+                            );
+                        }
+                        return inputs.replicas.order(v, signed).await;
+                    }
                     if let Act::AddReplica { node } | Act::RemoveReplica { node } = &v.payload.act {
                         if *node != inputs.identity.info.name {
                             return error(

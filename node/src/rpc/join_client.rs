@@ -47,6 +47,8 @@ pub struct Joined {
     pub cert_der: Vec<u8>,
     /// The intermediates it chains through, DER.
     pub chain: Vec<Vec<u8>>,
+    /// The roots the cluster trusts, DER (the pinned, current one first).
+    pub roots: Vec<Vec<u8>>,
     /// Root DER.
     pub ca_der: Vec<u8>,
     /// Gossip keys.
@@ -149,8 +151,16 @@ fn finish(resp: JoinResponse, name: &NodeName, token: &JoinToken) -> Result<Join
         ));
     }
     let cert_der = unb64(&grant.cert, "cert").map_err(|e| bad(e.to_string()))?;
-    let trust =
-        TrustRoot::new(grant.cluster.clone(), ca_der.clone()).map_err(|e| bad(e.to_string()))?;
+    // During a root rotation the cluster trusts the old root too: the pinned root first.
+    let mut roots = vec![ca_der.clone()];
+    for r in grant.roots.iter().take(weft_gossip::trust::MAX_ROOTS) {
+        let r = unb64(r, "roots").map_err(|e| bad(e.to_string()))?;
+        if !roots.contains(&r) {
+            roots.push(r);
+        }
+    }
+    let trust = TrustRoot::with_roots(grant.cluster.clone(), roots.clone(), Vec::new())
+        .map_err(|e| bad(e.to_string()))?;
     let chain = grant
         .chain
         .iter()
@@ -168,6 +178,7 @@ fn finish(resp: JoinResponse, name: &NodeName, token: &JoinToken) -> Result<Join
         cert_der,
         chain,
         ca_der,
+        roots,
         keyring: grant.keyring,
         members: grant.members,
     })

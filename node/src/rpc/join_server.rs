@@ -172,7 +172,14 @@ pub async fn decide(inputs: &ServerInputs, req: JoinRequest, remote: SocketAddr)
             cluster: inputs.identity.info.cluster.clone(),
             cert: b64(&issued.der),
             chain: ca.chain().iter().map(|c| b64(c)).collect(),
-            ca: b64(inputs.identity.trust.ca_der()),
+            ca: b64(&inputs.identity.trust.ca_der()),
+            roots: inputs
+                .identity
+                .trust
+                .roots()
+                .iter()
+                .map(|r| b64(r))
+                .collect(),
             keyring: inputs.gossip.keyring().get(),
             members: member_addrs(inputs).await,
         })),

@@ -123,6 +123,9 @@ pub struct JoinGrant {
     pub chain: Vec<String>,
     /// The root certificate, base64url DER.
     pub ca: String,
+    /// Every root the cluster trusts (more than `ca` during a root rotation).
+    #[serde(default)]
+    pub roots: Vec<String>,
     /// Gossip keys.
     pub keyring: Keyring,
     /// Current members.

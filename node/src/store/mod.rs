@@ -462,6 +462,20 @@ impl Store {
         self.flush()
     }
 
+    /// The root rotation this root holder is running or ran last.
+    pub fn rotation<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        self.meta
+            .get("rotation")?
+            .map(|v| decode("rotation", &v))
+            .transpose()
+    }
+
+    /// Records the state of a root rotation (flushed: it must survive a crash).
+    pub fn set_rotation<T: Serialize>(&self, state: &T) -> Result<(), StoreError> {
+        self.meta.insert("rotation", encode(state))?;
+        self.flush()
+    }
+
     /// The CA node last seen.
     pub fn ca_peer(&self) -> Result<Option<Peer>, StoreError> {
         self.meta

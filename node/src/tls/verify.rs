@@ -61,7 +61,7 @@ fn general(msg: String) -> Error {
 /// (which every node sends last).
 pub fn presented_intermediates(trust: &TrustRoot, rest: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
     rest.iter()
-        .filter(|c| c.as_ref() != trust.ca_der())
+        .filter(|c| !trust.is_root(c.as_ref()))
         .map(|c| c.as_ref().to_vec())
         .collect()
 }

@@ -26,6 +26,7 @@ fn member(name: &str) -> MemberView {
         cert_expiry_unix: 0,
         cert_serial: "01".into(),
         cert_fingerprint: "ff".into(),
+        cert_root: "ee".into(),
         revoked: false,
         is_self: false,
     }
@@ -131,6 +132,10 @@ impl NodeApi for Fake {
     }
     async fn ca_status(&self) -> serde_json::Value {
         serde_json::json!({})
+    }
+    async fn ca_rotate(&self, caller: Caller) -> Result<serde_json::Value, ApiError> {
+        allowed(&caller)?;
+        Ok(serde_json::json!({}))
     }
     async fn ca_replica(
         &self,
