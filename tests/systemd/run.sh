@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Tests the weft agent under a real systemd: two Debian bookworm containers booted with
-# systemd-nspawn (systemd as PID 1), joined by a veth pair whose two ends live in network
-# namespaces created here (nothing is routed to the host's network).
+# Tests the weft agent under a real systemd: four Debian bookworm containers booted with
+# systemd-nspawn (systemd as PID 1), each with a veth into a bridge that lives in a network
+# namespace created here (nothing is routed to the host's network). Then a small fleet:
+# a CA replica is added, the bootstrap container is destroyed, the others keep serving
+# and renewing, and a fourth container joins with a token of the replica.
 #
 # Works on hosts whose PID 1 is not systemd (and on cgroup v1/hybrid hosts): nspawn runs
 # with --register=no --keep-unit inside a cgroup this script creates, and commands reach
@@ -39,7 +41,9 @@ STAMP_TEXT="weft-test bookworm minbase +$PACKAGES v1"
 
 ID="wt$$"                      # unique per run: netns, machine and cgroup names
 SUBNET=192.168.77              # only inside this script's own network namespaces
-declare -A IP=([1]=$SUBNET.1 [2]=$SUBNET.2)
+declare -A IP=([1]=$SUBNET.1 [2]=$SUBNET.2 [3]=$SUBNET.3 [4]=$SUBNET.4)
+NODES="1 2 3 4"
+SWITCH=""                      # the namespace holding the bridge
 NSPAWN_PID=() LEADER=() NETNS=()
 CGROUPS=()
 WORK=""
@@ -84,14 +88,14 @@ wait_for() {
 # ---------------------------------------------------------------------------- cleanup
 dump_diagnostics() {
   local n
-  for n in 1 2; do
+  for n in $NODES; do
     [ -n "${LEADER[$n]:-}" ] && [ -d "/proc/${LEADER[$n]}" ] || continue
     echo "----- container c$n: systemctl status weft"
     cx "$n" systemctl status --no-pager -l weft.service 2>&1 | tail -n 20
     echo "----- container c$n: journalctl (weft and systemd about weft), last 60 lines"
     cx "$n" journalctl -q --no-pager -u weft.service -n 60 2>&1
   done
-  for n in 1 2; do
+  for n in $NODES; do
     [ -f "$WORK/c$n.console" ] || continue
     echo "----- container c$n: console, last 15 lines"
     tail -n 15 "$WORK/c$n.console" | sed 's/\x1b\[[0-9;]*m//g'
@@ -128,13 +132,14 @@ cleanup() {
     log "WEFT_TEST_KEEP=1: leaving containers (nspawn pids ${NSPAWN_PID[*]:-}), netns ${NETNS[*]:-}, $WORK"
     exit 1
   fi
-  for n in 1 2; do stop_container "$n" & done
+  for n in $NODES; do stop_container "$n" & done
   wait
-  for n in 1 2; do
+  for n in $NODES; do
     [ -n "${NSPAWN_PID[$n]:-}" ] && kill -0 "${NSPAWN_PID[$n]}" 2>/dev/null && alive=1
   done
   for cg in "${CGROUPS[@]}"; do remove_cgroup "$cg"; done
-  for n in "${NETNS[@]}"; do ip netns del "$n" 2>/dev/null; done   # frees the veth pair
+  for n in "${NETNS[@]}"; do ip netns del "$n" 2>/dev/null; done   # frees the veths
+  [ -n "$SWITCH" ] && ip netns del "$SWITCH" 2>/dev/null
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
     # Nothing should be mounted there (nspawn mounts in its own namespace); be safe anyway.
     for m in $(awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/self/mounts | sort -r); do
@@ -146,7 +151,7 @@ cleanup() {
       rm -rf --one-file-system "$WORK"
     fi
   fi
-  for n in 1 2; do rm -rf "/run/systemd/nspawn/propagate/weft-$ID-c$n" 2>/dev/null; done
+  for n in $NODES; do rm -rf "/run/systemd/nspawn/propagate/weft-$ID-c$n" 2>/dev/null; done
   if ((rc == 0 && FAILURES == 0)); then
     log "ALL PASSED in $((SECONDS - START)) s"
     exit 0
@@ -199,7 +204,7 @@ else
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/weft-systemd.XXXXXX")
-for n in 1 2; do
+for n in $NODES; do
   cp -a "$ROOT_CACHE" "$WORK/c$n" || fatal "copy of the root for c$n"
   R=$WORK/c$n
   echo "c$n" >"$R/etc/hostname"
@@ -211,15 +216,22 @@ exec 9>&-
 pass "container roots prepared in $WORK (weft binary and unit installed)"
 
 # ---------------------------------------------------------------------------- 2. boot
-for n in 1 2; do NETNS[$n]="weft-$ID-$n"; ip netns add "${NETNS[$n]}" || fatal "ip netns add"; done
-# Both veth ends are created directly inside our namespaces: nothing touches the host's.
-ip -n "${NETNS[1]}" link add wv0 type veth peer name wv0 netns "${NETNS[2]}" || fatal "veth pair"
-for n in 1 2; do
+SWITCH="weft-$ID-sw"
+ip netns add "$SWITCH" || fatal "ip netns add (switch)"
+ip -n "$SWITCH" link add br0 type bridge || fatal "bridge"
+ip -n "$SWITCH" link set br0 up
+for n in $NODES; do
+  NETNS[$n]="weft-$ID-$n"
+  ip netns add "${NETNS[$n]}" || fatal "ip netns add"
+  # Both veth ends are created directly inside our namespaces: nothing touches the host's.
+  ip -n "$SWITCH" link add "p$n" type veth peer name wv0 netns "${NETNS[$n]}" || fatal "veth for c$n"
+  ip -n "$SWITCH" link set "p$n" master br0
+  ip -n "$SWITCH" link set "p$n" up
   ip -n "${NETNS[$n]}" link set lo up
   ip -n "${NETNS[$n]}" addr add "${IP[$n]}/24" dev wv0
   ip -n "${NETNS[$n]}" link set wv0 up
 done
-pass "network namespaces ${NETNS[*]} joined by a veth pair (${IP[1]} <-> ${IP[2]})"
+pass "network namespaces ${NETNS[*]} joined by a bridge (${IP[1]} .. ${IP[4]})"
 
 PID1=$(cat /proc/1/comm)
 start_container() {
@@ -266,9 +278,9 @@ booted() { # container N's systemd answers and finished booting
   case $state in running|degraded) return 0 ;; *) return 1 ;; esac
 }
 
-for n in 1 2; do start_container "$n"; done
-for n in 1 2; do
-  if ! wait_for 60 "container c$n booted systemd as PID 1 (systemd-nspawn -b)" booted "$n"; then
+for n in $NODES; do start_container "$n"; done
+for n in $NODES; do
+  if ! wait_for 90 "container c$n booted systemd as PID 1 (systemd-nspawn -b)" booted "$n"; then
     kill -0 "${NSPAWN_PID[$n]}" 2>/dev/null || log "systemd-nspawn for c$n exited"
     sed 's/\x1b\[[0-9;]*m//g' "$WORK/c$n.console" | tail -n 30
     exit 1
@@ -276,7 +288,7 @@ for n in 1 2; do
   state=$(cx "$n" systemctl is-system-running)
   [ "$state" = running ] || log "c$n is $state; failed units: $(cx "$n" systemctl --failed --plain --no-legend | awk '{print $1}' | xargs)"
 done
-for n in 1 2; do
+for n in $NODES; do
   check "c$n sees its veth address ${IP[$n]}" \
     bash -c "ip -n '${NETNS[$n]}' -br addr show wv0 | grep -q -F '${IP[$n]}/24'" || exit 1
 done
@@ -287,6 +299,7 @@ name = "c1"
 bind = "${IP[1]}"
 advertise = "${IP[1]}"
 bootstrap = true
+leaf_ttl = "30s"
 EOF
 cx 1 systemctl daemon-reload
 check "unit is Type=notify (systemctl show)" test "$(unit_prop 1 Type)" = notify
@@ -327,6 +340,7 @@ bind = "${IP[2]}"
 advertise = "${IP[2]}"
 join = ["${IP[1]}"]
 token = "$token"
+leaf_ttl = "30s"
 EOF
 cx 2 systemctl daemon-reload
 if cx 2 timeout 90 systemctl start weft.service; then
@@ -367,17 +381,78 @@ wait_for 30 "c1 lists c2 as alive after the restart" c2_alive_on_c1
 c1_alive_on_c2() { [ "$(status_of 2 c1)" = alive ]; }
 wait_for 30 "the restarted c2 lists c1 as alive" c1_alive_on_c2
 
-# ---------------------------------------------------------------------------- 7. stop
+# ---------------------------------------------------------------------------- 7. fleet
+# c3 joins; c2 becomes a CA replica; the bootstrap container c1 is destroyed for good; c2
+# and c3 keep serving and renewing; c4 joins through c3 with a token made on replica c2.
+join_container() { # join_container N SEED TOKEN
+  cat >"$WORK/c$1/etc/weft/weft.toml" <<EOF
+name = "c$1"
+bind = "${IP[$1]}"
+advertise = "${IP[$1]}"
+join = ["$2"]
+token = "$3"
+leaf_ttl = "30s"
+EOF
+  cx "$1" systemctl daemon-reload
+  cx "$1" timeout 90 systemctl start weft.service
+}
+token=$(cx 1 weft token create --ttl 10m 2>"$WORK/token.err" | tail -n 1)
+[ -n "$token" ] || { cat "$WORK/token.err"; fatal "c1: weft token create for c3"; }
+if join_container 3 "${IP[1]}" "$token"; then pass "c3: joined with a token"; else fatal "c3: systemctl start weft"; fi
+if cx 1 weft ca add-replica c2 >"$WORK/replica.out" 2>&1; then
+  pass "c1: weft ca add-replica c2 ($(cat "$WORK/replica.out"))"
+else
+  cat "$WORK/replica.out"; fatal "c1: weft ca add-replica c2"
+fi
+c2_replica_on() { members "$1" | jq -e '.[] | select(.name == "c2" and .ca == true and .status == "alive")' >/dev/null; }
+wait_for 30 "c3 sees c2 as a CA replica (its intermediate chains to the root)" c2_replica_on 3 || exit 1
+# The operator keeps a copy of the admin credential off c1.
+cred=$(cx 1 cat /var/lib/weft/admin-credential)
+[ -n "$cred" ] || fatal "c1: admin credential"
+# Destroyed, not shut down: the container's PID 1 and nspawn are killed (no leave).
+kill -KILL "${LEADER[1]}" "${NSPAWN_PID[1]}" 2>/dev/null
+for _ in $(seq 1 40); do kill -0 "${NSPAWN_PID[1]}" 2>/dev/null || break; sleep 0.25; done
+rm -rf "$WORK/c1/var/lib/weft"
+check "c1: container killed and its /var/lib/weft deleted" \
+  bash -c "! kill -0 ${NSPAWN_PID[1]} 2>/dev/null && [ ! -e '$WORK/c1/var/lib/weft' ]"
+c1_failed_on() { [ "$(status_of "$1" c1)" = failed ]; }
+wait_for 30 "c2 lists c1 as failed" c1_failed_on 2
+wait_for 30 "c3 lists c1 as failed" c1_failed_on 3
+renewed_before=$(count_log 3 "certificate renewed")
+c3_renewed() { (($(count_log 3 "certificate renewed") > renewed_before)); }
+wait_for 45 "c3 renews its 30 s certificate through replica c2 with c1 gone" c3_renewed
+for n in 2 3; do
+  check "c$n: weft still active/running" \
+    test "$(unit_prop "$n" ActiveState)/$(unit_prop "$n" SubState)" = active/running
+done
+token=$(cx 2 env "WEFT_TOKEN=$cred" weft token create --ttl 10m 2>"$WORK/token.err" | tail -n 1)
+[ -n "$token" ] || { cat "$WORK/token.err"; fatal "c2 (replica): weft token create"; }
+case $token in
+  *.c2) pass "c2: a token made on replica c2 names it" ;;
+  *) fail "c2: token $token does not name c2" ;;
+esac
+if join_container 4 "${IP[3]}" "$token"; then
+  pass "c4: joined through c3 (forwarded to replica c2)"
+else
+  fatal "c4: systemctl start weft"
+fi
+three_alive() {
+  members "$1" | jq -e '[.[] | select(.status == "alive") | .name] | contains(["c2", "c3", "c4"])' >/dev/null
+}
+wait_for 30 "c2 lists c2, c3 and c4 as alive" three_alive 2
+wait_for 30 "c4 lists c2, c3 and c4 as alive" three_alive 4
+
+# ---------------------------------------------------------------------------- 8. stop
 if cx 2 timeout 60 systemctl stop weft.service; then pass "c2: systemctl stop weft"; else fail "c2: systemctl stop weft"; fi
 check "c2: unit inactive, Result=success, exit status 0 (no restart)" \
   test "$(unit_prop 2 ActiveState)/$(unit_prop 2 Result)/$(unit_prop 2 ExecMainStatus)" = inactive/success/0
-c2_left_on_c1() { [ "$(status_of 1 c2)" = left ]; }
-wait_for 30 "c1 lists c2 as left" c2_left_on_c1
+c2_left_on_c3() { [ "$(status_of 3 c2)" = left ]; }
+wait_for 30 "c3 lists c2 as left" c2_left_on_c3
 check "c2: journal shows 'agent stopped after leaving the cluster'" \
   test "$(count_log 2 "agent stopped after leaving the cluster")" -ge 1
 
-# ---------------------------------------------------------------------------- 8. journal
-for n in 1 2; do
+# ---------------------------------------------------------------------------- 9. journal
+for n in 2 3; do
   lines=$(cx "$n" journalctl -q _SYSTEMD_UNIT=weft.service SYSLOG_IDENTIFIER=weft -o cat --no-pager | wc -l)
   check "c$n: journalctl -u weft holds the agent's own log lines ($lines lines)" test "$lines" -gt 3
 done

@@ -65,7 +65,29 @@ fn member_rows(members: &[MemberView]) -> String {
 
 const MEMBER_HEAD: &str = "<table><thead><tr><th>name</th><th>address</th><th>status</th><th>zone</th><th>version</th><th>CA</th><th>cert expiry (unix)</th></tr></thead><tbody>";
 
-/// The overview: this node, cluster health, certificate, warnings, members.
+/// The CA replicas: name, state, root holder, intermediate expiry.
+fn replica_list(members: &[MemberView]) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .filter(|m| m.ca)
+        .map(|m| {
+            format!(
+                "<span class=\"{}\">{}</span>{} (intermediate until unix {})",
+                escape(&m.status),
+                escape(&m.name),
+                if m.root_holder { ", root holder" } else { "" },
+                m.intermediate_expiry_unix
+            )
+        })
+        .collect();
+    if list.is_empty() {
+        "<span class=\"failed\">none known</span>".into()
+    } else {
+        list.join(" · ")
+    }
+}
+
+/// The overview: this node, cluster health, certificate, warnings, CA replicas, members.
 pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
     let count = |s: &str| members.iter().filter(|m| m.status == s).count();
     let warnings: String = status
@@ -82,6 +104,7 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
 <p>cluster <b>{cluster}</b> · agent {version} · {ready}{ca}</p>
 <p>members: <span class="alive">{alive} alive</span> · <span class="failed">{failed} failed</span> · <span class="left">{left} left</span></p>
 <p>node certificate expires in {remaining}s (unix {expiry}) · cluster CA expires at unix {ca_expiry}</p>
+<p>CA replicas: {replicas}</p>
 <p class="muted">gossip {gossip} · QUIC {quic} · {dropped} gossip datagrams dropped</p>
 {warnings}
 <h2>Members</h2>
@@ -90,11 +113,8 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
         name = escape(&status.name),
         cluster = escape(&status.cluster),
         version = escape(&status.version),
-        ca = if status.ca {
-            " · holds the cluster CA"
-        } else {
-            ""
-        },
+        ca = if status.ca { " · CA replica" } else { "" },
+        replicas = replica_list(members),
         alive = count("alive"),
         failed = count("failed"),
         left = count("left"),

@@ -40,6 +40,12 @@ pub struct MemberView {
     /// SHA-256 (hex) of the root its certificate chains to.
     #[serde(default)]
     pub cert_root: String,
+    /// Whether it proved it holds the root key.
+    #[serde(default)]
+    pub root_holder: bool,
+    /// Expiry of its CA replica intermediate (Unix seconds; 0: not a replica).
+    #[serde(default)]
+    pub intermediate_expiry_unix: u64,
     /// Certificate revoked.
     pub revoked: bool,
     /// The node serving this API.

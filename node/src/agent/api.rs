@@ -71,6 +71,8 @@ impl NodeApi for Agent {
                 cert_serial: m.cert_serial,
                 cert_fingerprint: m.cert_fingerprint,
                 cert_root: m.cert_root,
+                root_holder: m.root,
+                intermediate_expiry_unix: m.ca_expiry_unix,
                 revoked: m.revoked,
                 is_self: m.is_self,
             })
@@ -835,6 +837,22 @@ impl Agent {
             .count();
         m.ca_holders_alive
             .set(i64::try_from(holders).unwrap_or(i64::MAX));
+        m.ca_replicas_alive
+            .set(i64::try_from(holders).unwrap_or(i64::MAX));
+        if let Some(soonest) = members
+            .iter()
+            .filter(|x| {
+                x.ca && x.status == weft_gossip::MemberStatus::Alive && x.ca_expiry_unix > 0
+            })
+            .map(|x| x.ca_expiry_unix)
+            .min()
+        {
+            m.ca_intermediate_expiry_seconds.set(
+                i64::try_from(soonest).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX),
+            );
+        }
+        m.ca_trusted_roots
+            .set(i64::try_from(self.identity.trust.roots().len()).unwrap_or(i64::MAX));
         m.revocation_list_entries
             .set(i64::try_from(self.gossip.revocations().revoked.len()).unwrap_or(i64::MAX));
     }

@@ -176,6 +176,13 @@ pub struct Metrics {
     pub ca_holders_alive: Gauge,
     /// `weft_revocation_list_entries`, set when scraped.
     pub revocation_list_entries: Gauge,
+    /// `weft_ca_replicas_alive`: alive CA replicas (proven), set when scraped.
+    pub ca_replicas_alive: Gauge,
+    /// `weft_ca_intermediate_expiry_seconds`: the soonest expiry of an alive replica's
+    /// intermediate, from now; set when scraped (absent while no replica is known).
+    pub ca_intermediate_expiry_seconds: Gauge,
+    /// `weft_ca_trusted_roots`: roots this node trusts (2 during a rotation).
+    pub ca_trusted_roots: Gauge,
     /// `weft_config_digest_age_seconds`, set when scraped.
     pub config_digest_age_seconds: Gauge<f64, AtomicU64>,
     /// Per-edge ring buffers for the dashboard.
@@ -207,9 +214,27 @@ impl Metrics {
         let config_entries = Gauge::default();
         let ca_holders_alive = Gauge::default();
         let revocation_list_entries = Gauge::default();
+        let ca_replicas_alive = Gauge::default();
+        let ca_intermediate_expiry_seconds = Gauge::default();
+        let ca_trusted_roots = Gauge::default();
+        registry.register(
+            "ca_replicas_alive",
+            "Alive CA replicas (fewer than 2: losing one stops renewals and joins)",
+            ca_replicas_alive.clone(),
+        );
+        registry.register(
+            "ca_intermediate_expiry_seconds",
+            "Seconds until the soonest-expiring intermediate of an alive CA replica expires",
+            ca_intermediate_expiry_seconds.clone(),
+        );
+        registry.register(
+            "ca_trusted_roots",
+            "Root certificates this node trusts (2 while a root rotation runs)",
+            ca_trusted_roots.clone(),
+        );
         registry.register(
             "ca_holders_alive",
-            "Alive nodes that hold the cluster CA (0: renewals and joins fail)",
+            "Alive CA replicas (0: renewals and joins fail; the same as weft_ca_replicas_alive, kept for dashboards built on it)",
             ca_holders_alive.clone(),
         );
         registry.register(
@@ -321,6 +346,9 @@ impl Metrics {
             config_entries,
             ca_holders_alive,
             revocation_list_entries,
+            ca_replicas_alive,
+            ca_intermediate_expiry_seconds,
+            ca_trusted_roots,
             authority_refused,
             config_digest_age_seconds,
             edges: std::sync::Mutex::default(),

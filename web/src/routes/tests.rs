@@ -27,6 +27,8 @@ fn member(name: &str) -> MemberView {
         cert_serial: "01".into(),
         cert_fingerprint: "ff".into(),
         cert_root: "ee".into(),
+        root_holder: false,
+        intermediate_expiry_unix: 0,
         revoked: false,
         is_self: false,
     }
