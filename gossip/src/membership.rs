@@ -137,8 +137,9 @@ struct Cache {
     rejected: HashMap<ChitchatId, String>,
     /// The union of every replica's verified list (grow-only until expiry).
     crl: RevocationList,
-    /// Each publisher's last list value seen, verified or not (not looked at again).
-    crl_raw: HashMap<ChitchatId, String>,
+    /// Each publisher's last value seen per shard key, verified or not (not looked at
+    /// again).
+    crl_raw: HashMap<(ChitchatId, String), String>,
     /// The newest trust bundle verified, and the raw values already looked at.
     bundle: Option<crate::trust::TrustBundle>,
     bundle_raw: std::collections::HashSet<String>,
@@ -285,9 +286,30 @@ impl Gossip {
             .clone()
     }
 
-    /// Publishes a CA-signed revocation list (CA node only).
+    /// Publishes a CA-signed revocation list in one value (replicas and tests).
     pub async fn publish_crl(&self, signed_crl: String) {
         self.set(CRL_KEY, signed_crl).await;
+    }
+
+    /// Publishes a replica's revocation list split into signed shards
+    /// (`record::shard_signed`); shard keys beyond them are emptied.
+    pub async fn publish_crl_shards(&self, shards: Vec<String>) {
+        let n = shards.len();
+        for (i, shard) in shards.into_iter().enumerate() {
+            self.set(&crate::record::crl_key(i), shard).await;
+        }
+        if let Some(h) = self.handle.lock().await.as_ref() {
+            h.with_chitchat(|c| {
+                let state = c.self_node_state();
+                for i in n..crate::record::MAX_CRL_SHARDS {
+                    let key = crate::record::crl_key(i);
+                    if state.get(&key).is_some_and(|v| !v.is_empty()) {
+                        state.set(&key, String::new());
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// Verifies what changed since the last call and returns the members, sorted by name.
@@ -402,11 +424,15 @@ impl Gossip {
         // key (the root's on a root holder without one); the union of those that verify is
         // in force. A list from a member that is not a proven replica is ignored.
         let now_unix = weft_ca::unix(now);
-        for (id, values) in states.iter() {
-            let Some(raw) = values.get(CRL_KEY) else {
-                continue;
-            };
-            if cache.crl_raw.get(id) == Some(raw) {
+        let shards = states.iter().flat_map(|(id, values)| {
+            values
+                .iter()
+                .filter(|(k, v)| crate::record::is_crl_key(k) && !v.is_empty())
+                .map(move |(k, v)| (id, k, v))
+        });
+        for (id, key, raw) in shards {
+            let slot = (id.clone(), key.clone());
+            if cache.crl_raw.get(&slot) == Some(raw) {
                 continue;
             }
             let signer = cache.records.get(id).and_then(|v| {
@@ -432,7 +458,7 @@ impl Gossip {
                     {
                         cache.crl.version += 1;
                     }
-                    cache.crl_raw.insert(id.clone(), raw.clone());
+                    cache.crl_raw.insert(slot, raw.clone());
                 }
                 Err(e) if signer.is_none() && !cache.records.contains_key(id) => {
                     // Its record is not verified yet: look again next round.
@@ -443,11 +469,11 @@ impl Gossip {
                         .rejected_records
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     warn!(node = %id.node_id, error = %e, "ignoring revocation list that does not verify");
-                    cache.crl_raw.insert(id.clone(), raw.clone());
+                    cache.crl_raw.insert(slot, raw.clone());
                 }
             }
         }
-        cache.crl_raw.retain(|id, _| states.contains_key(id));
+        cache.crl_raw.retain(|(id, _), _| states.contains_key(id));
 
         // The trust bundle: the highest version signed by a root this node trusts.
         for values in states.values() {
@@ -556,7 +582,7 @@ impl Gossip {
                                 .key_values()
                                 .filter(|(k, _)| {
                                     *k == NODE_KEY
-                                        || *k == CRL_KEY
+                                        || crate::record::is_crl_key(k)
                                         || *k == crate::trust::ROOTS_KEY
                                         || *k == SERVICES_KEY
                                         || *k == CONFIG_DIGEST_KEY

@@ -20,6 +20,28 @@ pub const MAX_SERVICES_PER_NODE: usize = 64;
 pub const CRL_KEY: &str = "weft.crl";
 /// Largest signed value accepted from gossip.
 pub const MAX_SIGNED_VALUE: usize = 16 * 1024;
+/// Most gossip values one replica's revocation list is split into (each signed on its
+/// own): about 700 entries in all.
+pub const MAX_CRL_SHARDS: usize = 8;
+
+/// The chitchat key of revocation shard `i` (shard 0 is `CRL_KEY` itself).
+pub fn crl_key(i: usize) -> String {
+    if i == 0 {
+        CRL_KEY.to_owned()
+    } else {
+        format!("{CRL_KEY}.{i}")
+    }
+}
+
+/// Whether `key` is one of the revocation shard keys.
+pub fn is_crl_key(key: &str) -> bool {
+    key == CRL_KEY
+        || key
+            .strip_prefix(CRL_KEY)
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| (1..MAX_CRL_SHARDS).contains(&n))
+}
 
 /// A node's self-description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +274,43 @@ impl RevocationList {
     }
 }
 
+/// Splits `list` into signed values of at most `MAX_SIGNED_VALUE` bytes, each a list of
+/// the same version holding some of the entries; None when more than `MAX_CRL_SHARDS`
+/// would be needed. An empty list is one empty shard.
+pub fn shard_signed(list: &RevocationList, sign: impl Fn(&[u8]) -> Vec<u8>) -> Option<Vec<String>> {
+    // Base64 grows the JSON by 4/3; the signature and the wrapper take the rest.
+    const BUDGET: usize = MAX_SIGNED_VALUE * 3 / 4 - 512;
+    let mut shards: Vec<Vec<Revoked>> = vec![Vec::new()];
+    let mut size = 0;
+    for r in &list.revoked {
+        let len = serde_json::to_vec(r).map(|v| v.len() + 1).unwrap_or(BUDGET);
+        if size + len > BUDGET && shards.last().is_some_and(|s| !s.is_empty()) {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        shards.last_mut()?.push(r.clone());
+    }
+    if shards.len() > MAX_CRL_SHARDS {
+        return None;
+    }
+    let out: Vec<String> = shards
+        .into_iter()
+        .map(|revoked| {
+            encode_signed(
+                &RevocationList {
+                    version: list.version,
+                    revoked,
+                },
+                &sign,
+            )
+        })
+        .collect();
+    out.iter()
+        .all(|v| v.len() <= MAX_SIGNED_VALUE)
+        .then_some(out)
+}
+
 /// Why a gossiped value was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -372,6 +431,46 @@ mod tests {
             not_after_unix,
             operator: false,
         }
+    }
+
+    #[test]
+    fn a_long_list_is_split_into_shards_that_each_fit_and_verify() {
+        let key = weft_ca::NodeKey::generate().expect("key");
+        let list = RevocationList {
+            version: 7,
+            revoked: (0..500)
+                .map(|i| Revoked {
+                    node: NodeName::new(format!("node-{i:03}")).expect("valid"),
+                    serial: format!("{i:032x}"),
+                    revoked_at_unix: 1_700_000_000,
+                    not_after_unix: 1_700_086_400,
+                    operator: false,
+                })
+                .collect(),
+        };
+        let shards = shard_signed(&list, |m| key.sign(m).expect("sign")).expect("fits");
+        assert!(
+            shards.len() > 1 && shards.len() <= MAX_CRL_SHARDS,
+            "{}",
+            shards.len()
+        );
+        let mut back = RevocationList::default();
+        for s in &shards {
+            assert!(s.len() <= MAX_SIGNED_VALUE);
+            let (body, sig) = split_signed(s).expect("splits");
+            let part: RevocationList = serde_json::from_slice(&body).expect("json");
+            assert_eq!(part.version, 7);
+            assert!(!sig.is_empty());
+            back.union_from(&part, 0, 0);
+        }
+        assert_eq!(back.revoked.len(), 500);
+        let too_many = RevocationList {
+            version: 8,
+            revoked: (0..5000).map(|i| entry(&format!("{i:032x}"), 0)).collect(),
+        };
+        assert!(shard_signed(&too_many, |m| key.sign(m).expect("sign")).is_none());
+        assert!(is_crl_key("weft.crl") && is_crl_key("weft.crl.7"));
+        assert!(!is_crl_key("weft.crl.8") && !is_crl_key("weft.crl.x") && !is_crl_key("weft.crlx"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use weft_ca::{
     unix, CertificateAuthority, IssuedCert, IssuerInfo, JoinToken, LeafInfo, NodeKey, NodeName,
     OperatorName, Role, TokenRecord, TokenRefusal, TrustRoot,
 };
-use weft_gossip::{encode_signed, Gossip, RevocationList, Revoked};
+use weft_gossip::{Gossip, RevocationList, Revoked};
 
 use serde::{Deserialize, Serialize};
 
@@ -143,7 +143,7 @@ pub struct CaRole {
     last_issue_unix: std::sync::atomic::AtomicU64,
     /// The signed form of the current list, made once per version (ECDSA signatures
     /// differ every time, and a changing value would be re-gossiped every round).
-    signed: Mutex<Option<(u64, String)>>,
+    signed: Mutex<Option<(u64, Vec<String>)>>,
 }
 
 impl std::fmt::Debug for CaRole {
@@ -595,14 +595,16 @@ impl CaRole {
             }
         }
         let issuer = self.issuer();
-        let size = encode_signed(&next, |m| issuer.sign(m).unwrap_or_default()).len();
-        if size > weft_gossip::record::MAX_SIGNED_VALUE {
-            warn!(name = %label, entries = next.revoked.len(), size, "revocation refused: the list would not fit in gossip");
+        if weft_gossip::record::shard_signed(&next, |m| issuer.sign(m).unwrap_or_default())
+            .is_none()
+        {
+            warn!(name = %label, entries = next.revoked.len(), "revocation refused: the list would not fit in gossip");
             return Err(Refusal::new(
                 RefusalKind::Unavailable,
                 format!(
-                    "the revocation list would be {size} bytes with {} entries, over gossip's {} byte limit; nothing was revoked. Entries leave the list when their certificates expire (leaf_ttl); retry then",
+                    "the revocation list would hold {} entries, more than gossip carries ({} values of {} bytes); nothing was revoked. Entries leave the list when their certificates expire (leaf_ttl); retry then",
                     next.revoked.len(),
+                    weft_gossip::record::MAX_CRL_SHARDS,
                     weft_gossip::record::MAX_SIGNED_VALUE
                 ),
             ));
@@ -736,9 +738,9 @@ impl CaRole {
             .map(|sig| crate::rpc::messages::b64(&sig))
     }
 
-    /// The revocation list, signed with this replica's intermediate, for gossip (None
-    /// while empty).
-    pub fn signed_crl(&self) -> Option<String> {
+    /// The revocation list, signed with this replica's intermediate and split into gossip
+    /// values (None while empty, or if it would not fit).
+    pub fn signed_crl(&self) -> Option<Vec<String>> {
         let crl = self.crl.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if crl.version == 0 {
             return None;
@@ -748,9 +750,11 @@ impl CaRole {
             Some((v, s)) if *v == crl.version => Some(s.clone()),
             _ => {
                 let issuer = self.issuer();
-                let s = encode_signed(&crl, |m| issuer.sign(m).unwrap_or_default());
-                *signed = Some((crl.version, s.clone()));
-                Some(s)
+                let shards = weft_gossip::record::shard_signed(&crl, |m| {
+                    issuer.sign(m).unwrap_or_default()
+                })?;
+                *signed = Some((crl.version, shards.clone()));
+                Some(shards)
             }
         }
     }
@@ -812,11 +816,12 @@ impl CaRole {
             }
             crl.clone()
         };
-        if let Some(signed) = self.signed_crl() {
-            if signed.len() > weft_gossip::record::MAX_SIGNED_VALUE {
-                warn!(size = signed.len(), entries = own.revoked.len(), "the merged revocation list is over gossip's limit; peers keep the lists they have");
+        match self.signed_crl() {
+            Some(shards) => gossip.publish_crl_shards(shards).await,
+            None if own.version > 0 => {
+                warn!(entries = own.revoked.len(), "the merged revocation list is over what gossip carries; peers keep the lists they have");
             }
-            gossip.publish_crl(signed).await;
+            None => {}
         }
         identity.adopt_revocations(own);
     }
