@@ -190,24 +190,52 @@ pub struct ServiceSet {
 /// between the CA and the nodes).
 pub const REVOCATION_GRACE_SECS: u64 = 3600;
 
-/// One revoked certificate.
+/// One revoked certificate. Short field names on the wire (a replica's list carries
+/// hundreds of these in 16 KiB gossip values); the long names are still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Revoked {
     /// Node the certificate was issued to.
+    #[serde(rename = "n", alias = "node")]
     pub node: NodeName,
     /// Hex serial.
+    #[serde(rename = "s", alias = "serial")]
     pub serial: String,
     /// When it was revoked, Unix seconds.
+    #[serde(rename = "r", alias = "revoked_at_unix")]
     pub revoked_at_unix: u64,
     /// When the certificate expires, Unix seconds: the entry is pruned after that (0 in
     /// entries made before expiry was recorded: kept).
-    #[serde(default)]
+    #[serde(default, rename = "x", alias = "not_after_unix")]
     pub not_after_unix: u64,
     /// An operator's credential (then `node` is the operator's name), not a node's.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        rename = "o",
+        alias = "operator",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub operator: bool,
+    /// The CA replica that listed it.
+    #[serde(
+        default,
+        rename = "g",
+        alias = "signer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub signer: Option<NodeName>,
+    /// Why (e.g. "node revoked by operator alice"), at most `MAX_REASON` characters.
+    #[serde(
+        default,
+        rename = "w",
+        alias = "reason",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub reason: String,
 }
+
+/// Longest revocation reason kept.
+pub const MAX_REASON: usize = 80;
 
 /// The cluster's revocation list, signed by the CA.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,6 +458,8 @@ mod tests {
             revoked_at_unix: 1,
             not_after_unix,
             operator: false,
+            signer: None,
+            reason: String::new(),
         }
     }
 
@@ -445,6 +475,8 @@ mod tests {
                     revoked_at_unix: 1_700_000_000,
                     not_after_unix: 1_700_086_400,
                     operator: false,
+                    signer: Some(NodeName::new("ca-1").expect("valid")),
+                    reason: "node revoked by operator admin".into(),
                 })
                 .collect(),
         };
@@ -471,6 +503,19 @@ mod tests {
         assert!(shard_signed(&too_many, |m| key.sign(m).expect("sign")).is_none());
         assert!(is_crl_key("weft.crl") && is_crl_key("weft.crl.7"));
         assert!(!is_crl_key("weft.crl.8") && !is_crl_key("weft.crl.x") && !is_crl_key("weft.crlx"));
+    }
+
+    #[test]
+    fn entries_written_before_the_short_names_still_read() {
+        let old = r#"{"node":"vm-2","serial":"ab","revoked_at_unix":5,"not_after_unix":9}"#;
+        let e: Revoked = serde_json::from_str(old).expect("reads");
+        assert_eq!(
+            (e.node.as_str(), e.serial.as_str(), e.not_after_unix),
+            ("vm-2", "ab", 9)
+        );
+        let back: Revoked =
+            serde_json::from_slice(&serde_json::to_vec(&e).expect("json")).expect("round trip");
+        assert_eq!(back, e);
     }
 
     #[test]

@@ -489,6 +489,8 @@ async fn revocations_spread_and_forged_values_are_ignored() {
             revoked_at_unix: 1,
             not_after_unix: 0,
             operator: false,
+            signer: None,
+            reason: String::new(),
         }],
     };
     let signed_crl = encode_signed(&crl, |m| c.ca.sign(m).expect("CA signs"));

@@ -120,7 +120,12 @@ async fn execute_inner(
                 Err(r) => error(r.kind, r.message),
             }
         }
-        Act::Revoke { node } => match ca.revoke(node, live_certificate(gossip, node).await, now) {
+        Act::Revoke { node } => match ca.revoke(
+            node,
+            live_certificate(gossip, node).await,
+            &format!("node revoked by operator {}", v.operator.name),
+            now,
+        ) {
             Ok(serials) => {
                 ca.publish_revocations(identity, gossip).await;
                 CtlResponse::Revoked { serials }
@@ -150,7 +155,11 @@ async fn execute_inner(
                 Err(r) => error(r.kind, r.message),
             }
         }
-        Act::OperatorRevoke { name } => match ca.revoke_operator(name, now) {
+        Act::OperatorRevoke { name } => match ca.revoke_operator(
+            name,
+            &format!("credential revoked by operator {}", v.operator.name),
+            now,
+        ) {
             Ok(serials) => {
                 ca.publish_revocations(identity, gossip).await;
                 CtlResponse::Answer {

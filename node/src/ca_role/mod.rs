@@ -527,6 +527,7 @@ impl CaRole {
         &self,
         node: &NodeName,
         live: Vec<(String, u64)>,
+        reason: &str,
         now: SystemTime,
     ) -> Result<Vec<String>, Refusal> {
         if self.store.serials_of(node.as_str())?.is_empty() && live.is_empty() {
@@ -544,7 +545,7 @@ impl CaRole {
                 serials.push((serial, not_after));
             }
         }
-        self.revoke_serials(node, false, serials, now)
+        self.revoke_serials(node, false, reason, serials, now)
     }
 
     /// Drops entries whose certificate expired more than `PRUNE_GRACE` ago; returns how
@@ -576,6 +577,7 @@ impl CaRole {
         &self,
         label: &NodeName,
         operator: bool,
+        reason: &str,
         serials: Vec<(String, u64)>,
         now: SystemTime,
     ) -> Result<Vec<String>, Refusal> {
@@ -590,6 +592,11 @@ impl CaRole {
                     revoked_at_unix: unix(now),
                     not_after_unix,
                     operator,
+                    signer: Some(self.name.clone()),
+                    reason: reason
+                        .chars()
+                        .take(weft_gossip::record::MAX_REASON)
+                        .collect(),
                 });
                 added.push(serial);
             }
@@ -704,6 +711,7 @@ impl CaRole {
     pub fn revoke_operator(
         &self,
         name: &OperatorName,
+        reason: &str,
         now: SystemTime,
     ) -> Result<Vec<String>, Refusal> {
         let Some(mut record) = self.store.operator::<OperatorRecord>(name.as_str())? else {
@@ -717,7 +725,7 @@ impl CaRole {
             .unexpired_serials_of(&operator_key(name), unix(now))?;
         let label = NodeName::new(name.as_str())
             .map_err(|e| Refusal::new(RefusalKind::BadRequest, e.to_string()))?;
-        let added = self.revoke_serials(&label, true, serials, now)?;
+        let added = self.revoke_serials(&label, true, reason, serials, now)?;
         record.revoked = true;
         self.store.put_operator(name.as_str(), &record)?;
         Ok(added)
@@ -792,6 +800,8 @@ impl CaRole {
                                     revoked_at_unix: issued_before,
                                     not_after_unix: not_after,
                                     operator: false,
+                                    signer: Some(self.name.clone()),
+                                    reason: r.reason.clone(),
                                 });
                             }
                         }

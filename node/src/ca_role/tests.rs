@@ -73,7 +73,12 @@ fn a_node_with_many_past_certificates_is_revoked_by_its_live_one() {
     }
     let now = t0 + Duration::from_secs(149 * 40 + 1);
     let revoked = ca
-        .revoke(&NodeName::new("busy").expect("valid"), Vec::new(), now)
+        .revoke(
+            &NodeName::new("busy").expect("valid"),
+            Vec::new(),
+            "test",
+            now,
+        )
         .expect("revoked");
     assert_eq!(
         revoked.len(),
@@ -98,6 +103,7 @@ fn expired_entries_are_pruned_and_an_overfull_list_is_refused() {
         match ca.revoke(
             &NodeName::new(name).expect("valid"),
             Vec::new(),
+            "test",
             t0 + Duration::from_secs(1),
         ) {
             Ok(s) => revoked += s.len(),
