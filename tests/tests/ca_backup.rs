@@ -1,7 +1,7 @@
 //! Losing the CA node's disk loses nothing: a backup made through the agent (age,
 //! passphrase), the CA node killed and its data dir deleted, the backup restored on
 //! another member (a wrong passphrase refused first); that member takes the CA role:
-//! renewals go on, its tokens admit new nodes, revocations work.
+//! renewals go on, its tokens admit new nodes, revocations work, and it adds a replica.
 
 use std::process::Output;
 use std::time::Duration;
@@ -113,5 +113,17 @@ fn a_restored_backup_makes_another_member_the_ca() -> anyhow::Result<()> {
         &env(&vm3_env),
     ))?;
     c.wait_revoked("vm-3", "vm-4", CONVERGE)?;
+
+    // The restored root holder adds a replica; vm-3 then sees two.
+    ok(&weft(&["ca", "add-replica", "vm-3"], &env(&vm3_env)))?;
+    let vm3 = c.agent("vm-3");
+    eventually("vm-2 and vm-3 both CA replicas", CONVERGE, || {
+        let replicas = vm3
+            .members()?
+            .iter()
+            .filter(|m| m["ca"] == true && m["status"] == "alive")
+            .count();
+        Ok((replicas == 2).then_some(()))
+    })?;
     Ok(())
 }
