@@ -127,7 +127,18 @@ impl TrustRoot {
         der: &[u8],
         now: SystemTime,
     ) -> Result<OperatorInfo, VerifyError> {
-        self.verify_client_chain(der, &[], now)?;
+        self.verify_operator_chain(der, &[], now)
+    }
+
+    /// Like `verify_operator`, for a certificate a CA replica issued through
+    /// `intermediates` (at most one).
+    pub fn verify_operator_chain(
+        &self,
+        der: &[u8],
+        intermediates: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<OperatorInfo, VerifyError> {
+        self.verify_client_chain(der, intermediates, now)?;
         let (cert, uri) = crate::leaf::parse_with_one_uri(der)?;
         let prefix = format!("spiffe://{}/operator/", self.cluster());
         let name = uri

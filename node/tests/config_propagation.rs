@@ -65,7 +65,7 @@ fn credential(ca: &CertificateAuthority, who: &str, role: Role) -> Credential {
             SystemTime::now(),
         )
         .expect("operator certificate");
-    Credential::new(key, cert.der)
+    Credential::new(key, cert.der, Vec::new())
 }
 
 /// No certificate is revoked in these scenarios.

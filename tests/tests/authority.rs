@@ -77,7 +77,7 @@ fn a_member_without_a_credential_changes_nothing_and_operators_act_within_their_
     let ca_addr: std::net::SocketAddr = format!("{}:7443", c.agent("vm-1").ip).parse()?;
     let cluster = weft_ca::ClusterName::new("weft")?;
     let (_, vm2_id) = trust_of(&vm2.data_dir)?;
-    let as_node = Credential::new(vm2_id.key, vm2_id.cert_der);
+    let as_node = Credential::new(vm2_id.key, vm2_id.cert_der, vm2_id.chain);
     let forged = as_node.sign(
         cluster.clone(),
         "vm-2",

@@ -250,6 +250,18 @@ impl NodeApi for Agent {
             ));
         }
         let revoking = matches!(act, Act::OperatorRevoke { .. });
+        let root_alive = Agent::members(self)
+            .await
+            .iter()
+            .any(|m| m.root && m.status == weft_gossip::MemberStatus::Alive);
+        if !root_alive && !matches!(act, Act::OperatorCreate { .. }) {
+            // The root kept offline: each replica knows the operators it issued.
+            let value = self.on_every_replica(&caller, act).await?;
+            if revoking {
+                self.sync_revocations().await;
+            }
+            return Ok(value);
+        }
         match self.run_on_ca(&caller, act).await? {
             CtlResponse::Answer { value } => {
                 if revoking {
@@ -690,14 +702,88 @@ impl Agent {
         Ok((v, signed))
     }
 
+    /// Runs an operator list or revoke on every alive replica (each knows the operators it
+    /// issued while the root is offline) and merges the answers: the newest record per
+    /// operator; the serials every replica revoked. Fails only if every replica refused.
+    async fn on_every_replica(
+        &self,
+        caller: &Caller,
+        act: Act,
+    ) -> Result<serde_json::Value, ApiError> {
+        let ca = self.ca.get();
+        let (v, signed) = self.authorize(caller, &act, ca.is_some())?;
+        let mut answers = Vec::new();
+        if ca.is_some() {
+            answers.push(execute(&v, ca.as_deref(), &self.gossip, &self.identity).await);
+        }
+        let others: Vec<_> = Agent::members(self)
+            .await
+            .into_iter()
+            .filter(|m| m.ca && !m.is_self && m.status == weft_gossip::MemberStatus::Alive)
+            .collect();
+        let request = CtlRequest::Operator { signed };
+        let calls = others
+            .iter()
+            .map(|m| self.ctl.call(&m.name, m.address, &request));
+        for r in futures_util::future::join_all(calls).await {
+            answers.push(r.unwrap_or_else(|e| CtlResponse::Error {
+                kind: RefusalKind::Unavailable,
+                message: e.to_string(),
+            }));
+        }
+        let mut records: Vec<serde_json::Value> = Vec::new();
+        let mut serials: Vec<serde_json::Value> = Vec::new();
+        let mut first_error = None;
+        let mut answered = 0;
+        for a in answers {
+            match a {
+                CtlResponse::Answer { value } => {
+                    answered += 1;
+                    match value {
+                        serde_json::Value::Array(list) => records.extend(list),
+                        other => {
+                            serials.extend(other["serials"].as_array().cloned().unwrap_or_default())
+                        }
+                    }
+                }
+                CtlResponse::Error { kind, message } => {
+                    first_error.get_or_insert(api_error(kind, message));
+                }
+                other => {
+                    first_error.get_or_insert(unexpected(other));
+                }
+            }
+        }
+        if answered == 0 {
+            return Err(first_error
+                .unwrap_or_else(|| ApiError::Unavailable("no CA replica is alive".into())));
+        }
+        Ok(match &act {
+            Act::OperatorRevoke { name } => serde_json::json!({ "name": name, "serials": serials }),
+            _ => {
+                records.sort_by_key(|r| std::cmp::Reverse(r["issued_at_unix"].as_u64()));
+                let mut seen = std::collections::HashSet::new();
+                records.retain(|r| seen.insert(r["name"].as_str().unwrap_or_default().to_owned()));
+                records.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                serde_json::Value::Array(records)
+            }
+        })
+    }
+
     /// Runs a CA act: here on the CA node, otherwise verified here (for a clear answer)
     /// and forwarded to the CA node, which verifies it again and executes it.
     async fn run_on_ca(&self, caller: &Caller, act: Act) -> Result<CtlResponse, ApiError> {
-        // Operator credentials and their records live with the root holder.
-        let needs_root = matches!(
-            act,
-            Act::OperatorCreate { .. } | Act::OperatorRevoke { .. } | Act::OperatorList
-        );
+        // Operator credentials and their records live with the root holder while one is
+        // alive; with the root kept offline, any replica issues and records them.
+        let root_alive = Agent::members(self)
+            .await
+            .iter()
+            .any(|m| m.root && m.status == weft_gossip::MemberStatus::Alive);
+        let needs_root = root_alive
+            && matches!(
+                act,
+                Act::OperatorCreate { .. } | Act::OperatorRevoke { .. } | Act::OperatorList
+            );
         let ca = self.ca.get();
         let here = ca.as_ref().is_some_and(|c| !needs_root || c.holds_root());
         let (v, signed) = self.authorize(caller, &act, here)?;

@@ -175,6 +175,11 @@ pub async fn housekeeping_loop(agent: Arc<Agent>) {
                 }
             }
         }
+        if n % 3600 == 600 {
+            // The admin credential is issued again before it expires even on an agent
+            // that runs for longer than it lasts.
+            agent.refresh_admin_credential(false);
+        }
         if n % 5 == 2 {
             if let Some(ca) = agent.ca.get() {
                 if let Err(e) = super::replica::renew_intermediate_if_due(&agent, &ca).await {

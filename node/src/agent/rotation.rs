@@ -109,26 +109,8 @@ pub async fn start(agent: &Agent) -> Result<serde_json::Value, Refusal> {
     warn!(new_root = %state.new_root_sha256, old_root = %state.old_root_sha256, "root rotation started: both roots trusted; replicas and leaves move to the new root");
     // This replica first: its intermediate and its own certificate under the new root.
     super::replica::renew_intermediate_if_due(agent, &ca).await?;
-    reissue_admin_credential(agent, &ca);
+    agent.refresh_admin_credential(true);
     Ok(serde_json::to_value(&state).unwrap_or_default())
-}
-
-/// The root holder's admin credential, issued again under the current root.
-fn reissue_admin_credential(agent: &Agent, ca: &CaRole) {
-    match super::setup::admin_credential(
-        &agent.settings().data_dir,
-        &agent.identity.trust,
-        Some(ca),
-        true,
-    ) {
-        Ok(cred) => {
-            *agent
-                .admin_credential
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = cred;
-        }
-        Err(e) => warn!(error = %e, "cannot issue the admin credential under the new root"),
-    }
 }
 
 fn sha(der: &[u8]) -> [u8; 32] {

@@ -369,10 +369,12 @@ pub fn admin_credential(
     };
     let fresh = current.as_ref().is_some_and(|c| {
         trust
-            .verify_operator(c.cert_der(), now + ADMIN_CREDENTIAL_RENEW)
+            .verify_operator_chain(c.cert_der(), c.chain(), now + ADMIN_CREDENTIAL_RENEW)
             .is_ok()
     });
-    let Some(ca) = ca.filter(|ca| ca.holds_root()) else {
+    // The root holder issues it; a replica that already has one (a former root holder
+    // whose root key went offline) keeps it fresh.
+    let Some(ca) = ca.filter(|ca| ca.holds_root() || current.is_some()) else {
         return Ok(current.map(std::sync::Arc::new));
     };
     if fresh && !reissue {

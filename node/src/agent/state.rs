@@ -61,6 +61,25 @@ impl Agent {
             .clone()
     }
 
+    /// Issues the admin credential again where it is due (or at once, `reissue`: a new
+    /// root) and uses it from now on.
+    pub fn refresh_admin_credential(&self, reissue: bool) {
+        match super::setup::admin_credential(
+            &self.settings().data_dir,
+            &self.identity.trust,
+            self.ca.get().as_deref(),
+            reissue,
+        ) {
+            Ok(cred) => {
+                *self
+                    .admin_credential
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = cred;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot issue the admin credential; will retry"),
+        }
+    }
+
     /// A copy of the current settings.
     pub fn settings(&self) -> Settings {
         self.settings

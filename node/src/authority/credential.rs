@@ -1,6 +1,7 @@
 //! An operator credential as the CLI holds it: the operator's private key and the
-//! certificate the CA issued for it, in one string (`weftop1.<key>.<cert>`) that fits in
-//! `WEFT_TOKEN` or a 0600 file. The key signs payloads here, on the operator's side; no
+//! certificate the CA issued for it, and the intermediate of the replica that issued it,
+//! in one string (`weftop1.<key>.<cert>[.<intermediate>]`) that fits in `WEFT_TOKEN` or a
+//! 0600 file. The key signs payloads here, on the operator's side; no
 //! node ever sees it.
 
 use std::time::SystemTime;
@@ -33,6 +34,7 @@ pub enum CredentialError {
 pub struct Credential {
     key: NodeKey,
     cert_der: Vec<u8>,
+    chain: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -42,9 +44,19 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
-    /// A credential from its parts.
-    pub fn new(key: NodeKey, cert_der: Vec<u8>) -> Self {
-        Self { key, cert_der }
+    /// A credential from its parts: the key, its certificate and the intermediate it
+    /// chains through (empty: issued by the root).
+    pub fn new(key: NodeKey, cert_der: Vec<u8>, chain: Vec<Vec<u8>>) -> Self {
+        Self {
+            key,
+            cert_der,
+            chain,
+        }
+    }
+
+    /// The intermediates the certificate chains through.
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
     }
 
     /// Whether `s` looks like a credential rather than an old admin token.
@@ -58,25 +70,41 @@ impl Credential {
             .trim()
             .strip_prefix(PREFIX)
             .ok_or(CredentialError::Format)?;
-        let (key, cert) = rest.split_once('.').ok_or(CredentialError::Format)?;
-        let key = URL_SAFE_NO_PAD
-            .decode(key)
-            .map_err(|_| CredentialError::Format)?;
-        let cert_der = URL_SAFE_NO_PAD
-            .decode(cert)
-            .map_err(|_| CredentialError::Format)?;
+        let mut parts = rest.split('.');
+        let decode = |p: Option<&str>| {
+            p.and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+                .ok_or(CredentialError::Format)
+        };
+        let key = decode(parts.next())?;
+        let cert_der = decode(parts.next())?;
+        let chain = match parts.next() {
+            Some(p) => vec![decode(Some(p))?],
+            None => Vec::new(),
+        };
+        if parts.next().is_some() {
+            return Err(CredentialError::Format);
+        }
         let pem = String::from_utf8(key).map_err(|_| CredentialError::Format)?;
         let key = NodeKey::from_pem(&pem).map_err(|e| CredentialError::Key(e.to_string()))?;
-        Ok(Self { key, cert_der })
+        Ok(Self {
+            key,
+            cert_der,
+            chain,
+        })
     }
 
     /// The one-string form (secret: it holds the private key).
     pub fn encode(&self) -> String {
-        format!(
+        let mut out = format!(
             "{PREFIX}{}.{}",
             URL_SAFE_NO_PAD.encode(self.key.to_pem()),
             URL_SAFE_NO_PAD.encode(&self.cert_der)
-        )
+        );
+        for c in &self.chain {
+            out.push('.');
+            out.push_str(&URL_SAFE_NO_PAD.encode(c));
+        }
+        out
     }
 
     /// The certificate, DER.
@@ -116,6 +144,11 @@ impl Credential {
             payload,
             cert: URL_SAFE_NO_PAD.encode(&self.cert_der),
             sig: URL_SAFE_NO_PAD.encode(sig),
+            chain: self
+                .chain
+                .iter()
+                .map(|c| URL_SAFE_NO_PAD.encode(c))
+                .collect(),
         })
     }
 }
@@ -127,11 +160,17 @@ mod tests {
     #[test]
     fn one_string_round_trip() {
         let key = NodeKey::generate().expect("key");
-        let c = Credential::new(key, vec![1, 2, 3]);
+        let c = Credential::new(key, vec![1, 2, 3], Vec::new());
         let s = c.encode();
         assert!(Credential::looks_like(&s));
         let back = Credential::parse(&s).expect("parses");
         assert_eq!(back.cert_der(), &[1, 2, 3]);
+        assert!(back.chain().is_empty());
+        let key = NodeKey::generate().expect("key");
+        let chained = Credential::new(key, vec![1, 2, 3], vec![vec![4, 5]]).encode();
+        let back = Credential::parse(&chained).expect("parses");
+        assert_eq!(back.chain(), &[vec![4, 5]]);
+        assert!(Credential::parse(&format!("{chained}.AQID")).is_err());
         for bad in [
             "",
             "weftop1.",

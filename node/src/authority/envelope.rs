@@ -23,6 +23,10 @@ pub struct Signed {
     pub cert: String,
     /// ECDSA P-256 SHA-256 signature over `SIGNING_CONTEXT` + `payload`, base64url DER.
     pub sig: String,
+    /// The intermediate the certificate chains through when a CA replica issued it,
+    /// base64url DER (empty: issued by the root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 impl Signed {

@@ -143,11 +143,12 @@ async fn execute_inner(
                 Err(e) => return error(RefusalKind::BadRequest, e.to_string()),
             };
             match ca.create_operator(name, *role, Duration::from_secs(*ttl_secs), &csr, now) {
-                Ok(issued) => CtlResponse::Answer {
+                Ok((issued, chain)) => CtlResponse::Answer {
                     value: serde_json::json!({
                         "name": name,
                         "role": role,
                         "cert": b64(&issued.der),
+                        "chain": chain.iter().map(|c| b64(c)).collect::<Vec<_>>(),
                         "serial": issued.serial,
                         "not_after_unix": issued.not_after_unix,
                     }),

@@ -221,9 +221,18 @@ impl Authority {
         let sig = URL_SAFE_NO_PAD
             .decode(&signed.sig)
             .map_err(|_| AuthError::Malformed("signature is not base64url".into()))?;
+        if signed.chain.len() > weft_ca::replica::MAX_CHAIN {
+            return Err(AuthError::Malformed("too many intermediates".into()));
+        }
+        let chain = signed
+            .chain
+            .iter()
+            .map(|c| URL_SAFE_NO_PAD.decode(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AuthError::Malformed("intermediate is not base64url".into()))?;
         let operator = self
             .trust
-            .verify_operator(&cert, at)
+            .verify_operator_chain(&cert, &chain, at)
             .map_err(AuthError::Certificate)?;
         let mut msg = SIGNING_CONTEXT.to_vec();
         msg.extend_from_slice(signed.payload.as_bytes());

@@ -109,7 +109,7 @@ pub const OPERATOR_TTL: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(3600)..=Duration::from_secs(400 * 86400);
 
 /// The store's index key of an operator's serials (never a valid node name).
-fn operator_key(name: &OperatorName) -> String {
+fn operator_key(name: &impl std::fmt::Display) -> String {
     format!("operator:{name}")
 }
 
@@ -634,7 +634,7 @@ impl CaRole {
         ttl: Duration,
         csr: &[u8],
         now: SystemTime,
-    ) -> Result<IssuedCert, Refusal> {
+    ) -> Result<(IssuedCert, Vec<Vec<u8>>), Refusal> {
         if !OPERATOR_TTL.contains(&ttl) {
             return Err(Refusal::new(
                 RefusalKind::BadRequest,
@@ -652,6 +652,9 @@ impl CaRole {
         self.issue_operator(name, role, ttl, csr, now)
     }
 
+    /// Issues an operator certificate: by the root where this node holds it; otherwise
+    /// (the root kept offline) by this replica's intermediate, for no longer than the
+    /// intermediate itself lasts. Returns it with the chain it needs.
     fn issue_operator(
         &self,
         name: &OperatorName,
@@ -659,9 +662,21 @@ impl CaRole {
         ttl: Duration,
         csr: &[u8],
         now: SystemTime,
-    ) -> Result<IssuedCert, Refusal> {
-        let issued = self
-            .root("issuing an operator credential")?
+    ) -> Result<(IssuedCert, Vec<Vec<u8>>), Refusal> {
+        let (issuer, chain, ttl) = match self.current_root() {
+            Some(root) => (root, Vec::new(), ttl),
+            None => {
+                let left = self
+                    .intermediate()
+                    .map_or(0, |i| i.not_after_unix.saturating_sub(unix(now)));
+                (
+                    self.issuer(),
+                    self.chain(),
+                    ttl.min(Duration::from_secs(left)),
+                )
+            }
+        };
+        let issued = issuer
             .sign_operator_csr(csr, name, role, ttl, now)
             .map_err(|e| Refusal::new(RefusalKind::BadCsr, e.to_string()))?;
         let entry = NameEntry {
@@ -685,8 +700,8 @@ impl CaRole {
                 revoked: false,
             },
         )?;
-        info!(operator = %name, %role, serial = %issued.serial, "operator credential issued");
-        Ok(issued)
+        info!(operator = %name, %role, serial = %issued.serial, by_replica = !chain.is_empty(), "operator credential issued");
+        Ok((issued, chain))
     }
 
     /// Issues this node's own admin credential (bootstrap, upgrade, and before the old
@@ -703,8 +718,8 @@ impl CaRole {
         let csr = key
             .named_csr_der(name.as_str())
             .map_err(|e| Refusal::new(RefusalKind::Unavailable, e.to_string()))?;
-        let issued = self.issue_operator(&name, Role::Admin, ttl, &csr, now)?;
-        Ok(crate::authority::Credential::new(key, issued.der))
+        let (issued, chain) = self.issue_operator(&name, Role::Admin, ttl, &csr, now)?;
+        Ok(crate::authority::Credential::new(key, issued.der, chain))
     }
 
     /// Revokes every credential of operator `name`.
@@ -787,9 +802,14 @@ impl CaRole {
             // A node revoked at another replica: the certificates issued here to it before
             // that moment are revoked too (the other replica did not know their serials).
             let mut completions = Vec::new();
-            for r in seen.revoked.iter().filter(|r| !r.operator) {
+            for r in &seen.revoked {
                 let issued_before = r.revoked_at_unix;
-                match self.store.unexpired_serials_of(r.node.as_str(), now) {
+                let key = if r.operator {
+                    operator_key(&r.node)
+                } else {
+                    r.node.to_string()
+                };
+                match self.store.unexpired_serials_of(&key, now) {
                     Ok(serials) => {
                         for (serial, not_after) in serials {
                             let issued_at = not_after.saturating_sub(self.leaf_ttl.as_secs());
@@ -799,7 +819,7 @@ impl CaRole {
                                     serial,
                                     revoked_at_unix: issued_before,
                                     not_after_unix: not_after,
-                                    operator: false,
+                                    operator: r.operator,
                                     signer: Some(self.name.clone()),
                                     reason: r.reason.clone(),
                                 });

@@ -584,7 +584,16 @@ pub async fn operator(action: &OperatorAction) -> anyhow::Result<()> {
                 .as_str()
                 .and_then(|c| crate::rpc::messages::unb64(c, "cert").ok())
                 .context("the CA's answer holds no certificate")?;
-            let credential = Credential::new(key, cert);
+            let chain = answer["chain"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str())
+                        .filter_map(|c| crate::rpc::messages::unb64(c, "chain").ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let credential = Credential::new(key, cert, chain);
             println!("{}", credential.encode());
             eprintln!(
                 "operator {name} ({role}) expires {}; this credential is shown once: keep it in a 0600 file (--credential FILE) or WEFT_TOKEN",

@@ -26,6 +26,7 @@
 //! | 21–22 | one name at two replicas at once; a token replayed at another replica | `replicas` |
 //! | 23 | the root, rotated under traffic with a node down at the start | `replicas` |
 //! | 24 | a revocation set larger than one gossip value (600 serials) | `replicas` |
+//! | 25 | the root kept offline: replicas issue nodes, tokens and operators | `replicas` |
 
 mod common;
 

@@ -448,3 +448,114 @@ fn a_revocation_set_larger_than_one_gossip_value_spreads() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// Scenario 25: the root kept offline (backed up, then `ca.key` removed from the first
+/// node): the replicas keep issuing; an operator credential is issued by a replica and
+/// works on every node (its chain travels with each signed change); revoking it at the
+/// replicas refuses it everywhere; tokens are still made.
+#[test]
+fn the_root_can_stay_offline() -> anyhow::Result<()> {
+    let mut c = Cluster::new("the_root_can_stay_offline");
+    c.formed(3)?;
+    let out = c.agent("vm-1").cli(&["ca", "add-replica", "vm-2"]);
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_replicas(&c, "vm-3", &["vm-1", "vm-2"])?;
+    let dir = tempfile::tempdir()?;
+    let backup = dir.path().join("ca.age");
+    let out = c.agent("vm-1").cli_as_node(
+        &["ca", "backup", "--out", &backup.to_string_lossy()],
+        &[
+            ("WEFT_CA_PASSPHRASE", "offline root passphrase"),
+            (
+                "WEFT_CREDENTIAL",
+                &c.data_dir("vm-1")
+                    .join("admin-credential")
+                    .to_string_lossy(),
+            ),
+        ],
+    );
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The root goes offline: only the backup holds it now.
+    c.agent_mut("vm-1").kill();
+    std::fs::remove_file(c.data_dir("vm-1").join("ca.key"))?;
+    c.spawn("vm-1", &[]);
+    c.wait_ready("vm-1")?;
+    wait_replicas(&c, "vm-3", &["vm-1", "vm-2"])?;
+    eventually(
+        "no node holds the root, two replicas alive",
+        CONVERGE,
+        || {
+            let status: serde_json::Value =
+                serde_json::from_str(&c.cli_ok("vm-3", &["ca", "status", "--json"])?)?;
+            let holders = status["holders"].as_array().cloned().unwrap_or_default();
+            Ok((holders.len() == 2
+                && holders
+                    .iter()
+                    .all(|x| x["root"] == false && x["status"] == "alive"))
+            .then_some(()))
+        },
+    )?;
+
+    // An operator credential from a replica, used on another node.
+    let cred = c.cli_ok(
+        "vm-3",
+        &[
+            "operator", "create", "alice", "--role", "operator", "--ttl", "30d",
+        ],
+    )?;
+    anyhow::ensure!(
+        cred.split('.').count() == 4,
+        "the credential carries its chain"
+    );
+    let cred_file = dir.path().join("alice.cred");
+    std::fs::write(&cred_file, &cred)?;
+    let as_alice = |node: &str, args: &[&str]| {
+        c.agent(node)
+            .cli_as_node(args, &[("WEFT_CREDENTIAL", &cred_file.to_string_lossy())])
+    };
+    let out = as_alice("vm-1", &["route", "set", "api", "--split", "v1=100"]);
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in ["vm-2", "vm-3"] {
+        let agent = c.agent(n);
+        eventually(&format!("alice's route applied on {n}"), CONVERGE, || {
+            Ok(
+                weft_tests::http_get(&agent.api(), "/v1/config/route/api/history")?
+                    .contains("alice")
+                    .then_some(()),
+            )
+        })?;
+    }
+    let list = c.cli_ok("vm-3", &["operator", "list", "--json"])?;
+    anyhow::ensure!(list.contains("alice"), "{list}");
+
+    // Revoked at the replicas: refused everywhere.
+    c.cli_ok("vm-3", &["operator", "revoke", "alice"])?;
+    for n in ["vm-1", "vm-2", "vm-3"] {
+        eventually(&format!("alice refused on {n}"), CONVERGE, || {
+            let out = as_alice(n, &["route", "set", "api", "--split", "v1=50,v2=50"]);
+            Ok((!out.status.success()).then_some(()))
+        })?;
+    }
+    let token = c.agent("vm-3").token("5m")?;
+    report(
+        "25 the root kept offline",
+        "pass",
+        &format!(
+            "replicas issue certificates, tokens ({}) and an operator credential that works on every node and is revoked everywhere",
+            token.rsplit('.').next().unwrap_or("-")
+        ),
+    );
+    Ok(())
+}
