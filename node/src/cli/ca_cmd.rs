@@ -34,37 +34,84 @@ pub async fn ca(action: &CaAction) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            let expiry = humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(v["root_expiry_unix"].as_u64().unwrap_or(0)),
+            let when = |unix: u64| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix),
+                )
+                .to_string()
+            };
+            println!("cluster        {}", v["cluster"].as_str().unwrap_or("-"));
+            let roots: Vec<String> = v["roots"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect();
+            println!(
+                "root sha256    {}{}",
+                v["root_sha256"].as_str().unwrap_or("-"),
+                if roots.len() > 1 {
+                    format!(
+                        " (also trusted during the rotation: {})",
+                        roots[1..].join(", ")
+                    )
+                } else {
+                    String::new()
+                }
             );
-            println!("cluster      {}", v["cluster"].as_str().unwrap_or("-"));
-            println!("root sha256  {}", v["root_sha256"].as_str().unwrap_or("-"));
-            println!("root expires {expiry}");
-            let holders: Vec<String> = v["holders"]
+            println!(
+                "root expires   {}",
+                when(v["root_expiry_unix"].as_u64().unwrap_or(0))
+            );
+            if let Some(r) = v["rotation"].as_object() {
+                let state = match (r.get("finished_at_unix").and_then(|x| x.as_u64()), r.get("all_moved_at_unix").and_then(|x| x.as_u64())) {
+                    (Some(f), _) => format!("finished {}", when(f)),
+                    (None, Some(m)) => format!("every member moved at {}; the old root retires one certificate lifetime later", when(m)),
+                    (None, None) => "running: members are moving to the new root".into(),
+                };
+                println!("rotation       {state}");
+            }
+            let replicas: Vec<String> = v["holders"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default()
                 .iter()
                 .map(|h| {
                     format!(
-                        "{} ({})",
+                        "{} ({}{}, intermediate until {})",
                         h["node"].as_str().unwrap_or("-"),
-                        h["status"].as_str().unwrap_or("-")
+                        h["status"].as_str().unwrap_or("-"),
+                        if h["root"] == true {
+                            ", root holder"
+                        } else {
+                            ""
+                        },
+                        when(h["intermediate_expiry_unix"].as_u64().unwrap_or(0))
                     )
                 })
                 .collect();
             println!(
-                "held by      {}",
-                if holders.is_empty() {
-                    "no node (restore a backup: weft ca restore)".into()
+                "replicas       {}",
+                if replicas.is_empty() {
+                    "none alive (restore a backup: weft ca restore)".into()
                 } else {
-                    holders.join(", ")
+                    replicas.join("\n               ")
                 }
             );
+            if let Some(r) = v["this_replica"].as_object() {
+                println!(
+                    "this replica   issued {} certificates since start, last at {}",
+                    r.get("issued").and_then(|x| x.as_u64()).unwrap_or(0),
+                    match r.get("last_issue_unix").and_then(|x| x.as_u64()) {
+                        Some(0) | None => "-".into(),
+                        Some(t) => when(t),
+                    }
+                );
+            }
             println!(
-                "revocations  {} entries (list version {})",
-                v["revocations"]["entries"], v["revocations"]["version"]
+                "revocations    {} entries in force",
+                v["revocations"]["entries"]
             );
             Ok(())
         }
