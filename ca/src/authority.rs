@@ -48,7 +48,7 @@ pub struct IssuedCert {
     pub not_after_unix: u64,
 }
 
-pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
+fn to_offset(t: SystemTime) -> Result<OffsetDateTime, CaError> {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| CaError::Clock)?
@@ -62,13 +62,6 @@ fn random_serial() -> SerialNumber {
     rand::rng().fill_bytes(&mut bytes);
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     SerialNumber::from_slice(&bytes)
-}
-
-/// A random serial and its hex form (as `LeafInfo::serial` reads it back).
-pub(crate) fn fresh_serial() -> (SerialNumber, String) {
-    let serial = random_serial();
-    let hex = hex::encode(serial.to_bytes());
-    (serial, hex)
 }
 
 impl CertificateAuthority {
@@ -109,11 +102,6 @@ impl CertificateAuthority {
             },
             key,
         ))
-    }
-
-    /// The rcgen issuer (certificate and key).
-    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
-        &self.issuer
     }
 
     /// Loads an existing root or intermediate from its certificate (DER) and private key.
@@ -189,12 +177,6 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, CsrRefusal> {
-        let parsed =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
-        if parsed.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(CsrRefusal::KeyAlgorithm);
-        }
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -212,6 +194,24 @@ impl CertificateAuthority {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = spec.usages;
+        self.sign_for_csr(csr_der, params, ttl, now)
+    }
+
+    /// Signs `params` for the key of `csr_der` (ECDSA P-256 only): valid from `now`
+    /// less `BACKDATE` for `ttl`, a random 128-bit serial, the authority key identifier.
+    pub(crate) fn sign_for_csr(
+        &self,
+        csr_der: &[u8],
+        mut params: CertificateParams,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCert, CsrRefusal> {
+        let parsed =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
+        if parsed.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(CsrRefusal::KeyAlgorithm);
+        }
         params.use_authority_key_identifier_extension = true;
         let not_after = now + ttl;
         params.not_before = to_offset(now - BACKDATE).map_err(|_| CsrRefusal::Clock)?;

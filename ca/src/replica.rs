@@ -10,15 +10,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, IsCa,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
-};
-use rustls_pki_types::CertificateSigningRequestDer;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose, SanType};
 use serde::{Deserialize, Serialize};
 use x509_parser::extensions::ParsedExtension;
 
-use crate::authority::{to_offset, CertificateAuthority, IssuedCert, BACKDATE};
+use crate::authority::{CertificateAuthority, IssuedCert};
 use crate::csr::{inspect_csr_for, CsrRefusal};
 use crate::leaf::{parse_with_one_uri, VerifyError};
 use crate::names::{ClusterName, NodeName};
@@ -87,12 +83,6 @@ impl CertificateAuthority {
     ) -> Result<IssuedCert, CsrRefusal> {
         let uri = replica_uri(self.cluster(), node);
         inspect_csr_for(csr_der, node.as_str(), &uri)?;
-        let parsed =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
-        if parsed.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(CsrRefusal::KeyAlgorithm);
-        }
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(
@@ -112,20 +102,7 @@ impl CertificateAuthority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.use_authority_key_identifier_extension = true;
-        let not_after = now + ttl;
-        params.not_before = to_offset(now - BACKDATE).map_err(|_| CsrRefusal::Clock)?;
-        params.not_after = to_offset(not_after).map_err(|_| CsrRefusal::Clock)?;
-        let (serial, serial_hex) = crate::authority::fresh_serial();
-        params.serial_number = Some(serial);
-        let cert = params
-            .signed_by(&parsed.public_key, self.issuer())
-            .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
-        Ok(IssuedCert {
-            der: cert.der().to_vec(),
-            serial: serial_hex,
-            not_after_unix: crate::leaf::unix(not_after),
-        })
+        self.sign_for_csr(csr_der, params, ttl, now)
     }
 }
 

@@ -65,6 +65,25 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Node `i` publishes a record (stamped `bump` ms later) that claims the CA role with
+    /// the root's proof, as a root holder does.
+    async fn prove_root_holder(&self, i: usize, bump: u64) {
+        let node = &self.nodes[i];
+        let proof = self
+            .ca
+            .sign(&record::ca_claim("weft", &name(i), node.record.generation))
+            .expect("root signs");
+        let proven = NodeRecord {
+            ca: true,
+            signed_at_ms: node.record.signed_at_ms + bump,
+            ca_proof: Some(NodeRecord::encode_cert(&proof)),
+            ..node.record.clone()
+        };
+        node.gossip
+            .publish_record(node.signed_record(&proven))
+            .await;
+    }
+
     async fn start(n: usize, interval: Duration) -> Self {
         let cluster = ClusterName::new("weft").expect("valid cluster name");
         let ca = CertificateAuthority::create(
@@ -466,20 +485,7 @@ async fn revocations_spread_and_forged_values_are_ignored() {
 
     // A CA-signed revocation list naming n2's certificate, published by n1, which proves
     // it holds the root (lists from members that are not CA replicas are not looked at).
-    let holder = &c.nodes[1];
-    let proof =
-        c.ca.sign(&record::ca_claim("weft", "n1", holder.record.generation))
-            .expect("root signs");
-    let proven = NodeRecord {
-        ca: true,
-        signed_at_ms: holder.record.signed_at_ms + 1,
-        ca_proof: Some(NodeRecord::encode_cert(&proof)),
-        ..holder.record.clone()
-    };
-    holder
-        .gossip
-        .publish_record(holder.signed_record(&proven))
-        .await;
+    c.prove_root_holder(1, 1).await;
     let serial = c.member(0, 2).await.expect("n0 knows n2").cert_serial;
     let crl = RevocationList {
         version: 1,
@@ -724,20 +730,7 @@ async fn a_ca_claim_needs_the_roots_proof() {
         assert_eq!(m.status, MemberStatus::Alive, "the member itself stays");
     }
 
-    let proof =
-        c.ca.sign(&record::ca_claim("weft", "n2", claimer.record.generation))
-            .expect("root signs");
-    let proven = NodeRecord {
-        ca: true,
-        signed_at_ms: claimer.record.signed_at_ms + 2,
-        ca_proof: Some(NodeRecord::encode_cert(&proof)),
-        chain: Vec::new(),
-        ..claimer.record.clone()
-    };
-    claimer
-        .gossip
-        .publish_record(claimer.signed_record(&proven))
-        .await;
+    c.prove_root_holder(2, 2).await;
     c.wait_until("the proven claim believed", STEP, async || {
         for o in [0, 1] {
             if !c.member(o, 2).await.is_some_and(|m| m.ca) {

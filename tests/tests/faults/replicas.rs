@@ -56,6 +56,25 @@ fn wait_replicas(c: &Cluster, observer: &str, replicas: &[&str]) -> anyhow::Resu
     )
 }
 
+/// Steady requests from `from` to `api`, served by backends on `on`.
+fn traffic(
+    c: &Cluster,
+    from: &str,
+    on: [&str; 2],
+) -> anyhow::Result<(crate::common::SteadyClient, Vec<Backend>)> {
+    let mut backends = Vec::new();
+    for n in on {
+        let b = Backend::http(n);
+        c.register_http(n, "api", b.port())?;
+        backends.push(b);
+    }
+    let up = c.client_upstream(from, "api", 19001)?;
+    for want in on {
+        routable_on(c, from, "api", want)?;
+    }
+    Ok((steady_client_on(up, "/"), backends))
+}
+
 /// Scenario 20: three replicas in five nodes; the bootstrap node is killed and its data
 /// dir deleted; renewals, a join with a token from another replica and a revocation at a
 /// third go on, and not one request fails.
@@ -86,17 +105,7 @@ fn the_cluster_outlives_its_bootstrap_node() -> anyhow::Result<()> {
     );
 
     // Traffic from vm-2 to `api` on vm-4 and vm-5.
-    let mut backends = Vec::new();
-    for n in ["vm-4", "vm-5"] {
-        let b = Backend::http(n);
-        c.register_http(n, "api", b.port())?;
-        backends.push(b);
-    }
-    let up = c.client_upstream("vm-2", "api", 19001)?;
-    for want in ["vm-4", "vm-5"] {
-        routable_on(&c, "vm-2", "api", want)?;
-    }
-    let client = steady_client_on(up, "/");
+    let (client, backends) = traffic(&c, "vm-2", ["vm-4", "vm-5"])?;
     let survivors = ["vm-2", "vm-3", "vm-4", "vm-5"];
     let before: Vec<usize> = survivors.iter().map(|n| renewals(&c, n)).collect();
 
@@ -302,17 +311,7 @@ fn the_root_rotates_under_traffic() -> anyhow::Result<()> {
     let old_roots = roots_on(&c, "vm-3")?;
     anyhow::ensure!(old_roots.len() == 1, "{old_roots:?}");
 
-    let mut backends = Vec::new();
-    for n in ["vm-3", "vm-4"] {
-        let b = Backend::http(n);
-        c.register_http(n, "api", b.port())?;
-        backends.push(b);
-    }
-    let up = c.client_upstream("vm-2", "api", 19001)?;
-    for want in ["vm-3", "vm-4"] {
-        routable_on(&c, "vm-2", "api", want)?;
-    }
-    let client = steady_client_on(up, "/");
+    let (client, backends) = traffic(&c, "vm-2", ["vm-3", "vm-4"])?;
 
     // vm-5 is down when the rotation starts.
     c.agent_mut("vm-5").kill();
