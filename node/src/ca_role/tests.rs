@@ -68,10 +68,10 @@ fn a_node_with_many_past_certificates_is_revoked_by_its_live_one() {
     let ca = role(dir.path());
     let key = NodeKey::generate().expect("key");
     let t0 = SystemTime::now();
-    for i in 0..150u64 {
+    for i in 0..400u64 {
         issue(&ca, &key, "busy", t0 + Duration::from_secs(i * 40));
     }
-    let now = t0 + Duration::from_secs(149 * 40 + 1);
+    let now = t0 + Duration::from_secs(399 * 40 + 1);
     let revoked = ca
         .revoke(
             &NodeName::new("busy").expect("valid"),
