@@ -15,6 +15,9 @@ packages=(
   haproxy            # benchmark baseline: an haproxy mTLS pair
   wrk                # benchmark: closed-loop maximum req/s
   prometheus         # promtool: /metrics must pass `promtool check metrics`
+  nginx-light        # an h2c-only backend (protocol = "http2")
+  nghttp2-client     # h2load against it through the mesh
+  python3-grpcio     # a real gRPC server and client (protocol = "grpc")
 )
 
 missing=()

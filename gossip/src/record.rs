@@ -145,8 +145,26 @@ impl NodeRecord {
 pub enum Protocol {
     /// Opaque bytes: spliced both ways.
     Tcp,
-    /// HTTP/1.1 or HTTP/2: routed request by request.
+    /// HTTP/1.1 to the instance (apps may speak HTTP/1.1 or h2c to the mesh): routed
+    /// request by request.
     Http,
+    /// HTTP/2 without TLS to the instance (h2c, prior knowledge), and between nodes:
+    /// trailers carried end to end.
+    Http2,
+    /// gRPC: HTTP/2 end to end, like `Http2`.
+    Grpc,
+}
+
+impl Protocol {
+    /// Whether requests are routed one by one (every HTTP flavour).
+    pub fn is_http(self) -> bool {
+        !matches!(self, Self::Tcp)
+    }
+
+    /// Whether the instance and the hop between nodes speak HTTP/2.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Self::Http2 | Self::Grpc)
+    }
 }
 
 impl std::fmt::Display for Protocol {
@@ -154,6 +172,8 @@ impl std::fmt::Display for Protocol {
         f.write_str(match self {
             Self::Tcp => "tcp",
             Self::Http => "http",
+            Self::Http2 => "http2",
+            Self::Grpc => "grpc",
         })
     }
 }

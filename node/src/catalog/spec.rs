@@ -108,7 +108,14 @@ impl ServiceSpec {
         let protocol = match c.protocol.as_str() {
             "tcp" => Protocol::Tcp,
             "http" => Protocol::Http,
-            other => return Err(err("protocol", format!("{other:?}: expected http or tcp"))),
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            other => {
+                return Err(err(
+                    "protocol",
+                    format!("{other:?}: expected http, http2 (h2c), grpc or tcp"),
+                ))
+            }
         };
         let version = c.version.clone().unwrap_or_else(|| "v1".into());
         if !label_ok(&version) {

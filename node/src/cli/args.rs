@@ -117,7 +117,7 @@ pub struct RegisterArgs {
     /// Local port the service listens on (127.0.0.1).
     #[arg(long)]
     pub port: u16,
-    /// http or tcp.
+    /// tcp, http (HTTP/1.1 to the instance), http2 (h2c to the instance) or grpc.
     #[arg(long, default_value = "tcp")]
     pub protocol: String,
     /// Version label.

@@ -15,7 +15,7 @@ use super::header::StreamHeader;
 use super::inputs::ProxyInputs;
 use super::io::QuicIo;
 use super::pool::PoolError;
-use crate::catalog::{Instance, Protocol};
+use crate::catalog::Instance;
 use crate::resilience::DEFAULT_ATTEMPTS;
 use crate::routing::endpoint_key;
 
@@ -90,7 +90,7 @@ async fn open_instance(
             return Err(e.into());
         }
     };
-    if header.protocol == Protocol::Http {
+    if header.protocol.is_http() {
         // The request head follows at once: send both in one packet.
         return Ok(Box::new(QuicIo::with_prefix(send, recv, header.encode())));
     }

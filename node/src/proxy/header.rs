@@ -73,6 +73,8 @@ impl StreamHeader {
         body.push(match self.protocol {
             Protocol::Tcp => 0,
             Protocol::Http => 1,
+            Protocol::Http2 => 2,
+            Protocol::Grpc => 3,
         });
         for field in [self.destination.as_str(), src, trace] {
             body.push(field.len() as u8);
@@ -107,6 +109,8 @@ impl StreamHeader {
         let protocol = match proto {
             0 => Protocol::Tcp,
             1 => Protocol::Http,
+            2 => Protocol::Http2,
+            3 => Protocol::Grpc,
             _ => return Err(HeaderError::Malformed("unknown protocol")),
         };
         let mut field = || -> Result<&str, HeaderError> {
@@ -186,6 +190,26 @@ mod tests {
 
     fn svc(s: &str) -> ServiceName {
         ServiceName::new(s).expect("valid")
+    }
+
+    #[test]
+    fn every_protocol_round_trips() {
+        for protocol in [
+            Protocol::Tcp,
+            Protocol::Http,
+            Protocol::Http2,
+            Protocol::Grpc,
+        ] {
+            let h = StreamHeader {
+                protocol,
+                destination: svc("echo"),
+                source: None,
+                traceparent: None,
+            };
+            let encoded = h.encode();
+            let back = StreamHeader::decode_body(&encoded[PREFIX_LEN..]).expect("decodes");
+            assert_eq!(back.protocol, protocol);
+        }
     }
 
     #[test]

@@ -214,7 +214,7 @@ fn connect(
     let http_service = catalog
         .instances
         .iter()
-        .any(|i| i.service == destination && i.protocol == crate::catalog::Protocol::Http);
+        .any(|i| i.service == destination && i.protocol.is_http());
     if http_service {
         let src = source.as_ref().map_or("-", |s| s.as_str());
         let d = inputs.authorize_stream(src, destination.as_str(), crate::catalog::Protocol::Http);
@@ -353,7 +353,24 @@ async fn forward(
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| dst.clone());
+    // gRPC needs `te: trailers` to reach the server; HTTP/2 allows that one value.
+    let te_trailers = parts
+        .headers
+        .get("te")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    let protocol = inputs
+        .catalog
+        .get()
+        .instances
+        .iter()
+        .find(|i| i.service == destination)
+        .map_or(Protocol::Http, |i| i.protocol);
+    if protocol.is_h2() && te_trailers {
+        parts
+            .headers
+            .insert("te", HeaderValue::from_static("trailers"));
+    }
     let traceparent = match parts
         .headers
         .get("traceparent")
@@ -389,7 +406,7 @@ async fn forward(
     let attempt_ctx = Attempt {
         inputs,
         header: StreamHeader {
-            protocol: Protocol::Http,
+            protocol,
             destination: destination.clone(),
             source,
             traceparent: Some(traceparent.clone()),
@@ -529,15 +546,23 @@ impl Attempt<'_> {
             let key = crate::routing::endpoint_key(&dialed.instance);
             tried.push(key.clone());
             inputs.balancer.start(&key);
+            let h2 = self.header.protocol.is_h2();
             let mut out = Request::new(Full::new(self.body.clone()));
             *out.method_mut() = self.method.clone();
-            *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = self.headers.clone();
-            // One exchange per stream: saying so lets both ends finish the stream with
-            // the last bytes instead of in packets of their own.
-            out.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            *out.uri_mut() = match self.path_and_query.parse() {
+            let target = if h2 {
+                // HTTP/2 names the scheme and authority in every request.
+                *out.version_mut() = Version::HTTP_2;
+                format!("http://{}{}", self.header.destination, self.path_and_query)
+            } else {
+                *out.version_mut() = Version::HTTP_11;
+                // One exchange per stream: saying so lets both ends finish the stream
+                // with the last bytes instead of in packets of their own.
+                out.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                self.path_and_query.to_owned()
+            };
+            *out.uri_mut() = match target.parse() {
                 Ok(u) => u,
                 Err(_) => {
                     return Err(Box::new(text(
@@ -547,6 +572,23 @@ impl Attempt<'_> {
                 }
             };
             let exchange = async {
+                if h2 {
+                    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                        TokioExecutor::new(),
+                        TokioIo::new(dialed.io),
+                    )
+                    .await
+                    .map_err(AttemptError::Handshake)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            debug!(error = %e, "upstream HTTP/2 stream ended with an error");
+                        }
+                    });
+                    return sender
+                        .send_request(out)
+                        .await
+                        .map_err(AttemptError::Exchange);
+                }
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(dialed.io))
                         .await

@@ -27,30 +27,41 @@ use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
 /// The pooled HTTP client to local instances.
 pub type BackendClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
-    Incoming,
+    BoxBody<Bytes, hyper::Error>,
 >;
 
-/// Builds the backend pool: HTTP/1.1, keep-alive, idle connections closed after 30 s.
-pub fn backend_client() -> BackendClient {
+/// Builds a backend pool: HTTP/1.1 (or h2c with prior knowledge, `h2`), keep-alive,
+/// idle connections closed after 30 s.
+pub fn backend_client(h2: bool) -> BackendClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(3)));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
+        .http2_only(h2)
         .build(connector)
 }
 
-/// Serves the HTTP/1.1 exchange(s) on an inbound stream through the keep-alive pool,
-/// normalising paths and applying policy per request.
+/// Serves the HTTP exchange(s) on an inbound stream (HTTP/1.1, or HTTP/2 when the sender
+/// speaks it for an `http2`/`grpc` service) through the keep-alive pool to the instance
+/// (`protocol` decides HTTP/1.1 or h2c), normalising paths and applying policy per
+/// request.
 async fn serve_http(
     inputs: &ProxyInputs,
     stream: QuicIo,
+    hop: Protocol,
+    protocol: Protocol,
     port: u16,
     source: String,
     destination: String,
 ) {
-    let client = inputs.backend.clone();
+    let h2 = protocol.is_h2();
+    let client = if h2 {
+        inputs.backend_h2.clone()
+    } else {
+        inputs.backend.clone()
+    };
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let client = client.clone();
         let gate = authorize_request(inputs, &source, &destination, &req);
@@ -62,11 +73,43 @@ async fn serve_http(
             // Hop-by-hop: the stream's `Connection: close` is not the backend's business
             // (its connections are pooled).
             req.headers_mut().remove(hyper::header::CONNECTION);
+            *req.version_mut() = if h2 {
+                // HTTP/2 carries the authority in the request line; a `host` that differs
+                // from it is refused by servers (nginx answers 400).
+                req.headers_mut().remove(hyper::header::HOST);
+                hyper::Version::HTTP_2
+            } else {
+                hyper::Version::HTTP_11
+            };
             match format!("http://127.0.0.1:{port}{pq}").parse() {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             }
-            match client.request(req).await {
+            // A request without a body and with a safe method is sent once more when the
+            // first try failed before an answer (a pooled connection the instance had just
+            // closed, an HTTP/2 GOAWAY as nginx sends after 1 000 requests).
+            let again = (hyper::body::Body::is_end_stream(req.body())
+                && matches!(
+                    *req.method(),
+                    hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+                ))
+            .then(|| {
+                let mut r = Request::new(empty_body());
+                *r.method_mut() = req.method().clone();
+                *r.uri_mut() = req.uri().clone();
+                *r.version_mut() = req.version();
+                *r.headers_mut() = req.headers().clone();
+                r
+            });
+            let first = client.request(req.map(|b| b.boxed())).await;
+            let result = match (first, again) {
+                (Err(e), Some(again)) => {
+                    debug!(port, error = %e, "local instance failed before answering; sent again");
+                    client.request(again).await
+                }
+                (first, _) => first,
+            };
+            match result {
                 Ok(resp) => Ok(resp.map(|b| b.boxed())),
                 Err(e) => {
                     warn!(port, error = %e, "local instance failed the request");
@@ -75,10 +118,17 @@ async fn serve_http(
             }
         }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-        .await
-    {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let served = if hop.is_h2() {
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await
+    };
+    if let Err(e) = served {
         debug!(error = %e, "inbound HTTP stream ended with an error");
     }
 }
@@ -121,6 +171,12 @@ fn text(code: StatusCode, body: String) -> Response<BoxBody<Bytes, hyper::Error>
     );
     *r.status_mut() = code;
     r
+}
+
+fn empty_body() -> BoxBody<Bytes, hyper::Error> {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn status(code: StatusCode) -> Response<BoxBody<Bytes, hyper::Error>> {
@@ -277,10 +333,12 @@ async fn handle_stream(
     // What the destination registered decides how the stream is handled, never what
     // the sender claims: an HTTP service is served request by request when the sender
     // speaks HTTP, and a raw stream to it must pass `authorize_stream`.
-    if spec.protocol == Protocol::Http && header.protocol == Protocol::Http {
+    if spec.protocol.is_http() && header.protocol.is_http() {
         serve_http(
             inputs,
             QuicIo::new(send, recv),
+            header.protocol,
+            spec.protocol,
             spec.port,
             source,
             destination,

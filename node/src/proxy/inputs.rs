@@ -38,6 +38,8 @@ pub struct ProxyInputs {
     pub access_log: AccessLog,
     /// Keep-alive pool of HTTP connections to local instances.
     pub backend: BackendClient,
+    /// The pooled h2c client to local instances of `http2`/`grpc` services.
+    pub backend_h2: BackendClient,
     /// This node's zone (the balancer prefers it; changes on reload).
     zone: RwLock<Arc<str>>,
     /// One gossip round: how long a peer's new registration may take to reach us.
@@ -87,7 +89,8 @@ impl ProxyInputs {
             resilience: ResilienceState::default(),
             metrics: p.metrics,
             access_log: p.access_log,
-            backend: super::inbound::backend_client(),
+            backend: super::inbound::backend_client(false),
+            backend_h2: super::inbound::backend_client(true),
             zone: RwLock::new(p.zone.into()),
             gossip_interval: p.gossip_interval,
             shutdown: p.shutdown,
@@ -141,7 +144,7 @@ impl ProxyInputs {
         dst: &str,
         dst_protocol: crate::catalog::Protocol,
     ) -> crate::policy::Decision {
-        if dst_protocol == crate::catalog::Protocol::Http {
+        if dst_protocol.is_http() {
             let applied = self.config.get();
             if let Some(rule) = applied.policy.http_rule_for(src, dst) {
                 tracing::warn!(

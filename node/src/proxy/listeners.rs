@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::catalog::Protocol;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -129,7 +128,7 @@ async fn serve_upstream(
                 .get()
                 .instances
                 .iter()
-                .any(|i| i.service == dst && i.protocol == Protocol::Http);
+                .any(|i| i.service == dst && i.protocol.is_http());
             if http {
                 serve_connection(
                     inputs,

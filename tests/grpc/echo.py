@@ -1,0 +1,68 @@
+#!/usr/bin/python3
+"""A gRPC echo server and client (grpcio, no generated code), for the mesh's protocol tests.
+
+  echo.py server PORT     serves weft.test.Echo on 127.0.0.1:PORT until killed
+  echo.py client ADDR     calls it through ADDR and prints one line per check
+
+Methods: Unary (echoes the request), Stream (server streaming: the request 5 times),
+Fail (aborts with NOT_FOUND, a message and a trailing metadata entry).
+"""
+import sys
+from concurrent import futures
+
+import grpc
+
+SERVICE = "weft.test.Echo"
+
+
+def unary(request, context):
+    context.set_trailing_metadata((("x-weft-trailer", "kept"),))
+    return request
+
+
+def stream(request, context):
+    for i in range(5):
+        yield request + b"-" + str(i).encode()
+
+
+def fail(request, context):
+    context.set_trailing_metadata((("x-weft-trailer", "kept"),))
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
+
+
+def serve(port):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
+
+
+def client(addr):
+    with grpc.insecure_channel(addr) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        unary_call = channel.unary_unary(f"/{SERVICE}/Unary")
+        reply, call = unary_call.with_call(b"hello", timeout=10)
+        trailers = dict(call.trailing_metadata())
+        print(f"unary {reply.decode()} trailer={trailers.get('x-weft-trailer')}")
+        replies = list(channel.unary_stream(f"/{SERVICE}/Stream")(b"tick", timeout=10))
+        print(f"stream {len(replies)} {replies[-1].decode()}")
+        try:
+            channel.unary_unary(f"/{SERVICE}/Fail")(b"x", timeout=10)
+            print("fail no-error")
+        except grpc.RpcError as e:
+            trailers = dict(e.trailing_metadata() or ())
+            print(f"fail {e.code().name} {e.details()} trailer={trailers.get('x-weft-trailer')}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        serve(int(sys.argv[2]))
+    else:
+        client(sys.argv[2])

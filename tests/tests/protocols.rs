@@ -1,0 +1,122 @@
+//! Every HTTP a microservice speaks, through the mesh, with clients and servers nobody
+//! here wrote: an nginx that speaks only h2c (`protocol = "http2"`) driven by h2load and
+//! by a plain HTTP/1.1 client, and a Python grpcio server and client (`protocol = "grpc"`)
+//! with unary and server-streaming calls, trailers and an error status. Needs
+//! `tests/install-deps.sh` (nginx-light, nghttp2-client, python3-grpcio).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use weft_tests::{eventually, Cluster};
+
+/// A process this test started, killed when the test ends (even when it fails).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// nginx on 127.0.0.1:`port` answering every request over HTTP/2 only (h2c, prior
+/// knowledge: an HTTP/1.1 request gets no HTTP/1.1 answer).
+fn nginx_h2c(dir: &Path, port: u16) -> anyhow::Result<Proc> {
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} http2;\n    location / {{ return 200 \"h2c only\\n\"; }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new("nginx")
+        .args(["-p", &dir.to_string_lossy(), "-c", &path.to_string_lossy()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+#[test]
+fn an_h2c_only_nginx_behind_the_mesh() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let _nginx = nginx_h2c(dir.path(), port)?;
+    let mut c = Cluster::new("an_h2c_only_nginx_behind_the_mesh");
+    c.formed(2)?;
+    let p = port.to_string();
+    c.register(
+        "vm-2",
+        &["--name", "web", "--port", &p, "--protocol", "http2"],
+    )?;
+    let up = c.client_upstream("vm-1", "web", 19001)?;
+    // An HTTP/1.1 client: the mesh speaks h2c to nginx for it.
+    let (status, body) = eventually(
+        "web answers through the mesh",
+        Duration::from_secs(20),
+        || {
+            Ok(weft_tests::backends::http_get_host(&up, "web", "/")
+                .ok()
+                .filter(|r| r.0 == 200))
+        },
+    )?;
+    assert_eq!(status, 200);
+    assert!(body.contains("h2c only"), "{body}");
+    // h2load: h2c prior knowledge from the client, 2 000 requests on 4 connections.
+    let out = Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "8", &format!("http://{up}/")])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2000 succeeded, 0 failed") && text.contains("status codes: 2000 2xx"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/echo.py");
+    let port = free_port()?;
+    let server = Command::new("/usr/bin/python3")
+        .args([script, "server", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _server = Proc(server);
+    let mut c = Cluster::new("grpc_through_the_mesh_keeps_trailers_and_status");
+    c.formed(2)?;
+    let p = port.to_string();
+    c.register(
+        "vm-2",
+        &["--name", "echo", "--port", &p, "--protocol", "grpc"],
+    )?;
+    let up = c.client_upstream("vm-1", "echo", 19001)?;
+    let out = eventually("the gRPC client's checks", Duration::from_secs(30), || {
+        let out = Command::new("/usr/bin/python3")
+            .args([script, "client", &up])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok((out.status.success() && text.lines().count() == 3).then_some(text))
+    })?;
+    println!("{out}");
+    assert!(out.contains("unary hello trailer=kept"), "{out}");
+    assert!(out.contains("stream 5 tick-4"), "{out}");
+    assert!(
+        out.contains("fail NOT_FOUND no such thing: x trailer=kept"),
+        "{out}"
+    );
+    Ok(())
+}
