@@ -18,6 +18,7 @@ packages=(
   nginx-light        # an h2c-only backend (protocol = "http2")
   nghttp2-client     # h2load against it through the mesh
   python3-grpcio     # a real gRPC server and client (protocol = "grpc")
+  python3-websockets # a real WebSocket echo through the mesh (Upgrade)
 )
 
 missing=()

@@ -1,8 +1,10 @@
 //! Every HTTP a microservice speaks, through the mesh, with clients and servers nobody
 //! here wrote: an nginx that speaks only h2c (`protocol = "http2"`) driven by h2load and
-//! by a plain HTTP/1.1 client, and a Python grpcio server and client (`protocol = "grpc"`)
-//! with unary and server-streaming calls, trailers and an error status. Needs
-//! `tests/install-deps.sh` (nginx-light, nghttp2-client, python3-grpcio).
+//! by a plain HTTP/1.1 client, a Python grpcio server and client (`protocol = "grpc"`)
+//! with unary and server-streaming calls, trailers and an error status, and a Python
+//! `websockets` echo (an `http` service, `Upgrade` through the mesh) with 1 000 messages.
+//! Needs `tests/install-deps.sh` (nginx-light, nghttp2-client, python3-grpcio,
+//! python3-websockets).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -88,7 +90,7 @@ fn an_h2c_only_nginx_behind_the_mesh() -> anyhow::Result<()> {
 
 #[test]
 fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/echo.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/grpc_echo.py");
     let port = free_port()?;
     let server = Command::new("/usr/bin/python3")
         .args([script, "server", &port.to_string()])
@@ -118,5 +120,31 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
         out.contains("fail NOT_FOUND no such thing: x trailer=kept"),
         "{out}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_websocket_through_the_mesh() -> anyhow::Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ws_echo.py");
+    let port = free_port()?;
+    let server = Command::new("/usr/bin/python3")
+        .args([script, "server", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _server = Proc(server);
+    let mut c = Cluster::new("a_websocket_through_the_mesh");
+    c.formed(2)?;
+    c.register_http("vm-2", "chat", port)?;
+    let up = c.client_upstream("vm-1", "chat", 19001)?;
+    let out = eventually("1 000 messages echoed", Duration::from_secs(30), || {
+        let out = Command::new("/usr/bin/python3")
+            .args([script, "client", &up, "1000"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(out.status.success().then_some(text))
+    })?;
+    println!("{out}");
+    assert!(out.contains("echoed 1000 of 1000"), "{out}");
     Ok(())
 }

@@ -358,7 +358,6 @@ async fn forward(
         .headers
         .get("te")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(&mut parts.headers);
     let protocol = inputs
         .catalog
         .get()
@@ -366,6 +365,17 @@ async fn forward(
         .iter()
         .find(|i| i.service == destination)
         .map_or(Protocol::Http, |i| i.protocol);
+    // A WebSocket (or other `Upgrade`) to an `http` service: the app's connection is
+    // handed over once the instance answers 101.
+    let upgrade_token =
+        super::upgrade::token(parts.version, &parts.headers).filter(|_| protocol == Protocol::Http);
+    let app_upgrade = upgrade_token
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(t) = &upgrade_token {
+        super::upgrade::restore(&mut parts.headers, t);
+    }
     if protocol.is_h2() && te_trailers {
         parts
             .headers
@@ -420,6 +430,7 @@ async fn forward(
         body: &body,
         version: version.as_deref(),
         resilience: resilience.as_ref(),
+        upgrade: app_upgrade.is_some(),
     };
     inputs.resilience.budget_request(&dst);
     let outcome = match resilience.as_ref().and_then(|r| r.timeout) {
@@ -434,7 +445,7 @@ async fn forward(
         None => attempt_ctx.run().await,
     };
     match outcome {
-        Ok((resp, upstream_node)) => {
+        Ok((mut resp, upstream_node)) => {
             let status = resp.status();
             inputs
                 .metrics
@@ -454,6 +465,11 @@ async fn forward(
                 bytes_in: 0,
                 trace_id: traceparent.split('-').nth(1).map(str::to_owned),
             });
+            if let (StatusCode::SWITCHING_PROTOCOLS, Some(app)) = (status, app_upgrade) {
+                let hop = hyper::upgrade::on(&mut resp);
+                super::upgrade::splice(app, hop, "outbound");
+                return resp.map(|b| b.boxed());
+            }
             let (mut rparts, rbody) = resp.into_parts();
             strip_hop_by_hop(&mut rparts.headers);
             Response::from_parts(rparts, rbody.boxed())
@@ -483,6 +499,8 @@ struct Attempt<'a> {
     body: &'a Bytes,
     version: Option<&'a str>,
     resilience: Option<&'a Resilience>,
+    /// The request asks to switch protocols (its headers say how).
+    upgrade: bool,
 }
 
 /// Why one attempt got no response.
@@ -557,9 +575,12 @@ impl Attempt<'_> {
             } else {
                 *out.version_mut() = Version::HTTP_11;
                 // One exchange per stream: saying so lets both ends finish the stream
-                // with the last bytes instead of in packets of their own.
-                out.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                // with the last bytes instead of in packets of their own (an upgrade
+                // keeps its `Connection: upgrade`).
+                if !self.upgrade {
+                    out.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 self.path_and_query.to_owned()
             };
             *out.uri_mut() = match target.parse() {
@@ -594,7 +615,7 @@ impl Attempt<'_> {
                         .await
                         .map_err(AttemptError::Handshake)?;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    if let Err(e) = conn.with_upgrades().await {
                         debug!(error = %e, "upstream HTTP connection ended with an error");
                     }
                 });

@@ -71,8 +71,17 @@ async fn serve_http(
                 Err(resp) => return Ok::<_, std::convert::Infallible>(*resp),
             };
             // Hop-by-hop: the stream's `Connection: close` is not the backend's business
-            // (its connections are pooled).
+            // (its connections are pooled); an upgrade keeps `Connection: upgrade`.
+            let upgrade = (!h2)
+                .then(|| super::upgrade::token(req.version(), req.headers()))
+                .flatten();
+            let stream_upgrade = upgrade
+                .as_ref()
+                .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
             req.headers_mut().remove(hyper::header::CONNECTION);
+            if let Some(t) = &upgrade {
+                super::upgrade::restore(req.headers_mut(), t);
+            }
             *req.version_mut() = if h2 {
                 // HTTP/2 carries the authority in the request line; a `host` that differs
                 // from it is refused by servers (nginx answers 400).
@@ -110,7 +119,15 @@ async fn serve_http(
                 (first, _) => first,
             };
             match result {
-                Ok(resp) => Ok(resp.map(|b| b.boxed())),
+                Ok(mut resp) => {
+                    if let (StatusCode::SWITCHING_PROTOCOLS, Some(stream)) =
+                        (resp.status(), stream_upgrade)
+                    {
+                        let backend = hyper::upgrade::on(&mut resp);
+                        super::upgrade::splice(stream, backend, "inbound");
+                    }
+                    Ok(resp.map(|b| b.boxed()))
+                }
                 Err(e) => {
                     warn!(port, error = %e, "local instance failed the request");
                     Ok(status(StatusCode::BAD_GATEWAY))
@@ -126,6 +143,7 @@ async fn serve_http(
     } else {
         hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = served {

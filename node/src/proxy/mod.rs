@@ -14,6 +14,7 @@ pub mod io;
 pub mod listeners;
 pub mod pool;
 pub mod tcp;
+pub mod upgrade;
 
 pub use inputs::{ProxyInputs, ProxyParts};
 pub use pool::ConnPool;

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """A gRPC echo server and client (grpcio, no generated code), for the mesh's protocol tests.
 
-  echo.py server PORT     serves weft.test.Echo on 127.0.0.1:PORT until killed
-  echo.py client ADDR     calls it through ADDR and prints one line per check
+  grpc_echo.py server PORT     serves weft.test.Echo on 127.0.0.1:PORT until killed
+  grpc_echo.py client ADDR     calls it through ADDR and prints one line per check
 
 Methods: Unary (echoes the request), Stream (server streaming: the request 5 times),
 Fail (aborts with NOT_FOUND, a message and a trailing metadata entry).
