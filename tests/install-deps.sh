@@ -19,6 +19,7 @@ packages=(
   nghttp2-client     # h2load against it through the mesh
   python3-grpcio     # a real gRPC server and client (protocol = "grpc")
   python3-websockets # a real WebSocket echo through the mesh (Upgrade)
+  curl               # 1 GiB up and down through the mesh
 )
 
 missing=()

@@ -3,8 +3,9 @@
 //! by a plain HTTP/1.1 client, a Python grpcio server and client (`protocol = "grpc"`)
 //! with unary and server-streaming calls, trailers and an error status, and a Python
 //! `websockets` echo (an `http` service, `Upgrade` through the mesh) with 1 000 messages.
-//! Needs `tests/install-deps.sh` (nginx-light, nghttp2-client, python3-grpcio,
-//! python3-websockets).
+//! Also 1 GiB uploaded and downloaded through two agents (curl and a Python server), with
+//! the agents' memory growth bounded: bodies stream. Needs `tests/install-deps.sh`
+//! (nginx-light, nghttp2-client, python3-grpcio, python3-websockets, curl).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -146,5 +147,111 @@ fn a_websocket_through_the_mesh() -> anyhow::Result<()> {
     })?;
     println!("{out}");
     assert!(out.contains("echoed 1000 of 1000"), "{out}");
+    Ok(())
+}
+
+/// Resident set size of process `pid`, KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+#[test]
+fn a_gigabyte_up_and_down_streams_through_the_mesh() -> anyhow::Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/bulk_http.py");
+    let port = free_port()?;
+    let server = Command::new("/usr/bin/python3")
+        .args([script, &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _server = Proc(server);
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("upload");
+    let size: u64 = 1 << 30;
+    std::fs::File::create(&file)?.set_len(size)?;
+    let mut c = Cluster::new("a_gigabyte_up_and_down_streams_through_the_mesh");
+    c.formed(2)?;
+    c.register_http("vm-2", "bulk", port)?;
+    let up = c.client_upstream("vm-1", "bulk", 19001)?;
+    eventually("bulk answers", Duration::from_secs(20), || {
+        Ok(weft_tests::backends::http_get_host(&up, "bulk", "/bytes/1")
+            .ok()
+            .filter(|r| r.0 == 200))
+    })?;
+    let pids: Vec<u32> = ["vm-1", "vm-2"]
+        .iter()
+        .filter_map(|n| c.agent(n).pid())
+        .collect();
+    let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect::<Result<_, _>>()?;
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(before.clone()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pids) = (peak.clone(), stop.clone(), pids.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for (i, p) in pids.iter().enumerate() {
+                    if let Ok(r) = rss_kib(*p) {
+                        let mut peak = peak.lock().unwrap_or_else(|e| e.into_inner());
+                        peak[i] = peak[i].max(r);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let upload = Command::new("curl")
+        .args(["-sS", "-T", &file.to_string_lossy(), "-H", "Host: bulk"])
+        .arg(format!("http://{up}/upload"))
+        .output()?;
+    let up_secs = started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let download = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "-H",
+            "Host: bulk",
+        ])
+        .arg(format!("http://{up}/bytes/{size}"))
+        .output()?;
+    let down_secs = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = sampler.join();
+    let peak = peak.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let growth_mib: Vec<u64> = peak
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| (p - b) / 1024)
+        .collect();
+    let uploaded = String::from_utf8_lossy(&upload.stdout).trim().to_owned();
+    let downloaded = String::from_utf8_lossy(&download.stdout).trim().to_owned();
+    println!(
+        "1 GiB up in {up_secs:.1} s ({uploaded} bytes at the server), down in {down_secs:.1} s ({downloaded} bytes); agent RSS growth {growth_mib:?} MiB"
+    );
+    assert_eq!(
+        uploaded,
+        size.to_string(),
+        "{}",
+        String::from_utf8_lossy(&upload.stderr)
+    );
+    assert_eq!(
+        downloaded,
+        size.to_string(),
+        "{}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert!(
+        growth_mib.iter().all(|g| *g < 32),
+        "agent RSS grew {growth_mib:?} MiB moving 1 GiB each way"
+    );
     Ok(())
 }

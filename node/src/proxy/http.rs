@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::Protocol;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
@@ -31,9 +31,84 @@ use crate::telemetry::Metrics;
 /// Response body type of the proxy.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Largest request body buffered (buffering lets a failed attempt be retried and lets
-/// bad chunking be refused before anything is forwarded).
-pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Largest request body buffered, so that a failed attempt can be retried (linkerd keeps
+/// the same): a body that announces more, or whose length is not announced, streams to
+/// the instance and is not retried once sent.
+pub const RETRY_BUFFER: usize = 64 * 1024;
+
+/// A request's body across its attempts.
+enum RequestBody {
+    /// Small (or empty): kept, so every attempt sends it.
+    Buffered(Bytes),
+    /// The first bytes read, then the rest, streamed to the first attempt that gets as
+    /// far as sending it.
+    Streaming(std::sync::Mutex<Option<Prefixed>>),
+}
+
+/// A body whose first bytes were already read: those, then the rest as it arrives.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(prefix))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+/// Reads `body` until it ends (Buffered: small, validated, retryable) or more than
+/// `RETRY_BUFFER` bytes came (Streaming: those bytes and the rest). Err: it is malformed.
+async fn read_body(mut body: Incoming) -> Result<RequestBody, hyper::Error> {
+    let mut prefix = bytes::BytesMut::new();
+    while prefix.len() <= RETRY_BUFFER {
+        match body.frame().await {
+            None => return Ok(RequestBody::Buffered(prefix.freeze())),
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    prefix.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    Ok(RequestBody::Streaming(std::sync::Mutex::new(Some(
+        Prefixed {
+            prefix: Some(prefix.freeze()),
+            rest: body,
+        },
+    ))))
+}
+
+impl RequestBody {
+    /// The body for one attempt; None once a streamed body was sent.
+    fn for_attempt(&self) -> Option<ProxyBody> {
+        match self {
+            Self::Buffered(b) => Some(Full::new(b.clone()).map_err(|never| match never {}).boxed()),
+            Self::Streaming(slot) => slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|b| b.boxed()),
+        }
+    }
+
+    /// Whether a streamed body was already sent (no attempt can follow).
+    fn spent(&self) -> bool {
+        match self {
+            Self::Buffered(_) => false,
+            Self::Streaming(slot) => slot.lock().unwrap_or_else(|e| e.into_inner()).is_none(),
+        }
+    }
+}
 
 /// Where a connection's requests go.
 #[derive(Debug, Clone)]
@@ -264,27 +339,25 @@ async fn forward(
         return text(StatusCode::BAD_REQUEST, format!("weft: {why}\n"));
     }
     let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let too_large = e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            let (status, msg) = if too_large {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("weft: request body over {MAX_BODY} bytes\n"),
-                )
-            } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    "weft: malformed request body\n".to_owned(),
-                )
-            };
-            warn!(source = %src, destination = %dst, "request refused: {}", msg.trim());
-            inputs.metrics.record(&src, &dst, status.as_str(), 0.0);
-            return text(status, msg);
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(_) => {
+            warn!(source = %src, destination = %dst, "request refused: malformed request body");
+            inputs.metrics.record(&src, &dst, "400", 0.0);
+            return text(
+                StatusCode::BAD_REQUEST,
+                "weft: malformed request body\n".to_owned(),
+            );
         }
+    };
+    let bytes_out = match &body {
+        RequestBody::Buffered(b) => b.len() as u64,
+        RequestBody::Streaming(_) => declared.unwrap_or(0),
     };
     let normalized = match normalize_path(&path) {
         Ok(p) => p,
@@ -461,7 +534,7 @@ async fn forward(
                 path: Some(path.clone()),
                 status: status.as_u16().to_string(),
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                bytes_out: body.len() as u64,
+                bytes_out,
                 bytes_in: 0,
                 trace_id: traceparent.split('-').nth(1).map(str::to_owned),
             });
@@ -496,7 +569,7 @@ struct Attempt<'a> {
     normalized: &'a str,
     headers: &'a HeaderMap,
     path_and_query: &'a str,
-    body: &'a Bytes,
+    body: &'a RequestBody,
     version: Option<&'a str>,
     resilience: Option<&'a Resilience>,
     /// The request asks to switch protocols (its headers say how).
@@ -529,6 +602,7 @@ impl Attempt<'_> {
         for attempt in 0..policy.max_attempts {
             if attempt > 0 {
                 if !policy.may_retry
+                    || self.body.spent()
                     || !inputs.resilience.try_retry(self.dst, policy.budget_percent)
                 {
                     break;
@@ -565,7 +639,10 @@ impl Attempt<'_> {
             tried.push(key.clone());
             inputs.balancer.start(&key);
             let h2 = self.header.protocol.is_h2();
-            let mut out = Request::new(Full::new(self.body.clone()));
+            let Some(body) = self.body.for_attempt() else {
+                break;
+            };
+            let mut out = Request::new(body);
             *out.method_mut() = self.method.clone();
             *out.headers_mut() = self.headers.clone();
             let target = if h2 {
