@@ -5,7 +5,8 @@
   grpc_echo.py client ADDR     calls it through ADDR and prints one line per check
 
 Methods: Unary (echoes the request), Stream (server streaming: the request 5 times),
-Fail (aborts with NOT_FOUND, a message and a trailing metadata entry).
+Fail (aborts with NOT_FOUND, a message and a trailing metadata entry), Flaky (UNAVAILABLE
+the first time a payload is seen, then echoes it: the mesh retries it).
 """
 import sys
 from concurrent import futures
@@ -30,12 +31,23 @@ def fail(request, context):
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
 
 
+SEEN = set()
+
+
+def flaky(request, context):
+    if request not in SEEN:
+        SEEN.add(request)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+    return request
+
+
 def serve(port):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -53,6 +65,11 @@ def client(addr):
         print(f"unary {reply.decode()} trailer={trailers.get('x-weft-trailer')}")
         replies = list(channel.unary_stream(f"/{SERVICE}/Stream")(b"tick", timeout=10))
         print(f"stream {len(replies)} {replies[-1].decode()}")
+        try:
+            reply = channel.unary_unary(f"/{SERVICE}/Flaky")(b"retried", timeout=10)
+            print(f"flaky {reply.decode()}")
+        except grpc.RpcError as e:
+            print(f"flaky {e.code().name}")
         try:
             channel.unary_unary(f"/{SERVICE}/Fail")(b"x", timeout=10)
             print("fail no-error")

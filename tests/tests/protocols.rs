@@ -112,7 +112,7 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
             .args([script, "client", &up])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        Ok((out.status.success() && text.lines().count() == 3).then_some(text))
+        Ok((out.status.success() && text.lines().count() == 4).then_some(text))
     })?;
     println!("{out}");
     assert!(out.contains("unary hello trailer=kept"), "{out}");
@@ -121,6 +121,17 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
         out.contains("fail NOT_FOUND no such thing: x trailer=kept"),
         "{out}"
     );
+    // UNAVAILABLE (the server did not take the call) was retried by the mesh.
+    assert!(out.contains("flaky retried"), "{out}");
+    // The outcome in metrics is grpc-status, not the HTTP 200 every call has.
+    let metrics = weft_tests::http_get(&c.agent("vm-1").api(), "/metrics")?;
+    for code in ["grpc-ok", "grpc-not_found"] {
+        assert!(
+            metrics.contains(&format!("code=\"{code}\"")),
+            "no {code} in /metrics"
+        );
+    }
+    assert!(metrics.contains("weft_retries_total"), "no retry counted");
     Ok(())
 }
 

@@ -520,9 +520,21 @@ async fn forward(
     match outcome {
         Ok((mut resp, upstream_node)) => {
             let status = resp.status();
-            inputs
-                .metrics
-                .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
+            // gRPC's outcome is grpc-status: in the headers of a trailers-only answer,
+            // else recorded from the trailers when they arrive.
+            let grpc_streamed = protocol == Protocol::Grpc
+                && status == StatusCode::OK
+                && super::grpc::status(resp.headers()).is_none();
+            let code = if protocol == Protocol::Grpc && !grpc_streamed {
+                super::grpc::label(super::grpc::status(resp.headers()))
+            } else {
+                status.as_str()
+            };
+            if !grpc_streamed {
+                inputs
+                    .metrics
+                    .record(&src, &dst, code, started.elapsed().as_secs_f64());
+            }
             inputs.access_log.write(&AccessEntry {
                 time: now_rfc3339(),
                 direction: "outbound",
@@ -545,6 +557,18 @@ async fn forward(
             }
             let (mut rparts, rbody) = resp.into_parts();
             strip_hop_by_hop(&mut rparts.headers);
+            if grpc_streamed {
+                let record = super::grpc::Record {
+                    metrics: inputs.metrics.clone(),
+                    source: src.clone(),
+                    destination: dst.clone(),
+                    started,
+                };
+                return Response::from_parts(
+                    rparts,
+                    super::grpc::Outcome::new(rbody, record).boxed(),
+                );
+            }
             Response::from_parts(rparts, rbody.boxed())
         }
         Err(resp) => {
@@ -595,13 +619,21 @@ impl Attempt<'_> {
     /// Ok: the response and the node that served it. Err: the response to send.
     async fn run(&self) -> Result<(Response<Incoming>, String), Box<Response<ProxyBody>>> {
         let inputs = self.inputs;
-        let policy = RetryPolicy::for_request(self.method, self.resilience);
+        let grpc = self.header.protocol == Protocol::Grpc;
+        let policy = if grpc {
+            RetryPolicy::for_grpc(self.resilience)
+        } else {
+            RetryPolicy::for_request(self.method, self.resilience)
+        };
+        let mut retrying_unavailable = false;
         let mut tried: Vec<String> = inputs.resilience.ejected();
         let mut last_error: Option<AttemptError> = None;
         let mut last_5xx: Option<(Response<Incoming>, String)> = None;
         for attempt in 0..policy.max_attempts {
             if attempt > 0 {
-                if !policy.may_retry
+                let allowed =
+                    policy.may_retry || (policy.retry_unavailable && retrying_unavailable);
+                if !allowed
                     || self.body.spent()
                     || !inputs.resilience.try_retry(self.dst, policy.budget_percent)
                 {
@@ -710,7 +742,8 @@ impl Attempt<'_> {
             match result {
                 Ok(resp) => {
                     inputs.balancer.finish(&key, dialed.started.elapsed());
-                    let is_5xx = resp.status().is_server_error();
+                    let unavailable = grpc && super::grpc::unavailable(resp.headers());
+                    let is_5xx = resp.status().is_server_error() || unavailable;
                     if let Some(o) = self.resilience.and_then(|r| r.outlier.as_ref()) {
                         let total = inputs
                             .catalog
@@ -721,6 +754,12 @@ impl Attempt<'_> {
                             warn!(endpoint = %key, "instance ejected as an outlier");
                             Metrics::inc(&inputs.metrics.ejections, self.dst);
                         }
+                    }
+                    if unavailable && policy.retry_unavailable {
+                        debug!(attempt, endpoint = %key, "gRPC UNAVAILABLE; may retry");
+                        retrying_unavailable = true;
+                        last_5xx = Some((resp, dialed.instance.node.clone()));
+                        continue;
                     }
                     if is_5xx && policy.retry_5xx {
                         debug!(attempt, endpoint = %key, status = %resp.status(), "5xx; may retry");
@@ -733,6 +772,7 @@ impl Attempt<'_> {
                     inputs.balancer.fail(&key);
                     debug!(attempt, endpoint = %key, error = %e, "upstream request failed");
                     last_error = Some(e);
+                    retrying_unavailable = false;
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod dial;
 pub mod framing;
+pub mod grpc;
 pub mod header;
 pub mod http;
 pub mod inbound;

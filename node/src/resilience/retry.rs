@@ -23,9 +23,22 @@ pub struct RetryPolicy {
     pub may_retry: bool,
     /// Retries may add at most this percentage of extra load.
     pub budget_percent: u32,
+    /// A gRPC trailers-only `UNAVAILABLE` may be retried even where `may_retry` is false
+    /// (the server did not take the call).
+    pub retry_unavailable: bool,
 }
 
 impl RetryPolicy {
+    /// The policy for a gRPC call: like `for_request`, and a trailers-only `UNAVAILABLE`
+    /// (the server did not take the call) may be retried whatever the method, within the
+    /// attempts and the budget.
+    pub fn for_grpc(settings: Option<&Resilience>) -> Self {
+        Self {
+            retry_unavailable: true,
+            ..Self::for_request(&Method::POST, settings)
+        }
+    }
+
     /// The policy for a request with `method` under `settings` (None: connect failures and
     /// resets only, idempotent methods only, `DEFAULT_ATTEMPTS`).
     pub fn for_request(method: &Method, settings: Option<&Resilience>) -> Self {
@@ -44,12 +57,14 @@ impl RetryPolicy {
                 retry_5xx: r.retry_on_5xx,
                 may_retry: idempotent || r.retry_non_idempotent,
                 budget_percent: r.retry_budget_percent,
+                retry_unavailable: false,
             },
             None => Self {
                 max_attempts: DEFAULT_ATTEMPTS,
                 retry_5xx: false,
                 may_retry: idempotent,
                 budget_percent: 100,
+                retry_unavailable: false,
             },
         }
     }

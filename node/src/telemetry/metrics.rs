@@ -391,8 +391,9 @@ impl Metrics {
     /// Counts one request or stream (Prometheus families and the dashboard's rings).
     pub fn record(&self, source: &str, destination: &str, code: &str, seconds: f64) {
         let (source, destination) = self.bounded(source, destination);
-        let error =
-            code.starts_with('5') || matches!(code, "error" | "refused" | "denied" | "unknown");
+        let error = code.starts_with('5')
+            || matches!(code, "error" | "refused" | "denied" | "unknown")
+            || crate::proxy::grpc::is_server_failure(code);
         let now = crate::clock::unix_secs();
         // Requests for services nobody runs are counted above but are not graph edges.
         if destination != "unknown" {
