@@ -266,3 +266,29 @@ fn a_gigabyte_up_and_down_streams_through_the_mesh() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_silent_instance_is_answered_504_after_the_default_request_timeout() -> anyhow::Result<()> {
+    // An instance that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent.local_addr()?.port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            keep.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        }
+    });
+    let mut c = Cluster::new("a_silent_instance_is_answered_504_after_the_default_request_timeout");
+    c.formed_with(2, &["--request-timeout", "2s"])?;
+    c.register_http("vm-2", "slow", port)?;
+    let up = c.client_upstream("vm-1", "slow", 19001)?;
+    let (status, body) = eventually("slow routable", Duration::from_secs(20), || {
+        let started = std::time::Instant::now();
+        let r = weft_tests::backends::http_get_host(&up, "slow", "/")?;
+        Ok((r.0 == 504 && started.elapsed() < Duration::from_secs(6)).then_some(r))
+    })?;
+    assert_eq!(status, 504);
+    assert!(body.contains("timed out after 2s"), "{body}");
+    Ok(())
+}

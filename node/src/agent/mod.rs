@@ -240,6 +240,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         metrics,
         access_log,
         zone: settings.zone.clone(),
+        request_timeout: settings.request_timeout,
         gossip_interval: settings.gossip_interval,
         shutdown: shutdown.clone(),
     }));
@@ -465,6 +466,7 @@ async fn reload(agent: &Arc<Agent>, args: &AgentArgs) {
             if zone_changed {
                 agent.data.set_zone(&fresh.zone);
             }
+            agent.data.set_request_timeout(fresh.request_timeout);
             *agent.settings.write().unwrap_or_else(|e| e.into_inner()) = fresh;
             if zone_changed {
                 agent.publish_record().await;

@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub leaf_ttl: Option<String>,
     /// Interval between gossip rounds (e.g. "250ms").
     pub gossip_interval: Option<String>,
+    /// Default time an HTTP request may wait for its response head ("0s": none).
+    pub request_timeout: Option<String>,
     /// Access log: a file path, "stdout" or "off".
     pub access_log: Option<String>,
     /// Services this host runs.

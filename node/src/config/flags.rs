@@ -68,6 +68,10 @@ pub struct AgentArgs {
     /// Interval between gossip rounds (default 250ms).
     #[arg(long, value_name = "DURATION")]
     pub gossip_interval: Option<String>,
+    /// How long an app's HTTP request may wait for the response head when no resilience
+    /// entry sets a timeout (default 30s; 0s: none).
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
     /// Access log: FILE, stdout or off (default stdout).
     #[arg(long, value_name = "FILE|stdout|off")]
     pub access_log: Option<String>,

@@ -60,6 +60,9 @@ pub struct Settings {
     pub leaf_ttl: Duration,
     /// Gossip round interval.
     pub gossip_interval: Duration,
+    /// How long an HTTP request may wait for its response head when no resilience entry
+    /// says (None: no limit). WebSocket and gRPC streams are not limited once answered.
+    pub request_timeout: Option<Duration>,
     /// Services from the file.
     pub services: Vec<ServiceConfig>,
     /// The config file, for SIGHUP reloads.
@@ -214,6 +217,14 @@ impl Settings {
                 ))
             }
         };
+        let request_timeout = parse_duration(
+            args.request_timeout
+                .as_deref()
+                .or(file.request_timeout.as_deref()),
+            "30s",
+        )
+        .map_err(|m| invalid("request_timeout", m.to_string()))?;
+        let request_timeout = (!request_timeout.is_zero()).then_some(request_timeout);
         let leaf_ttl = parse_duration(args.leaf_ttl.as_deref().or(file.leaf_ttl.as_deref()), "24h")
             .map_err(|m| invalid("leaf_ttl", m.to_string()))?;
         if leaf_ttl < Duration::from_secs(5) || leaf_ttl > Duration::from_secs(366 * 86400) {
@@ -263,6 +274,7 @@ impl Settings {
             log_format,
             leaf_ttl,
             gossip_interval,
+            request_timeout,
             services: file.service,
             config_path: args.config.clone(),
             ephemeral,

@@ -506,7 +506,13 @@ async fn forward(
         upgrade: app_upgrade.is_some(),
     };
     inputs.resilience.budget_request(&dst);
-    let outcome = match resilience.as_ref().and_then(|r| r.timeout) {
+    // The resilience entry's timeout, else the agent's default, up to the response head
+    // (a WebSocket or gRPC stream is not cut once answered).
+    let timeout = resilience
+        .as_ref()
+        .and_then(|r| r.timeout)
+        .or_else(|| inputs.request_timeout());
+    let outcome = match timeout {
         Some(t) => tokio::time::timeout(t, attempt_ctx.run())
             .await
             .unwrap_or_else(|_| {

@@ -42,6 +42,9 @@ pub struct ProxyInputs {
     pub backend_h2: BackendClient,
     /// This node's zone (the balancer prefers it; changes on reload).
     zone: RwLock<Arc<str>>,
+    /// The default time an HTTP request may wait for its response head, milliseconds
+    /// (0: none; changes on reload).
+    request_timeout_ms: std::sync::atomic::AtomicU64,
     /// One gossip round: how long a peer's new registration may take to reach us.
     pub gossip_interval: Duration,
     /// Cancelled when the agent stops.
@@ -70,6 +73,8 @@ pub struct ProxyParts {
     pub access_log: AccessLog,
     /// This node's zone.
     pub zone: String,
+    /// The default request timeout (None: none).
+    pub request_timeout: Option<Duration>,
     /// See `ProxyInputs::gossip_interval`.
     pub gossip_interval: Duration,
     /// See `ProxyInputs::shutdown`.
@@ -92,6 +97,9 @@ impl ProxyInputs {
             backend: super::inbound::backend_client(false),
             backend_h2: super::inbound::backend_client(true),
             zone: RwLock::new(p.zone.into()),
+            request_timeout_ms: std::sync::atomic::AtomicU64::new(
+                p.request_timeout.map_or(0, |d| d.as_millis() as u64),
+            ),
             gossip_interval: p.gossip_interval,
             shutdown: p.shutdown,
         }
@@ -100,6 +108,25 @@ impl ProxyInputs {
     /// This node's zone.
     pub fn zone(&self) -> Arc<str> {
         self.zone.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The default request timeout, if any.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        match self
+            .request_timeout_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Sets the default request timeout (config reload).
+    pub fn set_request_timeout(&self, timeout: Option<Duration>) {
+        self.request_timeout_ms.store(
+            timeout.map_or(0, |d| d.as_millis() as u64),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Sets the zone (config reload).
