@@ -36,6 +36,10 @@ pub struct ConnPool {
     conns: Mutex<HashMap<String, (u64, quinn::Connection)>>,
     /// Peers marked failed at the last prune.
     failed: Mutex<HashSet<String>>,
+    /// One dial per peer at a time: requests that find no connection wait for the dial
+    /// in flight instead of each opening one (a burst would otherwise exceed the peer's
+    /// handshakes-per-address budget and be refused). One entry per peer dialled.
+    dialing: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -52,6 +56,7 @@ impl ConnPool {
             client,
             conns: Mutex::default(),
             failed: Mutex::default(),
+            dialing: Mutex::default(),
         }
     }
 
@@ -62,6 +67,17 @@ impl ConnPool {
         addr: SocketAddr,
         generation: u64,
     ) -> Result<quinn::Connection, PoolError> {
+        if let Some(c) = self.get(node, generation) {
+            return Ok(c);
+        }
+        let gate = self
+            .dialing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_owned())
+            .or_default()
+            .clone();
+        let _dialing = gate.lock().await;
         if let Some(c) = self.get(node, generation) {
             return Ok(c);
         }
@@ -101,6 +117,10 @@ impl ConnPool {
 
     /// Closes connections to nodes for which `keep` is false.
     fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.dialing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|node, _| keep(node));
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
