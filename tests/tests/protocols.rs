@@ -23,6 +23,23 @@ impl Drop for Proc {
     }
 }
 
+/// One of the scripts in `tests/clients/`.
+fn client_script(name: &str) -> String {
+    format!("{}/clients/{name}.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts a Python server script (Debian's python3, which has the packages the install
+/// script adds).
+fn python_server(script: &str, args: &[&str]) -> anyhow::Result<Proc> {
+    let child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -91,14 +108,9 @@ fn an_h2c_only_nginx_behind_the_mesh() -> anyhow::Result<()> {
 
 #[test]
 fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/grpc_echo.py");
+    let script = client_script("grpc_echo");
     let port = free_port()?;
-    let server = Command::new("/usr/bin/python3")
-        .args([script, "server", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _server = Proc(server);
+    let _server = python_server(&script, &["server", &port.to_string()])?;
     let mut c = Cluster::new("grpc_through_the_mesh_keeps_trailers_and_status");
     c.formed(2)?;
     let p = port.to_string();
@@ -109,7 +121,7 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
     let up = c.client_upstream("vm-1", "echo", 19001)?;
     let out = eventually("the gRPC client's checks", Duration::from_secs(30), || {
         let out = Command::new("/usr/bin/python3")
-            .args([script, "client", &up])
+            .args([script.as_str(), "client", &up])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         Ok((out.status.success() && text.lines().count() == 4).then_some(text))
@@ -137,21 +149,16 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
 
 #[test]
 fn a_websocket_through_the_mesh() -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/ws_echo.py");
+    let script = client_script("ws_echo");
     let port = free_port()?;
-    let server = Command::new("/usr/bin/python3")
-        .args([script, "server", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _server = Proc(server);
+    let _server = python_server(&script, &["server", &port.to_string()])?;
     let mut c = Cluster::new("a_websocket_through_the_mesh");
     c.formed(2)?;
     c.register_http("vm-2", "chat", port)?;
     let up = c.client_upstream("vm-1", "chat", 19001)?;
     let out = eventually("1 000 messages echoed", Duration::from_secs(30), || {
         let out = Command::new("/usr/bin/python3")
-            .args([script, "client", &up, "1000"])
+            .args([script.as_str(), "client", &up, "1000"])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         Ok(out.status.success().then_some(text))
@@ -173,14 +180,9 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 #[test]
 fn a_gigabyte_up_and_down_streams_through_the_mesh() -> anyhow::Result<()> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/bulk_http.py");
+    let script = client_script("bulk_http");
     let port = free_port()?;
-    let server = Command::new("/usr/bin/python3")
-        .args([script, &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _server = Proc(server);
+    let _server = python_server(&script, &[&port.to_string()])?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("upload");
     let size: u64 = 1 << 30;
