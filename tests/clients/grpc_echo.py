@@ -6,7 +6,8 @@
 
 Methods: Unary (echoes the request), Stream (server streaming: the request 5 times),
 Fail (aborts with NOT_FOUND, a message and a trailing metadata entry), Flaky (UNAVAILABLE
-the first time a payload is seen, then echoes it: the mesh retries it).
+the first time a payload is seen, then echoes it: the mesh retries it). It also serves
+grpc.health.v1.Health/Check, answering SERVING (the encoded HealthCheckResponse).
 """
 import sys
 from concurrent import futures
@@ -49,7 +50,11 @@ def serve(port):
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    health = {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x08\x01")}
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler("grpc.health.v1.Health", health),
+    ))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("serving", flush=True)

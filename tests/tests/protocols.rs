@@ -40,6 +40,24 @@ fn python_server(script: &str, args: &[&str]) -> anyhow::Result<Proc> {
     Ok(Proc(child))
 }
 
+/// Waits until vm-1 sees `service`'s instance on vm-2 passing its health check.
+fn wait_passing(c: &Cluster, service: &str) -> anyhow::Result<()> {
+    let api = c.agent("vm-1").api();
+    eventually(
+        &format!("{service} passing"),
+        Duration::from_secs(20),
+        || {
+            let v: Vec<serde_json::Value> =
+                serde_json::from_str(&weft_tests::http_get(&api, "/v1/services")?)?;
+            Ok(v.iter()
+                .filter(|s| s["service"] == service)
+                .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+                .any(|i| i["node"] == "vm-2" && i["health"] == "passing")
+                .then_some(()))
+        },
+    )
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -75,10 +93,24 @@ fn an_h2c_only_nginx_behind_the_mesh() -> anyhow::Result<()> {
     let mut c = Cluster::new("an_h2c_only_nginx_behind_the_mesh");
     c.formed(2)?;
     let p = port.to_string();
+    let check = format!("http://127.0.0.1:{port}/");
     c.register(
         "vm-2",
-        &["--name", "web", "--port", &p, "--protocol", "http2"],
+        &[
+            "--name",
+            "web",
+            "--port",
+            &p,
+            "--protocol",
+            "http2",
+            "--check-http",
+            &check,
+            "--check-interval",
+            "1s",
+        ],
     )?;
+    // The HTTP check speaks h2c to this server (HTTP/1.1 would fail it).
+    wait_passing(&c, "web")?;
     let up = c.client_upstream("vm-1", "web", 19001)?;
     // An HTTP/1.1 client: the mesh speaks h2c to nginx for it.
     let (status, body) = eventually(
@@ -114,10 +146,24 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
     let mut c = Cluster::new("grpc_through_the_mesh_keeps_trailers_and_status");
     c.formed(2)?;
     let p = port.to_string();
+    let check = format!("127.0.0.1:{port}");
     c.register(
         "vm-2",
-        &["--name", "echo", "--port", &p, "--protocol", "grpc"],
+        &[
+            "--name",
+            "echo",
+            "--port",
+            &p,
+            "--protocol",
+            "grpc",
+            "--check-grpc",
+            &check,
+            "--check-interval",
+            "1s",
+        ],
     )?;
+    // The gRPC health check (grpc.health.v1) passes.
+    wait_passing(&c, "echo")?;
     let up = c.client_upstream("vm-1", "echo", 19001)?;
     let out = eventually("the gRPC client's checks", Duration::from_secs(30), || {
         let out = Command::new("/usr/bin/python3")

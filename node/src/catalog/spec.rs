@@ -20,9 +20,18 @@ pub enum CheckTarget {
         host: String,
         /// Path and query.
         path: String,
+        /// Over h2c (the service speaks `http2` or `grpc`), else HTTP/1.1.
+        h2: bool,
     },
     /// Connect to this address.
     Tcp(SocketAddr),
+    /// `grpc.health.v1.Health/Check` over h2c: SERVING passes.
+    Grpc {
+        /// host:port to connect to.
+        addr: SocketAddr,
+        /// The service asked about ("" for the server as a whole).
+        service: String,
+    },
 }
 
 /// A validated health check.
@@ -133,7 +142,7 @@ impl ServiceSpec {
         let check = c
             .check
             .as_ref()
-            .map(|k| check_spec(k, own))
+            .map(|k| check_spec(k, own, protocol.is_h2()))
             .transpose()
             .map_err(|FieldError(f, m)| err(f, m))?;
         let mut upstreams = Vec::new();
@@ -180,7 +189,7 @@ fn duration(
     }
 }
 
-fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, FieldError> {
+fn check_spec(k: &CheckConfig, own: &[IpAddr], h2: bool) -> Result<CheckSpec, FieldError> {
     let interval = duration(
         k.interval.as_deref(),
         Duration::from_secs(5),
@@ -203,24 +212,38 @@ fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, FieldError> 
             "must be positive and at most the interval".into(),
         ));
     }
-    let target = match (&k.http, &k.tcp) {
-        (Some(url), None) => http_target(url, own)?,
-        (None, Some(addr)) => {
-            let a: SocketAddr = addr
-                .parse()
-                .map_err(|e| FieldError("check.tcp", format!("{addr:?}: {e}")))?;
-            if !is_local_ip(a.ip(), own) {
+    let local = |field: &'static str, addr: &str| -> Result<SocketAddr, FieldError> {
+        let a: SocketAddr = addr
+            .parse()
+            .map_err(|e| FieldError(field, format!("{addr:?}: {e}")))?;
+        if !is_local_ip(a.ip(), own) {
+            return Err(FieldError(
+                field,
+                format!("{a}: checks may only target this host"),
+            ));
+        }
+        Ok(a)
+    };
+    let target = match (&k.http, &k.tcp, &k.grpc) {
+        (Some(url), None, None) => http_target(url, own, h2)?,
+        (None, Some(addr), None) => CheckTarget::Tcp(local("check.tcp", addr)?),
+        (None, None, Some(addr)) => {
+            let service = k.grpc_service.clone().unwrap_or_default();
+            if service.len() > 200 || service.chars().any(|c| c.is_control()) {
                 return Err(FieldError(
-                    "check.tcp",
-                    format!("{a}: checks may only target this host"),
+                    "check.grpc_service",
+                    "at most 200 characters, no control characters".into(),
                 ));
             }
-            CheckTarget::Tcp(a)
+            CheckTarget::Grpc {
+                addr: local("check.grpc", addr)?,
+                service,
+            }
         }
         _ => {
             return Err(FieldError(
                 "check",
-                "set exactly one of `http` or `tcp`".into(),
+                "set exactly one of `http`, `tcp` or `grpc`".into(),
             ))
         }
     };
@@ -237,7 +260,7 @@ fn check_spec(k: &CheckConfig, own: &[IpAddr]) -> Result<CheckSpec, FieldError> 
     })
 }
 
-fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, FieldError> {
+fn http_target(url: &str, own: &[IpAddr], h2: bool) -> Result<CheckTarget, FieldError> {
     let bad = |m: String| FieldError("check.http", m);
     let rest = url
         .strip_prefix("http://")
@@ -274,6 +297,7 @@ fn http_target(url: &str, own: &[IpAddr]) -> Result<CheckTarget, FieldError> {
         addr: SocketAddr::new(ip, port),
         host: authority.to_owned(),
         path: path.to_owned(),
+        h2,
     })
 }
 

@@ -126,12 +126,18 @@ pub struct RegisterArgs {
     /// Tag (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// HTTP health check URL on this host.
-    #[arg(long, conflicts_with = "check_tcp")]
+    /// HTTP health check URL on this host (over h2c for http2 and grpc services).
+    #[arg(long, conflicts_with_all = ["check_tcp", "check_grpc"])]
     pub check_http: Option<String>,
     /// TCP health check address on this host.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check_grpc")]
     pub check_tcp: Option<String>,
+    /// gRPC health check (grpc.health.v1) address on this host.
+    #[arg(long)]
+    pub check_grpc: Option<String>,
+    /// The service the gRPC health check asks about (default: the whole server).
+    #[arg(long, requires = "check_grpc")]
+    pub check_grpc_service: Option<String>,
     /// Check interval (e.g. 5s).
     #[arg(long)]
     pub check_interval: Option<String>,

@@ -500,13 +500,19 @@ pub async fn service_register(a: &RegisterArgs) -> anyhow::Result<()> {
     if let Some(v) = &a.version {
         body["version"] = v.clone().into();
     }
-    if a.check_http.is_some() || a.check_tcp.is_some() {
+    if a.check_http.is_some() || a.check_tcp.is_some() || a.check_grpc.is_some() {
         let mut check = serde_json::json!({});
         if let Some(u) = &a.check_http {
             check["http"] = u.clone().into();
         }
         if let Some(t) = &a.check_tcp {
             check["tcp"] = t.clone().into();
+        }
+        if let Some(g) = &a.check_grpc {
+            check["grpc"] = g.clone().into();
+        }
+        if let Some(s) = &a.check_grpc_service {
+            check["grpc_service"] = s.clone().into();
         }
         if let Some(i) = &a.check_interval {
             check["interval"] = i.clone().into();

@@ -91,6 +91,10 @@ pub struct CheckConfig {
     pub http: Option<String>,
     /// Address for a TCP connect check.
     pub tcp: Option<String>,
+    /// Address for a gRPC health check (`grpc.health.v1.Health/Check`, h2c).
+    pub grpc: Option<String>,
+    /// The service name the gRPC health check asks about (default: the server as a whole).
+    pub grpc_service: Option<String>,
     /// Time between checks.
     pub interval: Option<String>,
     /// Time a check may take.
