@@ -264,7 +264,8 @@ impl CaRole {
 
     /// This replica's intermediate: serial and expiry.
     pub fn intermediate(&self) -> Option<IssuerInfo> {
-        weft_ca::parse_replica(self.issuer().cert_der(), self.issuer().cluster()).ok()
+        let issuer = self.issuer();
+        weft_ca::parse_replica(issuer.cert_der(), issuer.cluster()).ok()
     }
 
     /// Installs a renewed intermediate (same key).

@@ -121,7 +121,15 @@ impl Catalog {
 
     /// Whether any node runs `service`.
     pub fn knows(&self, service: &ServiceName) -> bool {
-        self.instances.iter().any(|i| &i.service == service)
+        self.protocol_of(service).is_some()
+    }
+
+    /// How `service` speaks (None: no node runs it).
+    pub fn protocol_of(&self, service: &ServiceName) -> Option<Protocol> {
+        self.instances
+            .iter()
+            .find(|i| &i.service == service)
+            .map(|i| i.protocol)
     }
 }
 

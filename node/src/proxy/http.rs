@@ -326,7 +326,8 @@ async fn forward(
         .unwrap_or_else(|| "-".into());
     // Metric labels name only services the catalog knows: a client asking for endless
     // made-up names must not grow /metrics.
-    let dst = if inputs.catalog.get().knows(&destination) {
+    let known = inputs.catalog.get().protocol_of(&destination);
+    let dst = if known.is_some() {
         destination.to_string()
     } else {
         "unknown".to_owned()
@@ -431,13 +432,7 @@ async fn forward(
         .headers
         .get("te")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    let protocol = inputs
-        .catalog
-        .get()
-        .instances
-        .iter()
-        .find(|i| i.service == destination)
-        .map_or(Protocol::Http, |i| i.protocol);
+    let protocol = known.unwrap_or(Protocol::Http);
     // A WebSocket (or other `Upgrade`) to an `http` service: the app's connection is
     // handed over once the instance answers 101.
     let upgrade_token =

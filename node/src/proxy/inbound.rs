@@ -94,10 +94,12 @@ async fn serve_http(
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             }
-            // A request without a body and with a safe method is sent once more when the
-            // first try failed before an answer (a pooled connection the instance had just
-            // closed, an HTTP/2 GOAWAY as nginx sends after 1 000 requests).
-            let again = (hyper::body::Body::is_end_stream(req.body())
+            // An h2c request without a body and with a safe method is sent once more when
+            // the first try failed before an answer (an HTTP/2 GOAWAY, as nginx sends after
+            // 1 000 requests; hyper's pool already retries HTTP/1.1 requests it finds on a
+            // closed connection, so that path pays for no copy).
+            let again = (h2
+                && hyper::body::Body::is_end_stream(req.body())
                 && matches!(
                     *req.method(),
                     hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
