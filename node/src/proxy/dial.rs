@@ -123,8 +123,62 @@ pub async fn dial_with(
     version: Option<&str>,
     excluded: Vec<String>,
 ) -> Result<Dialed, DialError> {
+    let mut open = |inst: Instance| async move {
+        let io = open_instance(inputs, &inst, header).await?;
+        Ok((io, inst))
+    };
+    let ((io, instance), started) =
+        pick_reachable(inputs, &header.destination, version, excluded, &mut open).await?;
+    Ok(Dialed {
+        io,
+        instance,
+        started,
+    })
+}
+
+/// An instance chosen for one HTTP request, with its node's QUIC connection up (the
+/// request then travels on a pooled stream, `streams`, or the local keep-alive pool).
+pub struct Chosen {
+    /// The instance.
+    pub instance: Instance,
+    /// When it was ready (latency samples start here).
+    pub started: Instant,
+}
+
+/// Like `dial_with`, without opening a stream: picks an instance whose node is reachable.
+pub async fn choose(
+    inputs: &ProxyInputs,
+    service: &ServiceName,
+    version: Option<&str>,
+    excluded: Vec<String>,
+) -> Result<Chosen, DialError> {
+    let mut reach = |inst: Instance| async move {
+        if !inst.is_local {
+            inputs
+                .pool
+                .connect(&inst.node, inst.node_addr, inst.node_generation)
+                .await?;
+        }
+        Ok::<_, OpenError>(inst)
+    };
+    let (instance, started) = pick_reachable(inputs, service, version, excluded, &mut reach).await?;
+    Ok(Chosen { instance, started })
+}
+
+/// Picks routable instances of `service` (of `version`, outside `excluded` unless
+/// nothing else is left) until `reach` succeeds with one, up to `DEFAULT_ATTEMPTS`.
+async fn pick_reachable<T, F, Fut>(
+    inputs: &ProxyInputs,
+    service: &ServiceName,
+    version: Option<&str>,
+    excluded: Vec<String>,
+    reach: &mut F,
+) -> Result<(T, Instant), DialError>
+where
+    F: FnMut(Instance) -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpenError>>,
+{
     let catalog = inputs.catalog.get();
-    let service = &header.destination;
     if !catalog.knows(service) {
         return Err(DialError::UnknownService(service.clone()));
     }
@@ -145,20 +199,15 @@ pub async fn dial_with(
         let Some(inst) = inputs.balancer.pick(&routable, &zone, &excluded) else {
             break;
         };
-        match open_instance(inputs, inst, header).await {
-            Ok(io) => {
-                // Latency samples start once the stream is open: a first QUIC handshake
-                // to a node must not make the balancer shun it for the next ten seconds.
-                let started = Instant::now();
-                return Ok(Dialed {
-                    io,
-                    instance: inst.clone(),
-                    started,
-                });
-            }
+        let key = endpoint_key(inst);
+        let node = inst.node.clone();
+        match reach(inst.clone()).await {
+            // Latency samples start once the instance is reachable: a first QUIC
+            // handshake to a node must not make the balancer shun it for ten seconds.
+            Ok(t) => return Ok((t, Instant::now())),
             Err(e) => {
-                debug!(service = %service, node = %inst.node, error = %e, "instance unreachable; trying another");
-                excluded.push(endpoint_key(inst));
+                debug!(service = %service, node = %node, error = %e, "instance unreachable; trying another");
+                excluded.push(key);
                 last = Some(e);
             }
         }

@@ -1,6 +1,6 @@
 //! L7: HTTP/1.1 and HTTP/2 (h2c) from local apps, each request routed and balanced on
-//! its own and carried over its own QUIC stream as HTTP/1.1 (no handshake per request:
-//! the QUIC connection is pooled). Used by upstream listeners of HTTP services and by the
+//! its own and carried to the chosen instance over a reused QUIC stream (`streams`), as
+//! HTTP/1.1 keep-alive or, for `http2`/`grpc` services, one multiplexed HTTP/2 stream. Used by upstream listeners of HTTP services and by the
 //! HTTP forward proxy (`http://SERVICE/…`, `CONNECT SERVICE:port`).
 
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 use weft_ca::ServiceName;
 
-use super::dial::{dial_with, DialError};
+use super::dial::{choose, DialError};
+use super::streams::PeerRoute;
 use super::header::{valid_traceparent, StreamHeader};
 use super::inputs::ProxyInputs;
 use crate::policy::normalize_path;
@@ -332,6 +333,15 @@ async fn forward(
     } else {
         "unknown".to_owned()
     };
+    // Streams to peers are reused: an identity that expired since they opened carries
+    // nothing more (revocation closes connections as soon as the list arrives).
+    if inputs.identity.own_cert_expired() {
+        inputs.metrics.record(&src, &dst, "503", 0.0);
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "weft: this node's certificate has expired\n".into(),
+        );
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if let Some(why) = framing_error(req.headers()) {
@@ -498,7 +508,6 @@ async fn forward(
         body: &body,
         version: version.as_deref(),
         resilience: resilience.as_ref(),
-        upgrade: app_upgrade.is_some(),
     };
     inputs.resilience.budget_request(&dst);
     // The resilience entry's timeout, else the agent's default, up to the response head
@@ -597,22 +606,38 @@ struct Attempt<'a> {
     body: &'a RequestBody,
     version: Option<&'a str>,
     resilience: Option<&'a Resilience>,
-    /// The request asks to switch protocols (its headers say how).
-    upgrade: bool,
 }
 
 /// Why one attempt got no response.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
-    /// The HTTP/1.1 handshake on the stream failed.
-    #[error("handshake: {0}")]
-    Handshake(hyper::Error),
-    /// The exchange failed (reset, closed, malformed answer).
-    #[error(transparent)]
-    Exchange(hyper::Error),
+    /// No stream or connection to the instance, or the exchange failed (reset, closed,
+    /// malformed answer).
+    #[error("{}", error_chain(.0))]
+    Send(hyper_util::client::legacy::Error),
     /// No response head within the per-try timeout.
     #[error("per-try timeout")]
     PerTryTimeout,
+}
+
+impl AttemptError {
+    /// Nothing of the request left this node (no stream could be opened): safe to try
+    /// another instance whatever the method.
+    fn unsent(&self) -> bool {
+        matches!(self, Self::Send(e) if e.is_connect())
+    }
+}
+
+/// An error and its causes, `a: b: c` (hyper's own say only "client error (Connect)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 impl Attempt<'_> {
@@ -632,8 +657,12 @@ impl Attempt<'_> {
         let mut last_5xx: Option<(Response<Incoming>, String)> = None;
         for attempt in 0..policy.max_attempts {
             if attempt > 0 {
-                let allowed =
-                    policy.may_retry || (policy.retry_unavailable && retrying_unavailable);
+                // A request that never left (no stream to the instance) may go elsewhere
+                // whatever its method.
+                let unsent = last_error.as_ref().is_some_and(AttemptError::unsent);
+                let allowed = policy.may_retry
+                    || unsent
+                    || (policy.retry_unavailable && retrying_unavailable);
                 if !allowed
                     || self.body.spent()
                     || !inputs.resilience.try_retry(self.dst, policy.budget_percent)
@@ -642,8 +671,15 @@ impl Attempt<'_> {
                 }
                 Metrics::inc(&inputs.metrics.retries, self.dst);
             }
-            let dialed = match dial_with(inputs, &self.header, self.version, tried.clone()).await {
-                Ok(d) => d,
+            let chosen = match choose(
+                inputs,
+                &self.header.destination,
+                self.version,
+                tried.clone(),
+            )
+            .await
+            {
+                Ok(c) => c,
                 Err(e) => {
                     let status = match &e {
                         DialError::UnknownService(_) => StatusCode::BAD_GATEWAY,
@@ -654,8 +690,9 @@ impl Attempt<'_> {
                     return Err(Box::new(text(status, format!("weft: {e}\n"))));
                 }
             };
+            let instance = &chosen.instance;
             // Same-node instances are reached without an inbound hop: check policy here.
-            if dialed.instance.is_local {
+            if instance.is_local {
                 let d = inputs.authorize(
                     self.src,
                     self.dst,
@@ -668,7 +705,7 @@ impl Attempt<'_> {
                     )));
                 }
             }
-            let key = crate::routing::endpoint_key(&dialed.instance);
+            let key = crate::routing::endpoint_key(instance);
             tried.push(key.clone());
             inputs.balancer.start(&key);
             let h2 = self.header.protocol.is_h2();
@@ -678,22 +715,29 @@ impl Attempt<'_> {
             let mut out = Request::new(body);
             *out.method_mut() = self.method.clone();
             *out.headers_mut() = self.headers.clone();
-            let target = if h2 {
-                // HTTP/2 names the scheme and authority in every request.
-                *out.version_mut() = Version::HTTP_2;
-                format!("http://{}{}", self.header.destination, self.path_and_query)
-            } else {
-                *out.version_mut() = Version::HTTP_11;
-                // One exchange per stream: saying so lets both ends finish the stream
-                // with the last bytes instead of in packets of their own (an upgrade
-                // keeps its `Connection: upgrade`).
-                if !self.upgrade {
-                    out.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
+            *out.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            // A local instance through the keep-alive pool to it; another node's over a
+            // reused stream whose pool key (the URI's authority) names the route.
+            let authority = if instance.is_local {
+                if h2 {
+                    // HTTP/2 names the authority in the request; a different `host` is
+                    // refused by servers (nginx answers 400).
+                    out.headers_mut().remove(HOST);
                 }
-                self.path_and_query.to_owned()
+                format!("127.0.0.1:{}", instance.port)
+            } else {
+                PeerRoute {
+                    node: instance.node.clone(),
+                    addr: instance.node_addr,
+                    generation: instance.node_generation,
+                    header: StreamHeader {
+                        traceparent: None,
+                        ..self.header.clone()
+                    },
+                }
+                .authority()
             };
-            *out.uri_mut() = match target.parse() {
+            *out.uri_mut() = match format!("http://{authority}{}", self.path_and_query).parse() {
                 Ok(u) => u,
                 Err(_) => {
                     return Err(Box::new(text(
@@ -702,47 +746,21 @@ impl Attempt<'_> {
                     )))
                 }
             };
-            let exchange = async {
-                if h2 {
-                    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-                        TokioExecutor::new(),
-                        TokioIo::new(dialed.io),
-                    )
-                    .await
-                    .map_err(AttemptError::Handshake)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(error = %e, "upstream HTTP/2 stream ended with an error");
-                        }
-                    });
-                    return sender
-                        .send_request(out)
-                        .await
-                        .map_err(AttemptError::Exchange);
-                }
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(dialed.io))
-                        .await
-                        .map_err(AttemptError::Handshake)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        debug!(error = %e, "upstream HTTP connection ended with an error");
-                    }
-                });
-                sender
-                    .send_request(out)
-                    .await
-                    .map_err(AttemptError::Exchange)
+            let exchange = match (instance.is_local, h2) {
+                (true, false) => inputs.backend.request(out),
+                (true, true) => inputs.backend_h2.request(out),
+                (false, _) => inputs.peers.for_protocol(self.header.protocol).request(out),
             };
             let result = match self.resilience.and_then(|r| r.per_try_timeout) {
-                Some(t) => tokio::time::timeout(t, exchange)
-                    .await
-                    .unwrap_or(Err(AttemptError::PerTryTimeout)),
-                None => exchange.await,
+                Some(t) => match tokio::time::timeout(t, exchange).await {
+                    Ok(r) => r.map_err(AttemptError::Send),
+                    Err(_) => Err(AttemptError::PerTryTimeout),
+                },
+                None => exchange.await.map_err(AttemptError::Send),
             };
             match result {
                 Ok(resp) => {
-                    inputs.balancer.finish(&key, dialed.started.elapsed());
+                    inputs.balancer.finish(&key, chosen.started.elapsed());
                     let unavailable = grpc && super::grpc::unavailable(resp.headers());
                     let is_5xx = resp.status().is_server_error() || unavailable;
                     if let Some(o) = self.resilience.and_then(|r| r.outlier.as_ref()) {
@@ -759,15 +777,15 @@ impl Attempt<'_> {
                     if unavailable && policy.retry_unavailable {
                         debug!(attempt, endpoint = %key, "gRPC UNAVAILABLE; may retry");
                         retrying_unavailable = true;
-                        last_5xx = Some((resp, dialed.instance.node.clone()));
+                        last_5xx = Some((resp, instance.node.clone()));
                         continue;
                     }
                     if is_5xx && policy.retry_5xx {
                         debug!(attempt, endpoint = %key, status = %resp.status(), "5xx; may retry");
-                        last_5xx = Some((resp, dialed.instance.node.clone()));
+                        last_5xx = Some((resp, instance.node.clone()));
                         continue;
                     }
-                    return Ok((resp, dialed.instance.node.clone()));
+                    return Ok((resp, instance.node.clone()));
                 }
                 Err(e) => {
                     inputs.balancer.fail(&key);

@@ -39,6 +39,7 @@ pub fn backend_client(h2: bool) -> BackendClient {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
         .http2_only(h2)
         .build(connector)
 }
@@ -70,8 +71,8 @@ async fn serve_http(
                 Ok(pq) => pq,
                 Err(resp) => return Ok::<_, std::convert::Infallible>(*resp),
             };
-            // Hop-by-hop: the stream's `Connection: close` is not the backend's business
-            // (its connections are pooled); an upgrade keeps `Connection: upgrade`.
+            // Hop-by-hop: the stream's `Connection` is not the backend's business (its
+            // connections are pooled); an upgrade keeps `Connection: upgrade`.
             let upgrade = (!h2)
                 .then(|| super::upgrade::token(req.version(), req.headers()))
                 .flatten();
@@ -154,13 +155,22 @@ async fn serve_http(
 }
 
 /// Normalises the path and applies policy; Ok(path and query to forward) or the
-/// response to send instead (400 for a path that cannot be normalised, 403 on deny).
+/// response to send instead (503 once this node's certificate expired, 400 for a path
+/// that cannot be normalised, 403 on deny).
 fn authorize_request(
     inputs: &ProxyInputs,
     source: &str,
     destination: &str,
     req: &Request<Incoming>,
 ) -> Result<String, Box<Response<BoxBody<Bytes, hyper::Error>>>> {
+    // Streams are reused across requests: an identity that expired since the stream
+    // opened carries nothing more (the connection itself closes at the next check).
+    if inputs.identity.own_cert_expired() {
+        return Err(Box::new(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "weft: this node's certificate has expired\n".into(),
+        )));
+    }
     let path = match normalize_path(req.uri().path()) {
         Ok(p) => p,
         Err(why) => {

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbound::BackendClient;
 use super::pool::ConnPool;
+use super::streams::PeerClients;
 use crate::catalog::{LocalServices, SharedCatalog};
 use crate::cluster_config::AppliedView;
 use crate::identity::NodeIdentity;
@@ -27,7 +28,9 @@ pub struct ProxyInputs {
     /// Routes, policy and resilience settings, typed.
     pub config: AppliedView,
     /// QUIC connections to peers, one per peer process.
-    pub pool: ConnPool,
+    pub pool: Arc<ConnPool>,
+    /// HTTP to other nodes over reused streams on those connections.
+    pub peers: PeerClients,
     /// Instance choice.
     pub balancer: LoadBalancer,
     /// Rate limits, retry budgets, breakers, outliers.
@@ -84,12 +87,14 @@ pub struct ProxyParts {
 impl ProxyInputs {
     /// The bundle, with an empty catalog and fresh balancer and resilience state.
     pub fn new(p: ProxyParts) -> Self {
+        let pool = Arc::new(p.pool);
         Self {
             identity: p.identity,
             catalog: SharedCatalog::default(),
             services: p.services,
             config: p.config,
-            pool: p.pool,
+            peers: PeerClients::new(pool.clone()),
+            pool,
             balancer: LoadBalancer::default(),
             resilience: ResilienceState::default(),
             metrics: p.metrics,

@@ -1,7 +1,8 @@
 //! The data plane. It reads only its inputs (`inputs::ProxyInputs`) and never the agent.
 //! Local listeners (`listeners`) hand app connections to L7 HTTP (`http`) or L4 splicing
 //! (`tcp`); both reach an instance through `dial` over pooled QUIC connections (`pool`)
-//! with a stream header (`header`, `io`); streams from other nodes arrive in `inbound`.
+//! with a stream header (`header`, `io`); HTTP reuses those streams (`streams`); streams
+//! from other nodes arrive in `inbound`.
 //! `framing` refuses ambiguous HTTP/1 framing before hyper sees it.
 
 pub mod dial;
@@ -14,6 +15,7 @@ pub mod inputs;
 pub mod io;
 pub mod listeners;
 pub mod pool;
+pub mod streams;
 pub mod tcp;
 pub mod upgrade;
 
