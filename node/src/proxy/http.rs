@@ -26,7 +26,7 @@ use super::inputs::ProxyInputs;
 use crate::policy::normalize_path;
 use crate::resilience::{Resilience, RetryPolicy};
 use crate::routing::RequestView;
-use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+use crate::telemetry::access_log::AccessEntry;
 use crate::telemetry::Metrics;
 
 /// Response body type of the proxy.
@@ -545,8 +545,8 @@ async fn forward(
                     .metrics
                     .record(&src, &dst, code, started.elapsed().as_secs_f64());
             }
-            inputs.access_log.write(&AccessEntry {
-                time: now_rfc3339(),
+            inputs.access_log.write(AccessEntry {
+                time: std::time::SystemTime::now(),
                 direction: "outbound",
                 protocol: "http",
                 source: src.clone(),

@@ -22,7 +22,7 @@ use super::header::{
 use super::inputs::ProxyInputs;
 use super::io::QuicIo;
 use crate::policy::normalize_path;
-use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+use crate::telemetry::access_log::AccessEntry;
 
 /// The pooled HTTP client to local instances.
 pub type BackendClient = hyper_util::client::legacy::Client<
@@ -408,8 +408,8 @@ async fn handle_stream(
         inputs
             .metrics
             .record(&source, &destination, code, started.elapsed().as_secs_f64());
-        inputs.access_log.write(&AccessEntry {
-            time: now_rfc3339(),
+        inputs.access_log.write(AccessEntry {
+            time: std::time::SystemTime::now(),
             direction: "inbound",
             protocol: "tcp",
             source,

@@ -11,7 +11,7 @@ use weft_ca::ServiceName;
 use super::dial::{dial, Io};
 use super::header::StreamHeader;
 use super::inputs::ProxyInputs;
-use crate::telemetry::access_log::{now_rfc3339, AccessEntry};
+use crate::telemetry::access_log::AccessEntry;
 use crate::telemetry::metrics::EdgeLabels;
 
 /// Proxies one app connection to `destination` as `source`.
@@ -87,8 +87,8 @@ pub async fn proxy_connection(
     inputs
         .metrics
         .record(&src, &dst, code, started.elapsed().as_secs_f64());
-    inputs.access_log.write(&AccessEntry {
-        time: now_rfc3339(),
+    inputs.access_log.write(AccessEntry {
+        time: std::time::SystemTime::now(),
         direction: "outbound",
         protocol: "tcp",
         source: src,

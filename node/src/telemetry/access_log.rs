@@ -1,6 +1,7 @@
 //! The access log: one JSON line per request or TCP stream, written by one task through a
-//! bounded queue (lines are dropped and counted when the writer falls behind, never
-//! blocking the data path).
+//! bounded queue (entries are dropped and counted when the writer falls behind, never
+//! blocking the data path). The data path only moves the entry: the JSON is made by the
+//! writer (on the control runtime) and, for the dashboard's recent entries, when asked.
 
 use std::sync::Arc;
 
@@ -16,8 +17,9 @@ pub use crate::config::access_log::{AccessLogTarget, EmptyTarget};
 /// One access log entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessEntry {
-    /// RFC 3339 time the request or stream started.
-    pub time: String,
+    /// When the request or stream was logged (RFC 3339 in the JSON).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: std::time::SystemTime,
     /// "outbound" (from a local app) or "inbound" (to a local instance).
     pub direction: &'static str,
     /// "http" or "tcp".
@@ -50,9 +52,9 @@ pub struct AccessEntry {
 /// Handle for writing entries.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<String>>,
+    tx: Option<mpsc::Sender<Arc<AccessEntry>>>,
     metrics: Arc<Metrics>,
-    recent: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<str>>>>,
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<AccessEntry>>>>,
 }
 
 /// Entries kept in memory for the dashboard's request log, whatever the target.
@@ -84,19 +86,20 @@ impl AccessLog {
                     .await?,
             ),
         };
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Arc<AccessEntry>>(QUEUE);
         tokio::spawn(async move {
+            let mut line = Vec::with_capacity(512);
             loop {
-                let line = tokio::select! {
-                    l = rx.recv() => match l { Some(l) => l, None => break },
+                let entry = tokio::select! {
+                    e = rx.recv() => match e { Some(e) => e, None => break },
                     _ = shutdown.cancelled() => {
-                        while let Ok(l) = rx.try_recv() {
-                            let _ = sink.write_all(l.as_bytes()).await;
+                        while let Ok(e) = rx.try_recv() {
+                            let _ = sink.write_all(&json_line(&e, &mut line)).await;
                         }
                         break;
                     }
                 };
-                if let Err(e) = sink.write_all(line.as_bytes()).await {
+                if let Err(e) = sink.write_all(json_line(&entry, &mut line)).await {
                     warn!(error = %e, "access log write failed");
                 }
                 if rx.is_empty() {
@@ -113,38 +116,54 @@ impl AccessLog {
     }
 
     /// Queues an entry; drops (and counts) it if the writer is behind.
-    pub fn write(&self, entry: &AccessEntry) {
-        let mut line = serde_json::to_string(entry).unwrap_or_default();
+    pub fn write(&self, entry: AccessEntry) {
+        let entry = Arc::new(entry);
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             if recent.len() >= RECENT {
                 recent.pop_front();
             }
-            recent.push_back(Arc::from(line.as_str()));
+            recent.push_back(entry.clone());
         }
         let Some(tx) = &self.tx else { return };
-        line.push('\n');
-        if tx.try_send(line).is_err() {
+        if tx.try_send(entry).is_err() {
             self.metrics.access_log_dropped.inc();
         }
     }
 }
 
 impl AccessLog {
-    /// The newest entries (newest first), optionally only those containing `filter`.
-    pub fn recent(&self, filter: Option<&str>, limit: usize) -> Vec<Arc<str>> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        recent
+    /// The newest entries as JSON lines (newest first), optionally only those whose line
+    /// contains `filter`.
+    pub fn recent(&self, filter: Option<&str>, limit: usize) -> Vec<String> {
+        let entries: Vec<Arc<AccessEntry>> = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .rev()
+            .cloned()
+            .collect();
+        entries
+            .iter()
+            .filter_map(|e| serde_json::to_string(&**e).ok())
             .filter(|l| filter.is_none_or(|f| l.contains(f)))
             .take(limit)
-            .cloned()
             .collect()
     }
 }
 
-/// The current time as RFC 3339 (UTC, milliseconds).
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+/// `entry` as one JSON line in `buf` (reused between entries).
+fn json_line<'a>(entry: &AccessEntry, buf: &'a mut Vec<u8>) -> &'a [u8] {
+    buf.clear();
+    if serde_json::to_writer(&mut *buf, entry).is_ok() {
+        buf.push(b'\n');
+    } else {
+        buf.clear();
+    }
+    buf
 }
