@@ -29,19 +29,10 @@ fn init_logs(format: LogFormat, verbose: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads: Option<usize> = std::env::var("WEFT_EXPERIMENT_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let mut b = match threads {
-        Some(0) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match b.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weft: cannot start the async runtime: {e}");

@@ -25,6 +25,7 @@ use crate::catalog::{LocalServices, RegistryError};
 use crate::cluster_config::ConfigReplica;
 use crate::config::{AgentArgs, ConfigError, Settings};
 use crate::identity::{IdentityError, IdentityFiles, NodeIdentity};
+use crate::proxy::runtime::DataRuntime;
 use crate::proxy::{ConnPool, ProxyInputs, ProxyParts};
 use crate::rpc::join_client::JoinFailure;
 use crate::rpc::{CaClient, CtlClient, ServerInputs};
@@ -37,6 +38,9 @@ use state::{Agent, VERSION};
 /// Why the agent could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The data-plane thread could not start.
+    #[error("cannot start the data-plane thread: {0}")]
+    DataRuntime(std::io::Error),
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -137,12 +141,16 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         vec![settings.bind, settings.advertise],
         &settings.services,
     )?);
-    let endpoint = tls::bind_endpoint(server_config, settings.quic_listen()).map_err(|source| {
-        AgentError::Bind {
-            what: "QUIC",
-            addr: format!("{}/udp", settings.quic_listen()),
-            source,
-        }
+    let data_runtime = DataRuntime::start().map_err(AgentError::DataRuntime)?;
+    // The endpoint's UDP socket and driver live on the data-plane thread.
+    let endpoint = {
+        let _data_thread = data_runtime.handle().enter();
+        tls::bind_endpoint(server_config, settings.quic_listen())
+    }
+    .map_err(|source| AgentError::Bind {
+        what: "QUIC",
+        addr: format!("{}/udp", settings.quic_listen()),
+        source,
     })?;
     let ca = CaSlot::new(setup::ca_role(&mut identity, &store, &settings, &trust)?.map(Arc::new));
 
@@ -215,8 +223,9 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
             addr: format!("{}/tcp", settings.api),
             source,
         })?;
-    let proxy_listener = tokio::net::TcpListener::bind(settings.proxy)
-        .await
+    // Bound here so that a taken port stops the start; served on the data-plane thread.
+    let proxy_listener = std::net::TcpListener::bind(settings.proxy)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| AgentError::Bind {
             what: "HTTP proxy",
             addr: format!("{}/tcp", settings.proxy),
@@ -243,6 +252,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         request_timeout: settings.request_timeout,
         gossip_interval: settings.gossip_interval,
         shutdown: shutdown.clone(),
+        runtime: data_runtime.handle().clone(),
     }));
     let ctl = CtlClient::new(endpoint.clone(), ctl_config);
     let ca_client = CaClient::new(ctl.clone(), gossip.clone(), store.clone());
@@ -305,15 +315,18 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         agent.data.services.clone(),
         agent.shutdown.clone(),
     ));
-    tasks.spawn(crate::proxy::listeners::supervise_upstreams(
-        agent.data.clone(),
-        agent.shutdown.clone(),
-    ));
-    tasks.spawn(crate::proxy::listeners::serve_forward_proxy(
-        agent.data.clone(),
-        proxy_listener,
-        agent.shutdown.clone(),
-    ));
+    tasks.spawn_on(
+        crate::proxy::listeners::supervise_upstreams(agent.data.clone(), agent.shutdown.clone()),
+        data_runtime.handle(),
+    );
+    tasks.spawn_on(
+        crate::proxy::listeners::serve_forward_proxy(
+            agent.data.clone(),
+            proxy_listener,
+            agent.shutdown.clone(),
+        ),
+        data_runtime.handle(),
+    );
     {
         let agent = agent.clone();
         let router = weft_web::router(agent.clone());
@@ -362,6 +375,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
         .await
         .ok();
+    data_runtime.stop().await;
     info!("agent stopped after leaving the cluster");
     if settings.ephemeral {
         drop(agent);

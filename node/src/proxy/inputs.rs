@@ -52,6 +52,9 @@ pub struct ProxyInputs {
     pub gossip_interval: Duration,
     /// Cancelled when the agent stops.
     pub shutdown: CancellationToken,
+    /// The data-plane thread's runtime (`runtime::DataRuntime`): everything that serves
+    /// traffic is spawned there.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for ProxyInputs {
@@ -82,6 +85,8 @@ pub struct ProxyParts {
     pub gossip_interval: Duration,
     /// See `ProxyInputs::shutdown`.
     pub shutdown: CancellationToken,
+    /// See `ProxyInputs::runtime`.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl ProxyInputs {
@@ -107,6 +112,7 @@ impl ProxyInputs {
             ),
             gossip_interval: p.gossip_interval,
             shutdown: p.shutdown,
+            runtime: p.runtime,
         }
     }
 

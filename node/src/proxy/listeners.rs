@@ -150,9 +150,17 @@ async fn serve_upstream(
 /// The HTTP forward proxy (`--proxy`): `http://SERVICE/…` and `CONNECT SERVICE:port`.
 pub async fn serve_forward_proxy(
     inputs: Arc<ProxyInputs>,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     shutdown: CancellationToken,
 ) {
+    // Registered with the runtime this runs on (the data plane's), not the binder's.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the HTTP proxy listener cannot be used");
+            return;
+        }
+    };
     accept_loop(listener, shutdown, move |sock| {
         serve_connection(inputs.clone(), sock, Target::Proxy)
     })

@@ -3,7 +3,8 @@
 //! (`tcp`); both reach an instance through `dial` over pooled QUIC connections (`pool`)
 //! with a stream header (`header`, `io`); HTTP reuses those streams (`streams`); streams
 //! from other nodes arrive in `inbound`.
-//! `framing` refuses ambiguous HTTP/1 framing before hyper sees it.
+//! `framing` refuses ambiguous HTTP/1 framing before hyper sees it. All of it runs on its
+//! own thread (`runtime`).
 
 pub mod dial;
 pub mod framing;
@@ -15,6 +16,7 @@ pub mod inputs;
 pub mod io;
 pub mod listeners;
 pub mod pool;
+pub mod runtime;
 pub mod streams;
 pub mod tcp;
 pub mod upgrade;

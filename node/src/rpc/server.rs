@@ -203,7 +203,14 @@ async fn dispatch(
             }
         },
         Some(ALPN_DATA) => match peer_leaf(&conn) {
-            Some(peer) => crate::proxy::inbound::serve(inputs.data.clone(), conn, peer).await,
+            Some(peer) => {
+                // Served on the data-plane thread; this task keeps the budget slot.
+                let data = inputs.data.clone();
+                let runtime = data.runtime.clone();
+                let _ = runtime
+                    .spawn(crate::proxy::inbound::serve(data, conn, peer))
+                    .await;
+            }
             None => {
                 warn!(%remote, "data connection without a client certificate refused");
                 conn.close(2u32.into(), b"client certificate required");
