@@ -149,7 +149,17 @@ pub async fn serve(inputs: Arc<ServerInputs>, tasks: TaskTracker) {
         let budgets = budgets.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            // The connection's driver is spawned by `accept`: on the data-plane thread,
+            // with the endpoint, so a peer's packets cross no thread on their way to its
+            // streams (control and join handlers still run here).
+            let connecting = {
+                let _data_thread = inputs.data.runtime.enter();
+                incoming.accept()
+            };
+            let handshake = match connecting {
+                Ok(c) => tokio::time::timeout(HANDSHAKE_TIMEOUT, c).await,
+                Err(e) => Ok(Err(e)),
+            };
             per_ip.leave(ip);
             drop(permit);
             let conn = match handshake {
