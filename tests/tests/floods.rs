@@ -412,3 +412,101 @@ fn listener_floods_do_not_stop_traffic_or_renewals() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// 2 000 app clients that never finish their request headers (each trickles a byte every
+/// few seconds, as slowloris does) are cut off once the header-read timer (30 s, README)
+/// runs out, while ordinary requests through the same listener are served throughout.
+#[test]
+fn slow_clients_are_cut_off_while_traffic_is_served() -> anyhow::Result<()> {
+    const SLOW: usize = 2_000;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    rlimit::increase_nofile_limit(8192)?;
+    let mut c = Cluster::new("slow_clients_are_cut_off_while_traffic_is_served");
+    c.formed(2)?;
+    let reviews = Backend::http("reviews");
+    let up = c.reachable_http("vm-1", "reviews", reviews.port())?;
+    let pid = c
+        .agent("vm-1")
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("vm-1 not running"))?;
+    let rss_before = rss_mib(pid);
+
+    let mut slow = Vec::with_capacity(SLOW);
+    let connecting = Instant::now();
+    for _ in 0..SLOW {
+        let mut s = TcpStream::connect(&up)?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: reviews\r\nX-Slow: ")?;
+        s.set_nonblocking(true)?;
+        slow.push((s, Instant::now()));
+    }
+    let opened = Instant::now();
+    let connect_time = opened - connecting;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, up) = (stop.clone(), up.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get_host(&up, "reviews", "/") {
+                    Ok((200, _)) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+
+    // Trickle one byte to every open client every 3 s; note when each is cut off.
+    let mut cut_at: Vec<Option<Duration>> = vec![None; SLOW];
+    let deadline = HEADER_TIMEOUT + Duration::from_secs(15);
+    let mut early = 0;
+    while opened.elapsed() < deadline && cut_at.iter().any(Option::is_none) {
+        // Polled every 3 s: a cut is seen up to 3 s late, never early.
+        for ((s, since), cut) in slow.iter_mut().zip(cut_at.iter_mut()) {
+            if cut.is_some() {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            let gone = match s.read(&mut buf) {
+                Ok(_) => true, // end of stream, or an answer to a head never finished
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.write(b"a").is_err(),
+                Err(_) => true,
+            };
+            if gone {
+                *cut = Some(since.elapsed());
+                if since.elapsed() < HEADER_TIMEOUT - Duration::from_secs(1) {
+                    early += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    let rss_after = rss_mib(pid);
+    let still_open = cut_at.iter().filter(|c| c.is_none()).count();
+    let last = cut_at.iter().flatten().max().copied().unwrap_or_default();
+    println!(
+        "FAULT | 19c slow clients | {} | {SLOW} clients trickling an unfinished request head (opened in {connect_time:.1?}): {} cut off (the last {last:.1?} after it opened, {early} before the 30 s timer), {still_open} still open after {deadline:?}; {ok} ordinary requests served meanwhile, {} failed; RSS {rss_before:.1} → {rss_after:.1} MiB",
+        if still_open == 0 && failed.is_empty() && early == 0 { "pass" } else { "FAIL" },
+        SLOW - still_open,
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "ordinary traffic failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "too little ordinary traffic: {ok}");
+    assert_eq!(still_open, 0, "slow clients were never cut off");
+    assert_eq!(early, 0, "slow clients were cut off before the header timer");
+    assert!(
+        rss_after - rss_before < RSS_GROWTH_MIB,
+        "RSS grew {rss_before} → {rss_after}"
+    );
+    Ok(())
+}

@@ -7,8 +7,15 @@
 //! boundaries (Content-Length and chunked bodies) and, when a request head has several
 //! `Content-Length` headers or both framing headers, hands hyper a head that hyper itself
 //! answers with `400 Bad Request` (and then end of stream). Nothing is forwarded.
+//!
+//! Because it holds a head back until the head is complete, the guard also owns the
+//! header-read timer: a connection that has not completed its first request head, or has
+//! started another and not finished it, within the timeout is closed (slowloris). hyper's
+//! own timer cannot see those bytes, and hyper-util's protocol detection waits for them
+//! without one.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -38,6 +45,8 @@ enum State {
 pub struct FramingScanner {
     state: State,
     pending: Vec<u8>,
+    /// Request heads completed so far.
+    heads: u64,
 }
 
 impl Default for FramingScanner {
@@ -45,6 +54,7 @@ impl Default for FramingScanner {
         Self {
             state: State::Head,
             pending: Vec::new(),
+            heads: 0,
         }
     }
 }
@@ -140,6 +150,7 @@ impl FramingScanner {
                             return Some(reason);
                         }
                         Ok(next) => {
+                            self.heads += 1;
                             out.extend(self.pending.drain(..));
                             self.state = next.unwrap_or(State::Passthrough);
                             if self.state == State::Body(0) {
@@ -220,6 +231,12 @@ impl FramingScanner {
     pub fn refused(&self) -> bool {
         self.state == State::Refused
     }
+
+    /// Whether a request head is awaited against the clock: one has begun and is not
+    /// complete yet, or the connection has not completed any.
+    fn head_pending(&self) -> bool {
+        self.state == State::Head && (self.heads == 0 || !self.pending.is_empty())
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -232,16 +249,47 @@ pub struct FramingGuard<T> {
     scanner: FramingScanner,
     out: VecDeque<u8>,
     on_refuse: Option<Box<dyn FnOnce(&'static str) + Send>>,
+    /// Time allowed for a request head.
+    head_timeout: std::time::Duration,
+    /// Armed while a head is awaited (see `FramingScanner::head_pending`).
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> FramingGuard<T> {
     /// Wraps `inner`; `on_refuse` is called once with the reason (for logs and metrics).
-    pub fn new(inner: T, on_refuse: impl FnOnce(&'static str) + Send + 'static) -> Self {
+    /// A request head must arrive whole within `head_timeout` of its first byte (the
+    /// first request's: of the connection).
+    pub fn new(
+        inner: T,
+        head_timeout: std::time::Duration,
+        on_refuse: impl FnOnce(&'static str) + Send + 'static,
+    ) -> Self {
         Self {
             inner,
             scanner: FramingScanner::default(),
             out: VecDeque::new(),
             on_refuse: Some(Box::new(on_refuse)),
+            head_timeout,
+            head_deadline: None,
+        }
+    }
+
+    /// Arms or disarms the head timer after the scanner moved; Err once it ran out.
+    fn check_head_timer(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.scanner.head_pending() {
+            self.head_deadline = None;
+            return Ok(());
+        }
+        let timeout = self.head_timeout;
+        let deadline = self
+            .head_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not complete within the header-read timeout",
+            )),
+            Poll::Pending => Ok(()),
         }
     }
 }
@@ -269,7 +317,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
             let mut tmp = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut tmp);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.check_head_timer(cx)?;
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
                     let filled = rb.filled();
@@ -350,6 +401,67 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
     fn connect_switches_to_passthrough() {
         let req = b"CONNECT echo:7 HTTP/1.1\r\nHost: echo:7\r\n\r\nraw bytes without framing";
         assert_eq!(run(req, 30), (req.to_vec(), None));
+    }
+
+    /// Reads what the guard releases until it errs or `dur` passes (paused clock).
+    async fn read_for(
+        guard: &mut FramingGuard<tokio::io::DuplexStream>,
+        dur: std::time::Duration,
+    ) -> io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let until = tokio::time::Instant::now() + dur;
+        loop {
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout_at(until, guard.read(&mut buf)).await {
+                Err(_) => return Ok(got),
+                Ok(Ok(0)) => return Ok(got),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_head_is_cut_off_after_the_timeout() {
+        use tokio::io::AsyncWriteExt as _;
+        const T: std::time::Duration = std::time::Duration::from_secs(30);
+        let (mut app, inner) = tokio::io::duplex(4096);
+        let mut guard = FramingGuard::new(inner, T, |_| {});
+        // Nothing at all: cut at 30 s.
+        let r = read_for(&mut guard, T * 2).await;
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+
+        // Trickled bytes do not restart the clock.
+        let (mut app2, inner) = tokio::io::duplex(4096);
+        let mut guard = FramingGuard::new(inner, T, |_| {});
+        let start = tokio::time::Instant::now();
+        let trickle = tokio::spawn(async move {
+            app2.write_all(b"GET / HTTP/1.1\r\n").await.ok();
+            for _ in 0..20 {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                if app2.write_all(b"X").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let r = read_for(&mut guard, T * 3).await;
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert_eq!(start.elapsed(), T);
+        trickle.abort();
+
+        // A head finished in time passes; an idle keep-alive after it is not cut; the
+        // next head, once begun, is held to the clock again.
+        drop(app);
+        let (mut app, inner) = tokio::io::duplex(4096);
+        let mut guard = FramingGuard::new(inner, T, |_| {});
+        tokio::time::sleep(T - std::time::Duration::from_secs(2)).await;
+        app.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
+        let got = read_for(&mut guard, T * 4).await.expect("no timeout while idle");
+        assert!(got.starts_with(b"GET / HTTP/1.1"));
+        app.write_all(b"GET /next HTTP/1.1\r\n").await.expect("write");
+        let r = read_for(&mut guard, T * 2).await;
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
     }
 
     proptest! {

@@ -152,7 +152,7 @@ pub async fn serve_connection(inputs: Arc<ProxyInputs>, io: tokio::net::TcpStrea
         async move { Ok::<_, std::convert::Infallible>(handle(inputs, req, target).await) }
     });
     let metrics = inputs_for_guard.metrics.clone();
-    let guarded = super::framing::FramingGuard::new(io, move |reason| {
+    let guarded = super::framing::FramingGuard::new(io, APP_HEADER_READ_TIMEOUT, move |reason| {
         warn!(reason, "request refused with 400: ambiguous framing");
         metrics.record("-", "unknown", "400", 0.0);
     });
