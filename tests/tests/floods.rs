@@ -503,7 +503,10 @@ fn slow_clients_are_cut_off_while_traffic_is_served() -> anyhow::Result<()> {
     );
     assert!(ok > 100, "too little ordinary traffic: {ok}");
     assert_eq!(still_open, 0, "slow clients were never cut off");
-    assert_eq!(early, 0, "slow clients were cut off before the header timer");
+    assert_eq!(
+        early, 0,
+        "slow clients were cut off before the header timer"
+    );
     assert!(
         rss_after - rss_before < RSS_GROWTH_MIB,
         "RSS grew {rss_before} → {rss_after}"

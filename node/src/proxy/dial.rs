@@ -161,7 +161,8 @@ pub async fn choose(
         }
         Ok::<_, OpenError>(inst)
     };
-    let (instance, started) = pick_reachable(inputs, service, version, excluded, &mut reach).await?;
+    let (instance, started) =
+        pick_reachable(inputs, service, version, excluded, &mut reach).await?;
     Ok(Chosen { instance, started })
 }
 

@@ -426,7 +426,7 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
     async fn an_unfinished_head_is_cut_off_after_the_timeout() {
         use tokio::io::AsyncWriteExt as _;
         const T: std::time::Duration = std::time::Duration::from_secs(30);
-        let (mut app, inner) = tokio::io::duplex(4096);
+        let (app, inner) = tokio::io::duplex(4096);
         let mut guard = FramingGuard::new(inner, T, |_| {});
         // Nothing at all: cut at 30 s.
         let r = read_for(&mut guard, T * 2).await;
@@ -456,10 +456,16 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
         let (mut app, inner) = tokio::io::duplex(4096);
         let mut guard = FramingGuard::new(inner, T, |_| {});
         tokio::time::sleep(T - std::time::Duration::from_secs(2)).await;
-        app.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
-        let got = read_for(&mut guard, T * 4).await.expect("no timeout while idle");
+        app.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let got = read_for(&mut guard, T * 4)
+            .await
+            .expect("no timeout while idle");
         assert!(got.starts_with(b"GET / HTTP/1.1"));
-        app.write_all(b"GET /next HTTP/1.1\r\n").await.expect("write");
+        app.write_all(b"GET /next HTTP/1.1\r\n")
+            .await
+            .expect("write");
         let r = read_for(&mut guard, T * 2).await;
         assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
     }

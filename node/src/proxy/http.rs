@@ -20,9 +20,9 @@ use tracing::{debug, warn};
 use weft_ca::ServiceName;
 
 use super::dial::{choose, DialError};
-use super::streams::PeerRoute;
 use super::header::{valid_traceparent, StreamHeader};
 use super::inputs::ProxyInputs;
+use super::streams::PeerRoute;
 use crate::policy::normalize_path;
 use crate::resilience::{Resilience, RetryPolicy};
 use crate::routing::RequestView;
@@ -715,7 +715,11 @@ impl Attempt<'_> {
             let mut out = Request::new(body);
             *out.method_mut() = self.method.clone();
             *out.headers_mut() = self.headers.clone();
-            *out.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            *out.version_mut() = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
             // A local instance through the keep-alive pool to it; another node's over a
             // reused stream whose pool key (the URI's authority) names the route.
             let authority = if instance.is_local {

@@ -288,12 +288,19 @@ mod tests {
 
     #[test]
     fn other_authorities_are_refused() {
-        for u in ["http://example.com/", "http://a.b.c.d.e.f/", "http://127.0.0.1:80/"] {
+        for u in [
+            "http://example.com/",
+            "http://a.b.c.d.e.f/",
+            "http://127.0.0.1:80/",
+        ] {
             let uri: Uri = u.parse().expect("a valid URI");
             assert!(PeerRoute::from_uri(&uri).is_err(), "{u}");
         }
         let tcp = route(None, Protocol::Tcp);
         let uri: Uri = format!("http://{}/", tcp.authority()).parse().expect("uri");
-        assert!(PeerRoute::from_uri(&uri).is_err(), "TCP routes are not HTTP");
+        assert!(
+            PeerRoute::from_uri(&uri).is_err(),
+            "TCP routes are not HTTP"
+        );
     }
 }

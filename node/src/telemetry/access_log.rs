@@ -94,7 +94,7 @@ impl AccessLog {
                     e = rx.recv() => match e { Some(e) => e, None => break },
                     _ = shutdown.cancelled() => {
                         while let Ok(e) = rx.try_recv() {
-                            let _ = sink.write_all(&json_line(&e, &mut line)).await;
+                            let _ = sink.write_all(json_line(&e, &mut line)).await;
                         }
                         break;
                     }
