@@ -133,9 +133,16 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         &identity.chain,
         &identity.ca_der,
     )?;
-    let server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
-    let ctl_config = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
-    let data_config = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
+    let mut server_config = tls::server_config(&certs, trust.clone(), revoked.clone())?;
+    let mut ctl_config = tls::ctl_client_config(&certs, trust.clone(), revoked.clone())?;
+    let mut data_config = tls::data_client_config(&certs, trust.clone(), revoked.clone())?;
+    // Datagrams as big as the interface of the QUIC address carries (loopback, jumbo
+    // frames), within what one GSO batch may hold.
+    let max_payload = tls::datagrams::max_payload_for(settings.quic_listen().ip());
+    server_config.transport_config(tls::transport_for(true, max_payload));
+    ctl_config.transport_config(tls::transport_for(false, max_payload));
+    data_config.transport_config(tls::transport_for(false, max_payload));
+    info!(max_payload, "QUIC datagram size bound");
     let services = Arc::new(LocalServices::new(
         store.clone(),
         vec![settings.bind, settings.advertise],

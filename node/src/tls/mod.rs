@@ -2,6 +2,7 @@
 //! node certificates that can be swapped on renewal without a restart, and verifiers that
 //! check the SPIFFE node identity and the revocation list.
 
+pub mod datagrams;
 mod verify;
 
 use std::sync::{Arc, RwLock};
@@ -133,16 +134,27 @@ const STREAM_WINDOW: u32 = 2 << 20;
 
 /// Transport for the server side (peers open streams to us).
 fn transport() -> Arc<quinn::TransportConfig> {
-    Arc::new(transport_config(1024))
+    Arc::new(transport_config(1024, datagrams::ETHERNET_PAYLOAD))
 }
 
 /// Transport for connections this node opens: the peer may not open streams on them.
 fn client_transport() -> Arc<quinn::TransportConfig> {
-    Arc::new(transport_config(0))
+    Arc::new(transport_config(0, datagrams::ETHERNET_PAYLOAD))
 }
 
-fn transport_config(peer_streams: u32) -> quinn::TransportConfig {
+/// The transport of a node whose endpoint may send datagrams of up to `max_payload`
+/// bytes (`datagrams::max_payload_for`): `server` for its server config (peers open
+/// streams), else for connections it opens.
+pub fn transport_for(server: bool, max_payload: u16) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config(if server { 1024 } else { 0 }, max_payload))
+}
+
+fn transport_config(peer_streams: u32, max_payload: u16) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    // Path MTU discovery up to what the interface carries (see `datagrams`).
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(max_payload);
+    t.mtu_discovery_config(Some(mtu));
     t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
     // A peer that vanished without closing (kill -9, power loss) is noticed within 10 s.
@@ -181,12 +193,12 @@ pub fn bind_endpoint(
     socket.bind(&addr.into())?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket.into(),
-        runtime,
-    )
+    // Peers may send us datagrams as big as our interface carries (`datagrams`).
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint
+        .max_udp_payload_size(datagrams::max_payload_for(addr.ip()))
+        .map_err(|e| std::io::Error::other(format!("QUIC datagram size: {e}")))?;
+    quinn::Endpoint::new(endpoint, Some(config), socket.into(), runtime)
 }
 
 /// The QUIC server configuration of a node: its certificate, optional client
