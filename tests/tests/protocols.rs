@@ -5,7 +5,8 @@
 //! `websockets` echo (an `http` service, `Upgrade` through the mesh) with 1 000 messages.
 //! Also 1 GiB uploaded and downloaded through two agents (curl and a Python server), with
 //! the agents' memory growth bounded: bodies stream. Needs `tests/install-deps.sh`
-//! (nginx-light, nghttp2-client, python3-grpcio, python3-websockets, curl).
+//! (nginx-light, nghttp2-client, python3-grpcio, python3-websockets, curl). HTTPS health
+//! checks against an nginx serving TLS.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -359,5 +360,136 @@ fn a_silent_instance_is_answered_504_after_the_default_request_timeout() -> anyh
     })?;
     assert_eq!(status, 504);
     assert!(body.contains("timed out after 2s"), "{body}");
+    Ok(())
+}
+
+/// A CA, and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`
+/// (`{prefix}ca.pem`, `{prefix}server.pem`, `{prefix}server.key`).
+fn write_tls_files(dir: &Path, prefix: &str) -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{prefix}test CA"));
+    let ca_cert = ca.self_signed(&ca_key)?;
+    std::fs::write(dir.join(format!("{prefix}ca.pem")), ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let cert = p.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join(format!("{prefix}server.pem")), cert.pem())?;
+    std::fs::write(dir.join(format!("{prefix}server.key")), key.serialize_pem())?;
+    Ok(())
+}
+
+/// nginx serving HTTPS (HTTP/1.1) on 127.0.0.1:`port` with `server.pem`.
+fn nginx_https(dir: &Path, port: u16) -> anyhow::Result<Proc> {
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/server.pem;\n\
+             ssl_certificate_key {d}/server.key;\n    location / {{ return 200 \"tls\\n\"; }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new("nginx")
+        .args(["-p", &dir.to_string_lossy(), "-c", &path.to_string_lossy()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+/// The health of `service`'s instance on vm-2 as vm-1 sees it.
+fn health_of(c: &Cluster, service: &str) -> anyhow::Result<Option<String>> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(&weft_tests::http_get(
+        &c.agent("vm-1").api(),
+        "/v1/services",
+    )?)?;
+    Ok(v.iter()
+        .filter(|s| s["service"] == service)
+        .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+        .find(|i| i["node"] == "vm-2")
+        .and_then(|i| i["health"].as_str().map(str::to_owned)))
+}
+
+/// HTTPS health checks against a real nginx: trusted through the CA file, refused with
+/// another CA's file, accepted with `tls_skip_verify`; an https:// check with neither is
+/// refused at registration with the fix named.
+#[test]
+fn https_health_checks_trust_what_they_are_told_to() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    write_tls_files(dir.path(), "")?;
+    write_tls_files(dir.path(), "other-")?;
+    let port = free_port()?;
+    let _nginx = nginx_https(dir.path(), port)?;
+    let mut c = Cluster::new("https_health_checks_trust_what_they_are_told_to");
+    c.formed(2)?;
+    let url = format!("https://127.0.0.1:{port}/");
+    let p = port.to_string();
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let other = dir.path().join("other-ca.pem").display().to_string();
+    let base = |name: &'static str| {
+        vec![
+            "--name",
+            name,
+            "--port",
+            &p,
+            "--protocol",
+            "http",
+            "--check-http",
+            &url,
+            "--check-interval",
+            "500ms",
+            "--check-timeout",
+            "400ms",
+        ]
+    };
+    let mut trusted = base("secure");
+    trusted.extend(["--check-ca-file", &ca]);
+    c.register("vm-2", &trusted)?;
+    let mut wrong = base("wrongca");
+    wrong.extend(["--check-ca-file", &other]);
+    c.register("vm-2", &wrong)?;
+    let mut skip = base("skipverify");
+    skip.push("--check-tls-skip-verify");
+    c.register("vm-2", &skip)?;
+
+    wait_passing(&c, "secure")?;
+    wait_passing(&c, "skipverify")?;
+    // The same server, checked against a CA that did not sign it, never passes.
+    std::thread::sleep(Duration::from_secs(3));
+    let wrong_health = health_of(&c, "wrongca")?;
+    assert!(
+        wrong_health.as_deref().is_some_and(|h| h != "passing"),
+        "a certificate from another CA passed: {wrong_health:?}"
+    );
+    assert_eq!(health_of(&c, "secure")?.as_deref(), Some("passing"));
+
+    let out = c.agent("vm-2").cli(&[
+        "service",
+        "register",
+        "--name",
+        "bare",
+        "--port",
+        &p,
+        "--check-http",
+        &url,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "registered without a trust setting");
+    assert!(
+        text.contains("ca_file") && text.contains("tls_skip_verify"),
+        "the refusal names the fix: {text}"
+    );
     Ok(())
 }

@@ -9,6 +9,15 @@ use weft_gossip::{Protocol, MAX_SERVICES_PER_NODE};
 
 use crate::config::file::{CheckConfig, ServiceConfig};
 
+/// TLS for an `https://` check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckTls {
+    /// The name the certificate must carry (the URL's host).
+    pub server_name: rustls_pki_types::ServerName<'static>,
+    /// The CAs trusted (`check.ca_file`); None: any certificate (`check.tls_skip_verify`).
+    pub roots: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
+}
+
 /// What a health check probes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckTarget {
@@ -20,8 +29,11 @@ pub enum CheckTarget {
         host: String,
         /// Path and query.
         path: String,
-        /// Over h2c (the service speaks `http2` or `grpc`), else HTTP/1.1.
+        /// HTTP/2 (the service speaks `http2` or `grpc`: h2c, or h2 over TLS), else
+        /// HTTP/1.1.
         h2: bool,
+        /// HTTPS: how the service's certificate is checked.
+        tls: Option<CheckTls>,
     },
     /// Connect to this address.
     Tcp(SocketAddr),
@@ -225,7 +237,7 @@ fn check_spec(k: &CheckConfig, own: &[IpAddr], h2: bool) -> Result<CheckSpec, Fi
         Ok(a)
     };
     let target = match (&k.http, &k.tcp, &k.grpc) {
-        (Some(url), None, None) => http_target(url, own, h2)?,
+        (Some(url), None, None) => http_target(url, own, h2, k)?,
         (None, Some(addr), None) => CheckTarget::Tcp(local("check.tcp", addr)?),
         (None, None, Some(addr)) => {
             let service = k.grpc_service.clone().unwrap_or_default();
@@ -260,11 +272,18 @@ fn check_spec(k: &CheckConfig, own: &[IpAddr], h2: bool) -> Result<CheckSpec, Fi
     })
 }
 
-fn http_target(url: &str, own: &[IpAddr], h2: bool) -> Result<CheckTarget, FieldError> {
+fn http_target(
+    url: &str,
+    own: &[IpAddr],
+    h2: bool,
+    k: &CheckConfig,
+) -> Result<CheckTarget, FieldError> {
     let bad = |m: String| FieldError("check.http", m);
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad(format!("{url:?}: only http:// URLs")))?;
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (None, Some(r)) => (r, true),
+        _ => return Err(bad(format!("{url:?}: only http:// and https:// URLs"))),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -278,7 +297,7 @@ fn http_target(url: &str, own: &[IpAddr], h2: bool) -> Result<CheckTarget, Field
             p.parse::<u16>()
                 .map_err(|_| bad(format!("{url:?}: bad port")))?,
         ),
-        _ => (authority, 80),
+        _ => (authority, if https { 443 } else { 80 }),
     };
     let host_ip = host.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = if host_ip == "localhost" {
@@ -293,12 +312,59 @@ fn http_target(url: &str, own: &[IpAddr], h2: bool) -> Result<CheckTarget, Field
     if !is_local_ip(ip, own) {
         return Err(bad(format!("{url:?}: checks may only target this host")));
     }
+    let tls = if https {
+        Some(check_tls(host_ip, k)?)
+    } else {
+        if k.ca_file.is_some() || k.tls_skip_verify.is_some() {
+            return Err(FieldError(
+                "check.ca_file",
+                "`ca_file` and `tls_skip_verify` apply to https:// checks only".into(),
+            ));
+        }
+        None
+    };
     Ok(CheckTarget::Http {
         addr: SocketAddr::new(ip, port),
         host: authority.to_owned(),
         path: path.to_owned(),
         h2,
+        tls,
     })
+}
+
+/// How an `https://` check trusts the service: the CA file, read now, or nothing.
+fn check_tls(host: &str, k: &CheckConfig) -> Result<CheckTls, FieldError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let server_name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| FieldError("check.http", format!("{host:?}: {e}")))?;
+    let roots = match (&k.ca_file, k.tls_skip_verify.unwrap_or(false)) {
+        (Some(_), true) => {
+            return Err(FieldError(
+                "check.ca_file",
+                "set `ca_file` or `tls_skip_verify`, not both".into(),
+            ))
+        }
+        (Some(path), false) => {
+            let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| FieldError("check.ca_file", format!("{path}: {e}")))?;
+            if certs.is_empty() {
+                return Err(FieldError(
+                    "check.ca_file",
+                    format!("{path}: no PEM certificate in it"),
+                ));
+            }
+            Some(certs)
+        }
+        (None, true) => None,
+        (None, false) => {
+            return Err(FieldError(
+                "check.http",
+                "an https:// check needs `ca_file` (the PEM of the CA that signed the service's certificate; --check-ca-file) or `tls_skip_verify = true` (--check-tls-skip-verify)".into(),
+            ))
+        }
+    };
+    Ok(CheckTls { server_name, roots })
 }
 
 /// Local services that cannot coexist.
@@ -384,6 +450,40 @@ listen = "127.0.0.1:19001"
             ("[[service]]\nname = \"a\"\nport = 1\n[[service.upstream]]\nservice = \"b\"\nlisten = \"0.0.0.0:1\"\n", "upstream.listen"),
         ] {
             let e = parse(text).expect_err(text);
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn https_checks_say_how_to_trust_the_service() {
+        let e = parse("[[service]]\nname = \"a\"\nport = 1\ncheck = { http = \"https://127.0.0.1:8443/h\" }\n")
+            .expect_err("neither ca_file nor tls_skip_verify");
+        assert_eq!(e.field, "check.http");
+        assert!(
+            e.to_string().contains("ca_file") && e.to_string().contains("tls_skip_verify"),
+            "{e}"
+        );
+        let s = parse("[[service]]\nname = \"a\"\nport = 1\ncheck = { http = \"https://localhost/h\", tls_skip_verify = true }\n")
+            .expect("skip verify");
+        match s.check.map(|c| c.target) {
+            Some(CheckTarget::Http {
+                addr,
+                tls: Some(tls),
+                ..
+            }) => {
+                assert_eq!(addr.port(), 443);
+                assert!(tls.roots.is_none());
+                assert_eq!(tls.server_name.to_str(), "localhost");
+            }
+            other => panic!("{other:?}"),
+        }
+        for (text, field) in [
+            ("check = { http = \"https://127.0.0.1/\", ca_file = \"/nonexistent/ca.pem\" }", "check.ca_file"),
+            ("check = { http = \"https://127.0.0.1/\", ca_file = \"/etc/hostname\" }", "check.ca_file"),
+            ("check = { http = \"https://127.0.0.1/\", ca_file = \"/x\", tls_skip_verify = true }", "check.ca_file"),
+            ("check = { http = \"http://127.0.0.1/\", tls_skip_verify = true }", "check.ca_file"),
+        ] {
+            let e = parse(&format!("[[service]]\nname = \"a\"\nport = 1\n{text}\n")).expect_err(text);
             assert_eq!(e.field, field, "{text}: {e}");
         }
     }

@@ -126,9 +126,19 @@ pub struct RegisterArgs {
     /// Tag (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// HTTP health check URL on this host (over h2c for http2 and grpc services).
+    /// HTTP or HTTPS health check URL on this host (HTTP/2 for http2 and grpc services).
     #[arg(long, conflicts_with_all = ["check_tcp", "check_grpc"])]
     pub check_http: Option<String>,
+    /// For an https:// check: the PEM file of the CA that signed the service's certificate.
+    #[arg(
+        long,
+        requires = "check_http",
+        conflicts_with = "check_tls_skip_verify"
+    )]
+    pub check_ca_file: Option<String>,
+    /// For an https:// check: accept any certificate.
+    #[arg(long, requires = "check_http")]
+    pub check_tls_skip_verify: bool,
     /// TCP health check address on this host.
     #[arg(long, conflicts_with = "check_grpc")]
     pub check_tcp: Option<String>,

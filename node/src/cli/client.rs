@@ -505,6 +505,15 @@ pub async fn service_register(a: &RegisterArgs) -> anyhow::Result<()> {
         if let Some(u) = &a.check_http {
             check["http"] = u.clone().into();
         }
+        if let Some(f) = &a.check_ca_file {
+            // The agent reads the file: make a relative path mean the caller's directory.
+            let path =
+                std::path::absolute(f).map_err(|e| anyhow::anyhow!("--check-ca-file {f}: {e}"))?;
+            check["ca_file"] = path.display().to_string().into();
+        }
+        if a.check_tls_skip_verify {
+            check["tls_skip_verify"] = true.into();
+        }
         if let Some(t) = &a.check_tcp {
             check["tcp"] = t.clone().into();
         }

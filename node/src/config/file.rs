@@ -89,6 +89,11 @@ fn default_protocol() -> String {
 pub struct CheckConfig {
     /// URL for an HTTP GET check.
     pub http: Option<String>,
+    /// For an `https://` check: trust the certificates in this PEM file (the CA that
+    /// signed the service's certificate).
+    pub ca_file: Option<String>,
+    /// For an `https://` check: accept any certificate (Consul's name for the same).
+    pub tls_skip_verify: Option<bool>,
     /// Address for a TCP connect check.
     pub tcp: Option<String>,
     /// Address for a gRPC health check (`grpc.health.v1.Health/Check`, h2c).

@@ -1,14 +1,17 @@
-//! The probes: TCP connect, HTTP GET (2xx and 3xx pass; over h2c for services that speak
-//! HTTP/2) and the gRPC health protocol (`grpc.health.v1.Health/Check`: SERVING passes).
+//! The probes: TCP connect, HTTP or HTTPS GET (2xx and 3xx pass; HTTP/2 for services that
+//! speak it: h2c, or h2 over TLS) and the gRPC health protocol
+//! (`grpc.health.v1.Health/Check`: SERVING passes). HTTPS trusts the check's CA file or,
+//! when the operator said so, any certificate.
 //! All only ever target this host (enforced when the check is defined) and never run
 //! commands.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::catalog::spec::CheckTarget;
+use crate::catalog::spec::{CheckTarget, CheckTls};
 
 /// Why a probe failed (logged when the verdict changes).
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +34,117 @@ pub enum ProbeFailure {
     /// The gRPC health service did not answer SERVING.
     #[error("gRPC health: {0}")]
     NotServing(String),
+    /// The TLS handshake of an HTTPS check failed (certificate not trusted, wrong name…).
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// A connection to the checked service: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Connects to `addr`, with TLS when the check is HTTPS (ALPN h2 for HTTP/2 services).
+async fn connect(
+    addr: std::net::SocketAddr,
+    tls: Option<&CheckTls>,
+    h2: bool,
+) -> Result<Box<dyn Stream>, ProbeFailure> {
+    let tcp = TcpStream::connect(addr).await?;
+    let Some(tls) = tls else {
+        return Ok(Box::new(tcp));
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(tls, h2)?));
+    let stream = connector
+        .connect(tls.server_name.clone(), tcp)
+        .await
+        .map_err(|e| ProbeFailure::Tls(e.to_string()))?;
+    Ok(Box::new(stream))
+}
+
+fn client_config(tls: &CheckTls, h2: bool) -> Result<rustls::ClientConfig, ProbeFailure> {
+    let provider = crate::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProbeFailure::Tls(e.to_string()))?;
+    let mut config = match &tls.roots {
+        Some(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| ProbeFailure::Tls(format!("ca_file: {e}")))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(config)
+}
+
+/// `tls_skip_verify`: any certificate is accepted, but the handshake's signatures are
+/// still checked (the peer holds the key of the certificate it showed).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Largest answer a probe reads.
 const MAX_ANSWER: usize = 4096;
 
-/// Sends `req` over h2c to `addr` and reads the whole answer (at most `MAX_ANSWER`).
+/// Sends `req` over HTTP/2 on `stream` and reads the whole answer (at most `MAX_ANSWER`).
 async fn h2_exchange(
-    addr: std::net::SocketAddr,
+    stream: Box<dyn Stream>,
     req: hyper::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> Result<
     (
@@ -49,10 +155,9 @@ async fn h2_exchange(
 > {
     use http_body_util::BodyExt as _;
     let h2 = |e: hyper::Error| ProbeFailure::H2(e.to_string());
-    let tcp = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
+        hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .map_err(h2)?;
@@ -120,7 +225,7 @@ async fn probe_inner(target: &CheckTarget) -> Result<(), ProbeFailure> {
                     health_request(service),
                 )))
                 .map_err(|e| ProbeFailure::H2(e.to_string()))?;
-            let (parts, body) = h2_exchange(*addr, req).await?;
+            let (parts, body) = h2_exchange(connect(*addr, None, true).await?, req).await?;
             let status = body
                 .trailers()
                 .and_then(|t| t.get("grpc-status"))
@@ -140,12 +245,15 @@ async fn probe_inner(target: &CheckTarget) -> Result<(), ProbeFailure> {
             host,
             path,
             h2: true,
+            tls,
         } => {
-            let req = hyper::Request::get(format!("http://{host}{path}"))
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let req = hyper::Request::get(format!("{scheme}://{host}{path}"))
                 .header("user-agent", "weft-health-check")
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .map_err(|e| ProbeFailure::H2(e.to_string()))?;
-            let (parts, _) = h2_exchange(*addr, req).await?;
+            let stream = connect(*addr, tls.as_ref(), true).await?;
+            let (parts, _) = h2_exchange(stream, req).await?;
             let code = parts.status.as_u16();
             if (200..400).contains(&code) {
                 Ok(())
@@ -154,9 +262,13 @@ async fn probe_inner(target: &CheckTarget) -> Result<(), ProbeFailure> {
             }
         }
         CheckTarget::Http {
-            addr, host, path, ..
+            addr,
+            host,
+            path,
+            tls,
+            ..
         } => {
-            let mut s = TcpStream::connect(addr).await?;
+            let mut s = connect(*addr, tls.as_ref(), false).await?;
             let req = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: weft-health-check\r\nConnection: close\r\n\r\n"
             );
