@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -227,6 +227,28 @@ impl FramingScanner {
         None
     }
 
+    /// How many bytes may pass without inspection from here: the rest of a
+    /// Content-Length body, or everything once inspection stopped. None: bytes must be fed.
+    fn direct_limit(&self) -> Option<u64> {
+        match self.state {
+            State::Passthrough => Some(u64::MAX),
+            State::Body(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Accounts for `n` bytes passed without `feed` (at most `direct_limit`).
+    fn passed_directly(&mut self, n: u64) {
+        if let State::Body(left) = self.state {
+            let left = left.saturating_sub(n);
+            self.state = if left == 0 {
+                State::Head
+            } else {
+                State::Body(left)
+            };
+        }
+    }
+
     /// Whether a request was refused (the stream ends after the poison head).
     pub fn refused(&self) -> bool {
         self.state == State::Refused
@@ -313,6 +335,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
             }
             if this.scanner.refused() {
                 return Poll::Ready(Ok(())); // end of stream after the poison head
+            }
+            // Body bytes the caller's buffer cannot overrun, and everything after an
+            // h2c preface or a tunnel: read straight into it, no copy.
+            if this
+                .scanner
+                .direct_limit()
+                .is_some_and(|n| n >= buf.remaining() as u64)
+            {
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+                this.scanner
+                    .passed_directly((buf.filled().len() - before) as u64);
+                return Poll::Ready(Ok(()));
             }
             let mut tmp = [0u8; 8192];
             let mut rb = ReadBuf::new(&mut tmp);
@@ -468,6 +503,42 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
             .expect("write");
         let r = read_for(&mut guard, T * 2).await;
         assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+    }
+
+    #[tokio::test]
+    async fn bodies_read_directly_still_end_where_framing_says() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut input = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 20_000));
+        input.extend_from_slice(
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        );
+        for chunk in [4096usize, 65536] {
+            let (mut app, inner) = tokio::io::duplex(1 << 20);
+            let refused = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let r = refused.clone();
+            let mut guard =
+                FramingGuard::new(inner, std::time::Duration::from_secs(30), move |why| {
+                    *r.lock().expect("lock") = Some(why);
+                });
+            app.write_all(&input).await.expect("write");
+            drop(app);
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; chunk];
+            loop {
+                let n = guard.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(out.len(), input.len() - 58 + POISON.len(), "chunk {chunk}");
+            assert!(out.ends_with(POISON), "chunk {chunk}");
+            assert_eq!(
+                *refused.lock().expect("lock"),
+                Some("duplicate Content-Length")
+            );
+        }
     }
 
     proptest! {
