@@ -4,7 +4,7 @@
 //! HTTP forward proxy (`http://SERVICE/…`, `CONNECT SERVICE:port`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::catalog::Protocol;
 use bytes::Bytes;
@@ -14,20 +14,15 @@ use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
 };
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::ServiceExt as _;
 use tracing::{debug, warn};
 use weft_ca::ServiceName;
 
-use super::dial::{choose, DialError};
 use super::header::{valid_traceparent, StreamHeader};
 use super::inputs::ProxyInputs;
-use super::streams::PeerRoute;
 use crate::policy::normalize_path;
-use crate::resilience::{Resilience, RetryPolicy};
-use crate::routing::RequestView;
-use crate::telemetry::access_log::AccessEntry;
-use crate::telemetry::Metrics;
 
 /// Response body type of the proxy.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -38,7 +33,7 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 pub const RETRY_BUFFER: usize = 64 * 1024;
 
 /// A request's body across its attempts.
-enum RequestBody {
+pub enum RequestBody {
     /// Small (or empty): kept, so every attempt sends it.
     Buffered(Bytes),
     /// The first bytes read, then the rest, streamed to the first attempt that gets as
@@ -47,7 +42,7 @@ enum RequestBody {
 }
 
 /// A body whose first bytes were already read: those, then the rest as it arrives.
-struct Prefixed {
+pub struct Prefixed {
     prefix: Option<Bytes>,
     rest: Incoming,
 }
@@ -91,7 +86,7 @@ async fn read_body(mut body: Incoming) -> Result<RequestBody, hyper::Error> {
 
 impl RequestBody {
     /// The body for one attempt; None once a streamed body was sent.
-    fn for_attempt(&self) -> Option<ProxyBody> {
+    pub fn for_attempt(&self) -> Option<ProxyBody> {
         match self {
             Self::Buffered(b) => Some(Full::new(b.clone()).map_err(|never| match never {}).boxed()),
             Self::Streaming(slot) => slot
@@ -103,7 +98,7 @@ impl RequestBody {
     }
 
     /// Whether a streamed body was already sent (no attempt can follow).
-    fn spent(&self) -> bool {
+    pub fn spent(&self) -> bool {
         match self {
             Self::Buffered(_) => false,
             Self::Streaming(slot) => slot.lock().unwrap_or_else(|e| e.into_inner()).is_none(),
@@ -125,19 +120,7 @@ pub enum Target {
     Proxy,
 }
 
-fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
+use super::pipeline::{text, Ctx, L7Request};
 
 /// Time an app has to send a request's headers (also how long an idle keep-alive
 /// connection is kept).
@@ -315,12 +298,12 @@ fn connect(
 }
 
 async fn forward(
-    inputs: &ProxyInputs,
+    inputs: &Arc<ProxyInputs>,
     req: Request<Incoming>,
     destination: ServiceName,
     source: Option<ServiceName>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let src = source
         .as_ref()
         .map(|s| s.to_string())
@@ -381,50 +364,7 @@ async fn forward(
         }
     };
     let applied = inputs.config.get();
-
-    // Rate limit, then injected faults, then the circuit breaker.
-    if let Some(rl) = applied.ratelimits.get(&dst) {
-        if !inputs.resilience.allow_rate(&dst, &src, rl) {
-            Metrics::inc(&inputs.metrics.ratelimited, &dst);
-            inputs.metrics.record(&src, &dst, "429", 0.0);
-            let mut r = text(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("weft: rate limit for {dst} exceeded\n"),
-            );
-            r.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
-        }
-    }
-    if let Some(f) = applied.faults.get(&dst) {
-        let (delay, abort) = f.decide(
-            &normalized,
-            rand::random_range(0..100),
-            rand::random_range(0..100),
-        );
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        if let Some(code) = abort {
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            inputs
-                .metrics
-                .record(&src, &dst, status.as_str(), started.elapsed().as_secs_f64());
-            return text(status, "weft: fault injected\n".into());
-        }
-    }
     let resilience = applied.resilience.get(&dst).cloned();
-    let Some(_slot) = inputs
-        .resilience
-        .enter(&dst, resilience.as_ref().and_then(|r| r.max_concurrent))
-    else {
-        inputs.metrics.record(&src, &dst, "503", 0.0);
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("weft: circuit open for {dst} (too many requests in flight)\n"),
-        );
-    };
-
     let authority = parts
         .uri
         .authority()
@@ -478,337 +418,44 @@ async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let version = applied.routes.get(&dst).and_then(|route| {
-        let lookup = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        let view = RequestView {
-            path: &normalized,
-            method: method.as_str(),
-            header: &lookup,
-        };
-        route.pick_version(&view, |total| {
-            route
-                .sticky_draw(&view, total)
-                .unwrap_or_else(|| rand::random_range(0..total))
-        })
-    });
-    let attempt_ctx = Attempt {
-        inputs,
-        header: StreamHeader {
-            protocol,
-            destination: destination.clone(),
-            source,
-            traceparent: Some(traceparent.clone()),
-        },
-        src: &src,
-        dst: &dst,
-        method: &method,
-        normalized: &normalized,
-        headers: &parts.headers,
-        path_and_query: &path_and_query,
-        body: &body,
-        version: version.as_deref(),
-        resilience: resilience.as_ref(),
-    };
-    inputs.resilience.budget_request(&dst);
-    // The resilience entry's timeout, else the agent's default, up to the response head
-    // (a WebSocket or gRPC stream is not cut once answered).
+    // The entry's timeout, else the agent's default, up to the response head.
     let timeout = resilience
         .as_ref()
         .and_then(|r| r.timeout)
         .or_else(|| inputs.request_timeout());
-    let outcome = match timeout {
-        Some(t) => tokio::time::timeout(t, attempt_ctx.run())
-            .await
-            .unwrap_or_else(|_| {
-                Err(Box::new(text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("weft: {dst} timed out after {t:?}\n"),
-                )))
-            }),
-        None => attempt_ctx.run().await,
+    let request = L7Request {
+        ctx: Arc::new(Ctx {
+            src,
+            dst,
+            header: StreamHeader {
+                protocol,
+                destination,
+                source,
+                traceparent: Some(traceparent.clone()),
+            },
+            method,
+            path,
+            normalized,
+            path_and_query,
+            applied,
+            resilience,
+            timeout,
+            traceparent,
+            bytes_out,
+            started,
+        }),
+        headers: Arc::new(parts.headers),
+        body: Arc::new(body),
+        version: None,
     };
-    match outcome {
-        Ok((mut resp, upstream_node)) => {
-            let status = resp.status();
-            // gRPC's outcome is grpc-status: in the headers of a trailers-only answer,
-            // else recorded from the trailers when they arrive.
-            let grpc_streamed = protocol == Protocol::Grpc
-                && status == StatusCode::OK
-                && super::grpc::status(resp.headers()).is_none();
-            let code = if protocol == Protocol::Grpc && !grpc_streamed {
-                super::grpc::label(super::grpc::status(resp.headers()))
-            } else {
-                status.as_str()
-            };
-            if !grpc_streamed {
-                inputs
-                    .metrics
-                    .record(&src, &dst, code, started.elapsed().as_secs_f64());
-            }
-            inputs.access_log.write(AccessEntry {
-                time: std::time::SystemTime::now(),
-                direction: "outbound",
-                protocol: "http",
-                source: src.clone(),
-                destination: dst.clone(),
-                upstream_node,
-                method: Some(method.to_string()),
-                path: Some(path.clone()),
-                status: status.as_u16().to_string(),
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                bytes_out,
-                bytes_in: 0,
-                trace_id: traceparent.split('-').nth(1).map(str::to_owned),
-            });
-            if let (StatusCode::SWITCHING_PROTOCOLS, Some(app)) = (status, app_upgrade) {
-                let hop = hyper::upgrade::on(&mut resp);
-                super::upgrade::splice(app, hop, "outbound");
-                return resp.map(|b| b.boxed());
-            }
-            let (mut rparts, rbody) = resp.into_parts();
-            strip_hop_by_hop(&mut rparts.headers);
-            if grpc_streamed {
-                let record = super::grpc::Record {
-                    metrics: inputs.metrics.clone(),
-                    source: src.clone(),
-                    destination: dst.clone(),
-                    started,
-                };
-                return Response::from_parts(
-                    rparts,
-                    super::grpc::Outcome::new(rbody, record).boxed(),
-                );
-            }
-            Response::from_parts(rparts, rbody.boxed())
-        }
-        Err(resp) => {
-            inputs.metrics.record(
-                &src,
-                &dst,
-                resp.status().as_str(),
-                started.elapsed().as_secs_f64(),
-            );
-            *resp
-        }
+    let Ok(mut resp) = super::pipeline::stack(inputs).oneshot(request).await;
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(app)) = (resp.status(), app_upgrade) {
+        let hop = hyper::upgrade::on(&mut resp);
+        super::upgrade::splice(app, hop, "outbound");
+        return resp;
     }
-}
-
-/// Everything one request needs across its attempts.
-struct Attempt<'a> {
-    inputs: &'a ProxyInputs,
-    header: StreamHeader,
-    src: &'a str,
-    dst: &'a str,
-    method: &'a Method,
-    normalized: &'a str,
-    headers: &'a HeaderMap,
-    path_and_query: &'a str,
-    body: &'a RequestBody,
-    version: Option<&'a str>,
-    resilience: Option<&'a Resilience>,
-}
-
-/// Why one attempt got no response.
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    /// No stream or connection to the instance, or the exchange failed (reset, closed,
-    /// malformed answer).
-    #[error("{}", error_chain(.0))]
-    Send(hyper_util::client::legacy::Error),
-    /// No response head within the per-try timeout.
-    #[error("per-try timeout")]
-    PerTryTimeout,
-}
-
-impl AttemptError {
-    /// Nothing of the request left this node (no stream could be opened): safe to try
-    /// another instance whatever the method.
-    fn unsent(&self) -> bool {
-        matches!(self, Self::Send(e) if e.is_connect())
-    }
-}
-
-/// An error and its causes, `a: b: c` (hyper's own say only "client error (Connect)").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
-impl Attempt<'_> {
-    /// Tries instances until one answers acceptably, within the retry policy and budget.
-    /// Ok: the response and the node that served it. Err: the response to send.
-    async fn run(&self) -> Result<(Response<Incoming>, String), Box<Response<ProxyBody>>> {
-        let inputs = self.inputs;
-        let grpc = self.header.protocol == Protocol::Grpc;
-        let policy = if grpc {
-            RetryPolicy::for_grpc(self.resilience)
-        } else {
-            RetryPolicy::for_request(self.method, self.resilience)
-        };
-        let mut retrying_unavailable = false;
-        let mut tried: Vec<String> = inputs.resilience.ejected();
-        let mut last_error: Option<AttemptError> = None;
-        let mut last_5xx: Option<(Response<Incoming>, String)> = None;
-        for attempt in 0..policy.max_attempts {
-            if attempt > 0 {
-                // A request that never left (no stream to the instance) may go elsewhere
-                // whatever its method.
-                let unsent = last_error.as_ref().is_some_and(AttemptError::unsent);
-                let allowed = policy.may_retry
-                    || unsent
-                    || (policy.retry_unavailable && retrying_unavailable);
-                if !allowed
-                    || self.body.spent()
-                    || !inputs.resilience.try_retry(self.dst, policy.budget_percent)
-                {
-                    break;
-                }
-                Metrics::inc(&inputs.metrics.retries, self.dst);
-            }
-            let chosen = match choose(
-                inputs,
-                &self.header.destination,
-                self.version,
-                tried.clone(),
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    let status = match &e {
-                        DialError::UnknownService(_) => StatusCode::BAD_GATEWAY,
-                        DialError::NoHealthyInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
-                        DialError::Connect { .. } => StatusCode::BAD_GATEWAY,
-                    };
-                    warn!(source = %self.src, destination = %self.dst, error = %e, "request failed: no instance reachable");
-                    return Err(Box::new(text(status, format!("weft: {e}\n"))));
-                }
-            };
-            let instance = &chosen.instance;
-            // Same-node instances are reached without an inbound hop: check policy here.
-            if instance.is_local {
-                let d = inputs.authorize(
-                    self.src,
-                    self.dst,
-                    Some((self.normalized, self.method.as_str())),
-                );
-                if !d.allowed {
-                    return Err(Box::new(text(
-                        StatusCode::FORBIDDEN,
-                        format!("weft: denied by policy rule {}: {}\n", d.rule, d.reason),
-                    )));
-                }
-            }
-            let key = crate::routing::endpoint_key(instance);
-            tried.push(key.clone());
-            inputs.balancer.start(&key);
-            let h2 = self.header.protocol.is_h2();
-            let Some(body) = self.body.for_attempt() else {
-                break;
-            };
-            let mut out = Request::new(body);
-            *out.method_mut() = self.method.clone();
-            *out.headers_mut() = self.headers.clone();
-            *out.version_mut() = if h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            };
-            // A local instance through the keep-alive pool to it; another node's over a
-            // reused stream whose pool key (the URI's authority) names the route.
-            let authority = if instance.is_local {
-                if h2 {
-                    // HTTP/2 names the authority in the request; a different `host` is
-                    // refused by servers (nginx answers 400).
-                    out.headers_mut().remove(HOST);
-                }
-                format!("127.0.0.1:{}", instance.port)
-            } else {
-                PeerRoute {
-                    node: instance.node.clone(),
-                    addr: instance.node_addr,
-                    generation: instance.node_generation,
-                    header: StreamHeader {
-                        traceparent: None,
-                        ..self.header.clone()
-                    },
-                }
-                .authority()
-            };
-            *out.uri_mut() = match format!("http://{authority}{}", self.path_and_query).parse() {
-                Ok(u) => u,
-                Err(_) => {
-                    return Err(Box::new(text(
-                        StatusCode::BAD_REQUEST,
-                        "weft: invalid request target\n".into(),
-                    )))
-                }
-            };
-            let exchange = match (instance.is_local, h2) {
-                (true, false) => inputs.backend.request(out),
-                (true, true) => inputs.backend_h2.request(out),
-                (false, _) => inputs.peers.for_protocol(self.header.protocol).request(out),
-            };
-            let result = match self.resilience.and_then(|r| r.per_try_timeout) {
-                Some(t) => match tokio::time::timeout(t, exchange).await {
-                    Ok(r) => r.map_err(AttemptError::Send),
-                    Err(_) => Err(AttemptError::PerTryTimeout),
-                },
-                None => exchange.await.map_err(AttemptError::Send),
-            };
-            match result {
-                Ok(resp) => {
-                    inputs.balancer.finish(&key, chosen.started.elapsed());
-                    let unavailable = grpc && super::grpc::unavailable(resp.headers());
-                    let is_5xx = resp.status().is_server_error() || unavailable;
-                    if let Some(o) = self.resilience.and_then(|r| r.outlier.as_ref()) {
-                        let total = inputs
-                            .catalog
-                            .get()
-                            .routable(&self.header.destination)
-                            .len();
-                        if inputs.resilience.record_response(&key, is_5xx, o, total) {
-                            warn!(endpoint = %key, "instance ejected as an outlier");
-                            Metrics::inc(&inputs.metrics.ejections, self.dst);
-                        }
-                    }
-                    if unavailable && policy.retry_unavailable {
-                        debug!(attempt, endpoint = %key, "gRPC UNAVAILABLE; may retry");
-                        retrying_unavailable = true;
-                        last_5xx = Some((resp, instance.node.clone()));
-                        continue;
-                    }
-                    if is_5xx && policy.retry_5xx {
-                        debug!(attempt, endpoint = %key, status = %resp.status(), "5xx; may retry");
-                        last_5xx = Some((resp, instance.node.clone()));
-                        continue;
-                    }
-                    return Ok((resp, instance.node.clone()));
-                }
-                Err(e) => {
-                    inputs.balancer.fail(&key);
-                    debug!(attempt, endpoint = %key, error = %e, "upstream request failed");
-                    last_error = Some(e);
-                    retrying_unavailable = false;
-                }
-            }
-        }
-        if let Some(r) = last_5xx {
-            return Ok(r);
-        }
-        let last_error = last_error.map(|e| e.to_string()).unwrap_or_default();
-        warn!(source = %self.src, destination = %self.dst, error = %last_error, "request failed on every attempt");
-        Err(Box::new(text(
-            StatusCode::BAD_GATEWAY,
-            format!("weft: {} failed: {last_error}\n", self.dst),
-        )))
-    }
+    strip_hop_by_hop(resp.headers_mut());
+    resp
 }
 
 #[cfg(test)]

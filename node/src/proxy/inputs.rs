@@ -34,7 +34,7 @@ pub struct ProxyInputs {
     /// Instance choice.
     pub balancer: LoadBalancer,
     /// Rate limits, retry budgets, breakers, outliers.
-    pub resilience: ResilienceState,
+    pub resilience: Arc<ResilienceState>,
     /// Data-plane metrics.
     pub metrics: Arc<Metrics>,
     /// The access log.
@@ -101,7 +101,7 @@ impl ProxyInputs {
             peers: PeerClients::new(pool.clone()),
             pool,
             balancer: LoadBalancer::default(),
-            resilience: ResilienceState::default(),
+            resilience: Arc::default(),
             metrics: p.metrics,
             access_log: p.access_log,
             backend: super::inbound::backend_client(false),

@@ -1,5 +1,6 @@
 //! The data plane. It reads only its inputs (`inputs::ProxyInputs`) and never the agent.
-//! Local listeners (`listeners`) hand app connections to L7 HTTP (`http`) or L4 splicing
+//! Local listeners (`listeners`) hand app connections to L7 HTTP (`http`, whose policies
+//! are the layers of `pipeline`) or L4 splicing
 //! (`tcp`); both reach an instance through `dial` over pooled QUIC connections (`pool`)
 //! with a stream header (`header`, `io`); HTTP reuses those streams (`streams`); streams
 //! from other nodes arrive in `inbound`.
@@ -15,6 +16,7 @@ pub mod inbound;
 pub mod inputs;
 pub mod io;
 pub mod listeners;
+pub mod pipeline;
 pub mod pool;
 pub mod runtime;
 pub mod streams;
