@@ -65,23 +65,15 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// nginx on 127.0.0.1:`port` answering every request over HTTP/2 only (h2c, prior
-/// knowledge: an HTTP/1.1 request gets no HTTP/1.1 answer).
-fn nginx_h2c(dir: &Path, port: u16) -> anyhow::Result<Proc> {
+/// nginx (one worker, files in `dir`) with `http` directives and one `server` block.
+fn nginx(dir: &Path, http: &str, server: &str) -> anyhow::Result<Proc> {
     let d = dir.display();
-    // nginx ends a connection after 1 000 requests (GOAWAY), which the mesh must handle;
-    // a measurement run lifts that so that h2load (which does not reconnect) can go on.
-    let keepalive = if std::env::var_os("WEFT_H2LOAD_REQUESTS").is_some() {
-        "keepalive_requests 1000000;"
-    } else {
-        ""
-    };
     let conf = format!(
         "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  {keepalive}\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         http {{\n  access_log off;\n  {http}\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen 127.0.0.1:{port} http2;\n    location / {{ return 200 \"h2c only\\n\"; }}\n  }}\n}}\n"
+           server {{\n{server}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -91,6 +83,25 @@ fn nginx_h2c(dir: &Path, port: u16) -> anyhow::Result<Proc> {
         .stderr(Stdio::null())
         .spawn()?;
     Ok(Proc(child))
+}
+
+/// nginx on 127.0.0.1:`port` answering every request over HTTP/2 only (h2c, prior
+/// knowledge: an HTTP/1.1 request gets no HTTP/1.1 answer).
+fn nginx_h2c(dir: &Path, port: u16) -> anyhow::Result<Proc> {
+    // nginx ends a connection after 1 000 requests (GOAWAY), which the mesh must handle;
+    // a measurement run lifts that so that h2load (which does not reconnect) can go on.
+    let keepalive = if std::env::var_os("WEFT_H2LOAD_REQUESTS").is_some() {
+        "keepalive_requests 1000000;"
+    } else {
+        ""
+    };
+    nginx(
+        dir,
+        keepalive,
+        &format!(
+            "    listen 127.0.0.1:{port} http2;\n    location / {{ return 200 \"h2c only\\n\"; }}"
+        ),
+    )
 }
 
 #[test]
@@ -387,22 +398,14 @@ fn write_tls_files(dir: &Path, prefix: &str) -> anyhow::Result<()> {
 /// nginx serving HTTPS (HTTP/1.1) on 127.0.0.1:`port` with `server.pem`.
 fn nginx_https(dir: &Path, port: u16) -> anyhow::Result<Proc> {
     let d = dir.display();
-    let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/server.pem;\n\
-             ssl_certificate_key {d}/server.key;\n    location / {{ return 200 \"tls\\n\"; }}\n  }}\n}}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let child = Command::new("nginx")
-        .args(["-p", &dir.to_string_lossy(), "-c", &path.to_string_lossy()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(Proc(child))
+    nginx(
+        dir,
+        "",
+        &format!(
+            "    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {d}/server.pem;\n\
+             ssl_certificate_key {d}/server.key;\n    location / {{ return 200 \"tls\\n\"; }}"
+        ),
+    )
 }
 
 /// The health of `service`'s instance on vm-2 as vm-1 sees it.

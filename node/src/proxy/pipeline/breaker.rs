@@ -2,75 +2,39 @@
 //! requests in flight from this node; one more is answered 503 at once. The slot is held
 //! until the response head (retries included).
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use hyper::StatusCode;
 
-use super::{text, BoxFuture, L7Request, Outcome};
+use super::{answer, text, BoxFuture, L7Request, Next, Outcome, Stage};
 use crate::resilience::ResilienceState;
 
-/// Adds `Breaker`.
+/// The stage.
 #[derive(Clone)]
-pub struct BreakerLayer {
+pub struct Breaker {
     state: Arc<ResilienceState>,
 }
 
-impl BreakerLayer {
+impl Breaker {
     /// Counters live in `state`.
     pub fn new(state: Arc<ResilienceState>) -> Self {
         Self { state }
     }
 }
 
-impl<S> tower::Layer<S> for BreakerLayer {
-    type Service = Breaker<S>;
-    fn layer(&self, inner: S) -> Breaker<S> {
-        Breaker {
-            inner,
-            state: self.state.clone(),
-        }
-    }
-}
-
-/// The service.
-#[derive(Clone)]
-pub struct Breaker<S> {
-    inner: S,
-    state: Arc<ResilienceState>,
-}
-
-impl<S> tower::Service<L7Request> for Breaker<S>
-where
-    S: tower::Service<
-        L7Request,
-        Response = Outcome,
-        Error = Infallible,
-        Future = BoxFuture<Outcome>,
-    >,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = BoxFuture<Outcome>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: L7Request) -> Self::Future {
+impl Stage for Breaker {
+    fn handle<S: Next>(&self, req: L7Request, next: &mut S) -> BoxFuture<Outcome> {
         let max = req.ctx.resilience.as_ref().and_then(|r| r.max_concurrent);
         let Some(slot) = self.state.enter(&req.ctx.dst, max) else {
-            let r = text(
+            return answer(text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "weft: circuit open for {} (too many requests in flight)\n",
                     req.ctx.dst
                 ),
-            );
-            return Box::pin(async move { Ok(Outcome::Local(r)) });
+            ));
         };
-        let fut = self.inner.call(req);
+        let fut = next.call(req);
         Box::pin(async move {
             let out = fut.await;
             drop(slot);
@@ -98,7 +62,7 @@ mod tests {
         );
         let req = request(a);
         let inner = Answer::new(StatusCode::OK, Duration::from_secs(1));
-        let mut svc = BreakerLayer::new(Arc::default()).layer(inner.clone());
+        let mut svc = Breaker::new(Arc::default()).layer().layer(inner.clone());
         let first = svc.ready().await.expect("ready").call(req.clone());
         let second = svc.ready().await.expect("ready").call(req.clone());
         let third = svc

@@ -1,52 +1,18 @@
 //! Injected faults: a `fault` entry delays and/or aborts a share of the destination's
 //! requests (optionally only under a path prefix) before they go anywhere.
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
 use hyper::StatusCode;
 
-use super::{text, BoxFuture, L7Request, Outcome};
+use super::{text, BoxFuture, L7Request, Next, Outcome, Stage};
 
-/// Adds `Fault`.
+/// The stage.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FaultLayer;
+pub struct Fault;
 
-impl<S> tower::Layer<S> for FaultLayer {
-    type Service = Fault<S>;
-    fn layer(&self, inner: S) -> Fault<S> {
-        Fault { inner }
-    }
-}
-
-/// The service.
-#[derive(Clone)]
-pub struct Fault<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<L7Request> for Fault<S>
-where
-    S: tower::Service<
-            L7Request,
-            Response = Outcome,
-            Error = Infallible,
-            Future = BoxFuture<Outcome>,
-        > + Clone
-        + Send
-        + 'static,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = BoxFuture<Outcome>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: L7Request) -> Self::Future {
+impl Stage for Fault {
+    fn handle<S: Next>(&self, req: L7Request, next: &mut S) -> BoxFuture<Outcome> {
         let Some(f) = req.ctx.applied.faults.get(&req.ctx.dst) else {
-            return self.inner.call(req);
+            return next.call(req);
         };
         let (delay, abort) = f.decide(
             &req.ctx.normalized,
@@ -54,11 +20,10 @@ where
             rand::random_range(0..100),
         );
         if delay.is_none() && abort.is_none() {
-            return self.inner.call(req);
+            return next.call(req);
         }
-        // The inner service was made ready for this call: take it, leave a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The pipeline's services are always ready: a clone may be called later.
+        let mut next = next.clone();
         Box::pin(async move {
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
@@ -70,7 +35,7 @@ where
                     "weft: fault injected\n".into(),
                 )));
             }
-            inner.call(req).await
+            next.call(req).await
         })
     }
 }
@@ -108,7 +73,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn delays_then_aborts_as_configured() {
         let inner = Answer::new(StatusCode::OK, Duration::ZERO);
-        let mut svc = FaultLayer.layer(inner.clone());
+        let mut svc = Fault.layer().layer(inner.clone());
 
         let start = tokio::time::Instant::now();
         let o = svc

@@ -98,6 +98,83 @@ pub enum Outcome {
 /// The boxed future every layer returns.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 
+/// The service below a stage: what the rest of the pipeline is to it.
+pub trait Next:
+    tower::Service<L7Request, Response = Outcome, Error = Infallible, Future = BoxFuture<Outcome>>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Next for T where
+    T: tower::Service<
+            L7Request,
+            Response = Outcome,
+            Error = Infallible,
+            Future = BoxFuture<Outcome>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// One policy between the app and the instance: answers the request itself (a refusal,
+/// a fault) or passes it on to `next`, which is ready. `Stage::layer` makes it a tower
+/// `Layer`, so a policy file holds only its rule.
+pub trait Stage: Clone + Send + Sync + 'static {
+    /// Handles `req`.
+    fn handle<S: Next>(&self, req: L7Request, next: &mut S) -> BoxFuture<Outcome>;
+
+    /// This stage as a tower layer.
+    fn layer(self) -> StageLayer<Self> {
+        StageLayer(self)
+    }
+}
+
+/// A `Stage` as a tower `Layer`.
+#[derive(Clone, Debug)]
+pub struct StageLayer<T>(T);
+
+impl<T: Clone, S> tower::Layer<S> for StageLayer<T> {
+    type Service = Staged<T, S>;
+    fn layer(&self, inner: S) -> Staged<T, S> {
+        Staged {
+            stage: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A `Stage` in front of the rest of the pipeline.
+#[derive(Clone, Debug)]
+pub struct Staged<T, S> {
+    stage: T,
+    inner: S,
+}
+
+impl<T: Stage, S: Next> tower::Service<L7Request> for Staged<T, S> {
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = BoxFuture<Outcome>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: L7Request) -> Self::Future {
+        self.stage.handle(req, &mut self.inner)
+    }
+}
+
+/// The answer `r`, now.
+pub fn answer(r: Response<ProxyBody>) -> BoxFuture<Outcome> {
+    Box::pin(async move { Ok(Outcome::Local(r)) })
+}
+
 /// A plain-text answer from the mesh.
 pub fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut r = Response::new(
@@ -129,14 +206,11 @@ pub fn stack(
             inputs.metrics.clone(),
             inputs.access_log.clone(),
         ))
-        .layer(ratelimit::RateLimitLayer::new(
-            inputs.resilience.clone(),
-            inputs.metrics.clone(),
-        ))
-        .layer(fault::FaultLayer)
-        .layer(breaker::BreakerLayer::new(inputs.resilience.clone()))
-        .layer(route::RouteLayer)
-        .layer(timeout::TimeoutLayer)
+        .layer(ratelimit::RateLimit::new(inputs.resilience.clone(), inputs.metrics.clone()).layer())
+        .layer(fault::Fault.layer())
+        .layer(breaker::Breaker::new(inputs.resilience.clone()).layer())
+        .layer(route::Route.layer())
+        .layer(timeout::Timeout.layer())
         .layer(retry::RetryLayer::new(
             inputs.resilience.clone(),
             inputs.metrics.clone(),

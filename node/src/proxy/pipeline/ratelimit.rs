@@ -1,80 +1,45 @@
 //! Rate limit: a `ratelimit` entry's token bucket for the destination (per source if it
 //! says so) admits the request or answers 429 with `Retry-After`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use hyper::header::HeaderValue;
 use hyper::StatusCode;
 
-use super::{text, BoxFuture, L7Request, Outcome};
+use super::{answer, text, BoxFuture, L7Request, Next, Outcome, Stage};
 use crate::resilience::ResilienceState;
 use crate::telemetry::Metrics;
 
-/// Adds `RateLimit`.
+/// The stage.
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimit {
     state: Arc<ResilienceState>,
     metrics: Arc<Metrics>,
 }
 
-impl RateLimitLayer {
+impl RateLimit {
     /// Buckets live in `state`; refusals count in `weft_ratelimited_total`.
     pub fn new(state: Arc<ResilienceState>, metrics: Arc<Metrics>) -> Self {
         Self { state, metrics }
     }
 }
 
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service.
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    layer: RateLimitLayer,
-}
-
-impl<S> tower::Service<L7Request> for RateLimit<S>
-where
-    S: tower::Service<
-        L7Request,
-        Response = Outcome,
-        Error = Infallible,
-        Future = BoxFuture<Outcome>,
-    >,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = BoxFuture<Outcome>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: L7Request) -> Self::Future {
+impl Stage for RateLimit {
+    fn handle<S: Next>(&self, req: L7Request, next: &mut S) -> BoxFuture<Outcome> {
         let ctx = &req.ctx;
         if let Some(rl) = ctx.applied.ratelimits.get(&ctx.dst) {
-            if !self.layer.state.allow_rate(&ctx.dst, &ctx.src, rl) {
-                Metrics::inc(&self.layer.metrics.ratelimited, &ctx.dst);
+            if !self.state.allow_rate(&ctx.dst, &ctx.src, rl) {
+                Metrics::inc(&self.metrics.ratelimited, &ctx.dst);
                 let mut r = text(
                     StatusCode::TOO_MANY_REQUESTS,
                     format!("weft: rate limit for {} exceeded\n", ctx.dst),
                 );
                 r.headers_mut()
                     .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Box::pin(async move { Ok(Outcome::Local(r)) });
+                return answer(r);
             }
         }
-        self.inner.call(req)
+        next.call(req)
     }
 }
 
@@ -103,7 +68,9 @@ mod tests {
         let req = request(applied);
         let inner = Answer::new(StatusCode::OK, Duration::ZERO);
         let metrics = Arc::new(Metrics::new(Arc::default()));
-        let mut svc = RateLimitLayer::new(Arc::default(), metrics).layer(inner.clone());
+        let mut svc = RateLimit::new(Arc::default(), metrics)
+            .layer()
+            .layer(inner.clone());
         let mut statuses = Vec::new();
         for _ in 0..10 {
             let o = svc

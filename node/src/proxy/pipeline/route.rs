@@ -2,48 +2,17 @@
 //! (header/path/method matches first, then weighted splits, sticky by header or cookie).
 //! No entry, or no matching rule: any version.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use super::{BoxFuture, L7Request, Outcome};
+use super::{BoxFuture, L7Request, Next, Outcome, Stage};
 use crate::routing::RequestView;
 
-/// Adds `Route`.
+/// The stage.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RouteLayer;
+pub struct Route;
 
-impl<S> tower::Layer<S> for RouteLayer {
-    type Service = Route<S>;
-    fn layer(&self, inner: S) -> Route<S> {
-        Route { inner }
-    }
-}
-
-/// The service.
-#[derive(Clone)]
-pub struct Route<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<L7Request> for Route<S>
-where
-    S: tower::Service<
-        L7Request,
-        Response = Outcome,
-        Error = Infallible,
-        Future = BoxFuture<Outcome>,
-    >,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = BoxFuture<Outcome>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: L7Request) -> Self::Future {
+impl Stage for Route {
+    fn handle<S: Next>(&self, mut req: L7Request, next: &mut S) -> BoxFuture<Outcome> {
         if let Some(route) = req.ctx.applied.routes.get(&req.ctx.dst) {
             let headers = req.headers.clone();
             let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -60,7 +29,7 @@ where
                 })
                 .map(Arc::from);
         }
-        self.inner.call(req)
+        next.call(req)
     }
 }
 
@@ -89,7 +58,7 @@ mod tests {
             .expect("a route"),
         );
         let inner = Answer::new(StatusCode::OK, Duration::ZERO);
-        let mut svc = RouteLayer.layer(inner.clone());
+        let mut svc = Route.layer().layer(inner.clone());
         let plain = request(a);
         svc.ready()
             .await

@@ -3,53 +3,21 @@
 //! time to the response head, retries included; then 504. An answered response (a
 //! WebSocket, a gRPC stream) is not cut.
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
 use hyper::StatusCode;
 
-use super::{text, BoxFuture, L7Request, Outcome};
+use super::{text, BoxFuture, L7Request, Next, Outcome, Stage};
 
-/// Adds `Timeout`.
+/// The stage.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct TimeoutLayer;
+pub struct Timeout;
 
-impl<S> tower::Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-    fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout { inner }
-    }
-}
-
-/// The service.
-#[derive(Clone)]
-pub struct Timeout<S> {
-    inner: S,
-}
-
-impl<S> tower::Service<L7Request> for Timeout<S>
-where
-    S: tower::Service<
-        L7Request,
-        Response = Outcome,
-        Error = Infallible,
-        Future = BoxFuture<Outcome>,
-    >,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = BoxFuture<Outcome>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: L7Request) -> Self::Future {
+impl Stage for Timeout {
+    fn handle<S: Next>(&self, req: L7Request, next: &mut S) -> BoxFuture<Outcome> {
         let Some(limit) = req.ctx.timeout else {
-            return self.inner.call(req);
+            return next.call(req);
         };
         let dst = req.ctx.dst.clone();
-        let fut = self.inner.call(req);
+        let fut = next.call(req);
         Box::pin(async move {
             match tokio::time::timeout(limit, fut).await {
                 Ok(out) => out,
@@ -84,7 +52,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slow_answers_become_504_at_the_limit() {
         let slow = Answer::new(StatusCode::OK, Duration::from_secs(3));
-        let mut svc = TimeoutLayer.layer(slow);
+        let mut svc = Timeout.layer().layer(slow);
         let start = tokio::time::Instant::now();
         let o = svc
             .ready()
