@@ -192,7 +192,7 @@ where
     }
     let zone = inputs.zone();
     let mut excluded = excluded;
-    if routable.iter().all(|i| excluded.contains(&endpoint_key(i))) {
+    if !excluded.is_empty() && routable.iter().all(|i| excluded.contains(&endpoint_key(i))) {
         excluded.clear();
     }
     let mut last: Option<OpenError> = None;

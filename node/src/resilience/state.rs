@@ -75,6 +75,11 @@ impl ResilienceState {
     pub fn budget_request(&self, dst: &str) {
         let now = now();
         let mut b = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        // The hot path (a destination seen before) allocates nothing.
+        if let Some(budget) = b.get_mut(dst) {
+            budget.request(now);
+            return;
+        }
         bounded(&mut b);
         b.entry(dst.to_owned())
             .or_insert_with(|| RetryBudget::new(now))
@@ -94,8 +99,13 @@ impl ResilienceState {
     pub fn enter(&self, dst: &str, max: Option<u32>) -> Option<InFlight> {
         let counter = {
             let mut m = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            bounded(&mut m);
-            m.entry(dst.to_owned()).or_default().clone()
+            match m.get(dst) {
+                Some(c) => c.clone(),
+                None => {
+                    bounded(&mut m);
+                    m.entry(dst.to_owned()).or_default().clone()
+                }
+            }
         };
         let now = counter.fetch_add(1, Ordering::AcqRel) + 1;
         let slot = InFlight(counter);

@@ -39,7 +39,7 @@ impl LoadBalancer {
         let usable: Vec<&Instance> = instances
             .iter()
             .copied()
-            .filter(|i| !exclude.contains(&endpoint_key(i)))
+            .filter(|i| exclude.is_empty() || !exclude.contains(&endpoint_key(i)))
             .collect();
         let same_zone: Vec<&Instance> = usable
             .iter()

@@ -20,11 +20,19 @@ use prometheus_client::registry::Registry;
 /// Most source → destination pairs with their own label sets.
 pub const MAX_EDGE_LABELS: usize = 1024;
 
-/// Source → destination pairs that have their own label sets.
+/// Source → destination pairs that have their own label sets, with their metric handles
+/// (made once per pair and outcome: a request then allocates no label strings).
 #[derive(Debug, Default)]
 struct LabelledPairs {
-    pairs: std::collections::HashMap<String, std::collections::HashSet<String>>,
+    pairs: std::collections::HashMap<String, std::collections::HashMap<String, PairHandles>>,
     count: usize,
+}
+
+/// One pair's duration histogram and its counter per outcome code.
+#[derive(Debug)]
+struct PairHandles {
+    duration: Histogram,
+    codes: Vec<(String, Counter)>,
 }
 
 /// Labels of one request.
@@ -365,32 +373,60 @@ impl Metrics {
         out
     }
 
-    /// The labels to use for a pair: itself while fewer than `MAX_EDGE_LABELS` pairs have
-    /// label sets, `other` after that (no caller can grow /metrics without bound).
-    fn bounded<'a>(&self, source: &'a str, destination: &'a str) -> (&'a str, &'a str) {
-        let mut seen = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
-        // The hot path (a pair already labelled) allocates nothing.
-        if seen
-            .pairs
-            .get(source)
-            .is_some_and(|d| d.contains(destination))
-        {
-            return (source, destination);
-        }
-        if seen.count >= MAX_EDGE_LABELS {
-            return ("other", "other");
-        }
-        seen.count += 1;
-        seen.pairs
-            .entry(source.to_owned())
-            .or_default()
-            .insert(destination.to_owned());
-        (source, destination)
-    }
-
-    /// Counts one request or stream (Prometheus families and the dashboard's rings).
+    /// Counts one request or stream (Prometheus families and the dashboard's rings). A
+    /// pair gets its own label set while fewer than `MAX_EDGE_LABELS` pairs have one,
+    /// `other` after that (no caller can grow /metrics without bound).
     pub fn record(&self, source: &str, destination: &str, code: &str, seconds: f64) {
-        let (source, destination) = self.bounded(source, destination);
+        let (counter, duration, source, destination) = {
+            let mut l = self.labelled.lock().unwrap_or_else(|e| e.into_inner());
+            let known = l
+                .pairs
+                .get(source)
+                .is_some_and(|d| d.contains_key(destination));
+            let (s, d) = if known {
+                (source, destination)
+            } else if l.count >= MAX_EDGE_LABELS {
+                ("other", "other")
+            } else {
+                l.count += 1;
+                (source, destination)
+            };
+            if !l.pairs.get(s).is_some_and(|m| m.contains_key(d)) {
+                let duration = self
+                    .duration
+                    .get_or_create(&EdgeLabels {
+                        source: s.to_owned(),
+                        destination: d.to_owned(),
+                    })
+                    .clone();
+                l.pairs.entry(s.to_owned()).or_default().insert(
+                    d.to_owned(),
+                    PairHandles {
+                        duration,
+                        codes: Vec::new(),
+                    },
+                );
+            }
+            let Some(h) = l.pairs.get_mut(s).and_then(|m| m.get_mut(d)) else {
+                return;
+            };
+            let counter = match h.codes.iter().find(|(c, _)| c == code) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            source: s.to_owned(),
+                            destination: d.to_owned(),
+                            code: code.to_owned(),
+                        })
+                        .clone();
+                    h.codes.push((code.to_owned(), c.clone()));
+                    c
+                }
+            };
+            (counter, h.duration.clone(), s, d)
+        };
         let error = code.starts_with('5')
             || matches!(code, "error" | "refused" | "denied" | "unknown")
             || crate::proxy::grpc::is_server_failure(code);
@@ -405,19 +441,8 @@ impl Metrics {
                 now,
             );
         }
-        self.requests
-            .get_or_create(&RequestLabels {
-                source: source.to_owned(),
-                destination: destination.to_owned(),
-                code: code.to_owned(),
-            })
-            .inc();
-        self.duration
-            .get_or_create(&EdgeLabels {
-                source: source.to_owned(),
-                destination: destination.to_owned(),
-            })
-            .observe(seconds);
+        counter.inc();
+        duration.observe(seconds);
     }
 
     /// Increments a per-destination counter.
