@@ -22,7 +22,9 @@ pub mod transport;
 pub mod trust;
 
 pub use chitchat::transport::Transport;
-pub use membership::{Gossip, GossipConfig, GossipError, Member, MemberStatus};
+pub use membership::{
+    Gossip, GossipConfig, GossipError, Member, MemberStatus, FIGURES_KEY, MAX_FIGURES_VALUE,
+};
 pub use memory::{MemoryNetwork, MemoryStats};
 pub use record::{
     encode_signed, NodeRecord, Protocol, RecordError, RevocationList, Revoked, ServiceRecord,

@@ -26,6 +26,11 @@ pub const EDGES_KEY: &str = "weft.edges";
 /// Largest edge summary published or read.
 pub const MAX_EDGES_VALUE: usize = 8 * 1024;
 
+/// chitchat key carrying a node's per-version request totals (rollouts, the graph).
+pub const FIGURES_KEY: &str = "weft.figures";
+/// Largest per-version totals value published or read.
+pub const MAX_FIGURES_VALUE: usize = 12 * 1024;
+
 /// chitchat key carrying a node's config digest.
 pub const CONFIG_DIGEST_KEY: &str = "weft.cfg";
 
@@ -115,6 +120,9 @@ pub struct Member {
     /// Its recent per-edge traffic summary (JSON, for dashboards; not trusted otherwise).
     #[serde(skip)]
     pub edge_summary: String,
+    /// Its per-version request totals (JSON; figures only, not trusted otherwise).
+    #[serde(skip)]
+    pub figures: String,
     /// The node certificate, DER (not serialised).
     #[serde(skip)]
     pub cert_der: Vec<u8>,
@@ -264,6 +272,14 @@ impl Gossip {
     pub async fn publish_edges(&self, summary: String) {
         if summary.len() <= MAX_EDGES_VALUE {
             self.set(EDGES_KEY, summary).await;
+        }
+    }
+
+    /// Publishes this node's per-version totals (values over `MAX_FIGURES_VALUE` are not
+    /// sent).
+    pub async fn publish_figures(&self, totals: String) {
+        if totals.len() <= MAX_FIGURES_VALUE {
+            self.set(FIGURES_KEY, totals).await;
         }
     }
 
@@ -542,6 +558,11 @@ impl Gossip {
                         .and_then(|kv| kv.get(EDGES_KEY))
                         .cloned()
                         .unwrap_or_default(),
+                    figures: states
+                        .get(id)
+                        .and_then(|kv| kv.get(FIGURES_KEY))
+                        .cloned()
+                        .unwrap_or_default(),
                     config_digest: states
                         .get(id)
                         .and_then(|kv| kv.get(CONFIG_DIGEST_KEY))
@@ -587,6 +608,7 @@ impl Gossip {
                                         || *k == SERVICES_KEY
                                         || *k == CONFIG_DIGEST_KEY
                                         || *k == EDGES_KEY
+                                        || *k == FIGURES_KEY
                                 })
                                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                                 .collect();

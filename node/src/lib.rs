@@ -11,7 +11,8 @@
 //! * The control side: `rpc` (QUIC servers and clients: join, control, the CA client),
 //!   `ca_role` (the CA node's duties), `identity` (files, the live certificate and
 //!   revocation list, renewal timing, keyring changes), `tls`, `store` (sled),
-//!   `cluster_config` (replication only), `telemetry` (metrics, access log, graph),
+//!   `cluster_config` (replication only), `rollout` (progressive delivery: plans, the
+//!   driver), `telemetry` (metrics, access log, graph, per-version totals),
 //!   `clock` (time helpers).
 
 pub mod agent;
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod resilience;
+pub mod rollout;
 pub mod routing;
 pub mod rpc;
 pub mod store;

@@ -78,6 +78,7 @@ fn main() -> ExitCode {
             Command::Config { action } => weft_node::cli::config_cmd::config(&action).await,
             Command::Route { action } => weft_node::cli::config_cmd::route(&action).await,
             Command::Policy { action } => weft_node::cli::config_cmd::policy(&action).await,
+            Command::Rollout { action } => weft_node::cli::rollout_cmd::rollout(&action).await,
             Command::Operator { action } => client::operator(&action).await,
             Command::Ca { action } => weft_node::cli::ca_cmd::ca(&action).await,
             Command::Audit { limit, client: c } => client::audit(&c, limit).await,

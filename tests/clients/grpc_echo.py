@@ -3,6 +3,7 @@
 
   grpc_echo.py server PORT     serves weft.test.Echo on 127.0.0.1:PORT until killed
   grpc_echo.py client ADDR     calls it through ADDR and prints one line per check
+  grpc_echo.py bench ADDR N    N unary calls, 8 in flight, prints "calls N in S s = R/s"
 
 Methods: Unary (echoes the request), Stream (server streaming: the request 5 times),
 Fail (aborts with NOT_FOUND, a message and a trailing metadata entry), Flaky (UNAVAILABLE
@@ -83,8 +84,27 @@ def client(addr):
             print(f"fail {e.code().name} {e.details()} trailer={trailers.get('x-weft-trailer')}")
 
 
+def bench(addr, count):
+    import time
+    with grpc.insecure_channel(addr) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+        call = channel.unary_unary(f"/{SERVICE}/Unary")
+        start = time.monotonic()
+        pending = []
+        for i in range(count):
+            pending.append(call.future(b"x" * 100, timeout=30))
+            if len(pending) == 8:
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
+        took = time.monotonic() - start
+    print(f"calls {count} in {took:.2f} s = {count / took:.0f}/s")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve(int(sys.argv[2]))
+    elif sys.argv[1] == "bench":
+        bench(sys.argv[2], int(sys.argv[3]))
     else:
         client(sys.argv[2])

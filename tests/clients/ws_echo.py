@@ -3,9 +3,11 @@
 
   ws_echo.py server PORT            echoes every message on 127.0.0.1:PORT until killed
   ws_echo.py client ADDR COUNT      sends COUNT messages through ADDR, prints "echoed N of COUNT"
+                                    and the round trips per second
 """
 import asyncio
 import sys
+import time
 
 import websockets
 
@@ -23,13 +25,15 @@ async def serve(port):
 
 async def client(addr, count):
     echoed = 0
+    start = time.monotonic()
     async with websockets.connect(f"ws://{addr}/echo", open_timeout=10) as ws:
         for i in range(count):
             message = f"message {i} " + "x" * (i % 200)
             await ws.send(message)
             if await asyncio.wait_for(ws.recv(), 10) == message:
                 echoed += 1
-    print(f"echoed {echoed} of {count}")
+    took = time.monotonic() - start
+    print(f"echoed {echoed} of {count} in {took:.2f} s = {count / took:.0f}/s")
 
 
 if __name__ == "__main__":

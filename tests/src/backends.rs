@@ -103,9 +103,31 @@ impl Backend {
         fail_status: u16,
         fail_percent: Arc<AtomicU64>,
     ) -> Self {
+        Self::http_behaving(name, port, fail_status, fail_percent, Arc::default())
+    }
+
+    /// Like `http_failing`, and every answer (but `/health`) waits `delay_ms` first
+    /// (changeable live).
+    pub fn http_behaving(
+        name: &str,
+        port: u16,
+        fail_status: u16,
+        fail_percent: Arc<AtomicU64>,
+        delay_ms: Arc<AtomicU64>,
+    ) -> Self {
         let name = name.to_owned();
         Self::start(
-            move |conn, hits, stop| serve_http(conn, &name, hits, stop, fail_status, &fail_percent),
+            move |conn, hits, stop| {
+                serve_http(
+                    conn,
+                    &name,
+                    hits,
+                    stop,
+                    fail_status,
+                    &fail_percent,
+                    &delay_ms,
+                )
+            },
             port,
         )
     }
@@ -146,6 +168,7 @@ fn serve_http(
     stop: &AtomicBool,
     fail_status: u16,
     fail_percent: &AtomicU64,
+    delay_ms: &AtomicU64,
 ) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut writer) = conn.try_clone() else {
@@ -186,6 +209,10 @@ fn serve_http(
         }
         let mut status = "200 OK".to_owned();
         if path != "/health" {
+            let delay = delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(Duration::from_millis(delay));
+            }
             let n = hits.fetch_add(1, Ordering::SeqCst);
             // Spread failures over each block of 100 (37 is coprime with 100).
             if (n * 37) % 100 < fail_percent.load(Ordering::SeqCst) {

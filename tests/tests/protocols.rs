@@ -223,7 +223,28 @@ fn grpc_through_the_mesh_keeps_trailers_and_status() -> anyhow::Result<()> {
         );
     }
     assert!(metrics.contains("weft_retries_total"), "no retry counted");
+    // WEFT_PROTO_BENCH=N: N unary calls direct and through the mesh (BENCHMARKS.md).
+    if let Some(n) = bench_count() {
+        for (label, addr) in [
+            ("direct", check.as_str()),
+            ("through the mesh", up.as_str()),
+        ] {
+            let out = Command::new("/usr/bin/python3")
+                .args([script.as_str(), "bench", addr, &n.to_string()])
+                .output()?;
+            println!(
+                "grpc {label}: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+    }
     Ok(())
+}
+
+/// `WEFT_PROTO_BENCH=N` asks the gRPC and WebSocket tests to measure N calls or messages
+/// direct and through the mesh, and print both.
+fn bench_count() -> Option<u32> {
+    std::env::var("WEFT_PROTO_BENCH").ok()?.parse().ok()
 }
 
 #[test]
@@ -244,6 +265,21 @@ fn a_websocket_through_the_mesh() -> anyhow::Result<()> {
     })?;
     println!("{out}");
     assert!(out.contains("echoed 1000 of 1000"), "{out}");
+    if let Some(n) = bench_count() {
+        let direct = format!("127.0.0.1:{port}");
+        for (label, addr) in [
+            ("direct", direct.as_str()),
+            ("through the mesh", up.as_str()),
+        ] {
+            let out = Command::new("/usr/bin/python3")
+                .args([script.as_str(), "client", addr, &n.to_string()])
+                .output()?;
+            println!(
+                "websocket {label}: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+    }
     Ok(())
 }
 

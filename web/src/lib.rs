@@ -365,8 +365,11 @@ pub trait NodeApi: Send + Sync + 'static {
     /// The newest access-log entries of this node (newest first), optionally only those
     /// whose JSON contains `filter`.
     fn logs(&self, filter: Option<String>) -> impl Future<Output = Vec<serde_json::Value>> + Send;
-    /// The service graph with live rates (`{services, edges}`).
+    /// The service graph with live rates (`{services, edges, versions}`).
     fn graph(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// Every rollout: plan, state, weight, history, who drives it, and both versions'
+    /// figures now (`{rollouts: [...]}`).
+    fn rollouts(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// The newest `limit` audit records of this node (operator acts it executed, config
     /// changes it applied), newest first.
     fn audit(&self, limit: usize) -> impl Future<Output = Vec<serde_json::Value>> + Send;

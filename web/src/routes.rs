@@ -25,6 +25,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/logs", get(logs_page::<N>))
         .route("/v1/logs", get(logs_json::<N>))
         .route("/v1/graph", get(graph_json::<N>))
+        .route("/v1/rollouts", get(rollouts_json::<N>))
         .route(
             "/assets/style.css",
             get(|| async {
@@ -240,6 +241,10 @@ async fn graph_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
 
 async fn graph_json<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     Json(node.graph().await).into_response()
+}
+
+async fn rollouts_json<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.rollouts().await).into_response()
 }
 
 async fn readyz<N: NodeApi>(State(node): State<Arc<N>>) -> Response {

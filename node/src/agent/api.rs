@@ -636,7 +636,51 @@ impl NodeApi for Agent {
 
     async fn graph(&self) -> serde_json::Value {
         let members = Agent::members(self).await;
-        crate::telemetry::graph::graph(&members, &self.data.catalog.get())
+        let versions = self
+            .recent_figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .window(60);
+        crate::telemetry::graph::graph(&members, &self.data.catalog.get(), &versions)
+    }
+
+    async fn rollouts(&self) -> serde_json::Value {
+        let applied = self.config.applied();
+        let members = Agent::members(self).await;
+        let alive: Vec<String> = members
+            .iter()
+            .filter(|m| m.status == weft_gossip::MemberStatus::Alive && !m.revoked)
+            .map(|m| m.name.clone())
+            .collect();
+        let recent = self
+            .recent_figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<serde_json::Value> = applied
+            .rollouts
+            .iter()
+            .map(|(service, view)| {
+                let window = recent.window((view.plan.interval_ms / 1000).clamp(10, 60));
+                let figures = |v: &str| {
+                    window
+                        .get(&(service.clone(), v.to_owned()))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                serde_json::json!({
+                    "service": service,
+                    "state": view.state.as_str(),
+                    "weight": view.weight,
+                    "plan": view.plan,
+                    "progress": view.progress,
+                    "driven_by": view.progress_by,
+                    "driver": crate::rollout::driver::owner(service, &alive),
+                    "now": { "old": figures(&view.plan.from), "new": figures(&view.plan.to) },
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["service"].as_str().cmp(&b["service"].as_str()));
+        serde_json::json!({ "rollouts": out })
     }
 
     async fn audit(&self, limit: usize) -> Vec<serde_json::Value> {

@@ -6,6 +6,7 @@ mod api_server;
 mod loops;
 mod records;
 mod replica;
+mod rollouts;
 mod rotation;
 mod setup;
 pub mod state;
@@ -277,6 +278,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         admin_token,
         authority,
         admin_credential: RwLock::new(admin_credential),
+        recent_figures: std::sync::Mutex::default(),
         shutdown,
     });
     agent.sign_legacy_config();
@@ -312,6 +314,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     tasks.spawn(loops::catalog_loop(agent.clone()));
     tasks.spawn(loops::publish_services_loop(agent.clone()));
     tasks.spawn(loops::edges_loop(agent.clone()));
+    tasks.spawn(rollouts::rollout_loop(agent.clone()));
     tasks.spawn(crate::cluster_config::sync::run(
         agent.config.clone(),
         agent.gossip.clone(),

@@ -48,6 +48,9 @@ pub struct Agent {
     pub authority: Arc<crate::authority::Authority>,
     /// `<data-dir>/admin-credential`, when this node holds one (the bootstrap node).
     pub admin_credential: RwLock<Option<Arc<crate::authority::Credential>>>,
+    /// The cluster's per-version totals over the last minutes (sampled by the rollout
+    /// loop; `/v1/graph` and `/v1/rollouts` read windows of it).
+    pub recent_figures: std::sync::Mutex<crate::telemetry::versions::Recent>,
     /// Cancelled when the agent must stop.
     pub shutdown: CancellationToken,
 }

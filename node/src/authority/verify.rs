@@ -386,9 +386,99 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// Verifies an entry a node wrote in its own name (`node_signed`): a kind nodes may
+    /// write, signed under the node context with the key of a valid, unrevoked node
+    /// certificate of this cluster at the entry's version, by the node the version names
+    /// as the writer, over exactly this kind, name, version and value. Returns the node.
+    pub fn node_entry(&self, e: &Entry, now: SystemTime) -> Result<String, AuthError> {
+        let r = self.node_entry_inner(e, now);
+        if let Err(err) = &r {
+            self.count("config_entry", err);
+        }
+        r
+    }
+
+    fn node_entry_inner(&self, e: &Entry, now: SystemTime) -> Result<String, AuthError> {
+        let unsigned = Act::ConfigWrite {
+            kind: e.kind,
+            name: e.name.clone(),
+            version: e.version.clone(),
+            value: e.value.clone(),
+        };
+        let signed = e.auth.as_ref().ok_or_else(|| {
+            AuthError::Malformed(format!("{}/{} carries no node signature", e.kind, e.name))
+        })?;
+        if e.value.is_none() {
+            return Err(AuthError::Mismatch(format!(
+                "a node may not delete {} entries",
+                e.kind
+            )));
+        }
+        let now_ms = ms(now);
+        if e.version.wall > now_ms + MAX_ENTRY_FUTURE.as_millis() as u64 {
+            return Err(AuthError::Future(e.version.wall - now_ms));
+        }
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(e.version.wall);
+        let cert = URL_SAFE_NO_PAD
+            .decode(&signed.cert)
+            .map_err(|_| AuthError::Malformed("node certificate is not base64url".into()))?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(&signed.sig)
+            .map_err(|_| AuthError::Malformed("signature is not base64url".into()))?;
+        if signed.chain.len() > weft_ca::replica::MAX_CHAIN {
+            return Err(AuthError::Malformed("too many intermediates".into()));
+        }
+        let chain = signed
+            .chain
+            .iter()
+            .map(|c| URL_SAFE_NO_PAD.decode(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| AuthError::Malformed("intermediate is not base64url".into()))?;
+        let leaf = self
+            .trust
+            .verify_node_chain(&cert, &chain, at)
+            .map_err(AuthError::Certificate)?;
+        let mut msg = super::node_signed::NODE_SIGNING_CONTEXT.to_vec();
+        msg.extend_from_slice(signed.payload.as_bytes());
+        weft_ca::verify_signature(&cert, &msg, &sig).map_err(|_| AuthError::Signature)?;
+        let payload: Payload = serde_json::from_str(&signed.payload).map_err(|e| {
+            AuthError::Malformed(format!("signed payload: {e}").chars().take(200).collect())
+        })?;
+        if &payload.cluster != self.trust.cluster() {
+            return Err(AuthError::ForeignCluster(payload.cluster.to_string()));
+        }
+        if payload.act != unsigned {
+            return Err(AuthError::Mismatch(format!(
+                "the entry {}/{} differs from what was signed",
+                e.kind, e.name
+            )));
+        }
+        let node = leaf.id.node_name().to_string();
+        if node != e.version.node {
+            return Err(AuthError::Mismatch(format!(
+                "signed by node {node} but written as {}: a node writes only in its own name",
+                e.version.node
+            )));
+        }
+        if let Some(revoked) = self.revocations.revoked_at(&leaf.serial) {
+            if e.version.wall / 1000 >= revoked {
+                return Err(AuthError::Revoked(node));
+            }
+        }
+        Ok(node)
+    }
+}
+
 impl crate::cluster_config::EntryCheck for Authority {
     fn check(&self, e: &Entry, now_ms: u64) -> Result<String, String> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms);
+        if super::node_signed::node_writable(e.kind) {
+            return self
+                .node_entry(e, now)
+                .map(|node| format!("node {node}"))
+                .map_err(|err| err.to_string());
+        }
         self.entry(e, now)
             .map(|v| format!("{} ({})", v.operator.name, v.operator.role))
             .map_err(|err| err.to_string())

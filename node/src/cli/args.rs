@@ -58,6 +58,13 @@ pub enum Command {
         #[command(subcommand)]
         action: super::config_cmd::RouteAction,
     },
+    /// Progressive rollouts: move traffic to a new version step by step, promoted or
+    /// rolled back on the figures.
+    Rollout {
+        /// Rollout action.
+        #[command(subcommand)]
+        action: super::rollout_cmd::RolloutAction,
+    },
     /// Authorization policies.
     Policy {
         /// Policy action.

@@ -23,6 +23,9 @@ pub struct Applied {
     pub faults: HashMap<String, Fault>,
     /// Rate limits by destination service.
     pub ratelimits: HashMap<String, RateLimit>,
+    /// Rollouts by service, with the weight each puts on its new version (already
+    /// folded into `routes`).
+    pub rollouts: HashMap<String, crate::rollout::RolloutView>,
 }
 
 fn typed<T: serde::de::DeserializeOwned>(state: &ConfigState, kind: Kind) -> HashMap<String, T> {
@@ -47,6 +50,27 @@ impl Applied {
             ratelimits: typed(state, Kind::Ratelimit),
             ..Self::default()
         };
+        for e in state.live(Kind::Rollout) {
+            let Some(plan) = e
+                .value
+                .clone()
+                .and_then(|v| serde_json::from_value::<crate::rollout::Plan>(v).ok())
+            else {
+                continue;
+            };
+            let progress_entry = state
+                .get(Kind::RolloutProgress, &e.name)
+                .filter(|p| p.value.is_some());
+            let progress =
+                progress_entry.and_then(|p| serde_json::from_value(p.value.clone()?).ok());
+            let view = crate::rollout::RolloutView::new(
+                plan,
+                progress,
+                progress_entry.map(|p| p.version.node.clone()),
+            );
+            view.overlay(a.routes.entry(e.name.clone()));
+            a.rollouts.insert(e.name.clone(), view);
+        }
         for e in state.live(Kind::Policy) {
             let Some(v) = e.value.clone() else { continue };
             if e.name == "default" {

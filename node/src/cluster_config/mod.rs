@@ -2,7 +2,8 @@
 //! digests and pulled over mTLS QUIC (`sync`), last writer wins by hybrid logical clock
 //! (`hlc`, `state`), persisted and applied by this node's `replica`, which hands the data
 //! plane a typed view (`applied`). The kinds themselves live with what they configure:
-//! `routing::route`, `policy::rules`, `resilience::{settings, fault, ratelimit}`.
+//! `routing::route`, `policy::rules`, `resilience::{settings, fault, ratelimit}`,
+//! `rollout::{plan, progress}`.
 
 pub mod applied;
 pub mod hlc;
@@ -34,7 +35,12 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), ValueError> {
     }
     if matches!(
         kind,
-        Kind::Route | Kind::Resilience | Kind::Fault | Kind::Ratelimit
+        Kind::Route
+            | Kind::Resilience
+            | Kind::Fault
+            | Kind::Ratelimit
+            | Kind::Rollout
+            | Kind::RolloutProgress
     ) {
         weft_ca::ServiceName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
     }
@@ -64,6 +70,12 @@ pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(),
             .map_err(parse_err)?
             .validate(),
         Kind::Ratelimit => serde_json::from_value::<RateLimit>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
+        Kind::Rollout => serde_json::from_value::<crate::rollout::Plan>(value.clone())
+            .map_err(parse_err)?
+            .validate(),
+        Kind::RolloutProgress => serde_json::from_value::<crate::rollout::Progress>(value.clone())
             .map_err(parse_err)?
             .validate(),
     }

@@ -62,6 +62,26 @@ impl std::fmt::Debug for ConfigReplica {
     }
 }
 
+/// A node-written rollout progress must belong to the operator-signed plan this replica
+/// holds and put a weight that plan allows; other kinds pass.
+fn within_plan(state: &ConfigState, e: &Entry) -> Result<(), String> {
+    if e.kind != Kind::RolloutProgress {
+        return Ok(());
+    }
+    let Some(value) = &e.value else {
+        return Err("rollout progress cannot be deleted by a node".into());
+    };
+    let plan = state
+        .get(Kind::Rollout, &e.name)
+        .and_then(|p| p.value.clone())
+        .ok_or_else(|| format!("no rollout of {} to make progress on", e.name))?;
+    let plan: crate::rollout::Plan =
+        serde_json::from_value(plan).map_err(|err| format!("the rollout plan: {err}"))?;
+    let progress: crate::rollout::Progress =
+        serde_json::from_value(value.clone()).map_err(|err| format!("rollout progress: {err}"))?;
+    progress.check_against(&plan)
+}
+
 impl ConfigReplica {
     /// Loads the persisted entries (the data plane starts on the last known config even
     /// if no peer is reachable). Entries that no longer validate are skipped and logged.
@@ -172,9 +192,10 @@ impl ConfigReplica {
         let operator = self.check.check(&entry, now).map_err(WriteError::Refused)?;
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (state, clock) = &mut *guard;
+        within_plan(state, &entry).map_err(WriteError::Refused)?;
         if state
             .get(entry.kind, &entry.name)
-            .is_some_and(|cur| cur.version >= entry.version)
+            .is_some_and(|cur| !entry.supersedes(cur))
         {
             return Err(WriteError::Stale {
                 kind: entry.kind,
@@ -223,8 +244,12 @@ impl ConfigReplica {
             }
             let newer = state
                 .get(e.kind, &e.name)
-                .is_none_or(|cur| cur.version < e.version);
+                .is_none_or(|cur| e.supersedes(cur));
             if !newer {
+                continue;
+            }
+            if let Err(err) = within_plan(state, &e) {
+                warn!(peer = from, kind = %e.kind, name = %e.name, error = %err, "refused a rollout progress entry from a peer");
                 continue;
             }
             let operator = match self.check.check(&e, now) {

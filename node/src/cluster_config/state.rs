@@ -33,16 +33,20 @@ pub enum Kind {
     Fault,
     /// Token-bucket rate limit for a destination service.
     Ratelimit,
+    /// A progressive rollout of a service from one version to another (operator-signed
+    /// plan; entry name = the service).
+    Rollout,
+    /// Where a rollout stands, written and signed by the node driving it (entry name =
+    /// the service); accepted only within its operator-signed plan.
+    #[serde(rename = "rollout_progress")]
+    RolloutProgress,
 }
 
 /// A config kind name that this agent does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KindError {
-    /// Reserved for a later version.
-    #[error("config kind {0:?} is not supported by this agent version yet")]
-    Reserved(String),
     /// Not a kind at all.
-    #[error("unknown config kind {0:?} (expected route, policy, resilience, fault or ratelimit)")]
+    #[error("unknown config kind {0:?} (expected route, policy, resilience, fault, ratelimit or rollout)")]
     Unknown(String),
 }
 
@@ -55,7 +59,8 @@ impl std::str::FromStr for Kind {
             "resilience" => Ok(Self::Resilience),
             "fault" => Ok(Self::Fault),
             "ratelimit" => Ok(Self::Ratelimit),
-            "rollout" => Err(KindError::Reserved(s.to_owned())),
+            "rollout" => Ok(Self::Rollout),
+            "rollout_progress" => Ok(Self::RolloutProgress),
             other => Err(KindError::Unknown(other.to_owned())),
         }
     }
@@ -69,6 +74,8 @@ impl std::fmt::Display for Kind {
             Self::Resilience => "resilience",
             Self::Fault => "fault",
             Self::Ratelimit => "ratelimit",
+            Self::Rollout => "rollout",
+            Self::RolloutProgress => "rollout_progress",
         })
     }
 }
@@ -93,6 +100,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether this entry replaces `cur` (same kind and name): a newer version wins —
+    /// except that rollout progress is ordered by its decision count first, so a node that
+    /// comes back holding an old progress can never move a rollout backwards by writing
+    /// after it; the version breaks ties. A total order either way, so replicas converge.
+    pub fn supersedes(&self, cur: &Entry) -> bool {
+        if self.kind == Kind::RolloutProgress {
+            let (a, b) = (progress_seq(self), progress_seq(cur));
+            if a != b {
+                return a > b;
+            }
+        }
+        self.version > cur.version
+    }
+
     /// Its key in the store.
     pub fn store_key(&self) -> String {
         store_key(self.kind, &self.name)
@@ -109,6 +130,15 @@ impl Entry {
             ),
         )
     }
+}
+
+/// The decision count of a rollout progress value (0 for anything else).
+fn progress_seq(e: &Entry) -> u64 {
+    e.value
+        .as_ref()
+        .and_then(|v| v.get("seq"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// The store key of entry `kind`/`name`.
@@ -133,7 +163,7 @@ impl ConfigState {
     pub fn merge(&mut self, e: Entry) -> bool {
         let key = (e.kind, e.name.clone());
         match self.entries.get(&key) {
-            Some(cur) if cur.version >= e.version => false,
+            Some(cur) if !e.supersedes(cur) => false,
             None if self.entries.len() >= MAX_ENTRIES => false,
             _ => {
                 self.entries.insert(key, e);
@@ -260,6 +290,29 @@ mod tests {
         assert_eq!(s.live(Kind::Route).count(), 0);
         assert!(s.prune(11 + 1000).is_empty(), "kept while young");
         assert_eq!(s.prune(11 + TOMBSTONE_TTL.as_millis() as u64 + 1).len(), 1);
+    }
+
+    #[test]
+    fn rollout_progress_is_ordered_by_decisions_before_time() {
+        let p = |wall: u64, seq: u64| Entry {
+            kind: Kind::RolloutProgress,
+            name: "reviews".into(),
+            version: Hlc {
+                wall,
+                logical: 0,
+                node: "n".into(),
+            },
+            value: Some(serde_json::json!({ "seq": seq })),
+            auth: None,
+        };
+        let mut s = ConfigState::default();
+        assert!(s.merge(p(10, 5)));
+        assert!(
+            !s.merge(p(20, 3)),
+            "written later from an older progress: refused"
+        );
+        assert!(s.merge(p(5, 6)), "more decisions win even stamped earlier");
+        assert!(s.merge(p(6, 6)), "the version breaks ties");
     }
 
     proptest! {

@@ -76,6 +76,8 @@ pub struct Record {
     pub destination: String,
     /// When the request started.
     pub started: Instant,
+    /// The version a route chose, if one did.
+    pub version: Option<Arc<str>>,
 }
 
 impl Record {
@@ -87,6 +89,14 @@ impl Record {
             label,
             self.started.elapsed().as_secs_f64(),
         );
+        if let Some(v) = &self.version {
+            self.metrics.record_version(
+                &self.destination,
+                v,
+                label,
+                self.started.elapsed().as_secs_f64(),
+            );
+        }
     }
 }
 

@@ -443,6 +443,7 @@ async fn forward(
             traceparent,
             bytes_out,
             started,
+            version: std::sync::OnceLock::new(),
         }),
         headers: Arc::new(parts.headers),
         body: Arc::new(body),

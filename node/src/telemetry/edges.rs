@@ -39,7 +39,8 @@ impl Default for Ring {
     }
 }
 
-fn lat_bucket(ms: f64) -> usize {
+/// The histogram bucket of a latency.
+pub(crate) fn lat_bucket(ms: f64) -> usize {
     let mut bound = 0.25;
     for i in 0..LAT_BUCKETS {
         if ms <= bound {
@@ -140,6 +141,14 @@ impl EdgeStats {
         out.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
         out
     }
+}
+
+/// Quantile `q` of a histogram holding `total` samples (bucket upper bound; 0 when empty).
+pub(crate) fn quantile_of(lat: &[u64; LAT_BUCKETS], total: u64, q: f64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    quantile(lat, total, q)
 }
 
 fn quantile(lat: &[u64; LAT_BUCKETS], total: u64, q: f64) -> f64 {

@@ -8,7 +8,11 @@ use super::edges::{merge, EdgeSummary};
 use crate::catalog::Catalog;
 
 /// The graph as the API serves it: `{"services": [...], "edges": [...]}`.
-pub fn graph(members: &[Member], catalog: &Catalog) -> serde_json::Value {
+pub fn graph(
+    members: &[Member],
+    catalog: &Catalog,
+    versions: &std::collections::BTreeMap<(String, String), super::versions::Figures>,
+) -> serde_json::Value {
     let summaries = members
         .iter()
         .filter(|m| {
@@ -31,5 +35,21 @@ pub fn graph(members: &[Member], catalog: &Catalog) -> serde_json::Value {
         .collect();
     services.sort();
     services.dedup();
-    serde_json::json!({ "services": services, "edges": edges })
+    // Per destination version, cluster-wide over the last minute (routed requests).
+    let versions: Vec<serde_json::Value> = versions
+        .iter()
+        .filter(|(_, f)| f.requests > 0)
+        .map(|((destination, version), f)| {
+            serde_json::json!({
+                "destination": destination,
+                "version": version,
+                "rps": f.requests as f64 / 60.0,
+                "requests": f.requests,
+                "error_rate": f.error_rate,
+                "p50_ms": f.p50_ms,
+                "p99_ms": f.p99_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({ "services": services, "edges": edges, "versions": versions })
 }

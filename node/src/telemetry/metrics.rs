@@ -83,6 +83,69 @@ pub struct StatusLabels {
     pub status: String,
 }
 
+/// Labels of a per-version count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    destination: String,
+    version: String,
+}
+
+/// Labels of a rollout's weight.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// The service rolled out.
+    pub service: String,
+    /// "old" version or "new" version label.
+    pub version: String,
+}
+
+/// Labels naming a service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service.
+    pub service: String,
+}
+
+/// Per-version totals, read at each scrape (nothing per request beyond the totals).
+#[derive(Debug)]
+struct VersionCollector(Arc<std::sync::Mutex<super::versions::VersionTotals>>);
+
+impl Collector for VersionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let pairs = self.0.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+        let c = ConstCounter::new(0u64);
+        {
+            let mut family = encoder.encode_descriptor(
+                "version_requests",
+                "Routed requests by destination and version (the figures rollouts are judged on)",
+                None,
+                c.metric_type(),
+            )?;
+            for ((destination, version), t) in &pairs {
+                let labels = VersionLabels {
+                    destination: destination.clone(),
+                    version: version.clone(),
+                };
+                ConstCounter::new(t.n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "version_errors",
+            "Failed routed requests by destination and version",
+            None,
+            c.metric_type(),
+        )?;
+        for ((destination, version), t) in pairs {
+            let labels = VersionLabels {
+                destination,
+                version,
+            };
+            ConstCounter::new(t.e).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Gossip's own counters, read at each scrape.
 #[derive(Debug)]
 struct GossipCollector(Arc<weft_gossip::GossipStats>);
@@ -195,6 +258,14 @@ pub struct Metrics {
     pub config_digest_age_seconds: Gauge<f64, AtomicU64>,
     /// Per-edge ring buffers for the dashboard.
     pub edges: std::sync::Mutex<super::edges::EdgeStats>,
+    /// Per-version totals (gossiped; rollouts are judged on them).
+    pub versions: Arc<std::sync::Mutex<super::versions::VersionTotals>>,
+    /// `weft_rollout_weight{service,version}`: percent of traffic on each version of a
+    /// rollout, as this node routes it.
+    pub rollout_weight: Family<RolloutLabels, Gauge>,
+    /// `weft_rollout_state{service}`: 0 progressing, 1 paused, 2 promoted, 3 rolled back,
+    /// 4 aborted.
+    pub rollout_state: Family<ServiceLabels, Gauge>,
     /// Source → destination pairs that have label sets, bounded by `MAX_EDGE_LABELS`.
     labelled: std::sync::Mutex<LabelledPairs>,
 }
@@ -209,6 +280,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new(Arc::default())
     }
+}
+
+/// Whether an outcome code is a failure (5xx, a mesh refusal or error, a gRPC server
+/// failure); 4xx are the client's.
+pub fn is_failure(code: &str) -> bool {
+    code.starts_with('5')
+        || matches!(code, "error" | "refused" | "denied" | "unknown")
+        || crate::proxy::grpc::is_server_failure(code)
 }
 
 impl Metrics {
@@ -288,6 +367,22 @@ impl Metrics {
             config_digest_age_seconds.clone(),
         );
         registry.register_collector(Box::new(GossipCollector(gossip)));
+        let versions = Arc::new(std::sync::Mutex::new(
+            super::versions::VersionTotals::default(),
+        ));
+        registry.register_collector(Box::new(VersionCollector(versions.clone())));
+        let rollout_weight = Family::<RolloutLabels, Gauge>::default();
+        let rollout_state = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "rollout_weight",
+            "Percent of a rollout's traffic on each of its versions, as this node routes it",
+            rollout_weight.clone(),
+        );
+        registry.register(
+            "rollout_state",
+            "A rollout's state: 0 progressing, 1 paused, 2 promoted, 3 rolled back, 4 aborted",
+            rollout_state.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<EdgeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -360,6 +455,9 @@ impl Metrics {
             authority_refused,
             config_digest_age_seconds,
             edges: std::sync::Mutex::default(),
+            versions,
+            rollout_weight,
+            rollout_state,
             labelled: std::sync::Mutex::default(),
         }
     }
@@ -427,9 +525,7 @@ impl Metrics {
             };
             (counter, h.duration.clone(), s, d)
         };
-        let error = code.starts_with('5')
-            || matches!(code, "error" | "refused" | "denied" | "unknown")
-            || crate::proxy::grpc::is_server_failure(code);
+        let error = is_failure(code);
         let now = crate::clock::unix_secs();
         // Requests for services nobody runs are counted above but are not graph edges.
         if destination != "unknown" {
@@ -443,6 +539,14 @@ impl Metrics {
         }
         counter.inc();
         duration.observe(seconds);
+    }
+
+    /// Counts one request routed to `version` of `destination` (rollout figures).
+    pub fn record_version(&self, destination: &str, version: &str, code: &str, seconds: f64) {
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(destination, version, is_failure(code), seconds * 1000.0);
     }
 
     /// Increments a per-destination counter.

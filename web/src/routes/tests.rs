@@ -202,6 +202,22 @@ impl NodeApi for Fake {
             "edges": [{"source": "frontend", "destination": "reviews", "rps": 2.5, "error_rate": 0.0, "p50_ms": 1.0, "p99_ms": 4.0}]
         })
     }
+    async fn rollouts(&self) -> serde_json::Value {
+        serde_json::json!({ "rollouts": [{
+            "service": "reviews", "state": "progressing", "weight": 50,
+            "plan": { "from": "v1", "to": "v2", "steps": [10, 50, 100], "interval_ms": 5000,
+                      "max_error_rate": 0.01, "max_p99_ms": 500.0, "min_requests": 20 },
+            "progress": { "history": [
+                { "at_ms": 1000, "node": "vm-1", "action": "start", "weight": 10, "reason": "v1 → v2" },
+                { "at_ms": 6000, "node": "vm-1", "action": "advance", "weight": 50, "reason": "gates held",
+                  "new": { "requests": 30, "errors": 0, "error_rate": 0.0, "p50_ms": 1.0, "p99_ms": 4.0 },
+                  "old": { "requests": 270, "errors": 0, "error_rate": 0.0, "p50_ms": 1.0, "p99_ms": 2.0 } }
+            ]},
+            "driver": "vm-1", "driven_by": "vm-1",
+            "now": { "old": { "requests": 100, "errors": 0, "error_rate": 0.0, "p50_ms": 1.0, "p99_ms": 2.0 },
+                     "new": { "requests": 100, "errors": 1, "error_rate": 0.01, "p50_ms": 1.0, "p99_ms": 4.0 } }
+        }]})
+    }
     async fn audit(&self, limit: usize) -> Vec<serde_json::Value> {
         vec![serde_json::json!({ "limit": limit })]
     }

@@ -80,6 +80,11 @@ where
                     layer
                         .metrics
                         .record(&ctx.src, &ctx.dst, r.status().as_str(), elapsed);
+                    if let Some(v) = ctx.version.get() {
+                        layer
+                            .metrics
+                            .record_version(&ctx.dst, v, r.status().as_str(), elapsed);
+                    }
                     return Ok(r);
                 }
                 Outcome::Answered { resp, node } => (resp, node),
@@ -97,6 +102,9 @@ where
                     status.as_str()
                 };
                 layer.metrics.record(&ctx.src, &ctx.dst, code, elapsed);
+                if let Some(v) = ctx.version.get() {
+                    layer.metrics.record_version(&ctx.dst, v, code, elapsed);
+                }
             }
             layer.access_log.write(AccessEntry {
                 time: std::time::SystemTime::now(),
@@ -119,6 +127,7 @@ where
                     source: ctx.src.clone(),
                     destination: ctx.dst.clone(),
                     started: ctx.started.into_std(),
+                    version: ctx.version.get().cloned(),
                 };
                 return Ok(resp.map(|b| grpc::Outcome::new(b, record).boxed()));
             }

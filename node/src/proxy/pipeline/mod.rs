@@ -67,6 +67,8 @@ pub struct Ctx {
     pub bytes_out: u64,
     /// When the request arrived (tokio's clock: paused in tests).
     pub started: tokio::time::Instant,
+    /// The version a route chose, once `route` chose one (per-version figures).
+    pub version: std::sync::OnceLock<Arc<str>>,
 }
 
 /// A request in the pipeline. Cheap to clone (a retry sends it again).
@@ -249,6 +251,7 @@ pub(crate) mod testing {
                 traceparent: String::new(),
                 bytes_out: 0,
                 started: tokio::time::Instant::now(),
+                version: std::sync::OnceLock::new(),
             }),
             headers: Arc::default(),
             body: Arc::new(RequestBody::Buffered(Bytes::new())),

@@ -28,6 +28,9 @@ impl Stage for Route {
                         .unwrap_or_else(|| rand::random_range(0..total))
                 })
                 .map(Arc::from);
+            if let Some(v) = &req.version {
+                let _ = req.ctx.version.set(v.clone());
+            }
         }
         next.call(req)
     }
