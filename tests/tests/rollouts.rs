@@ -388,3 +388,81 @@ fn a_rollout_survives_its_driver_killed_and_every_node_restarted() -> anyhow::Re
     );
     Ok(())
 }
+
+#[test]
+fn mirroring_copies_half_the_requests_and_a_slow_mirror_adds_no_latency() -> anyhow::Result<()> {
+    let mut c = Cluster::new("mirroring_copies_half_the_requests");
+    c.formed(3)?;
+    let v1 = Backend::http("v1");
+    let delay = Arc::new(AtomicU64::new(0));
+    let v2 = Backend::http_behaving("v2", 0, 500, Arc::default(), delay.clone());
+    c.register_http_with("vm-2", "reviews", v1.port(), &["--version", "v1"])?;
+    c.register_http_with("vm-3", "reviews", v2.port(), &["--version", "v2"])?;
+    let up = c.client_upstream("vm-1", "reviews", 19001)?;
+    c.cli_ok(
+        "vm-1",
+        &[
+            "route", "set", "reviews", "--split", "v1=100", "--mirror", "v2=50",
+        ],
+    )?;
+    // Wait until the mirror is in force (a copy reaches v2).
+    eventually("the mirror in force", Duration::from_secs(20), || {
+        let _ = http_get_host(&up, "reviews", "/warm");
+        Ok((v2.count() > 0).then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (v1_before, v2_before) = (v1.count(), v2.count());
+    let n = 200;
+    let mut answered_by_v2 = 0;
+    for _ in 0..n {
+        let (status, body) = http_get_host(&up, "reviews", "/")?;
+        assert_eq!(status, 200, "{body}");
+        if body.contains("hello from v2") {
+            answered_by_v2 += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (primary, copies) = (v1.count() - v1_before, v2.count() - v2_before);
+    println!("{n} requests: v1 served {primary}, the mirror got {copies} copies");
+    assert_eq!(
+        answered_by_v2, 0,
+        "the client sees only the primary's answers"
+    );
+    assert_eq!(primary, n);
+    assert!(
+        (60..=140).contains(&copies),
+        "about half mirrored: {copies}"
+    );
+
+    // A mirror that takes 300 ms per answer: the primary's latency does not move.
+    let median = |samples: &mut Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2]
+    };
+    let mut fast = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        http_get_host(&up, "reviews", "/")?;
+        fast.push(t.elapsed());
+    }
+    delay.store(300, Ordering::SeqCst);
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let t = Instant::now();
+        http_get_host(&up, "reviews", "/")?;
+        slow.push(t.elapsed());
+    }
+    let (fast, slow) = (median(&mut fast), median(&mut slow));
+    println!("median latency with a fast mirror {fast:.2?}, with a 300 ms mirror {slow:.2?}");
+    assert!(
+        slow < fast + Duration::from_millis(50),
+        "a slow mirror slowed the primary: {fast:?} → {slow:?}"
+    );
+    let metrics = weft_tests::http_get(&c.agent("vm-1").api(), "/metrics")?;
+    assert!(
+        metrics
+            .contains("weft_mirrored_total{destination=\"reviews\",version=\"v2\",outcome=\"ok\"}"),
+        "mirrored copies counted"
+    );
+    Ok(())
+}

@@ -105,6 +105,10 @@ pub struct RouteSetArgs {
     /// Sticky A/B: keep each value of this cookie on one version of the split.
     #[arg(long)]
     pub sticky_cookie: Option<String>,
+    /// Mirror a share of requests to a version, fire-and-forget (answers discarded),
+    /// e.g. v2=50 (percent).
+    #[arg(long)]
+    pub mirror: Option<String>,
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -371,7 +375,11 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
         &c,
         "route",
         &a.service,
-        serde_json::to_value(Route { rules, sticky })?,
+        serde_json::to_value(Route {
+            rules,
+            sticky,
+            mirror: a.mirror.as_deref().map(parse_mirror).transpose()?,
+        })?,
     )
     .await?;
     if a.client.json {
@@ -380,6 +388,21 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
         println!("route {} set", a.service);
     }
     Ok(())
+}
+
+/// `v2=50` (or `v2=50%`) into a mirror of 50 % of requests to v2.
+fn parse_mirror(text: &str) -> anyhow::Result<crate::routing::route::Mirror> {
+    let (version, percent) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--mirror {text:?}: write VERSION=PERCENT, e.g. v2=50"))?;
+    let percent: u32 =
+        percent.trim().trim_end_matches('%').parse().map_err(|_| {
+            anyhow::anyhow!("--mirror {text:?}: the percent is a whole number 1-100")
+        })?;
+    Ok(crate::routing::route::Mirror {
+        version: version.trim().to_owned(),
+        percent,
+    })
 }
 
 fn rule_name(a: &PolicyRuleArgs, action: &str) -> String {

@@ -448,6 +448,7 @@ async fn forward(
         headers: Arc::new(parts.headers),
         body: Arc::new(body),
         version: None,
+        mirror: false,
     };
     let Ok(mut resp) = super::pipeline::stack(inputs).oneshot(request).await;
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(app)) = (resp.status(), app_upgrade) {

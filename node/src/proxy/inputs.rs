@@ -55,7 +55,13 @@ pub struct ProxyInputs {
     /// The data-plane thread's runtime (`runtime::DataRuntime`): everything that serves
     /// traffic is spawned there.
     pub runtime: tokio::runtime::Handle,
+    /// Mirrored requests in flight at most (`MAX_MIRRORS_IN_FLIGHT`); a copy that finds
+    /// none free is skipped, never queued.
+    pub mirror_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most mirrored copies in flight on a node.
+pub const MAX_MIRRORS_IN_FLIGHT: usize = 256;
 
 impl std::fmt::Debug for ProxyInputs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +119,7 @@ impl ProxyInputs {
             gossip_interval: p.gossip_interval,
             shutdown: p.shutdown,
             runtime: p.runtime,
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
         }
     }
 

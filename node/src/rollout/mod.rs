@@ -85,6 +85,7 @@ impl RolloutView {
         let route = route.or_insert_with(|| Route {
             rules: Vec::new(),
             sticky: None,
+            mirror: None,
         });
         let mut found = false;
         for rule in &mut route.rules {

@@ -82,6 +82,17 @@ pub enum Sticky {
     Cookie(String),
 }
 
+/// Traffic mirroring: a copy of a share of requests goes to another version,
+/// fire-and-forget (its answers are discarded; it never delays or fails the request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The version copies go to.
+    pub version: String,
+    /// Percent of requests copied (1–100).
+    pub percent: u32,
+}
+
 /// A `route` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +102,9 @@ pub struct Route {
     /// Makes weighted choices stable per user (requests without the value are random).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<Sticky>,
+    /// Copies a share of requests to another version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
 }
 
 /// A request as routing sees it.
@@ -126,6 +140,17 @@ impl Route {
     pub fn validate(&self) -> Result<(), ValueError> {
         if self.rules.is_empty() || self.rules.len() > 64 {
             return Err(ValueError::new("rules", "between 1 and 64 rules"));
+        }
+        if let Some(m) = &self.mirror {
+            if !label_ok(&m.version) {
+                return Err(ValueError::new(
+                    "mirror.version",
+                    format!("{:?}: up to 63 of [A-Za-z0-9._-]", m.version),
+                ));
+            }
+            if !(1..=100).contains(&m.percent) {
+                return Err(ValueError::new("mirror.percent", "between 1 and 100"));
+            }
         }
         for r in &self.rules {
             if r.to.is_empty() || r.to.len() > 16 {
@@ -307,6 +332,7 @@ mod tests {
                 to: parse_split("v1=90,v2=10").expect("split"),
             }],
             sticky: None,
+            mirror: None,
         };
         r.validate().expect("valid");
         let none = |_: &str| None;
@@ -343,6 +369,7 @@ mod tests {
                 },
             ],
             sticky: None,
+            mirror: None,
         };
         let beta = |n: &str| (n == "x-user").then_some("beta");
         let other = |_: &str| None;
@@ -364,6 +391,7 @@ mod tests {
                 to: parse_split("v1=50,v2=50").expect("split"),
             }],
             sticky: Some(Sticky::Cookie("session".into())),
+            mirror: None,
         };
         let mut seen = std::collections::HashSet::new();
         for user in 0..200 {
@@ -393,6 +421,7 @@ mod tests {
                 to: parse_split("v1=1").expect("split"),
             }],
             sticky: None,
+            mirror: None,
         };
         assert_eq!(
             bad.validate().map_err(|e| e.field),
@@ -404,6 +433,7 @@ mod tests {
                 to: parse_split("v1=0").expect("split"),
             }],
             sticky: None,
+            mirror: None,
         };
         assert_eq!(zero.validate().map_err(|e| e.field), Err("rules.to.weight"));
         assert!(parse_split("v1").is_err());

@@ -99,6 +99,18 @@ pub struct RolloutLabels {
     pub version: String,
 }
 
+/// Labels of a mirrored copy.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    /// Destination service.
+    pub destination: String,
+    /// The version copies go to.
+    pub version: String,
+    /// "ok", "error" (5xx or no answer) or "skipped" (streamed body, upgrade, too many
+    /// in flight).
+    pub outcome: String,
+}
+
 /// Labels naming a service.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -263,6 +275,8 @@ pub struct Metrics {
     /// `weft_rollout_weight{service,version}`: percent of traffic on each version of a
     /// rollout, as this node routes it.
     pub rollout_weight: Family<RolloutLabels, Gauge>,
+    /// `weft_mirrored_total{destination,version,outcome}`
+    pub mirrored: Family<MirrorLabels, Counter>,
     /// `weft_rollout_state{service}`: 0 progressing, 1 paused, 2 promoted, 3 rolled back,
     /// 4 aborted.
     pub rollout_state: Family<ServiceLabels, Gauge>,
@@ -371,6 +385,12 @@ impl Metrics {
             super::versions::VersionTotals::default(),
         ));
         registry.register_collector(Box::new(VersionCollector(versions.clone())));
+        let mirrored = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirrored",
+            "Mirrored copies of requests by destination, version and outcome (answers discarded)",
+            mirrored.clone(),
+        );
         let rollout_weight = Family::<RolloutLabels, Gauge>::default();
         let rollout_state = Family::<ServiceLabels, Gauge>::default();
         registry.register(
@@ -458,6 +478,7 @@ impl Metrics {
             versions,
             rollout_weight,
             rollout_state,
+            mirrored,
             labelled: std::sync::Mutex::default(),
         }
     }
@@ -547,6 +568,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(destination, version, is_failure(code), seconds * 1000.0);
+    }
+
+    /// Counts one mirrored copy's outcome.
+    pub fn count_mirror(&self, destination: &str, version: &str, outcome: &str) {
+        self.mirrored
+            .get_or_create(&MirrorLabels {
+                destination: destination.to_owned(),
+                version: version.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Increments a per-destination counter.

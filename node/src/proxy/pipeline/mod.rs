@@ -82,6 +82,8 @@ pub struct L7Request {
     pub body: Arc<RequestBody>,
     /// The version a route chose (set by `route`).
     pub version: Option<Arc<str>>,
+    /// A mirrored copy (`route`): one attempt, no retry, answer discarded.
+    pub mirror: bool,
 }
 
 /// What the stack below `metrics` produced.
@@ -211,7 +213,7 @@ pub fn stack(
         .layer(ratelimit::RateLimit::new(inputs.resilience.clone(), inputs.metrics.clone()).layer())
         .layer(fault::Fault.layer())
         .layer(breaker::Breaker::new(inputs.resilience.clone()).layer())
-        .layer(route::Route.layer())
+        .layer(route::Route::new(inputs.mirror_slots.clone(), inputs.metrics.clone()).layer())
         .layer(timeout::Timeout.layer())
         .layer(retry::RetryLayer::new(
             inputs.resilience.clone(),
@@ -256,6 +258,7 @@ pub(crate) mod testing {
             headers: Arc::default(),
             body: Arc::new(RequestBody::Buffered(Bytes::new())),
             version: None,
+            mirror: false,
         }
     }
 

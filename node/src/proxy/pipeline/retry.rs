@@ -84,12 +84,16 @@ where
     } else {
         RetryPolicy::for_request(&ctx.method, ctx.resilience.as_ref())
     };
-    layer.state.budget_request(&ctx.dst);
+    // A mirrored copy is tried once and does not count toward the budget's base.
+    let max_attempts = if req.mirror { 1 } else { policy.max_attempts };
+    if !req.mirror {
+        layer.state.budget_request(&ctx.dst);
+    }
     let mut excluded = layer.state.ejected();
     let mut retrying_unavailable = false;
     let mut last_error: Option<AttemptError> = None;
     let mut last_5xx: Option<Outcome> = None;
-    for attempt in 0..policy.max_attempts {
+    for attempt in 0..max_attempts {
         if attempt > 0 {
             let unsent = last_error.as_ref().is_some_and(|e| e.unsent);
             let allowed =
