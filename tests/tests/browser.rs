@@ -1,8 +1,9 @@
 //! The dashboard in a real browser: Debian's headless Chromium driven over WebDriver
 //! (chromedriver) against a 3-agent cluster with traffic. The overview lists the three
 //! nodes; the service graph shows the frontend → reviews edge with a non-zero rate, and
-//! the rate changes without a page reload. A screenshot is saved under
-//! target/test-logs/browser/.
+//! the rate changes without a page reload; the rollouts page draws a rollout's timeline
+//! and both versions' figures and updates them as the rollout moves. Screenshots are saved
+//! under target/test-logs/browser/.
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -97,6 +98,8 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
     c.start_nodes(3, &[])?;
     let be = Backend::http("reviews");
     c.register_http("vm-2", "reviews", be.port())?;
+    let be2 = Backend::http("reviews-v2");
+    c.register_http_with("vm-3", "reviews", be2.port(), &["--version", "v2"])?;
     let up = c.upstream_for("vm-1", "frontend", "reviews", 19001)?;
     eventually_http(
         "reviews reachable",
@@ -221,6 +224,78 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("graph.png"), &png)?;
         println!("screenshot: {}", dir.join("graph.png").display());
+
+        // Rollouts: start one; the page draws its timeline and both versions' figures,
+        // and they grow as the rollout moves, without a reload.
+        c.cli_ok(
+            "vm-1",
+            &[
+                "rollout",
+                "start",
+                "reviews",
+                "--to",
+                "v2",
+                "--from",
+                "v1",
+                "--steps",
+                "25,50,100",
+                "--interval",
+                "3s",
+                "--min-requests",
+                "3",
+            ],
+        )?;
+        call(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{api}/rollouts")})),
+        )?;
+        call(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({"script": "window.__weftMarker = 7; return 1;", "args": []})),
+        )?;
+        let drawn = || -> anyhow::Result<(u64, u64, String)> {
+            let v = call(
+                "POST",
+                "/execute/sync",
+                Some(
+                    serde_json::json!({"script": "const c = document.querySelector('.rollout[data-service=\"reviews\"]'); if (!c) return null; return [c.querySelectorAll('.timeline .decision').length, c.querySelectorAll('.chart path.series').length, c.querySelector('h2').textContent];", "args": []}),
+                ),
+            )?;
+            Ok((
+                v[0].as_u64().unwrap_or(0),
+                v[1].as_u64().unwrap_or(0),
+                v[2].as_str().unwrap_or_default().to_owned(),
+            ))
+        };
+        let first = eventually("the rollout's timeline", Duration::from_secs(30), || {
+            let d = drawn()?;
+            Ok((d.0 >= 1).then_some(d))
+        })?;
+        let done = eventually(
+            "the rollout promoted on the page",
+            Duration::from_secs(60),
+            || {
+                let d = drawn()?;
+                Ok((d.2.contains("promoted") && d.0 > first.0 && d.1 >= 4).then_some(d))
+            },
+        )?;
+        let marker = call(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({"script": "return window.__weftMarker || null;", "args": []})),
+        )?;
+        assert_eq!(marker, 7, "the rollouts page was reloaded");
+        println!(
+            "rollouts page: {} decision(s) at first, then {} with {} plotted series: {}",
+            first.0, done.0, done.1, done.2
+        );
+        let shot = call("GET", "/screenshot", None)?;
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default())?;
+        std::fs::write(dir.join("rollouts.png"), &png)?;
+        println!("screenshot: {}", dir.join("rollouts.png").display());
         let _ = wd(&driver.addr, "DELETE", &format!("/session/{sid}"), None);
         Ok(())
     })();

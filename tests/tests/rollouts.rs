@@ -169,6 +169,16 @@ fn rollouts_promote_a_healthy_version_and_roll_back_a_failing_or_slow_one() -> a
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("steps"), "{err}");
 
+    // A node's own root has no operator credential: it cannot start one.
+    let out = c
+        .agent("vm-2")
+        .cli_as_node(&["rollout", "start", "reviews", "--to", "v2"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("operator credential"),
+        "{err}"
+    );
+
     let traffic = Traffic::start(up, "reviews");
     let start = |extra: &[&str]| -> anyhow::Result<Instant> {
         let mut args = vec![

@@ -88,3 +88,136 @@ if (document.getElementById("log-rows")) {
   setInterval(refreshLogs, 2000);
   document.getElementById("log-filter").addEventListener("input", refreshLogs);
 }
+
+// Rollouts page: per rollout, a timeline of its decisions (weight on the new version over
+// time, one marker per decision) and the two versions' success rate and p99 at each
+// judged interval, from /v1/rollouts every 2 s.
+function chart(title, points, series, yMax, fmt, span) {
+  const w = 900, h = 150, left = 56, right = 16, top = 24, bottom = 28;
+  const svg = el("svg", { viewBox: `0 0 ${w} ${h}`, class: "chart", role: "img", "aria-label": title });
+  svg.appendChild(el("text", { x: left, y: 14, class: "chart-title" }, title));
+  if (points.length === 0) {
+    svg.appendChild(el("text", { x: left, y: h / 2, class: "muted" }, "no decisions yet"));
+    return svg;
+  }
+  // The same time axis as the timeline above it, so points line up with decisions.
+  const [t0, t1] = span;
+  const X = (t) => left + ((t - t0) / (t1 - t0)) * (w - left - right);
+  const Y = (v) => top + (1 - Math.min(v, yMax) / yMax) * (h - top - bottom);
+  svg.appendChild(el("line", { x1: left, y1: Y(0), x2: w - right, y2: Y(0), class: "axis" }));
+  svg.appendChild(el("text", { x: left - 6, y: Y(yMax) + 4, "text-anchor": "end", class: "tick" }, fmt(yMax)));
+  svg.appendChild(el("text", { x: left - 6, y: Y(0) + 4, "text-anchor": "end", class: "tick" }, fmt(0)));
+  series.forEach((s, si) => {
+    const pts = points.filter((p) => p[s.key] !== undefined && p[s.key] !== null);
+    if (pts.length === 0) return;
+    const d = pts.map((p, i) => (i ? "L" : "M") + X(p.t).toFixed(1) + "," + Y(p[s.key]).toFixed(1)).join(" ");
+    svg.appendChild(el("path", { d: d, class: "series s" + si, "data-series": s.key }));
+    for (const p of pts) {
+      svg.appendChild(el("circle", { cx: X(p.t), cy: Y(p[s.key]), r: 3.5, class: "dot s" + si }));
+    }
+    svg.appendChild(el("text", { x: w - right - (series.length - 1 - si) * 90, y: 14, "text-anchor": "end", class: "legend s" + si }, "● " + s.label));
+  });
+  return svg;
+}
+
+// A rollout's time axis: its first decision to now (or to its last decision once done).
+function span(r) {
+  const hist = (r.progress && r.progress.history) || [];
+  if (hist.length === 0) return [Date.now() - 1000, Date.now()];
+  const done = ["promoted", "rolled_back", "aborted"].includes(r.state);
+  const end = done ? hist[hist.length - 1].at_ms : Date.now();
+  const t0 = hist[0].at_ms;
+  return [t0, Math.max(end + (end - t0) * 0.03, t0 + 1)];
+}
+
+function timeline(r) {
+  const hist = (r.progress && r.progress.history) || [];
+  const w = 900, h = 120, left = 56, right = 16;
+  const svg = el("svg", { viewBox: `0 0 ${w} ${h}`, class: "timeline", role: "img", "aria-label": "rollout timeline" });
+  if (hist.length === 0) {
+    svg.appendChild(el("text", { x: left, y: 40, class: "muted" }, "waiting for a driver…"));
+    return svg;
+  }
+  const [t0, t1] = span(r);
+  const X = (t) => left + ((t - t0) / (t1 - t0)) * (w - left - right);
+  const Y = (wgt) => 20 + (1 - wgt / 100) * 60;
+  // The weight as a step line: it holds until the next decision.
+  let d = "";
+  hist.forEach((e, i) => {
+    const x = X(e.at_ms).toFixed(1);
+    d += i ? ` H${x} V${Y(e.weight).toFixed(1)}` : `M${x},${Y(e.weight).toFixed(1)}`;
+  });
+  d += ` H${X(t1).toFixed(1)}`;
+  svg.appendChild(el("line", { x1: left, y1: Y(0), x2: w - right, y2: Y(0), class: "axis" }));
+  svg.appendChild(el("text", { x: left - 6, y: Y(100) + 4, "text-anchor": "end", class: "tick" }, "100%"));
+  svg.appendChild(el("text", { x: left - 6, y: Y(0) + 4, "text-anchor": "end", class: "tick" }, "0%"));
+  svg.appendChild(el("path", { d: d, class: "weight" }));
+  hist.forEach((e, i) => {
+    const x = X(e.at_ms), y = Y(e.weight);
+    const marker = el("circle", { cx: x, cy: y, r: 5, class: "decision " + e.action, "data-action": e.action });
+    marker.appendChild(el("title", {}, `${new Date(e.at_ms).toLocaleTimeString()} ${e.action} → ${e.weight}% (${e.node}): ${e.reason}`));
+    svg.appendChild(marker);
+    svg.appendChild(el("text", { x: x, y: h - 8 - (i % 2) * 12, "text-anchor": "middle", class: "tick" }, `${e.action} ${e.weight}%`));
+  });
+  return svg;
+}
+
+function rolloutCard(r) {
+  const card = document.createElement("section");
+  card.className = "rollout";
+  card.setAttribute("data-service", r.service);
+  const h = document.createElement("h2");
+  h.textContent = `${r.service}: ${r.plan.from} → ${r.plan.to}`;
+  const state = document.createElement("span");
+  state.className = "state " + r.state;
+  state.textContent = ` ${r.state.replace("_", " ")} · ${r.weight}% on ${r.plan.to}`;
+  h.appendChild(state);
+  card.appendChild(h);
+  const gates = document.createElement("p");
+  gates.className = "muted";
+  const p99 = r.plan.max_p99_ms ? `p99 ≤ ${r.plan.max_p99_ms} ms` : "no p99 gate";
+  gates.textContent = `steps ${r.plan.steps.join(", ")}% · ${r.plan.interval_ms / 1000} s each · gates: errors ≤ ${(r.plan.max_error_rate * 100).toFixed(1)}%, ${p99}, at least ${r.plan.min_requests} requests · driven by ${r.driven_by || "—"}`;
+  card.appendChild(gates);
+  card.appendChild(timeline(r));
+  const points = ((r.progress && r.progress.history) || [])
+    .filter((e) => e.new || e.old)
+    .map((e) => ({
+      t: e.at_ms,
+      newOk: e.new && e.new.requests ? 100 * (1 - e.new.error_rate) : null,
+      oldOk: e.old && e.old.requests ? 100 * (1 - e.old.error_rate) : null,
+      newP99: e.new && e.new.requests ? e.new.p99_ms : null,
+      oldP99: e.old && e.old.requests ? e.old.p99_ms : null,
+    }));
+  const maxP99 = Math.max(1, r.plan.max_p99_ms || 0, ...points.flatMap((p) => [p.newP99 || 0, p.oldP99 || 0]));
+  card.appendChild(chart("success rate per judged interval", points,
+    [{ key: "oldOk", label: r.plan.from }, { key: "newOk", label: r.plan.to }], 100, (v) => v + "%", span(r)));
+  card.appendChild(chart("p99 latency per judged interval", points,
+    [{ key: "oldP99", label: r.plan.from }, { key: "newP99", label: r.plan.to }], maxP99, (v) => Math.round(v) + " ms", span(r)));
+  return card;
+}
+
+async function refreshRollouts() {
+  const box = document.getElementById("rollouts");
+  if (!box) return;
+  const status = document.getElementById("rollouts-status");
+  try {
+    const resp = await fetch("/v1/rollouts", { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const all = (await resp.json()).rollouts || [];
+    while (box.firstChild) box.removeChild(box.firstChild);
+    for (const r of all) box.appendChild(rolloutCard(r));
+    if (all.length === 0) {
+      const p = document.createElement("p");
+      p.textContent = "No rollouts in this cluster.";
+      box.appendChild(p);
+    }
+    status.textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    status.textContent = "agent unreachable, retrying… (" + e.message + ")";
+  }
+}
+
+if (document.getElementById("rollouts")) {
+  refreshRollouts();
+  setInterval(refreshRollouts, 2000);
+}

@@ -18,7 +18,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const NAV: &str = r#"<nav><a href="/">overview</a><a href="/members">members</a><a href="/services">services</a><a href="/graph">service graph</a><a href="/config">routes &amp; policies</a><a href="/logs">request log</a></nav>"#;
+const NAV: &str = r#"<nav><a href="/">overview</a><a href="/members">members</a><a href="/services">services</a><a href="/graph">service graph</a><a href="/rollouts">rollouts</a><a href="/config">routes &amp; policies</a><a href="/logs">request log</a></nav>"#;
 
 /// The common page frame: title, stylesheet, navigation; `body` is already escaped HTML.
 fn page(title: &str, status: &NodeStatus, body: &str) -> String {
@@ -214,6 +214,20 @@ pub fn logs(status: &NodeStatus) -> String {
 <p><input id="log-filter" placeholder="filter (service, status, path…)"> <span id="log-status" class="muted"></span></p>
 <table><thead><tr><th>time</th><th>source</th><th>destination</th><th>upstream node</th><th>request</th><th>status</th><th>ms</th></tr></thead><tbody id="log-rows"></tbody></table>"#;
     page("request log", status, body)
+}
+
+/// The rollouts page: for each rollout, its steps on a timeline and both versions'
+/// success rate and p99 at each decision, drawn as SVG by /assets/app.js from
+/// /v1/rollouts and refreshed every 2 s.
+pub fn rollouts(status: &NodeStatus) -> String {
+    let body = format!(
+        r#"<h1>Rollouts <span class="muted">· cluster {cluster} · seen from {name}</span></h1>
+<p class="muted">Each rollout's decisions on a timeline (weight on the new version), and the success rate and p99 of both versions over each judged interval. Start one with <code>weft rollout start SERVICE --to VERSION</code>. <span id="rollouts-status">loading…</span></p>
+<div id="rollouts"></div>"#,
+        name = escape(&status.name),
+        cluster = escape(&status.cluster),
+    );
+    page("rollouts", status, &body)
 }
 
 /// The service graph page: an SVG filled and refreshed by /assets/app.js.

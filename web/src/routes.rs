@@ -19,6 +19,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
     Router::new()
         .route("/", get(overview::<N>))
         .route("/graph", get(graph_page::<N>))
+        .route("/rollouts", get(rollouts_page::<N>))
         .route("/members", get(members_page::<N>))
         .route("/services", get(services_page::<N>))
         .route("/config", get(config_page::<N>))
@@ -237,6 +238,10 @@ async fn logs_json<N: NodeApi>(
 
 async fn graph_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
     Html(html::graph(&node.status().await))
+}
+
+async fn rollouts_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {
+    Html(html::rollouts(&node.status().await))
 }
 
 async fn graph_json<N: NodeApi>(State(node): State<Arc<N>>) -> Response {

@@ -17,7 +17,7 @@ use crate::telemetry::versions::{ClusterTotals, Published};
 
 /// A node drives no rollout in its first seconds (it may not see every member or hold
 /// the latest progress yet).
-pub const SETTLE_AFTER_START: Duration = Duration::from_secs(10);
+pub const SETTLE_AFTER_START: Duration = Duration::from_secs(5);
 /// … nor while its config differs from an alive peer's for longer than this.
 pub const SYNCED_WITHIN: Duration = Duration::from_secs(3);
 

@@ -415,12 +415,26 @@ async fn graph_page_assets_and_json() {
 }
 
 #[tokio::test]
+async fn rollouts_page_and_json() {
+    let (status, page, _) = call(true, get("/rollouts")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("id=\"rollouts\"") && page.contains("/assets/app.js"));
+    let (_, js, _) = call(true, get("/assets/app.js")).await;
+    assert!(js.contains("/v1/rollouts"));
+    let (status, body, _) = call(true, get("/v1/rollouts")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["rollouts"][0]["weight"], 50);
+}
+
+#[tokio::test]
 async fn every_page_renders_and_escapes() {
     for path in [
         "/",
         "/members",
         "/services",
         "/graph",
+        "/rollouts",
         "/config",
         "/logs",
         "/config?source=a&destination=b&path=/x",
