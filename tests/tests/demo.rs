@@ -67,6 +67,57 @@ fn demo_runs_traffic_and_cleans_up() -> anyhow::Result<()> {
             Ok(live.then_some(()))
         },
     )?;
+    // The README's canary walkthrough, as the demo prints it: a broken v2 rolls back on
+    // its own, a healed one is promoted.
+    let weft = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(weft_bin())
+            .args(args)
+            .env("WEFT_API", api)
+            .env("WEFT_DATA_DIR", dir.join("demo-1"))
+            .env_remove("WEFT_TOKEN")
+            .env_remove("WEFT_CREDENTIAL")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "weft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let start = [
+        "rollout",
+        "start",
+        "reviews",
+        "--to",
+        "v2",
+        "--steps",
+        "20,50,100",
+        "--interval",
+        "5s",
+        "--min-requests",
+        "10",
+    ];
+    let state = || -> anyhow::Result<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&weft(&["rollout", "status", "reviews", "--json"])?)?;
+        Ok(v["state"].as_str().unwrap_or_default().to_owned())
+    };
+    std::fs::write(dir.join("break-v2"), b"")?;
+    let t = std::time::Instant::now();
+    weft(&start)?;
+    eventually("the broken v2 rolled back", Duration::from_secs(40), || {
+        Ok((state()? == "rolled_back").then_some(()))
+    })?;
+    println!("broken v2 rolled back {:.1?} after start", t.elapsed());
+    std::fs::remove_file(dir.join("break-v2"))?;
+    let t = std::time::Instant::now();
+    weft(&start)?;
+    eventually("the healed v2 promoted", Duration::from_secs(60), || {
+        Ok((state()? == "promoted").then_some(()))
+    })?;
+    println!("healed v2 promoted {:.1?} after start", t.elapsed());
+    println!("{}", weft(&["rollout", "status", "reviews"])?);
+
     let members = http_get(api, "/v1/members")?;
     assert_eq!(
         members.matches("\"status\":\"alive\"").count(),

@@ -274,6 +274,12 @@ fn rollouts_promote_a_healthy_version_and_roll_back_a_failing_or_slow_one() -> a
     let human = c.cli_ok("vm-3", &["rollout", "status"])?;
     println!("{human}");
     assert!(human.contains("reviews: promoted"), "{human}");
+
+    // A route written afterwards is the operator's later word: it is in force again.
+    c.cli_ok("vm-1", &["route", "set", "reviews", "--split", "v1=100"])?;
+    stops_serving(&v2, Duration::from_secs(2), Duration::from_secs(10))?;
+    let s = status(&c, "vm-1", "reviews")?;
+    assert_eq!(s["in_force"], false, "{s}");
     Ok(())
 }
 

@@ -671,6 +671,7 @@ impl NodeApi for Agent {
                     "service": service,
                     "state": view.state.as_str(),
                     "weight": view.weight,
+                    "in_force": view.in_force,
                     "plan": view.plan,
                     "progress": view.progress,
                     "driven_by": view.progress_by,

@@ -19,7 +19,7 @@ use crate::telemetry::versions::{ClusterTotals, Published};
 /// the latest progress yet).
 pub const SETTLE_AFTER_START: Duration = Duration::from_secs(5);
 /// … nor while its config differs from an alive peer's for longer than this.
-pub const SYNCED_WITHIN: Duration = Duration::from_secs(3);
+pub const SYNCED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Runs until shutdown.
 pub async fn rollout_loop(agent: Arc<Agent>) {

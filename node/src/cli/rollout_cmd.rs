@@ -293,7 +293,7 @@ fn pct(v: &serde_json::Value) -> String {
 fn print_status(r: &serde_json::Value) {
     let plan = &r["plan"];
     println!(
-        "{}: {} — {} → {}, {}% on {} (steps {}, interval {} ms, gates: errors ≤ {}, p99 ≤ {}, ≥ {} requests); driver {}",
+        "{}: {} — {} → {}, {}% on {} (steps {}, interval {} ms, gates: errors ≤ {}, {}, ≥ {} requests); driver {}",
         r["service"].as_str().unwrap_or("?"),
         r["state"].as_str().unwrap_or("?"),
         plan["from"].as_str().unwrap_or("?"),
@@ -303,10 +303,15 @@ fn print_status(r: &serde_json::Value) {
         plan["steps"],
         plan["interval_ms"],
         pct(&plan["max_error_rate"]),
-        plan["max_p99_ms"].as_f64().map_or("-".into(), |v| format!("{v} ms")),
+        plan["max_p99_ms"]
+            .as_f64()
+            .map_or("no p99 gate".into(), |v| format!("p99 ≤ {v} ms")),
         plan["min_requests"],
         r["driver"].as_str().unwrap_or("-"),
     );
+    if r["in_force"] == false {
+        println!("  (no longer in force: the route of this service was written after it)");
+    }
     let now = &r["now"];
     for (label, key) in [("old", "old"), ("new", "new")] {
         let f = &now[key];

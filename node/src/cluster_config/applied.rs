@@ -63,12 +63,19 @@ impl Applied {
                 .filter(|p| p.value.is_some());
             let progress =
                 progress_entry.and_then(|p| serde_json::from_value(p.value.clone()?).ok());
-            let view = crate::rollout::RolloutView::new(
+            let mut view = crate::rollout::RolloutView::new(
                 plan,
                 progress,
                 progress_entry.map(|p| p.version.node.clone()),
             );
-            view.overlay(a.routes.entry(e.name.clone()));
+            // The operator's latest word wins: a route written after the rollout started
+            // replaces what the rollout had put in force.
+            view.in_force = state
+                .get(Kind::Route, &e.name)
+                .is_none_or(|r| r.value.is_none() || r.version < e.version);
+            if view.in_force {
+                view.overlay(a.routes.entry(e.name.clone()));
+            }
             a.rollouts.insert(e.name.clone(), view);
         }
         for e in state.live(Kind::Policy) {

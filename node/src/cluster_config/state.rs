@@ -104,9 +104,14 @@ impl Entry {
     /// except that rollout progress is ordered by its decision count first, so a node that
     /// comes back holding an old progress can never move a rollout backwards by writing
     /// after it; the version breaks ties. A total order either way, so replicas converge.
+    ///
+    /// Two drivers that wrote the same count (one acted before it had caught up) are
+    /// ordered by what they say, so the rollout still never moves backwards: a finished
+    /// rollout (promoted, rolled back, aborted) before one still running, then the later
+    /// step.
     pub fn supersedes(&self, cur: &Entry) -> bool {
         if self.kind == Kind::RolloutProgress {
-            let (a, b) = (progress_seq(self), progress_seq(cur));
+            let (a, b) = (progress_order(self), progress_order(cur));
             if a != b {
                 return a > b;
             }
@@ -132,13 +137,18 @@ impl Entry {
     }
 }
 
-/// The decision count of a rollout progress value (0 for anything else).
-fn progress_seq(e: &Entry) -> u64 {
-    e.value
-        .as_ref()
-        .and_then(|v| v.get("seq"))
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0)
+/// How far a rollout progress value has come: (decision count, finished, step); zeros
+/// for anything else.
+fn progress_order(e: &Entry) -> (u64, bool, u64) {
+    let Some(v) = e.value.as_ref() else {
+        return (0, false, 0);
+    };
+    let num = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let finished = matches!(
+        v.get("state").and_then(serde_json::Value::as_str),
+        Some("promoted" | "rolled_back" | "aborted")
+    );
+    (num("seq"), finished, num("step"))
 }
 
 /// The store key of entry `kind`/`name`.
@@ -313,6 +323,20 @@ mod tests {
         );
         assert!(s.merge(p(5, 6)), "more decisions win even stamped earlier");
         assert!(s.merge(p(6, 6)), "the version breaks ties");
+        // The same count from two drivers: the later step wins whatever the stamp, and
+        // a finished rollout wins over a running one.
+        let at = |wall: u64, step: u64, state: &str| {
+            let mut e = p(wall, 9);
+            e.value = Some(serde_json::json!({ "seq": 9, "step": step, "state": state }));
+            e
+        };
+        assert!(s.merge(at(10, 2, "progressing")));
+        assert!(
+            !s.merge(at(50, 1, "progressing")),
+            "a takeover from an older step loses"
+        );
+        assert!(s.merge(at(11, 1, "rolled_back")), "finished wins");
+        assert!(!s.merge(at(60, 2, "progressing")));
     }
 
     proptest! {

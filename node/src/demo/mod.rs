@@ -1,7 +1,10 @@
 //! `weft demo`: a local mesh for a first look. Three agents (separate processes of this
 //! binary) on 127.0.10.1–3, sample services (two versions of `reviews` over HTTP, a TCP
 //! `ratings` echo, a `frontend` calling both), light traffic, and the addresses to look
-//! at. Ctrl-C stops the agents gracefully and removes everything it created.
+//! at. `reviews` v2 is deployed dark (the route sends everything to v1) so that a canary
+//! can be rolled out with `weft rollout start`; touching `<dir>/break-v2` makes v2 fail
+//! one request in five, so a rollout can be watched rolling back on its own. Ctrl-C stops
+//! the agents gracefully and removes everything it created.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,21 +36,31 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A tiny HTTP backend answering with its version.
-async fn http_backend(listener: TcpListener, version: &'static str, stop: CancellationToken) {
+/// A tiny HTTP backend answering with its version; while the file `broken` exists it
+/// answers 500 to one request in five.
+async fn http_backend(
+    listener: TcpListener,
+    version: &'static str,
+    broken: Option<PathBuf>,
+    stop: CancellationToken,
+) {
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
         let (sock, _) = tokio::select! {
             _ = stop.cancelled() => return,
             a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
         };
+        let broken = broken.clone();
+        let served = served.clone();
         tokio::spawn(async move {
             let (r, mut w) = sock.into_split();
             let mut lines = BufReader::new(r).lines();
             loop {
                 let mut content_length = 0usize;
-                let Ok(Some(_request_line)) = lines.next_line().await else {
+                let Ok(Some(request_line)) = lines.next_line().await else {
                     return;
                 };
+                let health = request_line.split_whitespace().nth(1) == Some("/health");
                 while let Ok(Some(l)) = lines.next_line().await {
                     if l.is_empty() {
                         break;
@@ -66,9 +79,23 @@ async fn http_backend(listener: TcpListener, version: &'static str, stop: Cancel
                 if version == "v2" {
                     tokio::time::sleep(Duration::from_millis(3)).await;
                 }
-                let body = format!("{{\"service\":\"reviews\",\"version\":\"{version}\"}}\n");
+                // Broken answers only requests: its health check still passes (a bug, not
+                // a crash), so only the rollout's figures can catch it.
+                let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let failing = !health && n % 5 == 0 && broken.as_ref().is_some_and(|f| f.exists());
+                let (status, body) = if failing {
+                    (
+                        "500 Internal Server Error",
+                        format!("{{\"error\":\"reviews {version} is broken\"}}\n"),
+                    )
+                } else {
+                    (
+                        "200 OK",
+                        format!("{{\"service\":\"reviews\",\"version\":\"{version}\"}}\n"),
+                    )
+                };
                 let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 if w.write_all(resp.as_bytes()).await.is_err() {
@@ -172,7 +199,9 @@ async fn create_token(api: &str, data_dir: &Path) -> anyhow::Result<String> {
 }
 
 async fn traffic(stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // 20 requests per second to reviews: enough for a rollout step of 20 % to be judged
+    // on 10 requests within 5 s.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut n: u64 = 0;
     loop {
         tokio::select! {
@@ -193,7 +222,7 @@ async fn traffic(stop: CancellationToken) {
             let mut sink = Vec::new();
             let _ = s.read_to_end(&mut sink).await;
         }
-        if n % 10 == 0 {
+        if n % 20 == 0 {
             if let Ok(mut s) = TcpStream::connect(format!("{}:19002", ip(0))).await {
                 let _ = s.write_all(b"rating?").await;
                 let _ = s.shutdown().await;
@@ -209,8 +238,14 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     let (l_v1, p_v1) = local_listener().await?;
     let (l_v2, p_v2) = local_listener().await?;
     let (l_echo, p_echo) = local_listener().await?;
-    tokio::spawn(http_backend(l_v1, "v1", stop.clone()));
-    tokio::spawn(http_backend(l_v2, "v2", stop.clone()));
+    let break_v2 = dir.join("break-v2");
+    tokio::spawn(http_backend(l_v1, "v1", None, stop.clone()));
+    tokio::spawn(http_backend(
+        l_v2,
+        "v2",
+        Some(break_v2.clone()),
+        stop.clone(),
+    ));
     tokio::spawn(echo_backend(l_echo, stop.clone()));
 
     let frontend = format!(
@@ -247,7 +282,30 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         )?);
         wait_ready(&format!("{}:7070", ip(i))).await?;
     }
+    // v2 is deployed dark: every request goes to v1 until a rollout moves it.
+    let exe = std::env::current_exe().context("cannot find the weft binary")?;
+    let operator_dir = dir.join(NODES[0]);
+    let out = Command::new(&exe)
+        .args(["route", "set", "reviews", "--split", "v1=100"])
+        .env("WEFT_API", &api0)
+        .env("WEFT_DATA_DIR", &operator_dir)
+        .env_remove("WEFT_TOKEN")
+        .env_remove("WEFT_CREDENTIAL")
+        .output()
+        .await
+        .context("cannot run weft route set")?;
+    if !out.status.success() {
+        bail!(
+            "cannot set the demo's route: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     tokio::spawn(traffic(stop.clone()));
+    let weft = format!(
+        "WEFT_API={api0} WEFT_DATA_DIR={} {}",
+        operator_dir.display(),
+        exe.display()
+    );
 
     println!();
     println!(
@@ -268,10 +326,19 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         ip(0)
     );
     println!(
-        "  admin token:  WEFT_DATA_DIR={} (for weft token create, weft service register)",
-        dir.join(NODES[0]).display()
+        "  operator:     WEFT_DATA_DIR={} holds the admin credential (weft route, weft rollout, weft token create)",
+        operator_dir.display()
     );
     println!();
+    println!("  a canary in one command (reviews v2 is deployed but gets no traffic yet):");
+    println!(
+        "    {weft} rollout start reviews --to v2 --steps 20,50,100 --interval 5s --min-requests 10"
+    );
+    println!("    {weft} rollout status reviews        (or http://{api0}/rollouts)");
+    println!(
+        "  and one that rolls back on its own: touch {} (v2 then fails 1 request in 5) before starting it; rm it to heal v2",
+        break_v2.display()
+    );
     println!("traffic is flowing; press Ctrl-C to stop");
 
     let mut exited = None;

@@ -72,7 +72,7 @@ impl Driver {
         }
         let mut out = Vec::new();
         for (service, view) in rollouts {
-            if owner(service, alive) != Some(me) {
+            if owner(service, alive) != Some(me) || !view.in_force {
                 continue;
             }
             let plan = &view.plan;

@@ -44,6 +44,9 @@ pub struct RolloutView {
     pub weight: u32,
     /// Where it stands.
     pub state: State,
+    /// Whether its weight is in force (false once an operator wrote the service's route
+    /// after the rollout's plan: the later word wins).
+    pub in_force: bool,
 }
 
 impl RolloutView {
@@ -60,6 +63,7 @@ impl RolloutView {
             last_seq,
             weight,
             state,
+            in_force: true,
         }
     }
 
