@@ -39,6 +39,23 @@ function draw(svg, graph) {
   }
 }
 
+// The per-version table under the graph.
+function versions(list) {
+  const body = document.getElementById("versions");
+  if (!body) return;
+  while (body.firstChild) body.removeChild(body.firstChild);
+  for (const v of list) {
+    const tr = document.createElement("tr");
+    tr.setAttribute("data-version", v.destination + "/" + v.version);
+    for (const x of [v.destination, v.version, v.rps.toFixed(1), (v.error_rate * 100).toFixed(1) + "%", v.p50_ms, v.p99_ms]) {
+      const td = document.createElement("td");
+      td.textContent = String(x);
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+
 async function refresh() {
   const svg = document.getElementById("graph");
   const status = document.getElementById("graph-status");
@@ -46,7 +63,9 @@ async function refresh() {
   try {
     const resp = await fetch("/v1/graph", { cache: "no-store" });
     if (!resp.ok) throw new Error("HTTP " + resp.status);
-    draw(svg, await resp.json());
+    const graph = await resp.json();
+    draw(svg, graph);
+    versions(graph.versions || []);
     status.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
     status.textContent = "agent unreachable, retrying… (" + e.message + ")";

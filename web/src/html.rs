@@ -235,7 +235,9 @@ pub fn graph(status: &NodeStatus) -> String {
     let body = format!(
         r#"<h1>Service graph <span class="muted">· cluster {cluster} · seen from {name}</span></h1>
 <p class="muted">Edges show the last minute from every node's gossip: requests per second, error rate, p50 and p99. <span id="graph-status">loading…</span></p>
-<svg id="graph" role="img" aria-label="service graph"></svg>"#,
+<svg id="graph" role="img" aria-label="service graph"></svg>
+<h2>By version <span class="muted">(routed requests, last minute, every node)</span></h2>
+<table><thead><tr><th>service</th><th>version</th><th>req/s</th><th>errors</th><th>p50 ms</th><th>p99 ms</th></tr></thead><tbody id="versions"></tbody></table>"#,
         name = escape(&status.name),
         cluster = escape(&status.cluster),
     );
