@@ -20,6 +20,7 @@ packages=(
   python3-grpcio     # a real gRPC server and client (protocol = "grpc")
   python3-websockets # a real WebSocket echo through the mesh (Upgrade)
   curl               # 1 GiB up and down through the mesh
+  bind9-dnsutils     # dig against the agent's .weft DNS
 )
 
 missing=()

@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             Command::Route { action } => weft_node::cli::config_cmd::route(&action).await,
             Command::Policy { action } => weft_node::cli::config_cmd::policy(&action).await,
             Command::Rollout { action } => weft_node::cli::rollout_cmd::rollout(&action).await,
+            Command::Dns { action } => weft_node::cli::dns_cmd::dns(&action),
             Command::Operator { action } => client::operator(&action).await,
             Command::Ca { action } => weft_node::cli::ca_cmd::ca(&action).await,
             Command::Audit { limit, client: c } => client::audit(&c, limit).await,

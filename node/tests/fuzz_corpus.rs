@@ -76,3 +76,23 @@ fn cluster_config_corpus() {
         "corpus: {n} files, {valid} valid values, {paths} paths"
     );
 }
+
+#[test]
+fn dns_query_corpus() {
+    use weft_node::names::dns::{answer, UDP_MAX};
+    let zone = |name: &str| (name == "reviews").then_some(std::net::Ipv4Addr::new(127, 240, 0, 7));
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/dns_query");
+    let (mut n, mut answered) = (0, 0);
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("read");
+        n += 1;
+        if let Some(out) = answer(&data, &zone, true) {
+            assert!(out.len() <= UDP_MAX);
+            answered += 1;
+        }
+    }
+    assert!(
+        n >= 8 && answered >= 4,
+        "corpus: {n} files, {answered} answered"
+    );
+}

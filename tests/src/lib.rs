@@ -483,6 +483,15 @@ impl Cluster {
                 cmd
             }
         };
+        // Each agent its own DNS address; virtual IPs only where a test asks for a range
+        // of its own (agents on one host would otherwise share addresses).
+        let dns = format!("{ip}:8600");
+        if !extra.contains(&"--dns") {
+            cmd.args(["--dns", &dns]);
+        }
+        if !extra.contains(&"--vip-range") {
+            cmd.args(["--vip-range", "off"]);
+        }
         let child = cmd
             .args(["--name", node_name, "--bind", &ip.to_string()])
             .args([

@@ -144,8 +144,9 @@ pub fn services(status: &NodeStatus, services: &[crate::ServiceView]) -> String 
     for s in services {
         for i in &s.instances {
             rows.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n",
                 escape(&s.service),
+                escape(&s.vip.as_ref().map_or("-".into(), |ip| format!("{}.weft → {ip}", s.service))),
                 escape(&i.node),
                 escape(&i.address),
                 i.port,
@@ -157,7 +158,7 @@ pub fn services(status: &NodeStatus, services: &[crate::ServiceView]) -> String 
         }
     }
     let body = format!(
-        "<h1>Services</h1>\n<table><thead><tr><th>service</th><th>node</th><th>address</th><th>port</th><th>protocol</th><th>version</th><th>health</th></tr></thead><tbody>\n{rows}</tbody></table>"
+        "<h1>Services</h1>\n<table><thead><tr><th>service</th><th>name and virtual IP</th><th>node</th><th>address</th><th>port</th><th>protocol</th><th>version</th><th>health</th></tr></thead><tbody>\n{rows}</tbody></table>"
     );
     page("services", status, &body)
 }

@@ -113,6 +113,9 @@ pub struct InstanceView {
 pub struct ServiceView {
     /// Service name.
     pub service: String,
+    /// Its virtual IP (`<service>.weft`), when the agent hands them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
     /// Instances.
     pub instances: Vec<InstanceView>,
 }

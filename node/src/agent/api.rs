@@ -306,6 +306,11 @@ impl NodeApi for Agent {
             match out.last_mut() {
                 Some(s) if s.service == i.service.as_str() => s.instances.push(view),
                 _ => out.push(ServiceView {
+                    vip: self
+                        .names
+                        .as_ref()
+                        .and_then(|n| n.vip_of(i.service.as_str()))
+                        .map(|ip| ip.to_string()),
                     service: i.service.to_string(),
                     instances: vec![view],
                 }),

@@ -96,6 +96,9 @@ pub enum AgentError {
     /// The data directory holds no usable identity for this start.
     #[error(transparent)]
     Setup(#[from] setup::SetupError),
+    /// The `.weft` DNS server cannot listen.
+    #[error(transparent)]
+    Dns(#[from] crate::names::dns::DnsError),
 }
 
 /// Seconds since the Unix epoch, for display.
@@ -239,6 +242,13 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
             addr: format!("{}/tcp", settings.proxy),
             source,
         })?;
+    let dns_server = match settings.dns {
+        Some(addr) => Some(crate::names::dns::DnsServer::bind(addr).await?),
+        None => None,
+    };
+    let names = settings
+        .vip_range
+        .map(|range| Arc::new(crate::names::Names::new(range)));
     let shutdown_logs = tokio_util::sync::CancellationToken::new();
     let access_log = AccessLog::start(
         settings.access_log.clone(),
@@ -279,6 +289,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         authority,
         admin_credential: RwLock::new(admin_credential),
         recent_figures: std::sync::Mutex::default(),
+        names: names.clone(),
         shutdown,
     });
     agent.sign_legacy_config();
@@ -329,6 +340,24 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         crate::proxy::listeners::supervise_upstreams(agent.data.clone(), agent.shutdown.clone()),
         data_runtime.handle(),
     );
+    if let Some(names) = &names {
+        tasks.spawn_on(
+            crate::proxy::listeners::supervise_vips(
+                agent.data.clone(),
+                names.clone(),
+                agent.shutdown.clone(),
+            ),
+            data_runtime.handle(),
+        );
+    }
+    if let Some(server) = dns_server {
+        // Without virtual IPs every name is unknown: NXDOMAIN for all of `.weft`.
+        let zone: Arc<dyn crate::names::dns::Lookup> = match &names {
+            Some(n) => n.clone(),
+            None => Arc::new(|_: &str| None),
+        };
+        tasks.spawn(server.run(zone, agent.shutdown.clone()));
+    }
     tasks.spawn_on(
         crate::proxy::listeners::serve_forward_proxy(
             agent.data.clone(),

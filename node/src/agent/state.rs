@@ -51,6 +51,8 @@ pub struct Agent {
     /// The cluster's per-version totals over the last minutes (sampled by the rollout
     /// loop; `/v1/graph` and `/v1/rollouts` read windows of it).
     pub recent_figures: std::sync::Mutex<crate::telemetry::versions::Recent>,
+    /// Services' virtual IPs (None: `vip_range = "off"`), rebuilt with the catalog.
+    pub names: Option<Arc<crate::names::Names>>,
     /// Cancelled when the agent must stop.
     pub shutdown: CancellationToken,
 }
@@ -112,9 +114,11 @@ impl Agent {
     pub async fn refresh_catalog(&self) {
         let members = self.members().await;
         self.data.pool.prune(&members);
-        self.data
-            .catalog
-            .set(crate::catalog::Catalog::build(&members));
+        let catalog = crate::catalog::Catalog::build(&members);
+        if let Some(names) = &self.names {
+            names.rebuild(&catalog);
+        }
+        self.data.catalog.set(catalog);
     }
 
     /// Why this node is not ready, if it is not.

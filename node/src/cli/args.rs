@@ -58,6 +58,12 @@ pub enum Command {
         #[command(subcommand)]
         action: super::config_cmd::RouteAction,
     },
+    /// Resolve `*.weft` on this host through the agent (systemd-resolved drop-in).
+    Dns {
+        /// DNS action.
+        #[command(subcommand)]
+        action: super::dns_cmd::DnsAction,
+    },
     /// Progressive rollouts: move traffic to a new version step by step, promoted or
     /// rolled back on the figures.
     Rollout {

@@ -480,14 +480,15 @@ pub async fn services(args: &ClientArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<16} {:<22} {:<6} {:<5} {:<8} HEALTH",
-        "SERVICE", "NODE", "ADDRESS", "PORT", "PROTO", "VERSION"
+        "{:<20} {:<16} {:<16} {:<22} {:<6} {:<5} {:<8} HEALTH",
+        "SERVICE", "VIRTUAL IP", "NODE", "ADDRESS", "PORT", "PROTO", "VERSION"
     );
     for s in services {
+        let vip = s.vip.clone().unwrap_or_else(|| "-".into());
         for i in s.instances {
             println!(
-                "{:<20} {:<16} {:<22} {:<6} {:<5} {:<8} {}",
-                s.service, i.node, i.address, i.port, i.protocol, i.version, i.health
+                "{:<20} {:<16} {:<16} {:<22} {:<6} {:<5} {:<8} {}",
+                s.service, vip, i.node, i.address, i.port, i.protocol, i.version, i.health
             );
         }
     }

@@ -4,6 +4,7 @@ pub mod args;
 pub mod ca_cmd;
 pub mod client;
 pub mod config_cmd;
+pub mod dns_cmd;
 pub mod rollout_cmd;
 
 pub use args::{

@@ -28,6 +28,10 @@ pub struct FileConfig {
     pub api: Option<String>,
     /// Address of the HTTP forward proxy.
     pub proxy: Option<String>,
+    /// Address of the `.weft` DNS server (UDP and TCP), or "off".
+    pub dns: Option<String>,
+    /// The range virtual IPs are taken from (inside 127.0.0.0/8), or "off".
+    pub vip_range: Option<String>,
     /// Seed nodes, `HOST[:PORT]` of their QUIC port.
     #[serde(default)]
     pub join: Vec<String>,

@@ -40,6 +40,12 @@ pub struct AgentArgs {
     /// HTTP proxy address for local apps (default: 127.0.0.1:15001).
     #[arg(long, value_name = "ADDR")]
     pub proxy: Option<String>,
+    /// DNS for `<service>.weft` (UDP and TCP; default 127.0.0.1:8600), or "off".
+    #[arg(long, value_name = "ADDR|off")]
+    pub dns: Option<String>,
+    /// Range of the services' virtual IPs (default 127.240.0.0/12), or "off".
+    #[arg(long, value_name = "CIDR|off")]
+    pub vip_range: Option<String>,
     /// A seed node's QUIC address, HOST[:PORT] (port default 7443); repeatable.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub join: Vec<String>,

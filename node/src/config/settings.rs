@@ -44,6 +44,10 @@ pub struct Settings {
     pub api: SocketAddr,
     /// HTTP proxy address.
     pub proxy: SocketAddr,
+    /// The `.weft` DNS address (None: off).
+    pub dns: Option<SocketAddr>,
+    /// The virtual IP range (None: no virtual IPs).
+    pub vip_range: Option<crate::names::VipRange>,
     /// Seeds, `HOST[:PORT]`.
     pub join: Vec<String>,
     /// Join token.
@@ -166,7 +170,34 @@ impl Settings {
             SocketAddr::from(([127, 0, 0, 1], 15001)),
         )
         .map_err(|m| invalid("proxy", m.to_string()))?;
+        let dns = match args.dns.as_deref().or(file.dns.as_deref()) {
+            Some("off") => None,
+            v => Some(
+                parse_opt(v, SocketAddr::from(([127, 0, 0, 1], 8600))).map_err(|m| {
+                    invalid(
+                        "dns",
+                        format!("{m} (an address like 127.0.0.1:8600, or \"off\")"),
+                    )
+                })?,
+            ),
+        };
+        let vip_range = match args.vip_range.as_deref().or(file.vip_range.as_deref()) {
+            Some("off") => None,
+            v => Some(
+                v.unwrap_or("127.240.0.0/12")
+                    .parse::<crate::names::VipRange>()
+                    .map_err(|e| invalid("vip_range", format!("{e} (or \"off\")")))?,
+            ),
+        };
         let public_ok = args.dangerous_public_api || file.dangerous_public_api.unwrap_or(false);
+        if let Some(addr) = dns {
+            if !addr.ip().is_loopback() && !public_ok {
+                return Err(invalid(
+                    "dns",
+                    format!("{addr} is not a loopback address: anyone who can reach it could list the cluster's services; bind it to 127.0.0.1, or set dangerous_public_api = true if a firewall guards it"),
+                ));
+            }
+        }
         for (key, addr) in [("api", api), ("proxy", proxy)] {
             if !addr.ip().is_loopback() && !public_ok {
                 return Err(invalid(
@@ -266,6 +297,8 @@ impl Settings {
             quic_port,
             api,
             proxy,
+            dns,
+            vip_range,
             join,
             token,
             bootstrap,

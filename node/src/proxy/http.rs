@@ -118,6 +118,14 @@ pub enum Target {
     },
     /// The forward proxy: the destination is the request's host.
     Proxy,
+    /// A service's virtual IP: every request to it from an anonymous source, pinned to
+    /// `version` when the name was `<version>.<service>.weft`.
+    Vip {
+        /// Destination.
+        destination: ServiceName,
+        /// The version pinned, if any.
+        version: Option<Arc<str>>,
+    },
 }
 
 use super::pipeline::{text, Ctx, L7Request};
@@ -226,11 +234,19 @@ async fn handle(
     req: Request<Incoming>,
     target: Target,
 ) -> Response<ProxyBody> {
+    let mut pinned = None;
     let (destination, source) = match &target {
         Target::Fixed {
             destination,
             source,
         } => (destination.clone(), Some(source.clone())),
+        Target::Vip {
+            destination,
+            version,
+        } => {
+            pinned = version.clone();
+            (destination.clone(), None)
+        }
         Target::Proxy => {
             let Some(host) = destination_of(&req) else {
                 return text(
@@ -252,7 +268,7 @@ async fn handle(
     if req.method() == Method::CONNECT {
         return connect(inputs, req, destination, source);
     }
-    forward(&inputs, req, destination, source).await
+    forward(&inputs, req, destination, source, pinned).await
 }
 
 /// `CONNECT service:port`: a TCP tunnel to the service.
@@ -302,6 +318,7 @@ async fn forward(
     req: Request<Incoming>,
     destination: ServiceName,
     source: Option<ServiceName>,
+    pinned: Option<Arc<str>>,
 ) -> Response<ProxyBody> {
     let started = tokio::time::Instant::now();
     let src = source
@@ -444,6 +461,7 @@ async fn forward(
             bytes_out,
             started,
             version: std::sync::OnceLock::new(),
+            pinned,
         }),
         headers: Arc::new(parts.headers),
         body: Arc::new(body),

@@ -1,5 +1,6 @@
 //! Local listeners: one per `[[service.upstream]]` (reconciled whenever the local services
-//! change) and the HTTP forward proxy. An upstream listener speaks HTTP (L7) when its
+//! change), one per virtual IP and port of each service (`supervise_vips`, reconciled
+//! whenever the name table changes) and the HTTP forward proxy. An upstream listener speaks HTTP (L7) when its
 //! destination is an HTTP service and splices bytes (L4) otherwise, decided per connection
 //! from the catalog.
 
@@ -68,6 +69,90 @@ pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: Cancellatio
             r = changes.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// Keeps a listener on each virtual IP and port of `names` until `shutdown`: a connection
+/// to `reviews.weft:9080` is routed as an upstream listener's would be, from an anonymous
+/// source (`-`), pinned to a version for `<version>.<service>.weft` (HTTP services).
+pub async fn supervise_vips(
+    inputs: Arc<ProxyInputs>,
+    names: Arc<crate::names::Names>,
+    shutdown: CancellationToken,
+) {
+    let mut changes = names.subscribe();
+    let mut running: HashMap<SocketAddr, (crate::names::VipTarget, CancellationToken)> =
+        HashMap::new();
+    loop {
+        let wanted: HashMap<SocketAddr, crate::names::VipTarget> =
+            names.listeners().into_iter().collect();
+        running.retain(|addr, (target, stop)| {
+            let keep = wanted.get(addr) == Some(target);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (addr, target) in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::debug!(listen = %addr, service = %target.service, "virtual IP listener open");
+                    let stop = shutdown.child_token();
+                    tokio::spawn(serve_vip(
+                        inputs.clone(),
+                        listener,
+                        target.clone(),
+                        stop.clone(),
+                    ));
+                    running.insert(addr, (target, stop));
+                }
+                Err(e) => {
+                    error!(listen = %addr, service = %target.service, error = %e, "cannot listen on a virtual IP")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn serve_vip(
+    inputs: Arc<ProxyInputs>,
+    listener: TcpListener,
+    target: crate::names::VipTarget,
+    stop: CancellationToken,
+) {
+    let version: Option<Arc<str>> = target.version.as_deref().map(Arc::from);
+    accept_loop(listener, stop, move |sock| {
+        let inputs = inputs.clone();
+        let (dst, version) = (target.service.clone(), version.clone());
+        async move {
+            let http = inputs
+                .catalog
+                .get()
+                .instances
+                .iter()
+                .any(|i| i.service == dst && i.protocol.is_http());
+            if http {
+                serve_connection(
+                    inputs,
+                    sock,
+                    Target::Vip {
+                        destination: dst,
+                        version,
+                    },
+                )
+                .await;
+            } else {
+                proxy_connection(&inputs, sock, dst, None).await;
+            }
+        }
+    })
+    .await;
 }
 
 /// Connections one app-side listener serves at once; more wait in the kernel's backlog.

@@ -99,6 +99,7 @@ impl NodeApi for Fake {
     }
     async fn services(&self) -> Vec<ServiceView> {
         vec![ServiceView {
+            vip: Some("127.240.1.2".into()),
             service: "reviews".into(),
             instances: vec![],
         }]

@@ -69,6 +69,9 @@ pub struct Ctx {
     pub started: tokio::time::Instant,
     /// The version a route chose, once `route` chose one (per-version figures).
     pub version: std::sync::OnceLock<Arc<str>>,
+    /// A version the request is pinned to whatever the route says
+    /// (`<version>.<service>.weft`).
+    pub pinned: Option<Arc<str>>,
 }
 
 /// A request in the pipeline. Cheap to clone (a retry sends it again).
@@ -254,6 +257,7 @@ pub(crate) mod testing {
                 bytes_out: 0,
                 started: tokio::time::Instant::now(),
                 version: std::sync::OnceLock::new(),
+                pinned: None,
             }),
             headers: Arc::default(),
             body: Arc::new(RequestBody::Buffered(Bytes::new())),

@@ -87,6 +87,11 @@ impl Route {
 
 impl Stage for Route {
     fn handle<S: Next>(&self, mut req: L7Request, next: &mut S) -> BoxFuture<Outcome> {
+        if let Some(v) = &req.ctx.pinned {
+            req.version = Some(v.clone());
+            let _ = req.ctx.version.set(v.clone());
+            return next.call(req);
+        }
         if let Some(route) = req.ctx.applied.routes.get(&req.ctx.dst) {
             if let Some(m) = &route.mirror {
                 if rand::random_range(0..100) < m.percent {
