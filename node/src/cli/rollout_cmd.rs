@@ -111,20 +111,27 @@ fn duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
         .map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e} (write 30s, 1m or 500ms)"))
 }
 
-/// The versions of `service` that run somewhere now.
-async fn versions_running(c: &ApiClient, service: &str) -> anyhow::Result<Vec<String>> {
+/// The versions of `service` that run somewhere now, and whether every instance speaks
+/// HTTP (routes, and so rollouts, act on HTTP requests).
+async fn versions_running(c: &ApiClient, service: &str) -> anyhow::Result<(Vec<String>, bool)> {
     let services: serde_json::Value = c.get("/v1/services").await?;
-    let mut out: Vec<String> = services
+    let instances: Vec<serde_json::Value> = services
         .as_array()
         .into_iter()
         .flatten()
         .filter(|s| s["service"] == service)
         .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let http = instances
+        .iter()
+        .all(|i| matches!(i["protocol"].as_str(), Some("http" | "http2" | "grpc")));
+    let mut out: Vec<String> = instances
+        .iter()
         .filter_map(|i| i["version"].as_str().map(str::to_owned))
         .collect();
     out.sort();
     out.dedup();
-    Ok(out)
+    Ok((out, http))
 }
 
 /// The version the route's default rule sends most traffic to, if there is a route.
@@ -153,10 +160,16 @@ async fn current(c: &ApiClient, service: &str) -> anyhow::Result<Option<serde_js
 
 async fn start(a: &StartArgs) -> anyhow::Result<()> {
     let c = ApiClient::new(&a.client)?;
-    let running = versions_running(&c, &a.service).await?;
+    let (running, http) = versions_running(&c, &a.service).await?;
     if running.is_empty() {
         bail!(
             "no instance of {} is registered anywhere; check the name (`weft services`)",
+            a.service
+        );
+    }
+    if !http {
+        bail!(
+            "{} is a TCP service: rollouts move HTTP requests between versions (register it with --protocol http, http2 or grpc)",
             a.service
         );
     }
