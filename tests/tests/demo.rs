@@ -67,6 +67,31 @@ fn demo_runs_traffic_and_cleans_up() -> anyhow::Result<()> {
             Ok(live.then_some(()))
         },
     )?;
+    // By name, with no upstream: reviews.weft from demo-1's DNS, then its virtual IP on
+    // reviews' port.
+    let out = Command::new("dig")
+        .args(["@127.0.10.1", "-p", "8600", "+short", "reviews.weft"])
+        .output()?;
+    let vip = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(vip.starts_with("127.225."), "reviews.weft → {vip:?}");
+    let services: serde_json::Value = serde_json::from_str(&http_get(api, "/v1/services")?)?;
+    let port = services
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["service"] == "reviews")
+        .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+        .find(|i| i["version"] == "v1")
+        .and_then(|i| i["port"].as_u64())
+        .ok_or_else(|| anyhow::anyhow!("no reviews v1 port"))?;
+    let (status, body) =
+        weft_tests::backends::http_get_host(&format!("{vip}:{port}"), "reviews.weft", "/")?;
+    assert_eq!(status, 200, "{body}");
+    println!(
+        "reviews.weft → {vip}: {}",
+        body.lines().last().unwrap_or("")
+    );
+
     // The README's canary walkthrough, as the demo prints it: a broken v2 rolls back on
     // its own, a healed one is promoted.
     let weft = |args: &[&str]| -> anyhow::Result<String> {

@@ -129,9 +129,12 @@ async fn local_listener() -> anyhow::Result<(TcpListener, u16)> {
 fn write_config(dir: &Path, i: usize, services: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("{}.toml", NODES[i]));
     let text = format!(
-        "name = \"{name}\"\nbind = \"{ip}\"\napi = \"{ip}:7070\"\nproxy = \"{ip}:15001\"\ndata_dir = \"{data}\"\naccess_log = \"off\"\nzone = \"{zone}\"\n{services}",
+        "name = \"{name}\"\nbind = \"{ip}\"\napi = \"{ip}:7070\"\nproxy = \"{ip}:15001\"\ndns = \"{ip}:8600\"\nvip_range = \"127.{vip}.0.0/16\"\ndata_dir = \"{data}\"\naccess_log = \"off\"\nzone = \"{zone}\"\n{services}",
         name = NODES[i],
         ip = ip(i),
+        // Three agents on one host: each its own range (same offsets), outside the
+        // default 127.240.0.0/12 of an agent this host may run for real.
+        vip = 225 + i,
         data = dir.join(NODES[i]).display(),
         zone = if i == 2 { "zone-b" } else { "zone-a" },
     );
@@ -175,6 +178,29 @@ async fn wait_ready(api: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("agent at {api} did not become ready")
+}
+
+/// Asks `server` (the agent's `.weft` DNS) for `name`'s address.
+async fn resolve(server: &str, name: &str) -> Option<std::net::Ipv4Addr> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut q = Message::query();
+    q.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    sock.send_to(&q.to_vec().ok()?, server).await.ok()?;
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Message::from_vec(&buf[..n])
+        .ok()?
+        .answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
 }
 
 async fn create_token(api: &str, data_dir: &Path) -> anyhow::Result<String> {
@@ -307,7 +333,31 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         exe.display()
     );
 
+    // The name the catalog gives reviews on demo-1 (the frontend's node).
+    let dns0 = format!("{}:8600", ip(0));
+    let mut vip = None;
+    for _ in 0..50 {
+        vip = resolve(&dns0, "reviews.weft.").await;
+        if vip.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!();
+    match vip {
+        Some(vip) => {
+            println!("  by name:      curl http://reviews.weft:{p_v1}/   (on demo-1; reviews.weft is {vip}, no upstream configured)");
+            println!(
+                "                this host resolves .weft after: sudo {} dns install --dns {dns0}",
+                std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "weft".into())
+            );
+            println!(
+                "                or without touching the host: curl --resolve reviews.weft:{p_v1}:{vip} http://reviews.weft:{p_v1}/"
+            );
+            println!("                dig @{} -p 8600 reviews.weft v2.reviews.weft", ip(0));
+        }
+        None => println!("  by name:      (demo-1's DNS did not answer for reviews.weft yet: dig @{} -p 8600 reviews.weft)", ip(0)),
+    }
     println!(
         "  dashboards:   http://{}:7070/   http://{}:7070/   http://{}:7070/",
         ip(0),
@@ -318,7 +368,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     println!("  services:     WEFT_API={api0} weft services");
     println!("  metrics:      curl http://{api0}/metrics");
     println!(
-        "  try it:       curl http://{}:19001/   (frontend's upstream to reviews v1/v2)",
+        "  or by port:   curl http://{}:19001/   (frontend's upstream to reviews)",
         ip(0)
     );
     println!(

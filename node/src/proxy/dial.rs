@@ -109,12 +109,8 @@ pub struct Dialed {
     pub started: Instant,
 }
 
-/// Opens a stream to some routable instance of `header.destination`.
-pub async fn dial(inputs: &ProxyInputs, header: &StreamHeader) -> Result<Dialed, DialError> {
-    dial_with(inputs, header, None, Vec::new()).await
-}
-
-/// Like `dial`, restricted to instances of `version` when a route chose one, and never
+/// Opens a stream to some routable instance of `header.destination`, restricted to
+/// instances of `version` when a route or a virtual IP pins one, and never
 /// choosing the endpoints in `excluded` (e.g. ejected outliers, or instances a retry
 /// already tried), unless nothing else is left.
 pub async fn dial_with(

@@ -300,8 +300,14 @@ fn connect(
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                super::tcp::proxy_connection(&inputs, TokioIo::new(upgraded), destination, source)
-                    .await
+                super::tcp::proxy_connection(
+                    &inputs,
+                    TokioIo::new(upgraded),
+                    destination,
+                    source,
+                    None,
+                )
+                .await
             }
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
         }

@@ -148,7 +148,7 @@ async fn serve_vip(
                 )
                 .await;
             } else {
-                proxy_connection(&inputs, sock, dst, None).await;
+                proxy_connection(&inputs, sock, dst, None, version.as_deref()).await;
             }
         }
     })
@@ -225,7 +225,7 @@ async fn serve_upstream(
                 )
                 .await;
             } else {
-                proxy_connection(&inputs, sock, dst, Some(src)).await;
+                proxy_connection(&inputs, sock, dst, Some(src), None).await;
             }
         }
     })

@@ -8,18 +8,20 @@ use crate::catalog::Protocol;
 use tracing::{info, warn};
 use weft_ca::ServiceName;
 
-use super::dial::{dial, Io};
+use super::dial::{dial_with, Io};
 use super::header::StreamHeader;
 use super::inputs::ProxyInputs;
 use crate::telemetry::access_log::AccessEntry;
 use crate::telemetry::metrics::EdgeLabels;
 
-/// Proxies one app connection to `destination` as `source`.
+/// Proxies one app connection to `destination` as `source` (to an instance of `version`
+/// when one is pinned).
 pub async fn proxy_connection(
     inputs: &ProxyInputs,
     mut app: impl Io,
     destination: ServiceName,
     source: Option<ServiceName>,
+    version: Option<&str>,
 ) {
     let src = source
         .as_ref()
@@ -33,7 +35,7 @@ pub async fn proxy_connection(
         source,
         traceparent: None,
     };
-    let mut dialed = match dial(inputs, &header).await {
+    let mut dialed = match dial_with(inputs, &header, version, Vec::new()).await {
         Ok(d) => d,
         Err(e) => {
             warn!(source = %src, destination = %dst, error = %e, "TCP connection closed: no instance reachable");
