@@ -36,7 +36,7 @@ host_mirror() {
 }
 MIRROR=${DEBIAN_MIRROR:-$(host_mirror | head -n 1)}
 KEEP=${WEFT_TEST_KEEP:-0}
-PACKAGES="systemd,systemd-sysv,dbus,iproute2,procps"
+PACKAGES="systemd,systemd-sysv,dbus,iproute2,procps,systemd-resolved"
 STAMP_TEXT="weft-test bookworm minbase +$PACKAGES v1"
 
 ID="wt$$"                      # unique per run: netns, machine and cgroup names
@@ -451,7 +451,32 @@ wait_for 30 "c3 lists c2 as left" c2_left_on_c3
 check "c2: journal shows 'agent stopped after leaving the cluster'" \
   test "$(count_log 2 "agent stopped after leaving the cluster")" -ge 1
 
-# ---------------------------------------------------------------------------- 9. journal
+# ---------------------------------------------------------------------------- 9. names
+# A service on c4; on c3 `weft dns install` sends *.weft to the agent through
+# systemd-resolved, and glibc's resolver (getent) finds the service's virtual IP.
+if cx 4 weft service register --name reviews --port 9080 --protocol http >"$WORK/register.out" 2>&1; then
+  pass "c4: weft service register reviews"
+else
+  cat "$WORK/register.out"; fail "c4: weft service register reviews"
+fi
+# A host that uses resolved, as Debian sets one up when systemd-resolved is installed.
+ln -sf ../run/systemd/resolve/stub-resolv.conf "$WORK/c3/etc/resolv.conf"
+cx 3 systemctl start systemd-resolved.service >/dev/null 2>&1 || true
+if cx 3 weft dns install >"$WORK/dns.out" 2>&1; then
+  pass "c3: weft dns install ($(head -c 120 "$WORK/dns.out"))"
+else
+  cat "$WORK/dns.out"; fail "c3: weft dns install"
+fi
+reviews_resolves() { cx 3 getent hosts reviews.weft | grep -q '^127\.2[45][0-9]\.'; }
+if wait_for 30 "c3: getent hosts reviews.weft answers a virtual IP through resolved" reviews_resolves; then
+  log "c3: $(cx 3 getent hosts reviews.weft)"
+fi
+other_zone_untouched() { ! cx 3 getent hosts nope.weft >/dev/null 2>&1; }
+check "c3: an unknown .weft name does not resolve" other_zone_untouched
+if cx 3 weft dns uninstall >/dev/null 2>&1; then pass "c3: weft dns uninstall"; else fail "c3: weft dns uninstall"; fi
+check "c3: the drop-in is gone" bash -c "[ ! -e '$WORK/c3/etc/systemd/resolved.conf.d/weft.conf' ]"
+
+# ---------------------------------------------------------------------------- 10. journal
 for n in 2 3; do
   lines=$(cx "$n" journalctl -q _SYSTEMD_UNIT=weft.service SYSLOG_IDENTIFIER=weft -o cat --no-pager | wc -l)
   check "c$n: journalctl -u weft holds the agent's own log lines ($lines lines)" test "$lines" -gt 3
