@@ -193,3 +193,161 @@ fn services_answer_by_name_on_their_virtual_ips() -> anyhow::Result<()> {
     assert_eq!(again, vip);
     Ok(())
 }
+
+/// `curl` run as `uid` (setpriv) against `url`; the HTTP status, or 0.
+fn curl_as(uid: Option<u32>, url: &str) -> anyhow::Result<u16> {
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "curl",
+            ]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+#[test]
+fn two_services_on_one_host_each_act_as_themselves() -> anyhow::Result<()> {
+    let mut c = Cluster::new("two_services_on_one_host_each_act_as_themselves");
+    c.bootstrap("vm-1", &["--vip-range", "127.235.0.0/16"])?;
+    c.join("vm-2", "vm-1", &["--vip-range", "127.236.0.0/16"])?;
+    c.wait_all_see_all(&["vm-1", "vm-2"], Duration::from_secs(15))?;
+    let be = Backend::http("reviews");
+    c.register_http("vm-2", "reviews", be.port())?;
+    // Two services on vm-1, each naming the user its processes run as.
+    c.register(
+        "vm-1",
+        &["--name", "frontend", "--port", "1", "--user", "65534"],
+    )?;
+    c.register(
+        "vm-1",
+        &["--name", "batch", "--port", "2", "--user", "65533"],
+    )?;
+    c.cli_ok("vm-1", &["policy", "default", "deny"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "frontend", "reviews"])?;
+    let vm1 = c.agent("vm-1").ip.to_string();
+    let vip = eventually("reviews.weft answers", Duration::from_secs(20), || {
+        let r = dig(&vm1, "reviews.weft")?;
+        Ok((!r.1.is_empty()).then_some(r.1))
+    })?;
+    let url = format!("http://{vip}:{}/", be.port());
+    // The policy is enforced by vm-2: wait until it is in force there.
+    eventually("default deny in force", Duration::from_secs(20), || {
+        Ok((curl_as(None, &url)? == 403).then_some(()))
+    })?;
+    let frontend = eventually(
+        "frontend's process is let through",
+        Duration::from_secs(20),
+        || {
+            let code = curl_as(Some(65534), &url)?;
+            Ok((code == 200).then_some(code))
+        },
+    )?;
+    let batch = curl_as(Some(65533), &url)?;
+    let neither = curl_as(None, &url)?;
+    println!("through reviews.weft: frontend's user {frontend}, batch's user {batch}, root (no service) {neither}");
+    assert_eq!(batch, 403, "batch on the same host is not frontend");
+    assert_eq!(neither, 403, "a process of no service is anonymous");
+    // The same lookup on frontend's upstream listener and on the HTTP proxy: batch's
+    // process does not become frontend by using frontend's listener.
+    let up = format!("{vm1}:19002");
+    c.register(
+        "vm-1",
+        &[
+            "--name",
+            "frontend",
+            "--port",
+            "1",
+            "--user",
+            "65534",
+            "--upstream",
+            &format!("reviews={up}"),
+        ],
+    )?;
+    let up_url = format!("http://{up}/");
+    eventually(
+        "frontend's upstream listener",
+        Duration::from_secs(20),
+        || Ok((curl_as(Some(65534), &up_url)? == 200).then_some(())),
+    )?;
+    assert_eq!(
+        curl_as(Some(65533), &up_url)?,
+        403,
+        "batch through frontend's listener"
+    );
+    assert_eq!(
+        curl_as(None, &up_url)?,
+        403,
+        "root through frontend's listener"
+    );
+    let via_proxy = |uid: Option<u32>| -> anyhow::Result<u16> {
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "curl",
+                ]);
+                c
+            }
+            None => Command::new("curl"),
+        };
+        let out = cmd
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "-x",
+            ])
+            .arg(format!("http://{vm1}:15001"))
+            .arg("http://reviews/")
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    };
+    assert_eq!(
+        via_proxy(Some(65534))?,
+        200,
+        "frontend through the HTTP proxy"
+    );
+    assert_eq!(via_proxy(Some(65533))?, 403, "batch through the HTTP proxy");
+    let log = weft_tests::http_get(&c.agent("vm-1").api(), "/metrics")?;
+    assert!(
+        log.contains("source=\"frontend\",destination=\"reviews\",code=\"200\""),
+        "counted as frontend"
+    );
+    assert!(
+        log.contains("source=\"batch\",destination=\"reviews\",code=\"403\""),
+        "counted as batch"
+    );
+    Ok(())
+}

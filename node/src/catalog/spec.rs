@@ -87,6 +87,8 @@ pub struct ServiceSpec {
     pub check: Option<CheckSpec>,
     /// Upstream listeners (this service is their source).
     pub upstreams: Vec<UpstreamSpec>,
+    /// The uid its processes run as (`user`): local connections from it are this service.
+    pub user: Option<u32>,
 }
 
 /// A refused service definition: which field and why.
@@ -173,6 +175,18 @@ impl ServiceSpec {
             }
             upstreams.push(UpstreamSpec { service, listen });
         }
+        let user = match &c.user {
+            None => None,
+            Some(u) => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                Some(crate::proxy::local_source::uid_of(u, &passwd).ok_or_else(|| {
+                    err(
+                        "user",
+                        format!("{u:?}: no such user on this host (give a user name from /etc/passwd or a uid)"),
+                    )
+                })?)
+            }
+        };
         Ok(Self {
             name,
             port: c.port,
@@ -181,6 +195,7 @@ impl ServiceSpec {
             tags: c.tags.clone(),
             check,
             upstreams,
+            user,
         })
     }
 }

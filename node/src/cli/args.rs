@@ -170,6 +170,10 @@ pub struct RegisterArgs {
     /// Upstream listener SERVICE=ADDR (repeatable), e.g. reviews=127.0.0.1:19001.
     #[arg(long = "upstream")]
     pub upstreams: Vec<String>,
+    /// The user this service's processes run as (name or uid): local connections from
+    /// that user act as this service, from any other user as someone else.
+    #[arg(long)]
+    pub user: Option<String>,
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,

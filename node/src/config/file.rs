@@ -81,6 +81,10 @@ pub struct ServiceConfig {
     /// Services this one calls through a local listener.
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
+    /// The user this service's processes run as (name or uid): a local connection from
+    /// that user is this service, whichever local listener it reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 fn default_protocol() -> String {

@@ -109,20 +109,27 @@ impl RequestBody {
 /// Where a connection's requests go.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Every request to one service (an upstream listener), as `source`.
+    /// Every request to one service (an upstream listener), as `source` (None: the
+    /// connecting process belongs to no service).
     Fixed {
         /// Destination.
         destination: ServiceName,
         /// Source service.
-        source: ServiceName,
+        source: Option<ServiceName>,
     },
-    /// The forward proxy: the destination is the request's host.
-    Proxy,
-    /// A service's virtual IP: every request to it from an anonymous source, pinned to
-    /// `version` when the name was `<version>.<service>.weft`.
+    /// The forward proxy: the destination is the request's host; the source is the
+    /// connecting process's service, if any.
+    Proxy {
+        /// Source service.
+        source: Option<ServiceName>,
+    },
+    /// A service's virtual IP: every request to it, from the connecting process's
+    /// service if any, pinned to `version` when the name was `<version>.<service>.weft`.
     Vip {
         /// Destination.
         destination: ServiceName,
+        /// Source service.
+        source: Option<ServiceName>,
         /// The version pinned, if any.
         version: Option<Arc<str>>,
     },
@@ -239,15 +246,16 @@ async fn handle(
         Target::Fixed {
             destination,
             source,
-        } => (destination.clone(), Some(source.clone())),
+        } => (destination.clone(), source.clone()),
         Target::Vip {
             destination,
+            source,
             version,
         } => {
             pinned = version.clone();
-            (destination.clone(), None)
+            (destination.clone(), source.clone())
         }
-        Target::Proxy => {
+        Target::Proxy { source } => {
             let Some(host) = destination_of(&req) else {
                 return text(
                     StatusCode::BAD_REQUEST,
@@ -255,7 +263,7 @@ async fn handle(
                 );
             };
             match ServiceName::new(host.clone()) {
-                Ok(s) => (s, None),
+                Ok(s) => (s, source.clone()),
                 Err(_) => {
                     return text(
                         StatusCode::BAD_GATEWAY,

@@ -130,6 +130,7 @@ async fn serve_vip(
     accept_loop(listener, stop, move |sock| {
         let inputs = inputs.clone();
         let (dst, version) = (target.service.clone(), version.clone());
+        let source = super::local_source::identify(&inputs, &sock).or_declared(None);
         async move {
             let http = inputs
                 .catalog
@@ -143,12 +144,13 @@ async fn serve_vip(
                     sock,
                     Target::Vip {
                         destination: dst,
+                        source,
                         version,
                     },
                 )
                 .await;
             } else {
-                proxy_connection(&inputs, sock, dst, None, version.as_deref()).await;
+                proxy_connection(&inputs, sock, dst, source, version.as_deref()).await;
             }
         }
     })
@@ -206,7 +208,10 @@ async fn serve_upstream(
 ) {
     accept_loop(listener, stop, move |sock| {
         let inputs = inputs.clone();
-        let (dst, src) = (destination.clone(), source.clone());
+        let dst = destination.clone();
+        // The declared source, unless local services name their users: then whoever
+        // the connecting process is.
+        let src = super::local_source::identify(&inputs, &sock).or_declared(Some(source.clone()));
         async move {
             let http = inputs
                 .catalog
@@ -225,7 +230,7 @@ async fn serve_upstream(
                 )
                 .await;
             } else {
-                proxy_connection(&inputs, sock, dst, Some(src), None).await;
+                proxy_connection(&inputs, sock, dst, src, None).await;
             }
         }
     })
@@ -247,7 +252,8 @@ pub async fn serve_forward_proxy(
         }
     };
     accept_loop(listener, shutdown, move |sock| {
-        serve_connection(inputs.clone(), sock, Target::Proxy)
+        let source = super::local_source::identify(&inputs, &sock).or_declared(None);
+        serve_connection(inputs.clone(), sock, Target::Proxy { source })
     })
     .await;
 }

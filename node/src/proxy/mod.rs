@@ -16,6 +16,7 @@ pub mod inbound;
 pub mod inputs;
 pub mod io;
 pub mod listeners;
+pub mod local_source;
 pub mod pipeline;
 pub mod pool;
 pub mod runtime;
