@@ -8,7 +8,7 @@
 //!   `proxy::ProxyInputs`; `routing` (route rules, load balancing), `policy` (rules, path
 //!   normalisation, the one enforcement point), `resilience` (retries, timeouts, breakers,
 //!   outliers, faults, rate limits), `catalog` (services), `health` (probes), `names`
-//!   (virtual IPs and the `.weft` DNS).
+//!   (virtual IPs and the `.weft` DNS), `interception` (the nftables lock-down).
 //! * The control side: `rpc` (QUIC servers and clients: join, control, the CA client),
 //!   `ca_role` (the CA node's duties), `identity` (files, the live certificate and
 //!   revocation list, renewal timing, keyring changes), `tls`, `store` (sled),
@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod identity;
+pub mod interception;
 pub mod names;
 pub mod policy;
 pub mod proxy;

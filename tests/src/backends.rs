@@ -52,8 +52,16 @@ impl Backend {
         handler: impl Fn(TcpStream, &AtomicU64, &AtomicBool) + Send + Sync + 'static,
         port: u16,
     ) -> Self {
+        Self::start_on(handler, "127.0.0.1", port)
+    }
+
+    fn start_on(
+        handler: impl Fn(TcpStream, &AtomicU64, &AtomicBool) + Send + Sync + 'static,
+        ip: &str,
+        port: u16,
+    ) -> Self {
         let listener =
-            TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("backend bind: {e}"));
+            TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("backend bind: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("backend addr: {e}"));
@@ -128,6 +136,19 @@ impl Backend {
                     &delay_ms,
                 )
             },
+            port,
+        )
+    }
+
+    /// An HTTP server like `http`, on `ip:port` (e.g. 0.0.0.0: reachable from other hosts
+    /// too, as an app bound to every address is).
+    pub fn http_on_ip(name: &str, ip: &str, port: u16) -> Self {
+        let name = name.to_owned();
+        let fail = Arc::new(AtomicU64::new(0));
+        let delay = Arc::new(AtomicU64::new(0));
+        Self::start_on(
+            move |conn, hits, stop| serve_http(conn, &name, hits, stop, 500, &fail, &delay),
+            ip,
             port,
         )
     }

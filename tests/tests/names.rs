@@ -351,3 +351,89 @@ fn two_services_on_one_host_each_act_as_themselves() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `nft list table inet weft` inside `ns`: whether the table exists.
+fn weft_table_in(ns: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "inet", "weft"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn with_intercept_the_mesh_is_the_only_way_in() -> anyhow::Result<()> {
+    let mut c = Cluster::new_lab("with_intercept_the_mesh_is_the_only_way_in")?;
+    c.bootstrap("vm-1", &[])?;
+    c.join("vm-2", "vm-1", &["--intercept"])?;
+    c.wait_all_see_all(&["vm-1", "vm-2"], Duration::from_secs(15))?;
+    // An app on vm-2 bound to every address, as many are: reachable from other hosts.
+    let backend = std::path::Path::new(env!("CARGO_BIN_EXE_fault_backend"));
+    c.spawn_in("vm-2", backend, &["reviews", "8080", "0.0.0.0"])?;
+    let vm2 = c.agent("vm-2").ip;
+    let direct = std::net::SocketAddr::from((vm2, 8080));
+    eventually(
+        "the app answers directly before it is registered",
+        Duration::from_secs(10),
+        || {
+            Ok(
+                std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(1))
+                    .is_ok()
+                    .then_some(()),
+            )
+        },
+    )?;
+    c.register_http("vm-2", "reviews", 8080)?;
+    let ns2 = c.lab().netns(c.host("vm-2"));
+    assert!(weft_table_in(&ns2), "vm-2 set its nftables table");
+    // Through the mesh (vm-1's HTTP proxy): served.
+    let proxy = c.agent("vm-1").proxy();
+    let via_mesh = || {
+        weft_tests::backends::http_raw(
+            &proxy,
+            "GET http://reviews/ HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let (status, body) = eventually("reviews through the mesh", Duration::from_secs(20), || {
+        Ok(via_mesh().ok().filter(|r| r.0 == 200))
+    })?;
+    assert!(body.contains("hello from reviews"), "{body}");
+    // Directly, from another host (this test's own leg of the lab): dropped.
+    let t = Instant::now();
+    let dropped = eventually(
+        "direct connections dropped",
+        Duration::from_secs(10),
+        || {
+            Ok(
+                std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(2))
+                    .is_err()
+                    .then_some(()),
+            )
+        },
+    );
+    println!(
+        "direct connection to {direct}: {} after {:.1?}; through the mesh: {status}",
+        if dropped.is_ok() {
+            "dropped"
+        } else {
+            "ANSWERED"
+        },
+        t.elapsed()
+    );
+    dropped?;
+    // The agent stops: its table goes, and the host is as it was.
+    c.agent_mut("vm-2").signal("TERM");
+    c.agent_mut("vm-2").wait_exit(Duration::from_secs(15))?;
+    assert!(!weft_table_in(&ns2), "the table is removed on stop");
+    eventually(
+        "direct connections work again",
+        Duration::from_secs(10),
+        || {
+            Ok(
+                std::net::TcpStream::connect_timeout(&direct, Duration::from_secs(1))
+                    .is_ok()
+                    .then_some(()),
+            )
+        },
+    )?;
+    Ok(())
+}

@@ -247,3 +247,39 @@ pub async fn edges_loop(agent: Arc<Agent>) {
             .await;
     }
 }
+
+/// Sets the nftables lock-down for the local services now.
+pub fn apply_lockdown(agent: &Agent) -> Result<(), crate::interception::InterceptError> {
+    let guarded: Vec<crate::interception::Guarded> = agent
+        .data
+        .services
+        .all()
+        .into_iter()
+        .map(|s| crate::interception::Guarded {
+            port: s.port,
+            user: s.user,
+        })
+        .collect();
+    let rules = crate::interception::ruleset(&guarded, crate::interception::own_uid());
+    crate::interception::apply(&rules)
+}
+
+/// Keeps the lock-down in line with the local services; removes it at shutdown.
+pub async fn lockdown_loop(agent: Arc<Agent>) {
+    let mut changes = agent.data.services.subscribe();
+    loop {
+        tokio::select! {
+            _ = agent.shutdown.cancelled() => break,
+            r = changes.changed() => if r.is_err() { break },
+        }
+        if let Err(e) = apply_lockdown(&agent) {
+            warn!(error = %e, "cannot update the nftables lock-down; the previous one stays");
+        } else {
+            info!("nftables lock-down updated for the local services");
+        }
+    }
+    match crate::interception::remove() {
+        Ok(()) => info!("nftables table inet weft removed"),
+        Err(e) => warn!(error = %e, "cannot remove the nftables table inet weft"),
+    }
+}

@@ -99,6 +99,9 @@ pub enum AgentError {
     /// The `.weft` DNS server cannot listen.
     #[error(transparent)]
     Dns(#[from] crate::names::dns::DnsError),
+    /// The nftables lock-down cannot be set.
+    #[error(transparent)]
+    Intercept(#[from] crate::interception::InterceptError),
 }
 
 /// Seconds since the Unix epoch, for display.
@@ -340,6 +343,11 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         crate::proxy::listeners::supervise_upstreams(agent.data.clone(), agent.shutdown.clone()),
         data_runtime.handle(),
     );
+    if settings.intercept {
+        // In force before the agent says it is ready; a failure stops the start.
+        loops::apply_lockdown(&agent)?;
+        tasks.spawn(loops::lockdown_loop(agent.clone()));
+    }
     if let Some(names) = &names {
         tasks.spawn_on(
             crate::proxy::listeners::supervise_vips(

@@ -32,6 +32,8 @@ pub struct FileConfig {
     pub dns: Option<String>,
     /// The range virtual IPs are taken from (inside 127.0.0.0/8), or "off".
     pub vip_range: Option<String>,
+    /// Lock registered services' ports down to the mesh (an nftables table of weft's).
+    pub intercept: Option<bool>,
     /// Seed nodes, `HOST[:PORT]` of their QUIC port.
     #[serde(default)]
     pub join: Vec<String>,

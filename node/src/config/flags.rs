@@ -46,6 +46,10 @@ pub struct AgentArgs {
     /// Range of the services' virtual IPs (default 127.240.0.0/12), or "off".
     #[arg(long, value_name = "CIDR|off")]
     pub vip_range: Option<String>,
+    /// Drop connections to registered services' ports that do not come through the agent
+    /// (an nftables table `inet weft`; needs nft and CAP_NET_ADMIN).
+    #[arg(long)]
+    pub intercept: bool,
     /// A seed node's QUIC address, HOST[:PORT] (port default 7443); repeatable.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub join: Vec<String>,

@@ -48,6 +48,8 @@ pub struct Settings {
     pub dns: Option<SocketAddr>,
     /// The virtual IP range (None: no virtual IPs).
     pub vip_range: Option<crate::names::VipRange>,
+    /// Lock registered services down to the mesh (`interception`).
+    pub intercept: bool,
     /// Seeds, `HOST[:PORT]`.
     pub join: Vec<String>,
     /// Join token.
@@ -299,6 +301,7 @@ impl Settings {
             proxy,
             dns,
             vip_range,
+            intercept: args.intercept || file.intercept.unwrap_or(false),
             join,
             token,
             bootstrap,
