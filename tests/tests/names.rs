@@ -363,7 +363,7 @@ fn weft_table_in(ns: &str) -> bool {
 #[test]
 fn with_intercept_the_mesh_is_the_only_way_in() -> anyhow::Result<()> {
     let mut c = Cluster::new_lab("with_intercept_the_mesh_is_the_only_way_in")?;
-    c.bootstrap("vm-1", &[])?;
+    c.bootstrap("vm-1", &["--intercept"])?;
     c.join("vm-2", "vm-1", &["--intercept"])?;
     c.wait_all_see_all(&["vm-1", "vm-2"], Duration::from_secs(15))?;
     // An app on vm-2 bound to every address, as many are: reachable from other hosts.
@@ -420,6 +420,73 @@ fn with_intercept_the_mesh_is_the_only_way_in() -> anyhow::Result<()> {
         t.elapsed()
     );
     dropped?;
+    // Interception on vm-1: two services name their users; what their processes open
+    // towards reviews' real address goes through the mesh as themselves.
+    c.register(
+        "vm-1",
+        &["--name", "frontend", "--port", "1", "--user", "65534"],
+    )?;
+    c.register(
+        "vm-1",
+        &["--name", "batch", "--port", "2", "--user", "65533"],
+    )?;
+    c.cli_ok("vm-1", &["policy", "default", "deny"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "frontend", "reviews"])?;
+    let ns1 = c.lab().netns(c.host("vm-1"));
+    let url = format!("http://{direct}/");
+    let curl_in_vm1 = |uid: u32| -> anyhow::Result<u16> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns1, "setpriv"])
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ])
+            .args([
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
+                &url,
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    };
+    let frontend = eventually(
+        "frontend's process intercepted into the mesh",
+        Duration::from_secs(20),
+        || {
+            let code = curl_in_vm1(65534)?;
+            Ok((code == 200).then_some(code))
+        },
+    )?;
+    let batch = eventually(
+        "batch's process intercepted and refused",
+        Duration::from_secs(20),
+        || {
+            let code = curl_in_vm1(65533)?;
+            Ok((code == 403).then_some(code))
+        },
+    )?;
+    let neither = curl_in_vm1(65532)?;
+    println!("curl {url} on vm-1: frontend's user {frontend}, batch's user {batch}, a user of no service {neither} (not intercepted: dropped by vm-2)");
+    assert_eq!(
+        neither, 0,
+        "a process of no service goes direct and is dropped"
+    );
+    let metrics = weft_tests::http_get(&c.agent("vm-1").api(), "/metrics")?;
+    assert!(
+        metrics.contains("source=\"frontend\",destination=\"reviews\",code=\"200\""),
+        "counted as frontend"
+    );
+
     // The agent stops: its table goes, and the host is as it was.
     c.agent_mut("vm-2").signal("TERM");
     c.agent_mut("vm-2").wait_exit(Duration::from_secs(15))?;

@@ -248,8 +248,8 @@ pub async fn edges_loop(agent: Arc<Agent>) {
     }
 }
 
-/// Sets the nftables lock-down for the local services now.
-pub fn apply_lockdown(agent: &Agent) -> Result<(), crate::interception::InterceptError> {
+/// The nftables table for the local services and the catalog now.
+fn lockdown_rules(agent: &Agent) -> String {
     let guarded: Vec<crate::interception::Guarded> = agent
         .data
         .services
@@ -260,22 +260,56 @@ pub fn apply_lockdown(agent: &Agent) -> Result<(), crate::interception::Intercep
             user: s.user,
         })
         .collect();
-    let rules = crate::interception::ruleset(&guarded, crate::interception::own_uid());
-    crate::interception::apply(&rules)
+    let instances: Vec<std::net::SocketAddrV4> = agent
+        .data
+        .catalog
+        .get()
+        .instances
+        .iter()
+        .filter_map(|i| match i.node_addr.ip() {
+            std::net::IpAddr::V4(ip) => Some(std::net::SocketAddrV4::new(ip, i.port)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    crate::interception::ruleset(
+        &guarded,
+        &instances,
+        crate::interception::own_uid(),
+        crate::proxy::listeners::INTERCEPT_ADDR.1,
+    )
 }
 
-/// Keeps the lock-down in line with the local services; removes it at shutdown.
-pub async fn lockdown_loop(agent: Arc<Agent>) {
-    let mut changes = agent.data.services.subscribe();
+/// Sets the nftables table for the local services and the catalog now.
+pub fn apply_lockdown(agent: &Agent) -> Result<String, crate::interception::InterceptError> {
+    let rules = lockdown_rules(agent);
+    crate::interception::apply(&rules)?;
+    Ok(rules)
+}
+
+/// Keeps the table in line with the local services and the catalog (checked every
+/// second, replaced only when it changes); removes it at shutdown.
+pub async fn lockdown_loop(agent: Arc<Agent>, mut applied: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // A ruleset nft refused is not tried again (nor logged again) until it changes.
+    let mut refused = String::new();
     loop {
         tokio::select! {
             _ = agent.shutdown.cancelled() => break,
-            r = changes.changed() => if r.is_err() { break },
+            _ = tick.tick() => {}
         }
-        if let Err(e) = apply_lockdown(&agent) {
-            warn!(error = %e, "cannot update the nftables lock-down; the previous one stays");
-        } else {
-            info!("nftables lock-down updated for the local services");
+        let rules = lockdown_rules(&agent);
+        if rules == applied || rules == refused {
+            continue;
+        }
+        match crate::interception::apply(&rules) {
+            Ok(()) => {
+                info!("nftables table inet weft updated");
+                applied = rules;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot update the nftables table; the previous one stays");
+                refused = rules;
+            }
         }
     }
     match crate::interception::remove() {

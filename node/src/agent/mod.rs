@@ -344,9 +344,25 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         data_runtime.handle(),
     );
     if settings.intercept {
+        let addr = std::net::SocketAddr::from(crate::proxy::listeners::INTERCEPT_ADDR);
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| AgentError::Bind {
+                what: "interception listener",
+                addr: format!("{addr}/tcp"),
+                source,
+            })?;
+        tasks.spawn_on(
+            crate::proxy::listeners::serve_intercepted(
+                agent.data.clone(),
+                listener,
+                agent.shutdown.clone(),
+            ),
+            data_runtime.handle(),
+        );
         // In force before the agent says it is ready; a failure stops the start.
-        loops::apply_lockdown(&agent)?;
-        tasks.spawn(loops::lockdown_loop(agent.clone()));
+        let applied = loops::apply_lockdown(&agent)?;
+        tasks.spawn(loops::lockdown_loop(agent.clone(), applied));
     }
     if let Some(names) = &names {
         tasks.spawn_on(

@@ -1,10 +1,14 @@
 //! `intercept = true`: the host's firewall made part of the mesh, in an nftables table
-//! weft owns (`table inet weft`) and nothing else touches. Today it locks services down:
-//! a connection to a registered service's port is dropped unless it comes over loopback
-//! from the agent (or from the service's own user), so the mesh — with its mTLS, policy
-//! and metrics — is the only way in; another host reaching `10.0.0.5:9080` directly gets
-//! nothing. Redirecting what services open towards other services' real addresses through
-//! the agent is not built yet (virtual IPs and `.weft` names are the way there today).
+//! weft owns (`table inet weft`) and nothing else touches.
+//!
+//! * Lock-down: a connection to a registered service's port is dropped unless it comes
+//!   over loopback from the agent (or from the service's own user), so the mesh — with its
+//!   mTLS, policy and metrics — is the only way in; another host reaching `10.0.0.5:9080`
+//!   directly gets nothing.
+//! * Interception: what a registered service's processes (those of a service that names
+//!   its `user`) open towards any instance of a service, by that instance's real address
+//!   and port, is redirected to the agent (`proxy::listeners::serve_intercepted`), which
+//!   sends it through the mesh as that service. Processes of no service are left alone.
 //!
 //! The ruleset is generated here (`ruleset`, pure) and applied with the `nft` command in
 //! one transaction that replaces the whole table (`apply`): chosen over a netlink crate
@@ -34,10 +38,42 @@ pub struct Guarded {
     pub user: Option<u32>,
 }
 
-/// The table for `services`, with `agent_uid` the agent's own uid.
-pub fn ruleset(services: &[Guarded], agent_uid: u32) -> String {
-    let mut out = String::from(
-        "table inet weft {\n\
+/// The table for the local `services` and the `instances` (address, port) of every
+/// service in the catalog, with `agent_uid` the agent's own uid and `redirect_port` the
+/// agent's interception listener on 127.0.0.1.
+pub fn ruleset(
+    services: &[Guarded],
+    instances: &[std::net::SocketAddrV4],
+    agent_uid: u32,
+    redirect_port: u16,
+) -> String {
+    let mut out = String::from("table inet weft {\n");
+    let mut uids: Vec<u32> = services.iter().filter_map(|s| s.user).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    let mut targets: Vec<String> = instances
+        .iter()
+        .map(|a| format!("{} . {}", a.ip(), a.port()))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    if !uids.is_empty() && !targets.is_empty() {
+        let uids = uids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "\tchain intercept_out {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tmeta skuid {agent_uid} return\n\
+             \t\tmeta skuid {{ {uids} }} ip daddr . tcp dport {{ {} }} counter redirect to :{redirect_port} comment \"weft: through the mesh\"\n\
+             \t}}\n",
+            targets.join(", ")
+        ));
+    }
+    out.push_str(
+        "\
          \tchain lockdown_in {\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"lo\" accept\n",
@@ -156,7 +192,13 @@ mod tests {
                     user: None,
                 },
             ],
+            &["10.0.0.5:9080".parse().expect("addr")],
             0,
+            15006,
+        );
+        assert!(
+            r.contains("meta skuid { 1001 } ip daddr . tcp dport { 10.0.0.5 . 9080 } counter redirect to :15006"),
+            "{r}"
         );
         assert!(r.starts_with("table inet weft {"), "{r}");
         assert!(r.contains("iifname \"lo\" accept"));

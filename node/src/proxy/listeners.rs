@@ -157,6 +157,67 @@ async fn serve_vip(
     .await;
 }
 
+/// Where nftables sends what local services open towards other services' instances
+/// (`intercept = true`).
+pub const INTERCEPT_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 15006);
+
+/// Serves connections nftables redirected to the agent: each goes to the service whose
+/// instance the app meant (its original destination), as the connecting process's
+/// service. A connection whose original destination is no instance is closed.
+pub async fn serve_intercepted(
+    inputs: Arc<ProxyInputs>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "the interception listener cannot be used");
+            return;
+        }
+    };
+    accept_loop(listener, shutdown, move |sock| {
+        let inputs = inputs.clone();
+        let meant = original_destination(&sock);
+        let source = super::local_source::identify_redirected(&inputs, &sock).or_declared(None);
+        async move {
+            let catalog = inputs.catalog.get();
+            let Some(instance) = meant.and_then(|dst| {
+                catalog
+                    .instances
+                    .iter()
+                    .find(|i| i.node_addr.ip() == dst.ip() && i.port == dst.port())
+            }) else {
+                warn!(destination = ?meant, "intercepted connection to no known instance; closed");
+                return;
+            };
+            let dst = instance.service.clone();
+            if instance.protocol.is_http() {
+                serve_connection(
+                    inputs.clone(),
+                    sock,
+                    Target::Vip {
+                        destination: dst,
+                        source,
+                        version: None,
+                    },
+                )
+                .await;
+            } else {
+                proxy_connection(&inputs, sock, dst, source, None).await;
+            }
+        }
+    })
+    .await;
+}
+
+/// Where the app meant to connect before nftables redirected it (SO_ORIGINAL_DST).
+fn original_destination(sock: &tokio::net::TcpStream) -> Option<SocketAddr> {
+    let addr = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::OriginalDst).ok()?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Some(SocketAddr::from((ip, u16::from_be(addr.sin_port))))
+}
+
 /// Connections one app-side listener serves at once; more wait in the kernel's backlog.
 pub const MAX_APP_CONNECTIONS: usize = 4096;
 

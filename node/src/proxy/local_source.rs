@@ -36,6 +36,20 @@ impl LocalSource {
 
 /// The source of the app connection `sock` (accepted by a local listener).
 pub fn identify(inputs: &ProxyInputs, sock: &tokio::net::TcpStream) -> LocalSource {
+    identify_as(inputs, sock, false)
+}
+
+/// The same for a connection nftables redirected to the agent: the app's socket still
+/// names the address it meant, so it is found by its own end alone.
+pub fn identify_redirected(inputs: &ProxyInputs, sock: &tokio::net::TcpStream) -> LocalSource {
+    identify_as(inputs, sock, true)
+}
+
+fn identify_as(
+    inputs: &ProxyInputs,
+    sock: &tokio::net::TcpStream,
+    redirected: bool,
+) -> LocalSource {
     let services = inputs.services.all();
     if services.iter().all(|s| s.user.is_none()) {
         return LocalSource::NotConfigured;
@@ -43,7 +57,7 @@ pub fn identify(inputs: &ProxyInputs, sock: &tokio::net::TcpStream) -> LocalSour
     let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
         return LocalSource::Anonymous;
     };
-    let Some(uid) = owner_uid(peer, local) else {
+    let Some(uid) = owner_uid(peer, (!redirected).then_some(local)) else {
         return LocalSource::Anonymous;
     };
     services
@@ -52,8 +66,9 @@ pub fn identify(inputs: &ProxyInputs, sock: &tokio::net::TcpStream) -> LocalSour
         .map_or(LocalSource::Anonymous, |s| LocalSource::Service(s.name))
 }
 
-/// The uid owning the socket whose local end is `app` and remote end `ours`.
-fn owner_uid(app: SocketAddr, ours: SocketAddr) -> Option<u32> {
+/// The uid owning the socket whose local end is `app` and remote end `ours` (any remote
+/// end when `ours` is None).
+fn owner_uid(app: SocketAddr, ours: Option<SocketAddr>) -> Option<u32> {
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(table) = std::fs::read_to_string(path) else {
             continue;
@@ -66,18 +81,27 @@ fn owner_uid(app: SocketAddr, ours: SocketAddr) -> Option<u32> {
 }
 
 /// Finds the line of `table` (the text of /proc/net/tcp or tcp6) with local address
-/// `app` and remote `ours`; returns its uid.
-pub fn find_uid(table: &str, app: SocketAddr, ours: SocketAddr) -> Option<u32> {
-    table.lines().skip(1).find_map(|line| {
+/// `app` and remote `ours` (any remote, when None, if only one line has that local
+/// address and is connected); returns its uid.
+pub fn find_uid(table: &str, app: SocketAddr, ours: Option<SocketAddr>) -> Option<u32> {
+    let mut found = table.lines().skip(1).filter_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 10 {
             return None;
         }
         let (local, remote) = (parse_addr(f[1])?, parse_addr(f[2])?);
-        (same(local, app) && same(remote, ours))
-            .then(|| f[7].parse().ok())
-            .flatten()
-    })
+        let matches = same(local, app)
+            && match ours {
+                Some(ours) => same(remote, ours),
+                None => remote.port() != 0,
+            };
+        matches.then(|| f[7].parse::<u32>().ok()).flatten()
+    });
+    let first = found.next()?;
+    match (ours, found.next()) {
+        (None, Some(_)) => None, // ambiguous
+        _ => Some(first),
+    }
 }
 
 /// Equal, treating an IPv4-mapped IPv6 address as its IPv4 address.
@@ -165,7 +189,8 @@ mod tests {
         #[test]
         fn the_table_parser_never_panics(s in ".{0,300}") {
             let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-            let _ = find_uid(&s, a, a);
+            let _ = find_uid(&s, a, Some(a));
+            let _ = find_uid(&s, a, None);
             let _ = parse_addr(&s);
         }
     }
