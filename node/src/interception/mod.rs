@@ -212,10 +212,10 @@ mod tests {
             r.contains("oifname \"lo\" tcp dport { 6379, 9080 } counter drop"),
             "{r}"
         );
-        let empty = ruleset(&[], 0);
+        let empty = ruleset(&[], &[], 0, 15006);
         assert!(
-            !empty.contains("drop"),
-            "no services: nothing dropped: {empty}"
+            !empty.contains("drop") && !empty.contains("redirect"),
+            "nothing to do: {empty}"
         );
     }
 }

@@ -160,17 +160,22 @@ mod tests {
         let app: SocketAddr = "127.0.0.1:54321".parse().expect("addr");
         let ours: SocketAddr = "127.232.38.43:9090".parse().expect("addr");
         if cfg!(target_endian = "little") {
-            assert_eq!(find_uid(TABLE, app, ours), Some(65534));
+            assert_eq!(find_uid(TABLE, app, Some(ours)), Some(65534));
+            assert_eq!(
+                find_uid(TABLE, app, None),
+                Some(65534),
+                "found by its own end"
+            );
         }
         assert_eq!(
-            find_uid(TABLE, ours, app),
+            find_uid(TABLE, ours, Some(app)),
             None,
             "the agent's own end is not the app"
         );
         let v6 = "  sl  local_address remote_address st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0000000000000000FFFF00000100007F:D431 0000000000000000FFFF00002B26E87F:2382 01 00000000:00000000 00:00000000 00000000  1001        0 9 1\n";
         if cfg!(target_endian = "little") {
             assert_eq!(
-                find_uid(v6, app, ours),
+                find_uid(v6, app, Some(ours)),
                 Some(1001),
                 "IPv4-mapped sockets match"
             );
