@@ -340,7 +340,51 @@ fn two_services_on_one_host_each_act_as_themselves() -> anyhow::Result<()> {
         "frontend through the HTTP proxy"
     );
     assert_eq!(via_proxy(Some(65533))?, 403, "batch through the HTTP proxy");
+    // A service that names its systemd unit: a process in that unit's cgroup is it,
+    // the same user outside the cgroup is not.
+    let unit = format!("weft-test-{}-reports.service", std::process::id());
+    let cgroup = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        std::path::PathBuf::from("/sys/fs/cgroup").join(&unit)
+    } else {
+        std::path::PathBuf::from("/sys/fs/cgroup/pids").join(&unit)
+    };
+    std::fs::create_dir_all(&cgroup)?;
+    c.register(
+        "vm-1",
+        &["--name", "reports", "--port", "3", "--unit", &unit],
+    )?;
+    c.cli_ok("vm-1", &["policy", "allow", "reports", "reviews"])?;
+    let in_unit = |url: &str| -> anyhow::Result<u16> {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {url}",
+            cgroup.display()
+        );
+        let out = Command::new("sh").args(["-c", &script]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    };
+    let reports = eventually(
+        "the unit's process is reports",
+        Duration::from_secs(20),
+        || {
+            let code = in_unit(&url)?;
+            Ok((code == 200).then_some(code))
+        },
+    );
+    let outside = curl_as(None, &url)?;
+    let _ = std::fs::remove_dir(&cgroup);
+    let reports = reports?;
+    println!(
+        "through reviews.weft: a process in {unit} {reports}, the same user outside it {outside}"
+    );
+    assert_eq!(outside, 403);
     let log = weft_tests::http_get(&c.agent("vm-1").api(), "/metrics")?;
+    assert!(
+        log.contains("source=\"reports\",destination=\"reviews\",code=\"200\""),
+        "counted as reports"
+    );
     assert!(
         log.contains("source=\"frontend\",destination=\"reviews\",code=\"200\""),
         "counted as frontend"

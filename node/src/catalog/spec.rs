@@ -89,6 +89,9 @@ pub struct ServiceSpec {
     pub upstreams: Vec<UpstreamSpec>,
     /// The uid its processes run as (`user`): local connections from it are this service.
     pub user: Option<u32>,
+    /// The systemd unit its processes run in (`unit`): local connections from a process
+    /// in that unit's cgroup are this service.
+    pub unit: Option<String>,
 }
 
 /// A refused service definition: which field and why.
@@ -187,6 +190,19 @@ impl ServiceSpec {
                 })?)
             }
         };
+        if let Some(u) = &c.unit {
+            let ok = !u.is_empty()
+                && u.len() <= 256
+                && u.contains('.')
+                && u.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ":_.@-\\".contains(ch));
+            if !ok {
+                return Err(err(
+                    "unit",
+                    format!("{u:?}: a systemd unit name like reviews.service"),
+                ));
+            }
+        }
         Ok(Self {
             name,
             port: c.port,
@@ -196,6 +212,7 @@ impl ServiceSpec {
             check,
             upstreams,
             user,
+            unit: c.unit.clone(),
         })
     }
 }

@@ -174,6 +174,10 @@ pub struct RegisterArgs {
     /// that user act as this service, from any other user as someone else.
     #[arg(long)]
     pub user: Option<String>,
+    /// The systemd unit this service's processes run in (reviews.service): local
+    /// connections from that unit's processes act as this service.
+    #[arg(long)]
+    pub unit: Option<String>,
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,

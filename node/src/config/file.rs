@@ -87,6 +87,10 @@ pub struct ServiceConfig {
     /// that user is this service, whichever local listener it reaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The systemd unit its processes run in (`reviews.service`): a local connection from
+    /// a process in that unit's cgroup is this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 fn default_protocol() -> String {

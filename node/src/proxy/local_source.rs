@@ -1,6 +1,8 @@
 //! Who is calling, for a connection from a process on this host: the socket's owner (its
-//! uid, from the kernel's socket table in `/proc/net/tcp` and `tcp6`) matched against the
-//! local services that name their processes with `user = "…"`. So two services on one VM
+//! uid, from the kernel's socket table in `/proc/net/tcp` and `tcp6`, and, for services
+//! that name a systemd unit, the process holding the socket and its cgroup) matched
+//! against the local services that name their processes with `unit = "…"` or
+//! `user = "…"` (a unit is the more specific, so it is tried first). So two services on one VM
 //! each act as themselves, and a process of neither is anonymous (`-`), whichever local
 //! listener it connects to (an upstream listener, a virtual IP, the HTTP proxy). Nothing
 //! is looked up while no local service names a user (the lookup reads the socket table).
@@ -51,30 +53,86 @@ fn identify_as(
     redirected: bool,
 ) -> LocalSource {
     let services = inputs.services.all();
-    if services.iter().all(|s| s.user.is_none()) {
+    if services
+        .iter()
+        .all(|s| s.user.is_none() && s.unit.is_none())
+    {
         return LocalSource::NotConfigured;
     }
     let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) else {
         return LocalSource::Anonymous;
     };
-    let Some(uid) = owner_uid(peer, (!redirected).then_some(local)) else {
+    let Some((uid, inode)) = owner(peer, (!redirected).then_some(local)) else {
         return LocalSource::Anonymous;
     };
+    if services.iter().any(|s| s.unit.is_some()) {
+        if let Some(cgroups) = pid_of_socket(inode)
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+        {
+            if let Some(s) = services
+                .iter()
+                .find(|s| s.unit.as_deref().is_some_and(|u| in_unit(&cgroups, u)))
+            {
+                return LocalSource::Service(s.name.clone());
+            }
+        }
+    }
     services
         .into_iter()
         .find(|s| s.user == Some(uid))
         .map_or(LocalSource::Anonymous, |s| LocalSource::Service(s.name))
 }
 
-/// The uid owning the socket whose local end is `app` and remote end `ours` (any remote
-/// end when `ours` is None).
-fn owner_uid(app: SocketAddr, ours: Option<SocketAddr>) -> Option<u32> {
+/// Whether a process whose `/proc/PID/cgroup` reads `cgroups` runs in `unit` (a path
+/// component of any of its cgroups, v1 or v2, is the unit's name).
+pub fn in_unit(cgroups: &str, unit: &str) -> bool {
+    cgroups.lines().any(|l| {
+        l.splitn(3, ':')
+            .nth(2)
+            .is_some_and(|path| path.split('/').any(|c| c == unit))
+    })
+}
+
+/// Most `/proc/*/fd` entries looked at to find a socket's process.
+const MAX_FDS_SCANNED: usize = 200_000;
+
+/// The process holding socket `inode` (a scan of `/proc/*/fd`, bounded).
+fn pid_of_socket(inode: u64) -> Option<u32> {
+    let want = format!("socket:[{inode}]");
+    let mut seen = 0;
+    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            seen += 1;
+            if seen > MAX_FDS_SCANNED {
+                return None;
+            }
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == want.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The uid and inode of the socket whose local end is `app` and remote end `ours` (any
+/// remote end when `ours` is None).
+fn owner(app: SocketAddr, ours: Option<SocketAddr>) -> Option<(u32, u64)> {
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(table) = std::fs::read_to_string(path) else {
             continue;
         };
-        if let Some(uid) = find_uid(&table, app, ours) {
-            return Some(uid);
+        if let Some(found) = find_owner(&table, app, ours) {
+            return Some(found);
         }
     }
     None
@@ -84,6 +142,11 @@ fn owner_uid(app: SocketAddr, ours: Option<SocketAddr>) -> Option<u32> {
 /// `app` and remote `ours` (any remote, when None, if only one line has that local
 /// address and is connected); returns its uid.
 pub fn find_uid(table: &str, app: SocketAddr, ours: Option<SocketAddr>) -> Option<u32> {
+    find_owner(table, app, ours).map(|(uid, _)| uid)
+}
+
+/// Like `find_uid`, with the socket's inode.
+fn find_owner(table: &str, app: SocketAddr, ours: Option<SocketAddr>) -> Option<(u32, u64)> {
     let mut found = table.lines().skip(1).filter_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 10 {
@@ -95,7 +158,10 @@ pub fn find_uid(table: &str, app: SocketAddr, ours: Option<SocketAddr>) -> Optio
                 Some(ours) => same(remote, ours),
                 None => remote.port() != 0,
             };
-        matches.then(|| f[7].parse::<u32>().ok()).flatten()
+        if !matches {
+            return None;
+        }
+        Some((f[7].parse::<u32>().ok()?, f[9].parse::<u64>().ok()?))
     });
     let first = found.next()?;
     match (ours, found.next()) {
@@ -180,6 +246,19 @@ mod tests {
                 "IPv4-mapped sockets match"
             );
         }
+    }
+
+    #[test]
+    fn units_are_found_in_v1_and_v2_cgroups() {
+        let v2 = "0::/system.slice/reviews.service\n";
+        let v1 = "9:name=systemd:/system.slice/batch.service\n8:pids:/\n";
+        assert!(in_unit(v2, "reviews.service"));
+        assert!(!in_unit(v2, "batch.service"));
+        assert!(in_unit(v1, "batch.service"));
+        assert!(!in_unit(
+            "0::/system.slice/reviews.service.d\n",
+            "reviews.service"
+        ));
     }
 
     #[test]
