@@ -29,6 +29,12 @@ fn init_logs(format: LogFormat, verbose: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_) | Command::Demo) {
+        // `weft members --json | head`: end quietly when the reader goes away, as other
+        // Unix tools do, instead of panicking on the broken pipe. (The agent keeps
+        // SIGPIPE ignored: its sockets report EPIPE as errors.)
+        sigpipe::reset();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -98,8 +104,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weft: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("weft: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many errors already say their
+/// cause in their own message, so a cause that the text so far contains is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
 }

@@ -139,14 +139,16 @@ fn rollouts_promote_a_healthy_version_and_roll_back_a_failing_or_slow_one() -> a
     c.register_http_with("vm-2", "reviews", v1.port(), &["--version", "v1"])?;
     c.register_http_with("vm-3", "reviews", v2.port(), &["--version", "v2"])?;
     let up = c.client_upstream("vm-1", "reviews", 19001)?;
-    eventually(
-        "both versions in the catalog",
-        Duration::from_secs(20),
-        || {
-            let out = c.cli_ok("vm-1", &["services", "--json"])?;
-            Ok((out.contains("\"v1\"") && out.contains("\"v2\"")).then_some(()))
-        },
-    )?;
+    for node in ["vm-1", "vm-2"] {
+        eventually(
+            "both versions in the catalog",
+            Duration::from_secs(20),
+            || {
+                let out = c.cli_ok(node, &["services", "--json"])?;
+                Ok((out.contains("\"v1\"") && out.contains("\"v2\"")).then_some(()))
+            },
+        )?;
+    }
 
     // Mistakes are refused before anything is written.
     let out = c

@@ -21,6 +21,12 @@ use weft_gossip::RevocationList;
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another process holds the store.
+    #[error("another weft agent is using {dir} (its store is locked): stop it, or give this one its own --data-dir")]
+    Locked {
+        /// The store's directory.
+        dir: String,
+    },
     /// sled failed (I/O, corruption).
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
@@ -129,7 +135,18 @@ impl Store {
             // The store is small (peers, tokens, services, config): a small page cache
             // keeps the agent's memory low.
             .cache_capacity(4 << 20)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked {
+                        dir: dir.parent().unwrap_or(dir).display().to_string(),
+                    }
+                }
+                other => StoreError::Sled(other),
+            })?;
         Ok(Self {
             peers: db.open_tree("peers")?,
             tokens: db.open_tree("tokens")?,
