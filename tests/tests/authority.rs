@@ -56,7 +56,10 @@ fn a_member_without_a_credential_changes_nothing_and_operators_act_within_their_
     // Root on vm-2 with only what vm-2 holds: every cluster-wide write is refused.
     let missing = "needs an operator credential";
     refused(
-        &vm2.cli_as_node(&["route", "set", "reviews", "--split", "v1=100"], &[]),
+        &vm2.cli_as_node(
+            &["route", "set", "--force", "reviews", "--split", "v1=100"],
+            &[],
+        ),
         missing,
     )?;
     refused(
@@ -152,7 +155,10 @@ fn a_member_without_a_credential_changes_nothing_and_operators_act_within_their_
         .agent("vm-1")
         .cli(&["operator", "create", "carol", "--role", "viewer"]))?;
     let as_dave = [("WEFT_TOKEN", op.as_str())];
-    ok(&vm2.cli_as_node(&["route", "set", "reviews", "--split", "v1=100"], &as_dave))?;
+    ok(&vm2.cli_as_node(
+        &["route", "set", "--force", "reviews", "--split", "v1=100"],
+        &as_dave,
+    ))?;
     for n in ["vm-1", "vm-2", "vm-3"] {
         eventually(&format!("route on {n}"), CONVERGE, || {
             Ok(http_get(&c.agent(n).api(), "/v1/config/route/reviews")
@@ -188,7 +194,14 @@ fn a_member_without_a_credential_changes_nothing_and_operators_act_within_their_
     let as_carol = [("WEFT_TOKEN", viewer.as_str())];
     refused(
         &vm2.cli_as_node(
-            &["route", "set", "reviews", "--split", "v1=50,v2=50"],
+            &[
+                "route",
+                "set",
+                "--force",
+                "reviews",
+                "--split",
+                "v1=50,v2=50",
+            ],
             &as_carol,
         ),
         "has role viewer",
@@ -207,8 +220,10 @@ fn a_member_without_a_credential_changes_nothing_and_operators_act_within_their_
             &format!("dave refused on {n}"),
             Duration::from_secs(5),
             || {
-                let out =
-                    agent.cli_as_node(&["route", "set", "ratings", "--split", "v1=100"], &as_dave);
+                let out = agent.cli_as_node(
+                    &["route", "set", "--force", "ratings", "--split", "v1=100"],
+                    &as_dave,
+                );
                 Ok((!out.status.success()
                     && String::from_utf8_lossy(&out.stderr).contains("revoked"))
                 .then_some(()))

@@ -44,7 +44,14 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
     let t = Instant::now();
     c.cli_ok(
         "vm-2",
-        &["route", "set", "reviews", "--split", "v1=90,v2=10"],
+        &[
+            "route",
+            "set",
+            "--force",
+            "reviews",
+            "--split",
+            "v1=90,v2=10",
+        ],
     )?;
     let seen = wait_entry(
         &c,
@@ -61,7 +68,7 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
     // Invalid config is refused at the API with the field named, and nothing changes.
     let out = c
         .agent("vm-1")
-        .cli(&["route", "set", "reviews", "--split", "v1=0"]);
+        .cli(&["route", "set", "--force", "reviews", "--split", "v1=0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("rules.to.weight"));
 
@@ -80,7 +87,10 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
     // A node that joins later receives it; so does a delete (tombstone).
     c.join("vm-4", "vm-1", &[])?;
     wait_entry(&c, &["vm-4"], "route", "reviews", CONVERGE)?;
-    c.cli_ok("vm-3", &["policy", "allow", "frontend", "reviews"])?;
+    c.cli_ok(
+        "vm-3",
+        &["policy", "allow", "--force", "frontend", "reviews"],
+    )?;
     c.cli_ok("vm-3", &["config", "delete", "route", "reviews"])?;
     for n in ["vm-1", "vm-2", "vm-4"] {
         eventually(&format!("delete on {n}"), CONVERGE, || {
@@ -116,11 +126,11 @@ fn concurrent_writes_converge_to_one_winner() -> anyhow::Result<()> {
         std::thread::scope(|s| {
             let h1 = s.spawn(|| {
                 c.agent("vm-1")
-                    .cli(&["route", "set", "reviews", "--split", &a])
+                    .cli(&["route", "set", "--force", "reviews", "--split", &a])
             });
             let h2 = s.spawn(|| {
                 c.agent("vm-2")
-                    .cli(&["route", "set", "reviews", "--split", &b])
+                    .cli(&["route", "set", "--force", "reviews", "--split", &b])
             });
             let _ = (h1.join(), h2.join());
         });
@@ -151,6 +161,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
         &[
             "route",
             "set",
+            "--force",
             "reviews",
             "--match",
             "header:x-user=beta",
@@ -205,6 +216,7 @@ fn canary_split_and_header_route() -> anyhow::Result<()> {
         &[
             "route",
             "set",
+            "--force",
             "reviews",
             "--split",
             "v1=50,v2=50",
@@ -309,8 +321,8 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     eventually("TCP denied", CONVERGE, || Ok((!tcp_works()).then_some(())))?;
 
     // Allow client → hello (and echo): both pass again.
-    c.cli_ok("vm-1", &["policy", "allow", "client", "hello"])?;
-    c.cli_ok("vm-1", &["policy", "allow", "client", "echo"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "--force", "client", "hello"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "--force", "client", "echo"])?;
     eventually("allow applied", CONVERGE, || {
         Ok(get("/").ok().filter(|r| r.0 == 200))
     })?;
@@ -319,7 +331,9 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     // A deny on /admin cannot be dodged by path tricks.
     c.cli_ok(
         "vm-1",
-        &["policy", "deny", "client", "hello", "--path", "/admin"],
+        &[
+            "policy", "deny", "--force", "client", "hello", "--path", "/admin",
+        ],
     )?;
     eventually("admin denied", CONVERGE, || {
         Ok(get("/admin").ok().filter(|r| r.0 == 403))
@@ -351,7 +365,7 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     // A raw tunnel cannot dodge a path rule: CONNECT through the HTTP proxy to the HTTP
     // service works while no rule looks at paths for its source, and is refused once one
     // does (`deny '*' hello --path /admin`).
-    c.cli_ok("vm-1", &["policy", "allow", "*", "hello"])?;
+    c.cli_ok("vm-1", &["policy", "allow", "--force", "*", "hello"])?;
     let proxy = c.agent("vm-1").proxy();
     let tunnel_get = |path: &str| -> anyhow::Result<String> {
         let mut s = TcpStream::connect(&proxy)?;
@@ -375,7 +389,9 @@ fn policies_deny_allow_dry_run_and_resist_path_tricks() -> anyhow::Result<()> {
     })?;
     c.cli_ok(
         "vm-1",
-        &["policy", "deny", "*", "hello", "--path", "/admin"],
+        &[
+            "policy", "deny", "--force", "*", "hello", "--path", "/admin",
+        ],
     )?;
     let before = hello.count();
     let refusal = eventually("the tunnel refused", CONVERGE, || {

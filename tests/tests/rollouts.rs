@@ -171,6 +171,33 @@ fn rollouts_promote_a_healthy_version_and_roll_back_a_failing_or_slow_one() -> a
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("steps"), "{err}");
 
+    // Routes and policies that would be outages are refused too, naming the fix.
+    for (args, expect) in [
+        (
+            vec!["route", "set", "reviews", "--split", "v1=50,v9=50"],
+            "runs version v9",
+        ),
+        (
+            vec!["route", "set", "reviews", "--split", "v1=60,v2=50"],
+            "add up to 110",
+        ),
+        (
+            vec!["route", "set", "reviewz", "--split", "v1=100"],
+            "did you mean reviews?",
+        ),
+        (
+            vec!["policy", "allow", "client", "reviewz"],
+            "did you mean reviews?",
+        ),
+    ] {
+        let out = c.agent("vm-1").cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+
     // A node's own root has no operator credential: it cannot start one.
     let out = c
         .agent("vm-2")

@@ -109,6 +109,10 @@ pub struct RouteSetArgs {
     /// e.g. v2=50 (percent).
     #[arg(long)]
     pub mirror: Option<String>,
+    /// Write it even if the service or a version runs nowhere yet (configuring ahead of
+    /// a deployment).
+    #[arg(long)]
+    pub force: bool,
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -168,6 +172,9 @@ pub struct PolicyRuleArgs {
     /// Rule name (default: derived from the other fields).
     #[arg(long)]
     pub name: Option<String>,
+    /// Write it even if a service it names runs nowhere yet.
+    #[arg(long)]
+    pub force: bool,
     /// Common client options.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -364,6 +371,7 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
     if rules.is_empty() {
         bail!("give --split and/or --match … --to …");
     }
+    let mirror = a.mirror.as_deref().map(parse_mirror).transpose()?;
     let sticky = match (&a.sticky_header, &a.sticky_cookie) {
         (Some(h), None) => Some(crate::routing::route::Sticky::Header(h.clone())),
         (None, Some(c)) => Some(crate::routing::route::Sticky::Cookie(c.clone())),
@@ -371,6 +379,33 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
         (Some(_), Some(_)) => bail!("use one of --sticky-header and --sticky-cookie"),
     };
     let c = ApiClient::new(&a.client)?;
+    if !a.force {
+        if let Some(default) = rules.iter().find(|r| r.matches == RouteMatch::default()) {
+            let total: u64 = default.to.iter().map(|w| u64::from(w.weight)).sum();
+            if total != 100 {
+                bail!("--split weights add up to {total}, not 100: give each version its percent, e.g. v1=90,v2=10 (--force writes relative weights as they are)");
+            }
+        }
+        let known = catalog(&c).await?;
+        check_service(&known, &a.service, "service")?;
+        let running = &known[&a.service];
+        let mut named: Vec<&str> = rules
+            .iter()
+            .flat_map(|r| r.to.iter().map(|w| w.version.as_str()))
+            .collect();
+        if let Some(m) = &mirror {
+            named.push(m.version.as_str());
+        }
+        for v in named {
+            if !running.iter().any(|r| r == v) {
+                bail!(
+                    "no instance of {} runs version {v} (running: {}): requests sent there would get 503; deploy it first or use --force",
+                    a.service,
+                    running.join(", ")
+                );
+            }
+        }
+    }
     let v = put(
         &c,
         "route",
@@ -378,7 +413,7 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
         serde_json::to_value(Route {
             rules,
             sticky,
-            mirror: a.mirror.as_deref().map(parse_mirror).transpose()?,
+            mirror,
         })?,
     )
     .await?;
@@ -403,6 +438,67 @@ fn parse_mirror(text: &str) -> anyhow::Result<crate::routing::route::Mirror> {
         version: version.trim().to_owned(),
         percent,
     })
+}
+
+/// Every service the catalog knows, with the versions it runs.
+async fn catalog(c: &ApiClient) -> anyhow::Result<std::collections::BTreeMap<String, Vec<String>>> {
+    let services: serde_json::Value = c.get("/v1/services").await?;
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in services.as_array().into_iter().flatten() {
+        let Some(name) = s["service"].as_str() else {
+            continue;
+        };
+        let versions = out.entry(name.to_owned()).or_default();
+        for i in s["instances"].as_array().into_iter().flatten() {
+            if let Some(v) = i["version"].as_str() {
+                if !versions.iter().any(|x| x == v) {
+                    versions.push(v.to_owned());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The known name closest to `name` (a typo's likely meaning), if one is close.
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push(
+                    (prev[j] + usize::from(ca != *cb))
+                        .min(prev[j + 1] + 1)
+                        .min(cur[j] + 1),
+                );
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    known
+        .map(|k| (distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Refuses a service no instance runs, naming the closest known one.
+fn check_service(
+    known: &std::collections::BTreeMap<String, Vec<String>>,
+    service: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    if known.contains_key(service) {
+        return Ok(());
+    }
+    let hint = match closest(service, known.keys()) {
+        Some(k) => format!("did you mean {k}? "),
+        None => String::new(),
+    };
+    bail!("{what} {service:?} runs nowhere in this cluster; {hint}(`weft services` lists them; --force writes it anyway)")
 }
 
 fn rule_name(a: &PolicyRuleArgs, action: &str) -> String {
@@ -467,6 +563,15 @@ pub async fn policy(action: &PolicyAction) -> anyhow::Result<()> {
             }
             let name = rule_name(a, verb);
             let c = ApiClient::new(&a.client)?;
+            if !a.force {
+                let known = catalog(&c).await?;
+                if a.source != "*" && a.source != "-" {
+                    check_service(&known, &a.source, "source")?;
+                }
+                if a.destination != "*" {
+                    check_service(&known, &a.destination, "destination")?;
+                }
+            }
             put(&c, "policy", &name, value).await?;
             if !a.client.json {
                 println!("policy rule {name} set");

@@ -312,7 +312,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the weft binary")?;
     let operator_dir = dir.join(NODES[0]);
     let out = Command::new(&exe)
-        .args(["route", "set", "reviews", "--split", "v1=100"])
+        .args(["route", "set", "reviews", "--split", "v1=100", "--force"])
         .env("WEFT_API", &api0)
         .env("WEFT_DATA_DIR", &operator_dir)
         .env_remove("WEFT_TOKEN")

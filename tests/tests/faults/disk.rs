@@ -34,7 +34,7 @@ fn kill_during_writes_loses_no_acknowledged_write() -> anyhow::Result<()> {
                 while !stop.load(Ordering::SeqCst) {
                     let name = format!("w{i}-{k}");
                     let args = if k % 2 == 0 {
-                        vec!["route", "set", &name, "--split", "v1=100"]
+                        vec!["route", "set", "--force", &name, "--split", "v1=100"]
                     } else {
                         vec!["service", "register", "--name", &name, "--port", "9"]
                     };
@@ -96,7 +96,14 @@ fn lost_store_is_rebuilt_from_peers() -> anyhow::Result<()> {
     c.formed(3)?;
     c.cli_ok(
         "vm-1",
-        &["route", "set", "reviews", "--split", "v1=90,v2=10"],
+        &[
+            "route",
+            "set",
+            "--force",
+            "reviews",
+            "--split",
+            "v1=90,v2=10",
+        ],
     )?;
     c.register("vm-2", &["--name", "api", "--port", "9"])?;
     let api3 = c.agent("vm-3").api();
@@ -170,7 +177,7 @@ fn full_disk_keeps_serving_and_refuses_writes_clearly() -> anyhow::Result<()> {
     // `weft route set NAME --split v1=100` on vm-2.
     let route_set = |c: &Cluster, name: &str| {
         c.agent("vm-2")
-            .cli(&["route", "set", name, "--split", "v1=100"])
+            .cli(&["route", "set", "--force", name, "--split", "v1=100"])
     };
     // Fill the disk.
     let filler = dir.join("filler");

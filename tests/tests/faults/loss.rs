@@ -37,13 +37,19 @@ fn loss_and_one_way_cuts_cause_no_false_failures() -> anyhow::Result<()> {
 
     // One way: vm-2 stops hearing vm-1; vm-1 still hears vm-2, and vm-3 hears both.
     c.lab().cut_one_way(c.host("vm-2"), c.host("vm-1"))?;
-    c.cli_ok("vm-1", &["route", "set", "during-cut", "--split", "v1=100"])?;
+    c.cli_ok(
+        "vm-1",
+        &["route", "set", "--force", "during-cut", "--split", "v1=100"],
+    )?;
     let one_way = Duration::from_secs(if long() { 120 } else { 10 });
     let flaps = not_alive_samples(&c, &names, one_way)?;
     let reached = http_get(&c.agent("vm-2").api(), "/v1/config/route/during-cut").is_ok();
     c.lab().heal()?;
     let t = Instant::now();
-    c.cli_ok("vm-2", &["route", "set", "after-heal", "--split", "v1=100"])?;
+    c.cli_ok(
+        "vm-2",
+        &["route", "set", "--force", "after-heal", "--split", "v1=100"],
+    )?;
     for n in names {
         let api = c.agent(n).api();
         eventually(&format!("config on {n}"), Duration::from_secs(15), || {

@@ -520,7 +520,10 @@ fn the_root_can_stay_offline() -> anyhow::Result<()> {
         c.agent(node)
             .cli_as_node(args, &[("WEFT_CREDENTIAL", &cred_file.to_string_lossy())])
     };
-    let out = as_alice("vm-1", &["route", "set", "api", "--split", "v1=100"]);
+    let out = as_alice(
+        "vm-1",
+        &["route", "set", "--force", "api", "--split", "v1=100"],
+    );
     anyhow::ensure!(
         out.status.success(),
         "{}",
@@ -543,7 +546,10 @@ fn the_root_can_stay_offline() -> anyhow::Result<()> {
     c.cli_ok("vm-3", &["operator", "revoke", "alice"])?;
     for n in ["vm-1", "vm-2", "vm-3"] {
         eventually(&format!("alice refused on {n}"), CONVERGE, || {
-            let out = as_alice(n, &["route", "set", "api", "--split", "v1=50,v2=50"]);
+            let out = as_alice(
+                n,
+                &["route", "set", "--force", "api", "--split", "v1=50,v2=50"],
+            );
             Ok((!out.status.success()).then_some(()))
         })?;
     }
