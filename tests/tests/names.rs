@@ -194,23 +194,24 @@ fn services_answer_by_name_on_their_virtual_ips() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `curl` run as `uid` (setpriv) against `url`; the HTTP status, or 0.
-fn curl_as(uid: Option<u32>, url: &str) -> anyhow::Result<u16> {
-    let mut cmd = match uid {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-                "curl",
-            ]);
-            c
-        }
-        None => Command::new("curl"),
-    };
-    let out = cmd
-        .args([
+/// `curl ARGS` run as `uid` (setpriv; None: as this process) inside network namespace
+/// `netns` (None: here); the HTTP status, or 0.
+fn curl_in(netns: Option<&str>, uid: Option<u32>, args: &[&str]) -> anyhow::Result<u16> {
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns].map(String::from));
+    }
+    if let Some(uid) = uid {
+        argv.extend([
+            "setpriv".into(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ]);
+    }
+    argv.extend(
+        [
+            "curl",
             "-s",
             "-o",
             "/dev/null",
@@ -218,13 +219,31 @@ fn curl_as(uid: Option<u32>, url: &str) -> anyhow::Result<u16> {
             "%{http_code}",
             "--max-time",
             "5",
-            url,
-        ])
-        .output()?;
+        ]
+        .map(String::from),
+    );
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let out = Command::new(&argv[0]).args(&argv[1..]).output()?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .unwrap_or(0))
+}
+
+/// Waits until `node`'s catalog lists every service in `services`.
+fn wait_known(c: &Cluster, node: &str, services: &[&str]) -> anyhow::Result<()> {
+    eventually("services in the catalog", Duration::from_secs(20), || {
+        let out = c.cli_ok(node, &["services", "--json"])?;
+        Ok(services
+            .iter()
+            .all(|s| out.contains(&format!("\"service\": \"{s}\"")))
+            .then_some(()))
+    })
+}
+
+/// `curl URL` as `uid` here; the HTTP status, or 0.
+fn curl_as(uid: Option<u32>, url: &str) -> anyhow::Result<u16> {
+    curl_in(None, uid, &[url])
 }
 
 #[test]
@@ -244,6 +263,7 @@ fn two_services_on_one_host_each_act_as_themselves() -> anyhow::Result<()> {
         "vm-1",
         &["--name", "batch", "--port", "2", "--user", "65533"],
     )?;
+    wait_known(&c, "vm-1", &["reviews", "frontend", "batch"])?;
     c.cli_ok("vm-1", &["policy", "default", "deny"])?;
     c.cli_ok("vm-1", &["policy", "allow", "frontend", "reviews"])?;
     let vm1 = c.agent("vm-1").ip.to_string();
@@ -301,39 +321,8 @@ fn two_services_on_one_host_each_act_as_themselves() -> anyhow::Result<()> {
         403,
         "root through frontend's listener"
     );
-    let via_proxy = |uid: Option<u32>| -> anyhow::Result<u16> {
-        let mut cmd = match uid {
-            Some(uid) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    &format!("--reuid={uid}"),
-                    &format!("--regid={uid}"),
-                    "--clear-groups",
-                    "curl",
-                ]);
-                c
-            }
-            None => Command::new("curl"),
-        };
-        let out = cmd
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "-x",
-            ])
-            .arg(format!("http://{vm1}:15001"))
-            .arg("http://reviews/")
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0))
-    };
+    let proxy = format!("http://{vm1}:15001");
+    let via_proxy = |uid: Option<u32>| curl_in(None, uid, &["-x", &proxy, "http://reviews/"]);
     assert_eq!(
         via_proxy(Some(65534))?,
         200,
@@ -353,6 +342,7 @@ fn two_services_on_one_host_each_act_as_themselves() -> anyhow::Result<()> {
         "vm-1",
         &["--name", "reports", "--port", "3", "--unit", &unit],
     )?;
+    wait_known(&c, "vm-1", &["reports"])?;
     c.cli_ok("vm-1", &["policy", "allow", "reports", "reviews"])?;
     let in_unit = |url: &str| -> anyhow::Result<u16> {
         let script = format!(
@@ -474,35 +464,12 @@ fn with_intercept_the_mesh_is_the_only_way_in() -> anyhow::Result<()> {
         "vm-1",
         &["--name", "batch", "--port", "2", "--user", "65533"],
     )?;
+    wait_known(&c, "vm-1", &["reviews", "frontend", "batch"])?;
     c.cli_ok("vm-1", &["policy", "default", "deny"])?;
     c.cli_ok("vm-1", &["policy", "allow", "frontend", "reviews"])?;
     let ns1 = c.lab().netns(c.host("vm-1"));
     let url = format!("http://{direct}/");
-    let curl_in_vm1 = |uid: u32| -> anyhow::Result<u16> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns1, "setpriv"])
-            .args([
-                &format!("--reuid={uid}"),
-                &format!("--regid={uid}"),
-                "--clear-groups",
-            ])
-            .args([
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "3",
-                &url,
-            ])
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0))
-    };
+    let curl_in_vm1 = |uid: u32| curl_in(Some(&ns1), Some(uid), &[&url]);
     let frontend = eventually(
         "frontend's process intercepted into the mesh",
         Duration::from_secs(20),

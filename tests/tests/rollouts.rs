@@ -444,6 +444,14 @@ fn mirroring_copies_half_the_requests_and_a_slow_mirror_adds_no_latency() -> any
     c.register_http_with("vm-2", "reviews", v1.port(), &["--version", "v1"])?;
     c.register_http_with("vm-3", "reviews", v2.port(), &["--version", "v2"])?;
     let up = c.client_upstream("vm-1", "reviews", 19001)?;
+    eventually(
+        "both versions in vm-1's catalog",
+        Duration::from_secs(20),
+        || {
+            let out = c.cli_ok("vm-1", &["services", "--json"])?;
+            Ok((out.contains("\"v1\"") && out.contains("\"v2\"")).then_some(()))
+        },
+    )?;
     c.cli_ok(
         "vm-1",
         &[

@@ -181,6 +181,23 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// The signer's certificate and intermediates of an envelope, decoded.
+fn decode_certs(signed: &Signed) -> Result<(Vec<u8>, Vec<Vec<u8>>), AuthError> {
+    let cert = URL_SAFE_NO_PAD
+        .decode(&signed.cert)
+        .map_err(|_| AuthError::Malformed("signer certificate is not base64url".into()))?;
+    if signed.chain.len() > weft_ca::replica::MAX_CHAIN {
+        return Err(AuthError::Malformed("too many intermediates".into()));
+    }
+    let chain = signed
+        .chain
+        .iter()
+        .map(|c| URL_SAFE_NO_PAD.decode(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| AuthError::Malformed("intermediate is not base64url".into()))?;
+    Ok((cert, chain))
+}
+
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -215,35 +232,36 @@ impl Authority {
     /// Checks the envelope's signature and certificate at `at`; returns the operator and
     /// the payload.
     fn open(&self, signed: &Signed, at: SystemTime) -> Result<Verified, AuthError> {
-        let cert = URL_SAFE_NO_PAD
-            .decode(&signed.cert)
-            .map_err(|_| AuthError::Malformed("operator certificate is not base64url".into()))?;
-        let sig = URL_SAFE_NO_PAD
-            .decode(&signed.sig)
-            .map_err(|_| AuthError::Malformed("signature is not base64url".into()))?;
-        if signed.chain.len() > weft_ca::replica::MAX_CHAIN {
-            return Err(AuthError::Malformed("too many intermediates".into()));
-        }
-        let chain = signed
-            .chain
-            .iter()
-            .map(|c| URL_SAFE_NO_PAD.decode(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| AuthError::Malformed("intermediate is not base64url".into()))?;
+        let (cert, chain) = decode_certs(signed)?;
         let operator = self
             .trust
             .verify_operator_chain(&cert, &chain, at)
             .map_err(AuthError::Certificate)?;
-        let mut msg = SIGNING_CONTEXT.to_vec();
+        let payload = self.signed_payload(signed, &cert, SIGNING_CONTEXT)?;
+        Ok(Verified { operator, payload })
+    }
+
+    /// Checks the signature over `context` + the payload with `cert`'s key, parses the
+    /// payload and checks it is for this cluster.
+    fn signed_payload(
+        &self,
+        signed: &Signed,
+        cert: &[u8],
+        context: &[u8],
+    ) -> Result<Payload, AuthError> {
+        let sig = URL_SAFE_NO_PAD
+            .decode(&signed.sig)
+            .map_err(|_| AuthError::Malformed("signature is not base64url".into()))?;
+        let mut msg = context.to_vec();
         msg.extend_from_slice(signed.payload.as_bytes());
-        weft_ca::verify_signature(&cert, &msg, &sig).map_err(|_| AuthError::Signature)?;
+        weft_ca::verify_signature(cert, &msg, &sig).map_err(|_| AuthError::Signature)?;
         let payload: Payload = serde_json::from_str(&signed.payload).map_err(|e| {
             AuthError::Malformed(format!("signed payload: {e}").chars().take(200).collect())
         })?;
         if &payload.cluster != self.trust.cluster() {
             return Err(AuthError::ForeignCluster(payload.cluster.to_string()));
         }
-        Ok(Verified { operator, payload })
+        Ok(payload)
     }
 
     fn role(operator: &OperatorInfo, act: &Act) -> Result<(), AuthError> {
@@ -420,34 +438,13 @@ impl Authority {
             return Err(AuthError::Future(e.version.wall - now_ms));
         }
         let at = SystemTime::UNIX_EPOCH + Duration::from_millis(e.version.wall);
-        let cert = URL_SAFE_NO_PAD
-            .decode(&signed.cert)
-            .map_err(|_| AuthError::Malformed("node certificate is not base64url".into()))?;
-        let sig = URL_SAFE_NO_PAD
-            .decode(&signed.sig)
-            .map_err(|_| AuthError::Malformed("signature is not base64url".into()))?;
-        if signed.chain.len() > weft_ca::replica::MAX_CHAIN {
-            return Err(AuthError::Malformed("too many intermediates".into()));
-        }
-        let chain = signed
-            .chain
-            .iter()
-            .map(|c| URL_SAFE_NO_PAD.decode(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| AuthError::Malformed("intermediate is not base64url".into()))?;
+        let (cert, chain) = decode_certs(signed)?;
         let leaf = self
             .trust
             .verify_node_chain(&cert, &chain, at)
             .map_err(AuthError::Certificate)?;
-        let mut msg = super::node_signed::NODE_SIGNING_CONTEXT.to_vec();
-        msg.extend_from_slice(signed.payload.as_bytes());
-        weft_ca::verify_signature(&cert, &msg, &sig).map_err(|_| AuthError::Signature)?;
-        let payload: Payload = serde_json::from_str(&signed.payload).map_err(|e| {
-            AuthError::Malformed(format!("signed payload: {e}").chars().take(200).collect())
-        })?;
-        if &payload.cluster != self.trust.cluster() {
-            return Err(AuthError::ForeignCluster(payload.cluster.to_string()));
-        }
+        let payload =
+            self.signed_payload(signed, &cert, super::node_signed::NODE_SIGNING_CONTEXT)?;
         if payload.act != unsigned {
             return Err(AuthError::Mismatch(format!(
                 "the entry {}/{} differs from what was signed",

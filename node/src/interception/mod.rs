@@ -81,12 +81,12 @@ pub fn ruleset(
     let mut ports: Vec<u16> = services.iter().map(|s| s.port).collect();
     ports.sort_unstable();
     ports.dedup();
+    let list = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     if !ports.is_empty() {
-        let list = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
         out.push_str(&format!(
             "\t\ttcp dport {{ {list} }} counter drop comment \"weft: reach services through the mesh\"\n"
         ));
@@ -108,11 +108,6 @@ pub fn ruleset(
                 ));
             }
         }
-        let list = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
         out.push_str(&format!(
             "\t\toifname \"lo\" tcp dport {{ {list} }} counter drop comment \"weft: local processes too\"\n"
         ));

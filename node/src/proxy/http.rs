@@ -109,23 +109,16 @@ impl RequestBody {
 /// Where a connection's requests go.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Every request to one service (an upstream listener), as `source` (None: the
-    /// connecting process belongs to no service).
-    Fixed {
-        /// Destination.
-        destination: ServiceName,
-        /// Source service.
-        source: Option<ServiceName>,
-    },
     /// The forward proxy: the destination is the request's host; the source is the
     /// connecting process's service, if any.
     Proxy {
         /// Source service.
         source: Option<ServiceName>,
     },
-    /// A service's virtual IP: every request to it, from the connecting process's
-    /// service if any, pinned to `version` when the name was `<version>.<service>.weft`.
-    Vip {
+    /// Every request to one service (an upstream listener, a virtual IP, an intercepted
+    /// connection), from `source` (None: a process of no service), pinned to `version`
+    /// when the name was `<version>.<service>.weft`.
+    Service {
         /// Destination.
         destination: ServiceName,
         /// Source service.
@@ -243,11 +236,7 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut pinned = None;
     let (destination, source) = match &target {
-        Target::Fixed {
-            destination,
-            source,
-        } => (destination.clone(), source.clone()),
-        Target::Vip {
+        Target::Service {
             destination,
             source,
             version,

@@ -131,30 +131,40 @@ async fn serve_vip(
         let inputs = inputs.clone();
         let (dst, version) = (target.service.clone(), version.clone());
         let source = super::local_source::identify(&inputs, &sock).or_declared(None);
-        async move {
-            let http = inputs
-                .catalog
-                .get()
-                .instances
-                .iter()
-                .any(|i| i.service == dst && i.protocol.is_http());
-            if http {
-                serve_connection(
-                    inputs,
-                    sock,
-                    Target::Vip {
-                        destination: dst,
-                        source,
-                        version,
-                    },
-                )
-                .await;
-            } else {
-                proxy_connection(&inputs, sock, dst, source, version.as_deref()).await;
-            }
-        }
+        serve_app(inputs, sock, dst, source, version)
     })
     .await;
+}
+
+/// Serves one app connection to `dst` as `source`: HTTP when the service speaks it (per
+/// request routing, `version` pinned if given), else a byte splice.
+async fn serve_app(
+    inputs: Arc<ProxyInputs>,
+    sock: tokio::net::TcpStream,
+    dst: ServiceName,
+    source: Option<ServiceName>,
+    version: Option<Arc<str>>,
+) {
+    let http = inputs
+        .catalog
+        .get()
+        .instances
+        .iter()
+        .any(|i| i.service == dst && i.protocol.is_http());
+    if http {
+        serve_connection(
+            inputs,
+            sock,
+            Target::Service {
+                destination: dst,
+                source,
+                version,
+            },
+        )
+        .await;
+    } else {
+        proxy_connection(&inputs, sock, dst, source, version.as_deref()).await;
+    }
 }
 
 /// Where nftables sends what local services open towards other services' instances
@@ -192,20 +202,8 @@ pub async fn serve_intercepted(
                 return;
             };
             let dst = instance.service.clone();
-            if instance.protocol.is_http() {
-                serve_connection(
-                    inputs.clone(),
-                    sock,
-                    Target::Vip {
-                        destination: dst,
-                        source,
-                        version: None,
-                    },
-                )
-                .await;
-            } else {
-                proxy_connection(&inputs, sock, dst, source, None).await;
-            }
+            drop(catalog);
+            serve_app(inputs, sock, dst, source, None).await;
         }
     })
     .await;
@@ -273,27 +271,7 @@ async fn serve_upstream(
         // The declared source, unless local services name their users: then whoever
         // the connecting process is.
         let src = super::local_source::identify(&inputs, &sock).or_declared(Some(source.clone()));
-        async move {
-            let http = inputs
-                .catalog
-                .get()
-                .instances
-                .iter()
-                .any(|i| i.service == dst && i.protocol.is_http());
-            if http {
-                serve_connection(
-                    inputs,
-                    sock,
-                    Target::Fixed {
-                        destination: dst,
-                        source: src,
-                    },
-                )
-                .await;
-            } else {
-                proxy_connection(&inputs, sock, dst, src, None).await;
-            }
-        }
+        serve_app(inputs, sock, dst, src, None)
     })
     .await;
 }
