@@ -81,6 +81,30 @@ impl Drop for Traffic {
     }
 }
 
+/// Waits until `node`'s catalog has instances of `service` at v1 and at v2.
+fn wait_versions(c: &Cluster, node: &str, service: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("{service} v1 and v2 in {node}'s catalog"),
+        Duration::from_secs(20),
+        || {
+            let all: serde_json::Value =
+                serde_json::from_str(&c.cli_ok(node, &["services", "--json"])?)?;
+            let versions: Vec<String> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["service"] == service)
+                .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+                .filter_map(|i| i["version"].as_str().map(str::to_owned))
+                .collect();
+            Ok(
+                (versions.iter().any(|v| v == "v1") && versions.iter().any(|v| v == "v2"))
+                    .then_some(()),
+            )
+        },
+    )
+}
+
 /// `weft rollout status SERVICE --json` on `node`.
 fn status(c: &Cluster, node: &str, service: &str) -> anyhow::Result<serde_json::Value> {
     let out = c.cli_ok(node, &["rollout", "status", service, "--json"])?;
@@ -140,14 +164,7 @@ fn rollouts_promote_a_healthy_version_and_roll_back_a_failing_or_slow_one() -> a
     c.register_http_with("vm-3", "reviews", v2.port(), &["--version", "v2"])?;
     let up = c.client_upstream("vm-1", "reviews", 19001)?;
     for node in ["vm-1", "vm-2"] {
-        eventually(
-            "both versions in the catalog",
-            Duration::from_secs(20),
-            || {
-                let out = c.cli_ok(node, &["services", "--json"])?;
-                Ok((out.contains("\"v1\"") && out.contains("\"v2\"")).then_some(()))
-            },
-        )?;
+        wait_versions(&c, node, "reviews")?;
     }
 
     // Mistakes are refused before anything is written.
@@ -331,14 +348,7 @@ fn a_rollout_survives_its_driver_killed_and_every_node_restarted() -> anyhow::Re
     c.register_http_with("vm-2", service, v1.port(), &["--version", "v1"])?;
     c.register_http_with("vm-3", service, v2.port(), &["--version", "v2"])?;
     let up = c.client_upstream("vm-1", service, 19001)?;
-    eventually(
-        "both versions in the catalog",
-        Duration::from_secs(20),
-        || {
-            let out = c.cli_ok("vm-1", &["services", "--json"])?;
-            Ok((out.contains("\"v1\"") && out.contains("\"v2\"")).then_some(()))
-        },
-    )?;
+    wait_versions(&c, "vm-1", service)?;
     let _traffic = Traffic::start(up, service);
     c.cli_ok(
         "vm-1",
@@ -444,14 +454,7 @@ fn mirroring_copies_half_the_requests_and_a_slow_mirror_adds_no_latency() -> any
     c.register_http_with("vm-2", "reviews", v1.port(), &["--version", "v1"])?;
     c.register_http_with("vm-3", "reviews", v2.port(), &["--version", "v2"])?;
     let up = c.client_upstream("vm-1", "reviews", 19001)?;
-    eventually(
-        "both versions in vm-1's catalog",
-        Duration::from_secs(20),
-        || {
-            let out = c.cli_ok("vm-1", &["services", "--json"])?;
-            Ok((out.contains("\"v1\"") && out.contains("\"v2\"")).then_some(()))
-        },
-    )?;
+    wait_versions(&c, "vm-1", "reviews")?;
     c.cli_ok(
         "vm-1",
         &[
