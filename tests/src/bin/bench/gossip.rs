@@ -194,7 +194,7 @@ pub fn measure(size: &Size, lossy: bool, report: &mut Report) -> anyhow::Result<
         let on = name((r * 11 + 5) % n);
         let svc = format!("cfg-{r}");
         let t0 = Instant::now();
-        c.cli_ok(&on, &["route", "set", &svc, "--split", "v1=100"])?;
+        c.cli_ok(&on, &["route", "set", &svc, "--split", "v1=100", "--force"])?;
         let path = format!("/v1/config/route/{svc}");
         times.push(slowest_until(&apis, &path, poll, t0, |_, _| true, &svc)?);
     }
