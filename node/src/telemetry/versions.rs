@@ -98,40 +98,49 @@ pub struct Figures {
     pub p99_ms: f64,
 }
 
-/// This node's totals.
+/// This node's totals: destination → version → totals (looked up by `&str`, so a
+/// request allocates nothing once its pair is known).
 #[derive(Debug, Default)]
 pub struct VersionTotals {
-    pairs: HashMap<(String, String), Totals>,
+    pairs: HashMap<String, HashMap<String, Totals>>,
+    count: usize,
 }
 
 impl VersionTotals {
     /// Counts one request to `version` of `destination`.
     pub fn record(&mut self, destination: &str, version: &str, error: bool, latency_ms: f64) {
-        // Look up without allocating the key once the pair is known.
         if let Some(t) = self
             .pairs
-            .iter_mut()
-            .find(|((d, v), _)| d == destination && v == version)
-            .map(|(_, t)| t)
+            .get_mut(destination)
+            .and_then(|by_version| by_version.get_mut(version))
         {
             t.record(error, latency_ms);
             return;
         }
-        if self.pairs.len() >= MAX_PAIRS {
+        if self.count >= MAX_PAIRS {
             return;
         }
         let mut t = Totals::default();
         t.record(error, latency_ms);
         self.pairs
-            .insert((destination.to_owned(), version.to_owned()), t);
+            .entry(destination.to_owned())
+            .or_default()
+            .insert(version.to_owned(), t);
+        self.count += 1;
+    }
+
+    /// Every pair and its totals, in no order.
+    fn iter(&self) -> impl Iterator<Item = ((&String, &String), &Totals)> {
+        self.pairs
+            .iter()
+            .flat_map(|(d, by_version)| by_version.iter().map(move |(v, t)| ((d, v), t)))
     }
 
     /// Every pair's totals (for `/metrics`).
     pub fn snapshot(&self) -> Vec<((String, String), Totals)> {
         let mut v: Vec<_> = self
-            .pairs
             .iter()
-            .map(|(k, t)| (k.clone(), t.clone()))
+            .map(|((d, ver), t)| ((d.clone(), ver.clone()), t.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
@@ -139,8 +148,8 @@ impl VersionTotals {
 
     /// What this node publishes: the busiest `MAX_PUBLISHED` pairs.
     pub fn published(&self) -> Published {
-        let mut v: Vec<(&(String, String), &Totals)> = self.pairs.iter().collect();
-        v.sort_by(|a, b| b.1.n.cmp(&a.1.n).then_with(|| a.0.cmp(b.0)));
+        let mut v: Vec<_> = self.iter().collect();
+        v.sort_by(|a, b| b.1.n.cmp(&a.1.n).then_with(|| a.0.cmp(&b.0)));
         Published {
             f: v.into_iter()
                 .take(MAX_PUBLISHED)
@@ -326,7 +335,8 @@ mod tests {
         for i in 0..(MAX_PAIRS + 5) {
             t.record(&format!("s{i}"), "v1", false, 1.0);
         }
-        assert_eq!(t.pairs.len(), MAX_PAIRS);
+        assert_eq!(t.count, MAX_PAIRS);
+        assert_eq!(t.snapshot().len(), MAX_PAIRS);
         assert_eq!(t.published().f.len(), MAX_PUBLISHED);
         assert_eq!(Published::parse("{not json"), Published::default());
     }
