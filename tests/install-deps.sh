@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs every system package weft's tests need, on Debian. Idempotent; run as root.
-# Called by .ci/run; run it once yourself before `cargo test --workspace`.
+# Installs everything weft's tests need on Debian: the system packages below and cargo-deb
+# (the .deb the systemd fleet test installs). Idempotent. Called by tests/run.sh, the
+# README's test command; uses sudo when not root.
 set -euo pipefail
 
 packages=(
@@ -21,7 +22,16 @@ packages=(
   python3-websockets # a real WebSocket echo through the mesh (Upgrade)
   curl               # 1 GiB up and down through the mesh
   bind9-dnsutils     # dig against the agent's .weft DNS
+  dpkg-dev           # dpkg-shlibdeps: the .deb's library dependencies (cargo-deb)
+  binutils           # strip, for the packaged binary
 )
+
+# cargo-deb builds the package the systemd fleet test installs (node/dist/package-deb.sh).
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
+  echo "install-deps: installed cargo-deb $CARGO_DEB_VERSION"
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -16,6 +16,17 @@
 //!   driver), `telemetry` (metrics, access log, graph, per-version totals),
 //!   `clock` (time helpers).
 
+/// What `weft --version` prints after the name: the crate version, the commit it was
+/// built from and that commit's date (stamped by `build.rs`).
+pub const BUILD_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WEFT_COMMIT"),
+    ", ",
+    env!("WEFT_COMMIT_DATE"),
+    ")"
+);
+
 pub mod agent;
 pub mod authority;
 pub mod ca_role;

@@ -89,6 +89,17 @@ fn main() -> ExitCode {
             Command::Operator { action } => client::operator(&action).await,
             Command::Ca { action } => weft_node::cli::ca_cmd::ca(&action).await,
             Command::Audit { limit, client: c } => client::audit(&c, limit).await,
+            Command::Validate(a) => weft_node::cli::validate_cmd::validate(&a).await,
+            Command::Completions { shell } => {
+                let mut cmd = <weft_node::cli::Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "weft", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man => {
+                let cmd = <weft_node::cli::Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+                Ok(())
+            }
             Command::Demo => {
                 init_logs(LogFormat::Human, false);
                 weft_node::demo::run().await

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests the weft agent under a real systemd: four Debian bookworm containers booted with
+# Tests weft's Debian package under a real systemd: four Debian bookworm containers booted with
 # systemd-nspawn (systemd as PID 1), each with a veth into a bridge that lives in a network
 # namespace created here (nothing is routed to the host's network). Then a small fleet:
 # a CA replica is added, the bootstrap container is destroyed, the others keep serving
@@ -10,20 +10,22 @@
 # the container's systemd through `nsenter -t <container PID 1> -a`.
 #
 # Usage (as root):  tests/systemd/run.sh
+# The package (node/dist/package-deb.sh) is installed with dpkg -i into each container: the
+# unit, the `weft` user it runs as, the conffile, completions and man page come from it.
 # Environment:
-#   WEFT_BIN          weft binary              (default: <repo>/target/debug/weft)
-#   WEFT_UNIT         unit file                (default: <repo>/node/dist/weft.service)
+#   WEFT_DEB          the .deb to install      (default: built from WEFT_BIN)
+#   WEFT_BIN          weft binary to package   (default: <repo>/target/debug/weft)
 #   WEFT_ROOT_CACHE   cached bookworm root     (default: /var/cache/weft-test/bookworm-root)
 #   DEBIAN_MIRROR     debootstrap mirror       (default: the host's first apt source whose
 #                                              suite is bookworm)
 #   WEFT_TEST_KEEP=1  keep containers and the work dir on failure (for debugging)
-# Needs: systemd-container, debootstrap, iproute2, util-linux (nsenter), jq.
+# Needs: systemd-container, debootstrap, iproute2, util-linux (nsenter), jq, cargo-deb.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 WEFT_BIN=${WEFT_BIN:-$REPO/target/debug/weft}
-WEFT_UNIT=${WEFT_UNIT:-$REPO/node/dist/weft.service}
+WEFT_DEB=${WEFT_DEB:-}
 ROOT_CACHE=${WEFT_ROOT_CACHE:-/var/cache/weft-test/bookworm-root}
 # The host's own Debian mirror, as apt is configured (deb822 .sources or sources.list).
 host_mirror() {
@@ -167,9 +169,17 @@ trap 'exit 130' INT TERM
 for tool in systemd-nspawn debootstrap nsenter ip jq; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool (tests/install-deps.sh)" >&2; exit 2; }
 done
-[ -x "$WEFT_BIN" ] || fatal "weft binary $WEFT_BIN exists (build it first, or set WEFT_BIN)"
-[ -f "$WEFT_UNIT" ] || fatal "unit file $WEFT_UNIT exists"
-log "weft binary: $WEFT_BIN; unit: $WEFT_UNIT; run id: $ID"
+if [ -z "$WEFT_DEB" ]; then
+  [ -x "$WEFT_BIN" ] || fatal "weft binary $WEFT_BIN exists (build it first, or set WEFT_BIN or WEFT_DEB)"
+  DEB_DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/weft-deb.XXXXXX")
+  if WEFT_DEB=$(bash "$REPO/node/dist/package-deb.sh" --binary "$WEFT_BIN" --out "$DEB_DIR" 2>"$DEB_DIR/err"); then
+    pass "package built from $WEFT_BIN: $(basename "$WEFT_DEB")"
+  else
+    cat "$DEB_DIR/err"; fatal "node/dist/package-deb.sh"
+  fi
+fi
+[ -f "$WEFT_DEB" ] || fatal "package $WEFT_DEB exists"
+log "package: $WEFT_DEB; run id: $ID"
 
 # ---------------------------------------------------------------------------- 1. root
 build_root() {
@@ -208,12 +218,10 @@ for n in $NODES; do
   cp -a "$ROOT_CACHE" "$WORK/c$n" || fatal "copy of the root for c$n"
   R=$WORK/c$n
   echo "c$n" >"$R/etc/hostname"
-  install -D -m 0755 "$WEFT_BIN" "$R/usr/local/bin/weft"
-  install -D -m 0644 "$WEFT_UNIT" "$R/etc/systemd/system/weft.service"
-  mkdir -p "$R/etc/weft"
+  cp "$WEFT_DEB" "$R/root/weft.deb"
 done
 exec 9>&-
-pass "container roots prepared in $WORK (weft binary and unit installed)"
+pass "container roots prepared in $WORK"
 
 # ---------------------------------------------------------------------------- 2. boot
 SWITCH="weft-$ID-sw"
@@ -293,6 +301,22 @@ for n in $NODES; do
     bash -c "ip -n '${NETNS[$n]}' -br addr show wv0 | grep -q -F '${IP[$n]}/24'" || exit 1
 done
 
+# ---------------------------------------------------------------------------- 2b. package
+for n in $NODES; do
+  if cx "$n" dpkg -i /root/weft.deb >"$WORK/dpkg$n.out" 2>&1; then
+    pass "c$n: dpkg -i weft.deb"
+  else
+    cat "$WORK/dpkg$n.out"; fatal "c$n: dpkg -i weft.deb"
+  fi
+done
+check "c1: the package made the weft system user" cx 1 getent passwd weft
+not_started() { [ "$(cx 1 systemctl is-enabled weft.service)" = disabled ] && ! cx 1 systemctl is-active -q weft.service; }
+check "c1: the package neither enabled nor started the agent" not_started
+version=$(cx 1 weft --version)
+check "c1: weft --version names the commit ($version)" grep -q "(commit " <<<"$version"
+check "c1: completions, man page and conffile installed" \
+  cx 1 test -s /usr/share/bash-completion/completions/weft -a -s /usr/share/man/man1/weft.1.gz -a -s /etc/weft/weft.toml
+
 # ---------------------------------------------------------------------------- 3. first node
 cat >"$WORK/c1/etc/weft/weft.toml" <<EOF
 name = "c1"
@@ -330,6 +354,10 @@ status=$(cx 1 cat "/proc/$mainpid/status")
 check "c1: hardening applied to the agent (NoNewPrivs, seccomp filter, no capabilities)" \
   bash -c 'grep -q "^NoNewPrivs:[[:space:]]*1" <<<"$1" && grep -q "^Seccomp:[[:space:]]*2" <<<"$1" &&
            grep -q "^CapEff:[[:space:]]*0000000000000000" <<<"$1"' _ "$status"
+weft_uid=$(cx 1 id -u weft)
+agent_uid=$(awk '/^Uid:/ { print $2 }' <<<"$status")
+check "c1: the agent runs as the weft user (uid $agent_uid), not root" test "$agent_uid" = "$weft_uid"
+check "c1: /var/lib/weft belongs to weft" test "$(cx 1 stat -c %U /var/lib/weft/)" = weft
 
 # ---------------------------------------------------------------------------- 4. join
 token=$(cx 1 weft token create --ttl 10m 2>"$WORK/token.err" | tail -n 1)
@@ -339,9 +367,12 @@ name = "c2"
 bind = "${IP[2]}"
 advertise = "${IP[2]}"
 join = ["${IP[1]}"]
-token = "$token"
 leaf_ttl = "30s"
 EOF
+# The token reaches the agent as a systemd credential (LoadCredential=weft:/etc/weft/credentials), not
+# through the config, the command line or the environment.
+install -m 0600 /dev/null "$WORK/c2/etc/weft/credentials/join-token"
+echo "$token" >"$WORK/c2/etc/weft/credentials/join-token"
 cx 2 systemctl daemon-reload
 if cx 2 timeout 90 systemctl start weft.service; then
   pass "c2: systemctl start weft (join with the token) returned success"
@@ -360,11 +391,24 @@ if cx 1 timeout 30 systemctl reload weft.service; then pass "c1: systemctl reloa
 reloaded() { (($(count_log 1 "configuration reloaded") > before)); }
 wait_for 10 "c1: journal shows 'configuration reloaded'" reloaded
 check "c1: still active after reload" test "$(unit_prop 1 ActiveState)" = active
+# A bad file: the reload fails (ExecReload validates it first) and the agent keeps going.
+cp "$WORK/c1/etc/weft/weft.toml" "$WORK/c1.toml.good"
+printf '[[service]]\nname = "web"\nport = 0\n' >>"$WORK/c1/etc/weft/weft.toml"
+reloads_before=$(count_log 1 "configuration reloaded")
+if cx 1 timeout 30 systemctl reload weft.service >"$WORK/badreload.out" 2>&1; then
+  fail "c1: systemctl reload with a bad file should fail"
+else
+  pass "c1: systemctl reload with a bad file fails"
+fi
+names_port() { cx 1 journalctl -q --no-pager -n 40 | grep -q "invalid .port."; }
+check "c1: the journal names the bad key (port)" names_port
+still_old() { [ "$(count_log 1 "configuration reloaded")" = "$reloads_before" ] && [ "$(unit_prop 1 ActiveState)" = active ]; }
+check "c1: no 'configuration reloaded' for the bad file, and still active" still_old
+cp "$WORK/c1.toml.good" "$WORK/c1/etc/weft/weft.toml"
 
 # ---------------------------------------------------------------------------- 6. crash
-# The token is one-time and already used: take it out, the restart must rejoin from the
-# identity in /var/lib/weft.
-sed -i '/^token[[:space:]]*=/d' "$WORK/c2/etc/weft/weft.toml"
+# The token is one-time and already used; it stays in /etc/weft/credentials/join-token, and the
+# restart must rejoin from the identity in /var/lib/weft without spending it again.
 old_pid=$(unit_prop 2 MainPID)
 ready_before=$(count_log 2 "agent ready")
 if cx 2 systemctl kill --signal=KILL weft.service; then pass "c2: systemctl kill -s KILL weft"; else fail "c2: systemctl kill -s KILL weft"; fi
@@ -390,9 +434,10 @@ name = "c$1"
 bind = "${IP[$1]}"
 advertise = "${IP[$1]}"
 join = ["$2"]
-token = "$3"
 leaf_ttl = "30s"
 EOF
+  install -m 0600 /dev/null "$WORK/c$1/etc/weft/credentials/join-token"
+  echo "$3" >"$WORK/c$1/etc/weft/credentials/join-token"
   cx "$1" systemctl daemon-reload
   cx "$1" timeout 90 systemctl start weft.service
 }

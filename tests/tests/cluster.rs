@@ -82,7 +82,11 @@ fn bad_tokens_are_refused_with_a_reason() -> anyhow::Result<()> {
 
     // No token at all: nobody gets in.
     c.spawn("vm-6", &[]);
-    assert_refused(&mut c, "vm-6", "--join SEED --token TOKEN")?;
+    assert_refused(
+        &mut c,
+        "vm-6",
+        "--join SEED and a token from `weft token create`",
+    )?;
 
     // The refusals are logged on the CA with the token id.
     let ca_log = c.agent("vm-1").log_text();

@@ -215,6 +215,21 @@ fn rollouts_promote_a_healthy_version_and_roll_back_a_failing_or_slow_one() -> a
         );
     }
 
+    // Staging ahead of a deploy: written, with the problem printed as a warning.
+    let out = c.agent("vm-1").cli(&[
+        "route",
+        "set",
+        "--allow-unknown",
+        "ratingz",
+        "--split",
+        "v1=100",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("warning: service \"ratingz\" runs nowhere"),
+        "{err}"
+    );
+
     // A node's own root has no operator credential: it cannot start one.
     let out = c
         .agent("vm-2")

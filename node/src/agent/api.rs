@@ -12,7 +12,7 @@ use weft_web::{
     NodeApi, NodeStatus, RevokeView, ServiceView, StampView, TokenView,
 };
 
-use super::state::{Agent, VERSION};
+use super::state::Agent;
 use crate::authority::execute::execute;
 use crate::authority::{Act, Signed, Verified};
 use crate::cluster_config::Entry;
@@ -118,7 +118,7 @@ impl NodeApi for Agent {
         NodeStatus {
             name: self.identity.info.name.to_string(),
             cluster: self.identity.info.cluster.to_string(),
-            version: VERSION.to_owned(),
+            version: crate::BUILD_VERSION.to_owned(),
             ready: reason.is_none(),
             not_ready_reason: reason,
             cert_expiry_unix: leaf.not_after_unix,

@@ -4,6 +4,7 @@
 mod api;
 mod api_server;
 mod loops;
+pub mod preflight;
 mod records;
 mod replica;
 mod rollouts;
@@ -45,6 +46,9 @@ pub enum AgentError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The settings failed the preflight checks (nothing was created or spent).
+    #[error("{} (nothing was changed; `weft validate` checks a file)", .0.join("; "))]
+    Preflight(Vec<String>),
     /// Identity files.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -128,6 +132,21 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         source,
     })?;
     let files = IdentityFiles::new(&settings.data_dir);
+    // Before a CA is bootstrapped or a join token spent, and before the store is opened:
+    // every problem of the file at once. Ports are tried only on a first start (later, a
+    // listener that cannot open holds readiness back and says why).
+    let ports = if files.exists() {
+        preflight::Ports::Skip
+    } else {
+        preflight::Ports::Probe
+    };
+    let findings = preflight::check(&settings, ports);
+    for w in &findings.warnings {
+        warn!("{w}");
+    }
+    if !findings.errors.is_empty() {
+        return Err(AgentError::Preflight(findings.errors));
+    }
     let store = Store::open(&settings.data_dir.join("store"))?;
     let mut identity = setup::establish(&settings, &files, &store).await?;
     let admin_token = files.admin_token()?;
@@ -536,9 +555,16 @@ async fn reload(agent: &Arc<Agent>, args: &AgentArgs) {
                 fresh.api = current.api;
             }
             let zone_changed = fresh.zone != current.zone;
+            let findings = preflight::check(&fresh, preflight::Ports::Skip);
+            if let Some(e) = findings.errors.first() {
+                error!(error = %e, problems = findings.errors.len(), file = %path.display(), "SIGHUP: config not reloaded, keeping the running one (`weft validate` lists every problem)");
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                return;
+            }
             if let Err(e) = agent.data.services.set_file(&fresh.services) {
-                error!(error = %e, "SIGHUP: services not reloaded, keeping the running ones");
-                fresh.services = current.services.clone();
+                error!(error = %e, file = %path.display(), "SIGHUP: config not reloaded, keeping the running one");
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                return;
             }
             if zone_changed {
                 agent.data.set_zone(&fresh.zone);

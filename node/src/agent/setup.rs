@@ -18,7 +18,7 @@ use crate::store::{Peer, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// A data directory with no identity, and neither --bootstrap nor a token.
-    #[error("{dir} holds no identity: start the first node with --bootstrap, or join with --join SEED --token TOKEN")]
+    #[error("{dir} holds no identity: start the first node with --bootstrap, or join with --join SEED and a token from `weft token create` (--token-file FILE, or /etc/weft/credentials/join-token under systemd)")]
     NoIdentity {
         /// The data directory.
         dir: String,

@@ -129,6 +129,6 @@ impl Agent {
         if self.shutdown.is_cancelled() {
             return Some("shutting down".into());
         }
-        None
+        self.data.listener_faults.first()
     }
 }

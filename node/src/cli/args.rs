@@ -8,7 +8,11 @@ pub use crate::config::AgentArgs;
 
 /// weft: a service mesh for plain VMs and bare-metal hosts.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about)]
+#[command(
+    name = "weft",
+    version = crate::BUILD_VERSION,
+    about = "A service mesh for plain VMs and bare-metal hosts"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -98,6 +102,15 @@ pub enum Command {
         #[command(subcommand)]
         action: OperatorAction,
     },
+    /// Check an agent config file (or cluster config entries) without changing anything.
+    Validate(super::validate_cmd::ValidateArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell: `weft completions bash > /usr/share/bash-completion/completions/weft`.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `weft man | man -l -`.
+    Man,
     /// Register or deregister a service on the local agent.
     Service {
         /// Service action.

@@ -109,9 +109,10 @@ pub struct RouteSetArgs {
     /// e.g. v2=50 (percent).
     #[arg(long)]
     pub mirror: Option<String>,
-    /// Write it even if the service or a version runs nowhere yet (configuring ahead of
-    /// a deployment).
-    #[arg(long)]
+    /// Write it even if the service or a version runs nowhere yet, or the split does not
+    /// add up to 100 (staging ahead of a deployment); what is unknown is printed as a
+    /// warning. `--force` is the same.
+    #[arg(long = "allow-unknown", alias = "force")]
     pub force: bool,
     /// Common client options.
     #[command(flatten)]
@@ -172,8 +173,9 @@ pub struct PolicyRuleArgs {
     /// Rule name (default: derived from the other fields).
     #[arg(long)]
     pub name: Option<String>,
-    /// Write it even if a service it names runs nowhere yet.
-    #[arg(long)]
+    /// Write it even if a service it names runs nowhere yet (a warning is printed).
+    /// `--force` is the same.
+    #[arg(long = "allow-unknown", alias = "force")]
     pub force: bool,
     /// Common client options.
     #[command(flatten)]
@@ -288,10 +290,10 @@ pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileEntry {
-    kind: String,
-    name: String,
-    value: serde_json::Value,
+pub(crate) struct FileEntry {
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) value: serde_json::Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,7 +302,7 @@ struct EntryFile {
     entry: Vec<FileEntry>,
 }
 
-fn read_entries(path: &Path) -> anyhow::Result<Vec<FileEntry>> {
+pub(crate) fn read_entries(path: &Path) -> anyhow::Result<Vec<FileEntry>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let parsed: EntryFile = if path.extension().is_some_and(|e| e == "json") {
@@ -379,33 +381,41 @@ pub async fn route(action: &RouteAction) -> anyhow::Result<()> {
         (Some(_), Some(_)) => bail!("use one of --sticky-header and --sticky-cookie"),
     };
     let c = ApiClient::new(&a.client)?;
-    if !a.force {
-        if let Some(default) = rules.iter().find(|r| r.matches == RouteMatch::default()) {
-            let total: u64 = default.to.iter().map(|w| u64::from(w.weight)).sum();
-            if total != 100 {
-                bail!("--split weights add up to {total}, not 100: give each version its percent, e.g. v1=90,v2=10 (--force writes relative weights as they are)");
-            }
-        }
-        let known = catalog(&c).await?;
-        check_service(&known, &a.service, "service")?;
-        let running = &known[&a.service];
-        let mut named: Vec<&str> = rules
-            .iter()
-            .flat_map(|r| r.to.iter().map(|w| w.version.as_str()))
-            .collect();
-        if let Some(m) = &mirror {
-            named.push(m.version.as_str());
-        }
-        for v in named {
-            if !running.iter().any(|r| r == v) {
-                bail!(
-                    "no instance of {} runs version {v} (running: {}): requests sent there would get 503; deploy it first or use --force",
-                    a.service,
-                    running.join(", ")
-                );
-            }
+    let mut problems = Vec::new();
+    if let Some(default) = rules.iter().find(|r| r.matches == RouteMatch::default()) {
+        let total: u64 = default.to.iter().map(|w| u64::from(w.weight)).sum();
+        if total != 100 {
+            problems.push(format!("--split weights add up to {total}, not 100: give each version its percent, e.g. v1=90,v2=10"));
         }
     }
+    match catalog(&c).await {
+        Ok(known) => match check_service(&known, &a.service, "service") {
+            Err(p) => problems.push(p),
+            Ok(()) => {
+                let running = &known[&a.service];
+                let mut named: Vec<&str> = rules
+                    .iter()
+                    .flat_map(|r| r.to.iter().map(|w| w.version.as_str()))
+                    .collect();
+                if let Some(m) = &mirror {
+                    named.push(m.version.as_str());
+                }
+                named.dedup();
+                for v in named {
+                    if !running.iter().any(|r| r == v) {
+                        problems.push(format!(
+                            "no instance of {} runs version {v} (running: {}): requests sent there would get 503; deploy it first",
+                            a.service,
+                            running.join(", ")
+                        ));
+                    }
+                }
+            }
+        },
+        Err(e) if a.force => problems.push(format!("services not checked: {e:#}")),
+        Err(e) => return Err(e),
+    }
+    refuse_or_warn(a.force, problems)?;
     let v = put(
         &c,
         "route",
@@ -485,20 +495,40 @@ fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'
         .map(|(_, k)| k)
 }
 
-/// Refuses a service no instance runs, naming the closest known one.
+/// A service no instance runs, named with the closest known one.
 fn check_service(
     known: &std::collections::BTreeMap<String, Vec<String>>,
     service: &str,
     what: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), String> {
     if known.contains_key(service) {
         return Ok(());
     }
     let hint = match closest(service, known.keys()) {
-        Some(k) => format!("did you mean {k}? "),
+        Some(k) => format!("; did you mean {k}?"),
         None => String::new(),
     };
-    bail!("{what} {service:?} runs nowhere in this cluster; {hint}(`weft services` lists them; --force writes it anyway)")
+    Err(format!(
+        "{what} {service:?} runs nowhere in this cluster{hint} (`weft services` lists them)"
+    ))
+}
+
+/// Refuses a write with problems, or, with `--allow-unknown`, prints each as a warning
+/// and lets it through (staging ahead of a deployment).
+fn refuse_or_warn(allow: bool, problems: Vec<String>) -> anyhow::Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if allow {
+        for p in &problems {
+            eprintln!("warning: {p}");
+        }
+        return Ok(());
+    }
+    bail!(
+        "{}; nothing written (--allow-unknown writes it anyway)",
+        problems.join("; ")
+    )
 }
 
 fn rule_name(a: &PolicyRuleArgs, action: &str) -> String {
@@ -563,15 +593,20 @@ pub async fn policy(action: &PolicyAction) -> anyhow::Result<()> {
             }
             let name = rule_name(a, verb);
             let c = ApiClient::new(&a.client)?;
-            if !a.force {
-                let known = catalog(&c).await?;
-                if a.source != "*" && a.source != "-" {
-                    check_service(&known, &a.source, "source")?;
+            let mut problems = Vec::new();
+            match catalog(&c).await {
+                Ok(known) => {
+                    if a.source != "*" && a.source != "-" {
+                        problems.extend(check_service(&known, &a.source, "source").err());
+                    }
+                    if a.destination != "*" {
+                        problems.extend(check_service(&known, &a.destination, "destination").err());
+                    }
                 }
-                if a.destination != "*" {
-                    check_service(&known, &a.destination, "destination")?;
-                }
+                Err(e) if a.force => problems.push(format!("services not checked: {e:#}")),
+                Err(e) => return Err(e),
             }
+            refuse_or_warn(a.force, problems)?;
             put(&c, "policy", &name, value).await?;
             if !a.client.json {
                 println!("policy rule {name} set");

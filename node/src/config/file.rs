@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub join: Vec<String>,
     /// One-time join token.
     pub token: Option<String>,
+    /// A file holding the join token (kept out of `ps` and the environment).
+    pub token_file: Option<String>,
     /// Create a new cluster on this node.
     pub bootstrap: Option<bool>,
     /// Single-node development mode.

@@ -53,9 +53,14 @@ pub struct AgentArgs {
     /// A seed node's QUIC address, HOST[:PORT] (port default 7443); repeatable.
     #[arg(long, value_name = "HOST[:PORT]")]
     pub join: Vec<String>,
-    /// One-time join token (needed on first start only).
+    /// One-time join token (needed on first start only). Prefer --token-file: a token
+    /// on the command line is visible to every user in `ps`.
     #[arg(long, env = "WEFT_JOIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the join token (under systemd the unit's `LoadCredential=join-token`
+    /// is read when neither is given).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Create a new cluster and its CA on this node.
     #[arg(long)]
     pub bootstrap: bool,

@@ -220,7 +220,37 @@ impl Settings {
         for seed in &join {
             super::seed::parse_seed(seed).map_err(|e| invalid("join", e.to_string()))?;
         }
-        let token = args.token.clone().or(file.token);
+        let token_file = args
+            .token_file
+            .clone()
+            .or(file.token_file.map(PathBuf::from));
+        let token = match (args.token.clone().or(file.token), token_file) {
+            (Some(t), _) => Some(t),
+            // A token file removed after the join (as the README says to) is no error:
+            // the identity in the data dir is used, and without one setup says so.
+            (None, Some(path)) if !path.exists() => None,
+            (None, Some(path)) => Some(
+                read_token_file(&path)
+                    .map_err(|m| invalid("token_file", format!("{}: {m}", path.display())))?,
+            ),
+            // A systemd credential: the shipped unit's LoadCredential=weft:/etc/weft/credentials
+            // makes /etc/weft/credentials/join-token `weft_join-token`; a unit of one's own
+            // may say LoadCredential=join-token:FILE.
+            (None, None) => std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(PathBuf::from)
+                .and_then(|dir| {
+                    ["weft_join-token", "join-token"]
+                        .iter()
+                        .map(|n| dir.join(n))
+                        .find(|p| p.is_file())
+                })
+                .map(|p| {
+                    read_token_file(&p).map_err(|m| {
+                        invalid("token_file", format!("credential {}: {m}", p.display()))
+                    })
+                })
+                .transpose()?,
+        };
         let bootstrap = dev || args.bootstrap || file.bootstrap.unwrap_or(false);
         if bootstrap && !join.is_empty() {
             return Err(invalid(
@@ -371,6 +401,29 @@ fn parse_duration(value: Option<&str>, default: &str) -> Result<Duration, BadTex
         text: v.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Largest token file read (a token is ~100 bytes).
+const MAX_TOKEN_FILE: u64 = 4096;
+
+/// The token in a file: one line, surrounding whitespace ignored.
+fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    f.take(MAX_TOKEN_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_TOKEN_FILE {
+        return Err(format!(
+            "longer than {MAX_TOKEN_FILE} bytes; it should hold one token (weft token create)"
+        ));
+    }
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err("should hold exactly one token, as `weft token create` prints it".into());
+    }
+    Ok(token.to_owned())
 }
 
 fn hostname() -> Option<String> {

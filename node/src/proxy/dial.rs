@@ -51,9 +51,10 @@ pub enum DialError {
     /// No node runs this service.
     #[error("unknown service {0}")]
     UnknownService(ServiceName),
-    /// Instances exist but none is healthy.
-    #[error("no healthy instance of {0}")]
-    NoHealthyInstance(ServiceName),
+    /// Instances exist but none is healthy (of the version asked for, which `detail`
+    /// names with the versions that are healthy).
+    #[error("no healthy instance of {0}{1}")]
+    NoHealthyInstance(ServiceName, String),
     /// Every attempt failed.
     #[error("cannot reach {service}: {reason}")]
     Connect {
@@ -182,9 +183,28 @@ where
     let mut routable = catalog.routable(service);
     if let Some(v) = version {
         routable.retain(|i| i.version == v);
+        if routable.is_empty() {
+            // Only on failure: which versions are healthy, for the 503's text.
+            let mut healthy: Vec<String> = catalog
+                .routable(service)
+                .iter()
+                .map(|i| i.version.to_string())
+                .collect();
+            healthy.sort_unstable();
+            healthy.dedup();
+            let detail = if healthy.is_empty() {
+                format!(" version {v}")
+            } else {
+                format!(
+                    " version {v} (healthy versions: {}; check the route's split)",
+                    healthy.join(", ")
+                )
+            };
+            return Err(DialError::NoHealthyInstance(service.clone(), detail));
+        }
     }
     if routable.is_empty() {
-        return Err(DialError::NoHealthyInstance(service.clone()));
+        return Err(DialError::NoHealthyInstance(service.clone(), String::new()));
     }
     let zone = inputs.zone();
     let mut excluded = excluded;
@@ -215,6 +235,6 @@ where
             reason,
         }),
         // Every instance was excluded by the balancer: as if none were healthy.
-        None => Err(DialError::NoHealthyInstance(service.clone())),
+        None => Err(DialError::NoHealthyInstance(service.clone(), String::new())),
     }
 }

@@ -58,6 +58,8 @@ pub struct ProxyInputs {
     /// Mirrored requests in flight at most (`MAX_MIRRORS_IN_FLIGHT`); a copy that finds
     /// none free is skipped, never queued.
     pub mirror_slots: Arc<tokio::sync::Semaphore>,
+    /// Listeners the config asks for that could not be opened: readiness waits for them.
+    pub listener_faults: super::listeners::ListenerFaults,
 }
 
 /// Most mirrored copies in flight on a node.
@@ -120,6 +122,7 @@ impl ProxyInputs {
             shutdown: p.shutdown,
             runtime: p.runtime,
             mirror_slots: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
+            listener_faults: Default::default(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Local listeners: one per `[[service.upstream]]` (reconciled whenever the local services
 //! change), one per virtual IP and port of each service (`supervise_vips`, reconciled
-//! whenever the name table changes) and the HTTP forward proxy. An upstream listener speaks HTTP (L7) when its
-//! destination is an HTTP service and splices bytes (L4) otherwise, decided per connection
-//! from the catalog.
+//! whenever the name table changes) and the HTTP forward proxy. An upstream listener speaks
+//! HTTP (L7) when its destination is an HTTP service and splices bytes (L4) otherwise,
+//! decided per connection from the catalog. A listener that cannot open is retried and
+//! holds readiness back (`ListenerFaults`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +17,95 @@ use weft_ca::ServiceName;
 use super::http::{serve_connection, Target};
 use super::inputs::ProxyInputs;
 use super::tcp::proxy_connection;
+
+/// How often a listener that could not be opened is tried again.
+const REBIND_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Listeners the config asks for that could not be opened, by address, each with one line
+/// saying why and what to do. The agent is not ready while any is here (`/readyz`,
+/// `weft status`); the supervisors retry every `REBIND_EVERY`.
+#[derive(Debug, Default)]
+pub struct ListenerFaults(std::sync::Mutex<FaultMap>);
+
+/// Address → (kind of listener, the line saying why it is not open).
+type FaultMap = std::collections::BTreeMap<SocketAddr, (&'static str, String)>;
+
+impl ListenerFaults {
+    fn map(&self) -> std::sync::MutexGuard<'_, FaultMap> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that `addr`, a `kind` listener for `what`, could not be opened.
+    fn failed(&self, kind: &'static str, addr: SocketAddr, what: &str, e: &std::io::Error) {
+        let hint = bind_hint(addr, e);
+        let line = format!("{kind} listener {addr} ({what}) cannot open: {e}{hint}");
+        self.map().insert(addr, (kind, line));
+    }
+
+    fn opened(&self, addr: SocketAddr) {
+        self.map().remove(&addr);
+    }
+
+    /// Forgets the faults of `kind` listeners the config no longer asks for.
+    fn retain(&self, kind: &'static str, wanted: impl Fn(&SocketAddr) -> bool) {
+        self.map().retain(|addr, (k, _)| *k != kind || wanted(addr));
+    }
+
+    /// Whether a `kind` listener is failing (its supervisor then retries).
+    fn any(&self, kind: &'static str) -> bool {
+        self.map().values().any(|(k, _)| *k == kind)
+    }
+
+    /// The first fault, for the not-ready reason.
+    pub fn first(&self) -> Option<String> {
+        let map = self.map();
+        let n = map.len();
+        map.values().next().map(|(_, t)| {
+            if n > 1 {
+                format!("{t} (and {} more)", n - 1)
+            } else {
+                t.clone()
+            }
+        })
+    }
+
+    /// Every fault.
+    pub fn all(&self) -> Vec<String> {
+        self.map().values().map(|(_, t)| t.clone()).collect()
+    }
+}
+
+/// What to do about a listener that could not bind, as a `: …` suffix (empty when there
+/// is nothing useful to say).
+pub fn bind_hint(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            ": another program holds the port (`ss -lntup 'sport = :{}'` shows which); stop it or choose another port",
+            addr.port()
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            ": ports below 1024 need CAP_NET_BIND_SERVICE; choose a higher port".to_owned()
+        }
+        std::io::ErrorKind::AddrNotAvailable => ": the address is not on this host".to_owned(),
+        _ => String::new(),
+    }
+}
+
+const UPSTREAM: &str = "upstream";
+const VIRTUAL_IP: &str = "virtual IP";
+
+/// Waits for a change, or for the next retry while a listener of this kind is failing.
+async fn next_round(
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+    retry: bool,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        r = changes.changed() => r.is_ok(),
+        _ = tokio::time::sleep(REBIND_EVERY), if retry => true,
+    }
+}
 
 /// Keeps upstream listeners in line with the local services until `shutdown`.
 pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: CancellationToken) {
@@ -34,6 +124,9 @@ pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: Cancellatio
                     .map(move |u| (u.listen, (u.service, source.clone())))
             })
             .collect();
+        inputs
+            .listener_faults
+            .retain(UPSTREAM, |a| wanted.contains_key(a));
         running.retain(|addr, (dst, src, stop)| {
             let keep = wanted.get(addr) == Some(&(dst.clone(), src.clone()));
             if !keep {
@@ -48,6 +141,7 @@ pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: Cancellatio
             }
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
+                    inputs.listener_faults.opened(addr);
                     info!(listen = %addr, destination = %dst, source = %src, "upstream listener open");
                     let stop = shutdown.child_token();
                     tokio::spawn(serve_upstream(
@@ -60,13 +154,19 @@ pub async fn supervise_upstreams(inputs: Arc<ProxyInputs>, shutdown: Cancellatio
                     running.insert(addr, (dst, src, stop));
                 }
                 Err(e) => {
-                    error!(listen = %addr, destination = %dst, error = %e, "cannot open upstream listener")
+                    let first = !inputs.listener_faults.any(UPSTREAM);
+                    inputs
+                        .listener_faults
+                        .failed(UPSTREAM, addr, &format!("to {dst}"), &e);
+                    if first {
+                        error!(listen = %addr, destination = %dst, error = %e, "cannot open upstream listener; not ready until it opens (retried every 2 s)")
+                    }
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = changes.changed() => if r.is_err() { return },
+        let retry = inputs.listener_faults.any(UPSTREAM);
+        if !next_round(&mut changes, &shutdown, retry).await {
+            return;
         }
     }
 }
@@ -85,6 +185,9 @@ pub async fn supervise_vips(
     loop {
         let wanted: HashMap<SocketAddr, crate::names::VipTarget> =
             names.listeners().into_iter().collect();
+        inputs
+            .listener_faults
+            .retain(VIRTUAL_IP, |a| wanted.contains_key(a));
         running.retain(|addr, (target, stop)| {
             let keep = wanted.get(addr) == Some(target);
             if !keep {
@@ -98,6 +201,7 @@ pub async fn supervise_vips(
             }
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
+                    inputs.listener_faults.opened(addr);
                     tracing::debug!(listen = %addr, service = %target.service, "virtual IP listener open");
                     let stop = shutdown.child_token();
                     tokio::spawn(serve_vip(
@@ -109,13 +213,22 @@ pub async fn supervise_vips(
                     running.insert(addr, (target, stop));
                 }
                 Err(e) => {
-                    error!(listen = %addr, service = %target.service, error = %e, "cannot listen on a virtual IP")
+                    let first = !inputs.listener_faults.any(VIRTUAL_IP);
+                    inputs.listener_faults.failed(
+                        VIRTUAL_IP,
+                        addr,
+                        &format!("{}.weft", target.service),
+                        &e,
+                    );
+                    if first {
+                        error!(listen = %addr, service = %target.service, error = %e, "cannot listen on a virtual IP; not ready until it opens (retried every 2 s)")
+                    }
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = changes.changed() => if r.is_err() { return },
+        let retry = inputs.listener_faults.any(VIRTUAL_IP);
+        if !next_round(&mut changes, &shutdown, retry).await {
+            return;
         }
     }
 }

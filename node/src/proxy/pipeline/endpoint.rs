@@ -132,7 +132,7 @@ async fn attempt(inputs: &ProxyInputs, t: Try) -> Tried {
         Err(e) => {
             let status = match &e {
                 DialError::UnknownService(_) | DialError::Connect { .. } => StatusCode::BAD_GATEWAY,
-                DialError::NoHealthyInstance(_) => StatusCode::SERVICE_UNAVAILABLE,
+                DialError::NoHealthyInstance(..) => StatusCode::SERVICE_UNAVAILABLE,
             };
             warn!(source = %ctx.src, destination = %ctx.dst, error = %e, "request failed: no instance reachable");
             return Tried::Final(text(status, format!("weft: {e}\n")));
