@@ -54,6 +54,8 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Members(c) => client::members(&c).await,
+            Command::Status(c) => weft_node::cli::status_cmd::status(&c).await,
+            Command::Doctor(c) => weft_node::cli::status_cmd::doctor(&c).await,
             Command::Token {
                 action: TokenAction::Create { ttl, client: c },
             } => client::token_create(&c, &ttl).await,

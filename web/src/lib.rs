@@ -50,6 +50,9 @@ pub struct MemberView {
     pub revoked: bool,
     /// The node serving this API.
     pub is_self: bool,
+    /// The digest of the cluster config it has applied (empty: not published yet).
+    #[serde(default)]
+    pub config_digest: String,
 }
 
 /// This node's state, for `/v1/self`, `/readyz` and the overview page.
@@ -85,6 +88,21 @@ pub struct NodeStatus {
     /// Gossip datagrams dropped since start (forged, stale, replayed, malformed).
     #[serde(default)]
     pub gossip_dropped: u64,
+    /// Listeners the config asks for that could not be opened, each with the fix.
+    #[serde(default)]
+    pub listener_faults: Vec<String>,
+    /// The digest of the cluster config this node has applied.
+    #[serde(default)]
+    pub config_digest: String,
+    /// The `.weft` DNS address, when on.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// The data directory.
+    #[serde(default)]
+    pub data_dir: String,
+    /// The HTTP proxy address.
+    #[serde(default)]
+    pub proxy: String,
 }
 
 /// One instance of a service.
@@ -373,6 +391,9 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Every rollout: plan, state, weight, history, who drives it, and both versions'
     /// figures now (`{rollouts: [...]}`).
     fn rollouts(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// Checks for `weft doctor` that only the agent can make (its clock against each
+    /// alive peer's), as JSON.
+    fn doctor(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// The newest `limit` audit records of this node (operator acts it executed, config
     /// changes it applied), newest first.
     fn audit(&self, limit: usize) -> impl Future<Output = Vec<serde_json::Value>> + Send;

@@ -49,6 +49,7 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/readyz", get(readyz::<N>))
         .route("/metrics", get(metrics::<N>))
         .route("/v1/self", get(self_status::<N>))
+        .route("/v1/doctor", get(doctor::<N>))
         .route("/v1/members", get(members::<N>))
         .route("/v1/tokens", post(create_token::<N>))
         .route("/v1/services", get(services::<N>))
@@ -277,6 +278,10 @@ async fn metrics<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
 
 async fn self_status<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
     Json(node.status().await).into_response()
+}
+
+async fn doctor<N: NodeApi>(State(node): State<Arc<N>>) -> Response {
+    Json(node.doctor().await).into_response()
 }
 
 async fn members<N: NodeApi>(State(node): State<Arc<N>>) -> Response {

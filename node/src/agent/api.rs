@@ -54,6 +54,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Peers `weft doctor` compares clocks with, at most (each is one QUIC handshake).
+const MAX_CLOCK_PEERS: usize = 32;
+
 impl NodeApi for Agent {
     async fn members(&self) -> Vec<MemberView> {
         Agent::members(self)
@@ -75,6 +78,7 @@ impl NodeApi for Agent {
                 intermediate_expiry_unix: m.ca_expiry_unix,
                 revoked: m.revoked,
                 is_self: m.is_self,
+                config_digest: m.config_digest,
             })
             .collect()
     }
@@ -135,7 +139,31 @@ impl NodeApi for Agent {
                 .iter()
                 .map(|r| r.1)
                 .sum(),
+            listener_faults: self.data.listener_faults.all(),
+            config_digest: self.config.digest(),
+            dns: self.settings().dns.map(|a| a.to_string()),
+            data_dir: self.settings().data_dir.display().to_string(),
+            proxy: self.settings().proxy.to_string(),
         }
+    }
+
+    async fn doctor(&self) -> serde_json::Value {
+        let peers: Vec<_> = Agent::members(self)
+            .await
+            .into_iter()
+            .filter(|m| !m.is_self && m.status == weft_gossip::MemberStatus::Alive)
+            .take(MAX_CLOCK_PEERS)
+            .collect();
+        let samples = peers.iter().map(|m| async move {
+            match crate::rpc::clock_offset(&self.ctl, &m.name, m.address).await {
+                Ok((offset_ms, rtt_ms)) => serde_json::json!({
+                    "node": m.name, "offset_ms": offset_ms, "rtt_ms": rtt_ms,
+                }),
+                Err(e) => serde_json::json!({ "node": m.name, "error": e.to_string() }),
+            }
+        });
+        let clock = futures_util::future::join_all(samples).await;
+        serde_json::json!({ "clock": clock })
     }
 
     async fn create_token(&self, ttl: Duration, caller: Caller) -> Result<TokenView, ApiError> {

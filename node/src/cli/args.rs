@@ -26,6 +26,12 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// List the cluster's nodes as this agent sees them.
     Members(ClientArgs),
+    /// This agent at a glance: ready or why not, certificate and CA expiry, members,
+    /// config agreement, listeners (exit status 1 when not ready).
+    Status(ClientArgs),
+    /// Check this host and agent for common problems and print the fix for each: clock
+    /// skew against peers, listeners, the data directory, DNS, nftables.
+    Doctor(ClientArgs),
     /// Manage one-time join tokens.
     Token {
         /// Token action.

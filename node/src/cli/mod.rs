@@ -6,6 +6,7 @@ pub mod client;
 pub mod config_cmd;
 pub mod dns_cmd;
 pub mod rollout_cmd;
+pub mod status_cmd;
 pub mod validate_cmd;
 
 pub use args::{

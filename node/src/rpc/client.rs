@@ -60,6 +60,35 @@ impl CtlClient {
     }
 }
 
+/// How far member `name`'s wall clock is from ours, in milliseconds (positive: theirs is
+/// ahead), and the round trip it was measured over: the offset is exact to ± rtt/2.
+pub async fn clock_offset(
+    ctl: &CtlClient,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<(i64, u64), RpcError> {
+    let conn = ctl.connect(name, addr).await?;
+    let sent = crate::clock::unix_ms();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        call::<_, CtlResponse>(&conn, &CtlRequest::Time, MAX_RESPONSE),
+    )
+    .await;
+    conn.close(0u32.into(), b"done");
+    let rtt = started.elapsed().as_millis() as u64;
+    match resp.map_err(|_| RpcError::Timeout)?? {
+        CtlResponse::Time { unix_ms } => {
+            let midpoint = sent + rtt / 2;
+            Ok((unix_ms as i64 - midpoint as i64, rtt))
+        }
+        CtlResponse::Error { message, .. } => Err(RpcError::Connect(format!(
+            "{name} did not tell its time ({message}; an older agent?)"
+        ))),
+        _ => Err(RpcError::Connect(format!("{name}: unexpected answer"))),
+    }
+}
+
 /// The CA node could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CaCallError {

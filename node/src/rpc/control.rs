@@ -189,6 +189,9 @@ async fn handle(
                 value: serde_json::Value::Null,
             }
         }
+        CtlRequest::Time => CtlResponse::Time {
+            unix_ms: crate::clock::unix_ms(),
+        },
         CtlRequest::ReplicaCert { signed, csr } => {
             let Some(ca) = inputs.ca.get() else {
                 return not_ca(inputs);

@@ -202,6 +202,9 @@ pub enum CtlRequest {
         /// The replica's CSR, base64url DER.
         csr: String,
     },
+    /// The callee's wall clock (`weft doctor` measures skew between members: certificate
+    /// validity and signed timestamps assume clocks within seconds of each other).
+    Time,
 }
 
 /// Answers to `CtlRequest`.
@@ -239,6 +242,11 @@ pub enum CtlResponse {
     Revoked {
         /// Hex serials.
         serials: Vec<String>,
+    },
+    /// The callee's wall clock, Unix milliseconds.
+    Time {
+        /// Unix milliseconds when the request was handled.
+        unix_ms: u64,
     },
     /// Refused or failed.
     Error {

@@ -11,7 +11,7 @@ pub mod messages;
 pub mod server;
 pub mod stream;
 
-pub use client::{CaCallError, CaClient, CtlClient};
+pub use client::{clock_offset, CaCallError, CaClient, CtlClient};
 pub use messages::*;
 pub use server::ServerInputs;
 pub use stream::{call, read_request, respond, RpcError};

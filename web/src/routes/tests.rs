@@ -31,6 +31,7 @@ fn member(name: &str) -> MemberView {
         intermediate_expiry_unix: 0,
         revoked: false,
         is_self: false,
+        config_digest: String::new(),
     }
 }
 
@@ -64,7 +65,15 @@ impl NodeApi for Fake {
             gossip_address: "127.0.0.1:7946".into(),
             quic_address: "127.0.0.1:7443".into(),
             gossip_dropped: 0,
+            listener_faults: vec![],
+            config_digest: String::new(),
+            dns: None,
+            data_dir: "/var/lib/weft".into(),
+            proxy: "127.0.0.1:15001".into(),
         }
+    }
+    async fn doctor(&self) -> serde_json::Value {
+        serde_json::json!({ "clock": [] })
     }
     async fn create_token(&self, ttl: Duration, caller: Caller) -> Result<TokenView, ApiError> {
         allowed(&caller)?;

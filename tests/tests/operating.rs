@@ -1,0 +1,154 @@
+//! Operating weft as an SRE would: `weft status` and `weft doctor` against real agents,
+//! readiness held back while a listener's port is taken by another program (and given
+//! back when it frees), and the first-start preflight that refuses a bad file before a
+//! CA is created or a token spent.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use weft_tests::{eventually, http_get, Cluster};
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_and_doctor_describe_the_node_and_a_taken_port() -> anyhow::Result<()> {
+    let mut c = Cluster::new("status_and_doctor_describe_the_node_and_a_taken_port");
+    c.allow_error("cannot open upstream listener");
+    c.formed(2)?;
+
+    // Healthy: both commands succeed; status shows the peer and config agreement.
+    eventually(
+        "status agrees with the peer",
+        Duration::from_secs(15),
+        || {
+            let out = c.agent("vm-1").cli(&["status"]);
+            let (stdout, _) = text(&out);
+            Ok((out.status.success()
+                && stdout.contains("ready        yes")
+                && stdout.contains("2 alive, 0 failed")
+                && stdout.contains("the same on all 1 alive peers"))
+            .then_some(()))
+        },
+    )?;
+    let out = c.agent("vm-1").cli(&["doctor"]);
+    let (stdout, stderr) = text(&out);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("clock")
+            && stdout.contains("largest offset")
+            && stdout.contains("over 1 peer"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    // Another program holds the port of a new upstream listener: not ready, and both
+    // commands say which port and how to find the program.
+    let ip = c
+        .agent("vm-1")
+        .api()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let holder = TcpListener::bind((ip.as_str(), 0))?;
+    let port = holder.local_addr()?.port();
+    let spec = format!("reviews={ip}:{port}");
+    c.register(
+        "vm-1",
+        &["--name", "web", "--port", "1", "--upstream", &spec],
+    )?;
+    c.wait_not_ready("vm-1", Duration::from_secs(10))?;
+    let out = c.agent("vm-1").cli(&["status"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains(&format!("{ip}:{port}"))
+            && stderr.contains("another program holds the port"),
+        "{stderr}"
+    );
+    let out = c.agent("vm-1").cli(&["doctor"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        !out.status.success() && stdout.contains("FAIL  listener"),
+        "{stdout}"
+    );
+    let readyz = http_get(&c.agent("vm-1").api(), "/readyz");
+    assert!(readyz.is_err(), "{readyz:?}");
+
+    // The port frees: the listener opens on its own and the node is ready again.
+    drop(holder);
+    c.wait_ready("vm-1")?;
+    let out = c.agent("vm-1").cli(&["status"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn a_bad_file_is_refused_before_anything_is_created() -> anyhow::Result<()> {
+    let mut c = Cluster::new("a_bad_file_is_refused_before_anything_is_created");
+    let dir = tempfile::tempdir()?;
+
+    // Two bad services: both are named at once, and nothing is bootstrapped.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"web\"\nport = 0\n[[service]]\nname = \"api\"\nport = 80\nprotocol = \"ftp\"\n",
+    )?;
+    let path = bad.display().to_string();
+    c.spawn("vm-1", &["--bootstrap", "--config", &path]);
+    assert_ne!(
+        c.agent_mut("vm-1").wait_exit(Duration::from_secs(20))?,
+        Some(0)
+    );
+    let log = c.agent("vm-1").log_text();
+    assert!(
+        log.contains("service web: invalid `port`")
+            && log.contains("service api: invalid `protocol`")
+            && log.contains("nothing was changed"),
+        "{log}"
+    );
+    let created: Vec<_> = std::fs::read_dir(c.data_dir("vm-1"))?.collect();
+    assert!(created.is_empty(), "the data dir holds {created:?}");
+
+    // `weft validate` says the same without starting anything.
+    let out = c.agent("vm-1").cli(&["validate", &path]);
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success() && stderr.contains("2 problem(s)"),
+        "{stderr}"
+    );
+
+    // A port another program holds is found before the CA is made.
+    let holder = TcpListener::bind("127.0.0.1:0")?;
+    let port = holder.local_addr()?.port();
+    let taken = dir.path().join("taken.toml");
+    std::fs::write(
+        &taken,
+        format!("[[service]]\nname = \"web\"\nport = 1\n[[service.upstream]]\nservice = \"api\"\nlisten = \"127.0.0.1:{port}\"\n"),
+    )?;
+    let path = taken.display().to_string();
+    c.spawn("vm-1", &["--bootstrap", "--config", &path]);
+    assert_ne!(
+        c.agent_mut("vm-1").wait_exit(Duration::from_secs(20))?,
+        Some(0)
+    );
+    let log = c.agent("vm-1").log_text();
+    assert!(
+        log.contains(&format!("cannot listen on 127.0.0.1:{port}/tcp")),
+        "{log}"
+    );
+    let created: Vec<_> = std::fs::read_dir(c.data_dir("vm-1"))?.collect();
+    assert!(created.is_empty(), "the data dir holds {created:?}");
+
+    // With the port free, the same file starts a cluster.
+    drop(holder);
+    c.spawn("vm-1", &["--bootstrap", "--config", &path]);
+    c.wait_ready("vm-1")?;
+    Ok(())
+}
