@@ -197,6 +197,7 @@ fn certificates_renew_without_dropping_out() -> anyhow::Result<()> {
 #[test]
 fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     let mut c = Cluster::new("revoked_node_is_refused_everywhere");
+    c.allow_error("certificate is revoked");
     c.formed(3)?;
 
     let primary = |n: &str| -> anyhow::Result<String> {
@@ -225,6 +226,14 @@ fn revoked_node_is_refused_everywhere() -> anyhow::Result<()> {
     }
     // ... vm-3 knows it is out, and no node accepts its handshakes any more.
     c.wait_not_ready("vm-3", CONVERGE)?;
+    // ... and says how the host comes back, in its log and in `weft status`.
+    assert!(c.agent("vm-3").log_text().contains("delete its data dir"));
+    let out = c.agent("vm-3").cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("weft token create"),
+        "{err}"
+    );
     // The gossip key was rotated out of vm-3's reach.
     for n in ["vm-1", "vm-2"] {
         assert_ne!(primary(n)?, old_key, "{n} still seals with the old key");

@@ -6,7 +6,8 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use weft_tests::{eventually, http_get, Cluster};
+use weft_tests::backends::Backend;
+use weft_tests::{eventually, eventually_http, http_get, Cluster};
 
 fn text(out: &std::process::Output) -> (String, String) {
     (
@@ -46,6 +47,25 @@ fn status_and_doctor_describe_the_node_and_a_taken_port() -> anyhow::Result<()> 
         "{stdout}"
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");
+
+    // A TCP service asked for through the HTTP proxy: a 502 that says how to reach it.
+    c.register(
+        "vm-2",
+        &["--name", "db", "--port", "1", "--protocol", "tcp"],
+    )?;
+    let proxy = c.agent("vm-1").proxy();
+    let answer = eventually("vm-1 knows db", Duration::from_secs(15), || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&proxy)?;
+        s.write_all(b"GET http://db/ HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out.contains("TCP service").then_some(out))
+    })?;
+    assert!(
+        answer.starts_with("HTTP/1.1 502") && answer.contains("CONNECT db:PORT"),
+        "{answer}"
+    );
 
     // Another program holds the port of a new upstream listener: not ready, and both
     // commands say which port and how to find the program.
@@ -150,5 +170,58 @@ fn a_bad_file_is_refused_before_anything_is_created() -> anyhow::Result<()> {
     drop(holder);
     c.spawn("vm-1", &["--bootstrap", "--config", &path]);
     c.wait_ready("vm-1")?;
+    Ok(())
+}
+
+#[test]
+fn an_app_bound_to_the_hosts_own_address_is_reachable() -> anyhow::Result<()> {
+    let mut c = Cluster::new("an_app_bound_to_the_hosts_own_address_is_reachable");
+    c.formed(2)?;
+    // vm-2's app listens on vm-2's own address only (not 127.0.0.1), as an app bound to
+    // a VM's address does.
+    let vm2 = c.agent("vm-2").ip.to_string();
+    let app = Backend::http_on_ip("reviews", &vm2, 0);
+    let port = app.port().to_string();
+    c.register(
+        "vm-2",
+        &[
+            "--name",
+            "reviews",
+            "--port",
+            &port,
+            "--protocol",
+            "http",
+            "--address",
+            &vm2,
+        ],
+    )?;
+    let up = c.client_upstream("vm-1", "reviews", 19001)?;
+    eventually_http(
+        "reviews through the mesh",
+        Duration::from_secs(20),
+        &up,
+        "reviews",
+        "/",
+        Some(200),
+    )?;
+
+    // An address that is not this host's is refused, naming the key.
+    let out = c.agent("vm-2").cli(&[
+        "service",
+        "register",
+        "--name",
+        "other",
+        "--port",
+        "80",
+        "--address",
+        "192.0.2.7",
+    ]);
+    let (_, err) = text(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("address")
+            && err.contains("not an address of this host"),
+        "{err}"
+    );
     Ok(())
 }

@@ -419,15 +419,23 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         ));
     }
 
-    info!(
-        node = %agent.identity.info.name,
-        cluster = %agent.identity.info.cluster,
-        gossip = %settings.gossip_advertise(),
-        quic = %settings.quic_advertise(),
-        api = %settings.api,
-        ca_replica = agent.ca.is_some(),
-        "agent ready; dashboard at http://{}/", settings.api
-    );
+    match agent.not_ready_reason() {
+        None => info!(
+            node = %agent.identity.info.name,
+            cluster = %agent.identity.info.cluster,
+            gossip = %settings.gossip_advertise(),
+            quic = %settings.quic_advertise(),
+            api = %settings.api,
+            ca_replica = agent.ca.is_some(),
+            "agent ready; dashboard at http://{}/", settings.api
+        ),
+        // Not "ready": a revoked or expired node serves nothing, and says what to do.
+        Some(reason) => warn!(
+            node = %agent.identity.info.name,
+            api = %settings.api,
+            "agent started but NOT ready: {reason}"
+        ),
+    }
     if settings.dev {
         info!(
             "dev mode: try `WEFT_API={} WEFT_DATA_DIR={} weft token create`",

@@ -135,7 +135,7 @@ pub fn check(settings: &Settings, ports: Ports) -> Findings {
     }
 
     for s in &specs {
-        let target = SocketAddr::from(([127, 0, 0, 1], s.port));
+        let target = s.local_addr;
         if std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(200))
             .is_err()
         {

@@ -114,7 +114,15 @@ impl Agent {
     pub async fn refresh_catalog(&self) {
         let members = self.members().await;
         self.data.pool.prune(&members);
-        let catalog = crate::catalog::Catalog::build(&members);
+        let mut catalog = crate::catalog::Catalog::build(&members);
+        let local: Vec<_> = self
+            .data
+            .services
+            .all()
+            .into_iter()
+            .map(|s| (s.name, s.local_addr))
+            .collect();
+        catalog.set_local_addrs(&local);
         if let Some(names) = &self.names {
             names.rebuild(&catalog);
         }

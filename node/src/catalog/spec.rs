@@ -92,6 +92,8 @@ pub struct ServiceSpec {
     /// The systemd unit its processes run in (`unit`): local connections from a process
     /// in that unit's cgroup are this service.
     pub unit: Option<String>,
+    /// Where the instance listens on this host (`address`, default 127.0.0.1, and `port`).
+    pub local_addr: SocketAddr,
 }
 
 /// A refused service definition: which field and why.
@@ -111,6 +113,11 @@ fn label_ok(s: &str) -> bool {
         && s.len() <= 63
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+/// Whether `ip` is on one of this host's interfaces.
+fn is_interface_ip(ip: IpAddr) -> bool {
+    if_addrs::get_if_addrs().is_ok_and(|list| list.iter().any(|i| i.ip() == ip))
 }
 
 /// Whether a probe target is this host (checks never leave the host: no SSRF).
@@ -203,7 +210,26 @@ impl ServiceSpec {
                 ));
             }
         }
+        let ip = match &c.address {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(text) => {
+                let ip: IpAddr = text.parse().map_err(|e| {
+                    err(
+                        "address",
+                        format!("{text:?}: {e} (an IP address of this host)"),
+                    )
+                })?;
+                if !is_local_ip(ip, own) && !is_interface_ip(ip) {
+                    return Err(err(
+                        "address",
+                        format!("{ip} is not an address of this host: the agent reaches its own instances only"),
+                    ));
+                }
+                ip
+            }
+        };
         Ok(Self {
+            local_addr: SocketAddr::new(ip, c.port),
             name,
             port: c.port,
             protocol,

@@ -38,6 +38,8 @@ pub struct Instance {
     pub revoked: bool,
     /// Runs on this node.
     pub is_local: bool,
+    /// Where this node reaches the instance when it is its own (`address`:`port`).
+    pub local_addr: SocketAddr,
 }
 
 impl Instance {
@@ -55,6 +57,16 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Points this node's own instances at the addresses their definitions give
+    /// (`address`): gossip carries only ports.
+    pub fn set_local_addrs(&mut self, local: &[(ServiceName, SocketAddr)]) {
+        for i in self.instances.iter_mut().filter(|i| i.is_local) {
+            if let Some((_, a)) = local.iter().find(|(n, _)| n == &i.service) {
+                i.local_addr = *a;
+            }
+        }
+    }
+
     /// Builds the catalog from verified members.
     pub fn build(members: &[Member]) -> Self {
         let mut instances: Vec<Instance> = members
@@ -75,6 +87,7 @@ impl Catalog {
                     node_status: m.status,
                     revoked: m.revoked,
                     is_local: m.is_self,
+                    local_addr: SocketAddr::from(([127, 0, 0, 1], s.port)),
                 })
             })
             .collect();
@@ -189,6 +202,7 @@ mod tests {
             node_status: status,
             revoked,
             is_local: false,
+            local_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
         }
     }
 

@@ -193,6 +193,9 @@ pub struct RegisterArgs {
     /// that user act as this service, from any other user as someone else.
     #[arg(long)]
     pub user: Option<String>,
+    /// The address the instance listens on, when not 127.0.0.1 (e.g. the VM's own).
+    #[arg(long, value_name = "IP")]
+    pub address: Option<String>,
     /// The systemd unit this service's processes run in (reviews.service): local
     /// connections from that unit's processes act as this service.
     #[arg(long)]

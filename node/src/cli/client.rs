@@ -507,6 +507,9 @@ pub async fn service_register(a: &RegisterArgs) -> anyhow::Result<()> {
     if let Some(u) = &a.unit {
         body["unit"] = u.clone().into();
     }
+    if let Some(ip) = &a.address {
+        body["address"] = ip.clone().into();
+    }
     if a.check_http.is_some() || a.check_tcp.is_some() || a.check_grpc.is_some() {
         let mut check = serde_json::json!({});
         if let Some(u) = &a.check_http {

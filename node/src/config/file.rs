@@ -93,6 +93,10 @@ pub struct ServiceConfig {
     /// a process in that unit's cgroup is this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The address the instance listens on, when not 127.0.0.1: this host's own address
+    /// (an app bound to the VM's address), loopback or another address of this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 fn default_protocol() -> String {

@@ -33,6 +33,10 @@ pub enum CertInstallError {
     Save(#[from] IdentityError),
 }
 
+/// Why a revoked node serves nothing, and what brings it back: its name and key are
+/// refused everywhere, so only a new identity helps.
+pub const REVOKED_HOW_TO_RECOVER: &str = "this node's certificate is revoked (weft node revoke): every member refuses it; to bring the host back, stop the agent, delete its data dir (/var/lib/weft), make a token on a member (weft token create) and start it with that token";
+
 /// This node's identity while it runs.
 pub struct NodeIdentity {
     /// Cluster and node name.
@@ -155,7 +159,7 @@ impl NodeIdentity {
         }
         let serial = self.leaf().serial;
         if self.is_revoked(&serial) {
-            return Some("node certificate is revoked");
+            return Some(REVOKED_HOW_TO_RECOVER);
         }
         None
     }
@@ -218,8 +222,13 @@ impl NodeIdentity {
         if let Err(e) = self.store.set_crl(&newest) {
             warn!(error = %e, "cannot persist the revocation list");
         }
+        let own = self.leaf().serial;
+        let newly_revoked = newest.is_revoked(&own) && !self.is_revoked(&own);
         *self.revoked.write().unwrap_or_else(|e| e.into_inner()) = newest;
         self.changed.notify_waiters();
+        if newly_revoked {
+            tracing::error!("{REVOKED_HOW_TO_RECOVER}");
+        }
     }
 
     /// The version of the trust bundle in force.

@@ -27,10 +27,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The local instance refused the connection.
-    #[error("local instance 127.0.0.1:{port}: {source}")]
+    #[error("local instance {addr}: {source}")]
     Local {
-        /// Its port.
-        port: u16,
+        /// Where it listens.
+        addr: SocketAddr,
         /// Why.
         source: std::io::Error,
     },
@@ -71,10 +71,10 @@ async fn open_instance(
     header: &StreamHeader,
 ) -> Result<Box<dyn Io>, OpenError> {
     if inst.is_local {
-        let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], inst.port)))
+        let tcp = TcpStream::connect(inst.local_addr)
             .await
             .map_err(|source| OpenError::Local {
-                port: inst.port,
+                addr: inst.local_addr,
                 source,
             })?;
         let _ = tcp.set_nodelay(true);

@@ -265,6 +265,14 @@ async fn handle(
     if req.method() == Method::CONNECT {
         return connect(inputs, req, destination, source);
     }
+    if matches!(target, Target::Proxy { .. })
+        && inputs.catalog.get().protocol_of(&destination) == Some(crate::catalog::Protocol::Tcp)
+    {
+        return text(
+            StatusCode::BAD_GATEWAY,
+            format!("weft: {destination} is a TCP service: the HTTP proxy carries it only as a tunnel (CONNECT {destination}:PORT, e.g. curl -p -x http://PROXY …); or connect to {destination}.weft or an upstream listener\n"),
+        );
+    }
     forward(&inputs, req, destination, source, pinned).await
 }
 

@@ -53,7 +53,7 @@ async fn serve_http(
     stream: QuicIo,
     hop: Protocol,
     protocol: Protocol,
-    port: u16,
+    addr: SocketAddr,
     source: String,
     destination: String,
 ) {
@@ -91,7 +91,7 @@ async fn serve_http(
             } else {
                 hyper::Version::HTTP_11
             };
-            match format!("http://127.0.0.1:{port}{pq}").parse() {
+            match format!("http://{addr}{pq}").parse() {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
             }
@@ -116,7 +116,7 @@ async fn serve_http(
             let first = client.request(req.map(|b| b.boxed())).await;
             let result = match (first, again) {
                 (Err(e), Some(again)) => {
-                    debug!(port, error = %e, "local instance failed before answering; sent again");
+                    debug!(%addr, error = %e, "local instance failed before answering; sent again");
                     client.request(again).await
                 }
                 (first, _) => first,
@@ -132,7 +132,7 @@ async fn serve_http(
                     Ok(resp.map(|b| b.boxed()))
                 }
                 Err(e) => {
-                    warn!(port, error = %e, "local instance failed the request");
+                    warn!(%addr, error = %e, "local instance failed the request");
                     Ok(status(StatusCode::BAD_GATEWAY))
                 }
             }
@@ -369,7 +369,7 @@ async fn handle_stream(
             QuicIo::new(send, recv),
             header.protocol,
             spec.protocol,
-            spec.port,
+            spec.local_addr,
             source,
             destination,
         )
@@ -384,10 +384,10 @@ async fn handle_stream(
         refuse(&mut send, &mut recv, ERR_REFUSED);
         return;
     }
-    let backend = match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], spec.port))).await {
+    let backend = match TcpStream::connect(spec.local_addr).await {
         Ok(b) => b,
         Err(e) => {
-            warn!(destination = %destination, port = spec.port, error = %e, "local instance unreachable");
+            warn!(destination = %destination, addr = %spec.local_addr, error = %e, "local instance unreachable");
             inputs.metrics.record(
                 &source,
                 &destination,
@@ -455,6 +455,7 @@ mod tests {
                 node_status: MemberStatus::Alive,
                 revoked: false,
                 is_local: false,
+                local_addr: SocketAddr::from(([127, 0, 0, 1], 80)),
             }],
         }
     }

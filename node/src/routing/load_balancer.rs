@@ -109,6 +109,7 @@ mod tests {
             node_status: MemberStatus::Alive,
             revoked: false,
             is_local: false,
+            local_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
         }
     }
 

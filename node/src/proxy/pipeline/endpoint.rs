@@ -175,7 +175,7 @@ async fn attempt(inputs: &ProxyInputs, t: Try) -> Tried {
             // by servers (nginx answers 400).
             out.headers_mut().remove(HOST);
         }
-        format!("127.0.0.1:{}", instance.port)
+        instance.local_addr.to_string()
     } else {
         PeerRoute {
             node: instance.node.clone(),
