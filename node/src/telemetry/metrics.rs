@@ -672,4 +672,63 @@ mod promtool {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    /// The shipped alert rules pass `promtool check rules`, and every metric they and the
+    /// Grafana board query is one this exposition has (a renamed metric breaks the test,
+    /// not an operator's alerting).
+    #[test]
+    fn shipped_alerts_and_board_query_real_metrics() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/monitoring");
+        let rules = format!("{dir}/weft-alerts.yml");
+        let out = std::process::Command::new("promtool")
+            .args(["check", "rules", &rules])
+            .output()
+            .expect("promtool (run tests/install-deps.sh)");
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let m = Metrics::default();
+        m.record("client", "reviews", "200", 0.002);
+        m.record_version("reviews", "v1", "200", 0.002);
+        Metrics::inc(&m.retries, "reviews");
+        m.tcp_connections
+            .get_or_create(&EdgeLabels {
+                source: "client".into(),
+                destination: "db".into(),
+            })
+            .inc();
+        m.add_bytes(1, 1);
+        m.members
+            .get_or_create(&StatusLabels {
+                status: "failed".into(),
+            })
+            .set(1);
+        let text = m.render();
+        let exposed: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let board = std::fs::read_to_string(format!("{dir}/weft-grafana.json")).expect("board");
+        let board: serde_json::Value = serde_json::from_str(&board).expect("the board is JSON");
+        assert!(board["panels"].as_array().is_some_and(|p| p.len() >= 10));
+        let alerts = std::fs::read_to_string(&rules).expect("rules");
+        let names = regex::Regex::new(r"weft_[a-z_]+").expect("regex");
+        let mut checked = 0;
+        for text in [alerts, board.to_string()] {
+            for name in names.find_iter(&text).map(|m| m.as_str()) {
+                // (The board's own uid and tags are not metrics.)
+                if name == "weft_mesh" {
+                    continue;
+                }
+                assert!(exposed.contains(name), "{name} is not in /metrics");
+                checked += 1;
+            }
+        }
+        assert!(checked > 15, "only {checked} metric references found");
+    }
 }
