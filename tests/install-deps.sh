@@ -26,6 +26,17 @@ packages=(
   binutils           # strip, for the packaged binary
 )
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# The official OpenTelemetry protobuf definitions (PyPI), for the receiver that decodes the
+# spans the agents export (tests/clients/otlp_receiver.py); Debian's protobuf is too old.
+OTLP_PY=/var/cache/weft-test/otlp-py
+if ! PYTHONPATH=$OTLP_PY python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' 2>/dev/null; then
+  $SUDO mkdir -p "$OTLP_PY"
+  $SUDO python3 -m pip install -q --disable-pip-version-check --target "$OTLP_PY" 'opentelemetry-proto==1.45.2'
+  echo "install-deps: installed opentelemetry-proto into $OTLP_PY"
+fi
+
 # cargo-deb builds the package the systemd fleet test installs (node/dist/package-deb.sh).
 CARGO_DEB_VERSION=3.8.0
 if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
@@ -41,9 +52,8 @@ if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all test packages present"
   exit 0
 fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 echo "install-deps: installed ${missing[*]}"
+

@@ -225,3 +225,116 @@ fn an_app_bound_to_the_hosts_own_address_is_reachable() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Kills the receiver when the test ends, passed or not.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn spans_of_both_hops_reach_a_real_otlp_receiver() -> anyhow::Result<()> {
+    let mut c = Cluster::new("spans_of_both_hops_reach_a_real_otlp_receiver");
+    let dir = tempfile::tempdir()?;
+    let spans = dir.path().join("spans.jsonl");
+    // One Python process: the OTLP receiver (official protobuf definitions) and, on GET,
+    // the app behind the mesh that answers the traceparent it was sent.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _receiver = Child(
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/clients/otlp_receiver.py"
+            ))
+            .args(["127.0.0.1", &port.to_string()])
+            .arg(&spans)
+            .spawn()?,
+    );
+    eventually("the receiver listens", Duration::from_secs(10), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ()))
+    })?;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    c.bootstrap("vm-1", &["--otlp-endpoint", &endpoint])?;
+    c.join("vm-2", "vm-1", &["--otlp-endpoint", &endpoint])?;
+    c.register(
+        "vm-2",
+        &[
+            "--name",
+            "app",
+            "--port",
+            &port.to_string(),
+            "--protocol",
+            "http",
+        ],
+    )?;
+    let up = c.client_upstream("vm-1", "app", 19001)?;
+
+    // The app's own span: trace T, span A.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let app_span = "00f067aa0ba902b7";
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: app\r\ntraceparent: 00-{trace}-{app_span}-01\r\nConnection: close\r\n\r\n"
+    );
+    let seen_by_app = eventually("app reachable", Duration::from_secs(20), || {
+        Ok(weft_tests::backends::http_raw(&up, &request)
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, text)| text))
+    })?;
+    let seen = seen_by_app
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+
+    let lines = eventually("both hops' spans received", Duration::from_secs(15), || {
+        let text = std::fs::read_to_string(&spans).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|s: &serde_json::Value| s["trace_id"] == trace)
+            .collect();
+        let kinds = |k: &str| lines.iter().filter(|s| s["kind"] == k).count();
+        Ok((kinds("SPAN_KIND_CLIENT") >= 1 && kinds("SPAN_KIND_SERVER") >= 1).then_some(lines))
+    })?;
+    let client = lines
+        .iter()
+        .find(|s| s["kind"] == "SPAN_KIND_CLIENT" && s["parent_span_id"] == app_span)
+        .unwrap_or_else(|| panic!("no client span under the app's: {lines:#?}"));
+    assert_eq!(
+        client["resource"]["service.instance.id"], "vm-1",
+        "{client}"
+    );
+    assert_eq!(client["resource"]["service.name"], "weft", "{client}");
+    assert_eq!(client["attributes"]["weft.destination"], "app", "{client}");
+    assert_eq!(
+        client["attributes"]["http.response.status_code"], 200,
+        "{client}"
+    );
+    let server = lines
+        .iter()
+        .find(|s| s["kind"] == "SPAN_KIND_SERVER" && s["parent_span_id"] == client["span_id"])
+        .unwrap_or_else(|| panic!("no server span under the client span: {lines:#?}"));
+    assert_eq!(
+        server["resource"]["service.instance.id"], "vm-2",
+        "{server}"
+    );
+    // The app saw the inbound agent's span as its parent: one trace, nested.
+    let server_span = server["span_id"].as_str().unwrap_or_default();
+    assert_eq!(seen, format!("00-{trace}-{server_span}-01"), "{server}");
+    assert!(
+        client["start"].as_u64() <= server["start"].as_u64()
+            && server["end"].as_u64() <= client["end"].as_u64(),
+        "the server span lies within the client span: {client} {server}"
+    );
+    eventually("vm-1 counts exported spans", Duration::from_secs(5), || {
+        Ok((c.agent("vm-1").metric("weft_spans_exported_total")? >= 1.0).then_some(()))
+    })?;
+    Ok(())
+}

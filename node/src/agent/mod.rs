@@ -279,6 +279,23 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     )
     .await
     .map_err(AgentError::AccessLog)?;
+    let spans = match &settings.otlp_endpoint {
+        None => None,
+        Some(endpoint) => Some(
+            crate::telemetry::spans::start(
+                endpoint,
+                identity.info.name.as_str(),
+                identity.info.cluster.as_str(),
+                metrics.spans.clone(),
+                shutdown_logs.clone(),
+            )
+            .map_err(|e| AgentError::Preflight(vec![e.to_string()]))?,
+        ),
+    };
+    let (spans, spans_task) = match spans {
+        Some((sink, task)) => (Some(sink), Some(task)),
+        None => (None, None),
+    };
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let data = Arc::new(ProxyInputs::new(ProxyParts {
@@ -288,6 +305,7 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
         pool: ConnPool::new(endpoint.clone(), data_config),
         metrics,
         access_log,
+        spans,
         zone: settings.zone.clone(),
         request_timeout: settings.request_timeout,
         gossip_interval: settings.gossip_interval,
@@ -462,6 +480,10 @@ pub async fn run(args: AgentArgs, settings: Settings) -> Result<(), AgentError> 
     }
     agent.gossip.shutdown().await;
     shutdown_logs.cancel();
+    if let Some(task) = spans_task {
+        // The last spans' export, bounded by the exporter's own timeout.
+        let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+    }
     tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
         .await
         .ok();

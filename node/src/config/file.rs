@@ -57,6 +57,8 @@ pub struct FileConfig {
     pub gossip_interval: Option<String>,
     /// Default time an HTTP request may wait for its response head ("0s": none).
     pub request_timeout: Option<String>,
+    /// OTLP/HTTP collector spans are exported to (e.g. "http://127.0.0.1:4318").
+    pub otlp_endpoint: Option<String>,
     /// Access log: a file path, "stdout" or "off".
     pub access_log: Option<String>,
     /// Services this host runs.

@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// entry sets a timeout (default 30s; 0s: none).
     #[arg(long, value_name = "DURATION")]
     pub request_timeout: Option<String>,
+    /// Export a span per hop by OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318;
+    /// default: no export).
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// Access log: FILE, stdout or off (default stdout).
     #[arg(long, value_name = "FILE|stdout|off")]
     pub access_log: Option<String>,

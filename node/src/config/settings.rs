@@ -77,6 +77,8 @@ pub struct Settings {
     pub ephemeral: bool,
     /// Where the access log goes.
     pub access_log: super::access_log::AccessLogTarget,
+    /// The OTLP/HTTP collector spans go to (None: no spans).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Settings {
@@ -318,7 +320,13 @@ impl Settings {
             .unwrap_or("stdout")
             .parse()
             .map_err(|m: super::access_log::EmptyTarget| invalid("access_log", m.to_string()))?;
+        let otlp_endpoint = args.otlp_endpoint.clone().or(file.otlp_endpoint);
+        if let Some(e) = &otlp_endpoint {
+            crate::telemetry::spans::check_endpoint(e)
+                .map_err(|err| invalid("otlp_endpoint", err.to_string()))?;
+        }
         Ok(Self {
+            otlp_endpoint,
             access_log,
             name,
             cluster,

@@ -23,6 +23,7 @@ use weft_ca::ServiceName;
 use super::header::{valid_traceparent, StreamHeader};
 use super::inputs::ProxyInputs;
 use crate::policy::normalize_path;
+use crate::telemetry::spans::TraceParent;
 
 /// Response body type of the proxy.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -427,13 +428,20 @@ async fn forward(
             .headers
             .insert("te", HeaderValue::from_static("trailers"));
     }
-    let traceparent = match parts
+    let incoming = parts
         .headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-    {
-        Some(t) if valid_traceparent(t) => t.to_owned(),
-        _ => new_traceparent(),
+        .filter(|t| valid_traceparent(t));
+    // With spans exported, this hop is a span of its own: the next hop's parent is it,
+    // and its parent the app's span. Without, the app's traceparent goes on as it came.
+    let (traceparent, span_parent) = match (&inputs.spans, incoming) {
+        (Some(_), Some(t)) => match TraceParent::parse(t) {
+            Some(parent) => (parent.child().to_string(), Some(parent.span_id)),
+            None => (new_traceparent(), None),
+        },
+        (None, Some(t)) => (t.to_owned(), None),
+        (_, None) => (new_traceparent(), None),
     };
     if let Ok(v) = HeaderValue::from_str(&traceparent) {
         parts.headers.insert("traceparent", v);
@@ -469,6 +477,7 @@ async fn forward(
             resilience,
             timeout,
             traceparent,
+            span_parent,
             bytes_out,
             started,
             version: std::sync::OnceLock::new(),

@@ -23,6 +23,7 @@ use super::inputs::ProxyInputs;
 use super::io::QuicIo;
 use crate::policy::normalize_path;
 use crate::telemetry::access_log::AccessEntry;
+use crate::telemetry::spans::{Hop, SpanRecord, SpanSink, TraceParent};
 
 /// The pooled HTTP client to local instances.
 pub type BackendClient = hyper_util::client::legacy::Client<
@@ -63,79 +64,40 @@ async fn serve_http(
     } else {
         inputs.backend.clone()
     };
+    let spans = inputs.spans.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let client = client.clone();
         let gate = authorize_request(inputs, &source, &destination, &req);
+        // The server span of this hop (spans exported, trace sampled): the instance sees
+        // it as its parent.
+        let span = spans.as_ref().and_then(|sink| {
+            let parent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse)
+                .filter(TraceParent::sampled)?;
+            let me = parent.child();
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&me.to_string()) {
+                req.headers_mut().insert("traceparent", v);
+            }
+            Some(ServerSpan {
+                sink: sink.clone(),
+                parent: parent.span_id,
+                me,
+                start: std::time::SystemTime::now(),
+                method: req.method().to_string(),
+                path: req.uri().path().to_owned(),
+                source: source.clone(),
+                destination: destination.clone(),
+            })
+        });
         async move {
-            let pq = match gate {
-                Ok(pq) => pq,
-                Err(resp) => return Ok::<_, std::convert::Infallible>(*resp),
-            };
-            // Hop-by-hop: the stream's `Connection` is not the backend's business (its
-            // connections are pooled); an upgrade keeps `Connection: upgrade`.
-            let upgrade = (!h2)
-                .then(|| super::upgrade::token(req.version(), req.headers()))
-                .flatten();
-            let stream_upgrade = upgrade
-                .as_ref()
-                .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-            req.headers_mut().remove(hyper::header::CONNECTION);
-            if let Some(t) = &upgrade {
-                super::upgrade::restore(req.headers_mut(), t);
+            let resp = answer(client, gate, req, h2, addr).await;
+            if let Some(span) = span {
+                span.finish(resp.status().as_u16());
             }
-            *req.version_mut() = if h2 {
-                // HTTP/2 carries the authority in the request line; a `host` that differs
-                // from it is refused by servers (nginx answers 400).
-                req.headers_mut().remove(hyper::header::HOST);
-                hyper::Version::HTTP_2
-            } else {
-                hyper::Version::HTTP_11
-            };
-            match format!("http://{addr}{pq}").parse() {
-                Ok(uri) => *req.uri_mut() = uri,
-                Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
-            }
-            // An h2c request without a body and with a safe method is sent once more when
-            // the first try failed before an answer (an HTTP/2 GOAWAY, as nginx sends after
-            // 1 000 requests; hyper's pool already retries HTTP/1.1 requests it finds on a
-            // closed connection, so that path pays for no copy).
-            let again = (h2
-                && hyper::body::Body::is_end_stream(req.body())
-                && matches!(
-                    *req.method(),
-                    hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
-                ))
-            .then(|| {
-                let mut r = Request::new(empty_body());
-                *r.method_mut() = req.method().clone();
-                *r.uri_mut() = req.uri().clone();
-                *r.version_mut() = req.version();
-                *r.headers_mut() = req.headers().clone();
-                r
-            });
-            let first = client.request(req.map(|b| b.boxed())).await;
-            let result = match (first, again) {
-                (Err(e), Some(again)) => {
-                    debug!(%addr, error = %e, "local instance failed before answering; sent again");
-                    client.request(again).await
-                }
-                (first, _) => first,
-            };
-            match result {
-                Ok(mut resp) => {
-                    if let (StatusCode::SWITCHING_PROTOCOLS, Some(stream)) =
-                        (resp.status(), stream_upgrade)
-                    {
-                        let backend = hyper::upgrade::on(&mut resp);
-                        super::upgrade::splice(stream, backend, "inbound");
-                    }
-                    Ok(resp.map(|b| b.boxed()))
-                }
-                Err(e) => {
-                    warn!(%addr, error = %e, "local instance failed the request");
-                    Ok(status(StatusCode::BAD_GATEWAY))
-                }
-            }
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let io = hyper_util::rt::TokioIo::new(stream);
@@ -151,6 +113,119 @@ async fn serve_http(
     };
     if let Err(e) = served {
         debug!(error = %e, "inbound HTTP stream ended with an error");
+    }
+}
+
+/// An inbound hop's span, finished when the instance's answer head is back.
+struct ServerSpan {
+    sink: SpanSink,
+    parent: [u8; 8],
+    me: TraceParent,
+    start: std::time::SystemTime,
+    method: String,
+    path: String,
+    source: String,
+    destination: String,
+}
+
+impl ServerSpan {
+    fn finish(self, status: u16) {
+        self.sink.record(SpanRecord {
+            trace_id: self.me.trace_id,
+            span_id: self.me.span_id,
+            parent: Some(self.parent),
+            hop: Hop::Inbound,
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            source: self.source,
+            destination: self.destination,
+            method: self.method,
+            path: self.path,
+            status,
+            peer: None,
+            version: None,
+        });
+    }
+}
+
+/// One request to the local instance (after policy), through the keep-alive pool.
+async fn answer(
+    client: BackendClient,
+    gate: Result<String, Box<Response<BoxBody<Bytes, hyper::Error>>>>,
+    mut req: Request<Incoming>,
+    h2: bool,
+    addr: SocketAddr,
+) -> Response<BoxBody<Bytes, hyper::Error>> {
+    {
+        let pq = match gate {
+            Ok(pq) => pq,
+            Err(resp) => return *resp,
+        };
+        // Hop-by-hop: the stream's `Connection` is not the backend's business (its
+        // connections are pooled); an upgrade keeps `Connection: upgrade`.
+        let upgrade = (!h2)
+            .then(|| super::upgrade::token(req.version(), req.headers()))
+            .flatten();
+        let stream_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
+        req.headers_mut().remove(hyper::header::CONNECTION);
+        if let Some(t) = &upgrade {
+            super::upgrade::restore(req.headers_mut(), t);
+        }
+        *req.version_mut() = if h2 {
+            // HTTP/2 carries the authority in the request line; a `host` that differs
+            // from it is refused by servers (nginx answers 400).
+            req.headers_mut().remove(hyper::header::HOST);
+            hyper::Version::HTTP_2
+        } else {
+            hyper::Version::HTTP_11
+        };
+        match format!("http://{addr}{pq}").parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return status(StatusCode::BAD_REQUEST),
+        }
+        // An h2c request without a body and with a safe method is sent once more when
+        // the first try failed before an answer (an HTTP/2 GOAWAY, as nginx sends after
+        // 1 000 requests; hyper's pool already retries HTTP/1.1 requests it finds on a
+        // closed connection, so that path pays for no copy).
+        let again = (h2
+            && hyper::body::Body::is_end_stream(req.body())
+            && matches!(
+                *req.method(),
+                hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+            ))
+        .then(|| {
+            let mut r = Request::new(empty_body());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+        let first = client.request(req.map(|b| b.boxed())).await;
+        let result = match (first, again) {
+            (Err(e), Some(again)) => {
+                debug!(%addr, error = %e, "local instance failed before answering; sent again");
+                client.request(again).await
+            }
+            (first, _) => first,
+        };
+        match result {
+            Ok(mut resp) => {
+                if let (StatusCode::SWITCHING_PROTOCOLS, Some(stream)) =
+                    (resp.status(), stream_upgrade)
+                {
+                    let backend = hyper::upgrade::on(&mut resp);
+                    super::upgrade::splice(stream, backend, "inbound");
+                }
+                resp.map(|b| b.boxed())
+            }
+            Err(e) => {
+                warn!(%addr, error = %e, "local instance failed the request");
+                status(StatusCode::BAD_GATEWAY)
+            }
+        }
     }
 }
 

@@ -39,6 +39,8 @@ pub struct ProxyInputs {
     pub metrics: Arc<Metrics>,
     /// The access log.
     pub access_log: AccessLog,
+    /// Spans out, when an OTLP collector is configured.
+    pub spans: Option<crate::telemetry::spans::SpanSink>,
     /// Keep-alive pool of HTTP connections to local instances.
     pub backend: BackendClient,
     /// The pooled h2c client to local instances of `http2`/`grpc` services.
@@ -85,6 +87,8 @@ pub struct ProxyParts {
     pub metrics: Arc<Metrics>,
     /// See `ProxyInputs::access_log`.
     pub access_log: AccessLog,
+    /// Spans out, when an OTLP collector is configured.
+    pub spans: Option<crate::telemetry::spans::SpanSink>,
     /// This node's zone.
     pub zone: String,
     /// The default request timeout (None: none).
@@ -112,6 +116,7 @@ impl ProxyInputs {
             resilience: Arc::default(),
             metrics: p.metrics,
             access_log: p.access_log,
+            spans: p.spans,
             backend: super::inbound::backend_client(false),
             backend_h2: super::inbound::backend_client(true),
             zone: RwLock::new(p.zone.into()),

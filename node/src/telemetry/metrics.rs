@@ -234,6 +234,8 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabels, Counter>,
     /// `weft_access_log_dropped_total`
     pub access_log_dropped: Counter,
+    /// `weft_spans_exported_total`, `weft_spans_dropped_total{reason}`
+    pub spans: super::spans::SpanCounters,
     /// `weft_policy_denied_total{mode}`
     pub policy_denied: Family<ModeLabels, Counter>,
     /// `weft_retries_total{destination}`
@@ -451,7 +453,19 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let spans = super::spans::SpanCounters::default();
+        registry.register(
+            "spans_exported",
+            "Spans handed to the OTLP collector",
+            spans.exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans lost: the export queue was full, or the collector failed",
+            spans.dropped.clone(),
+        );
         Self {
+            spans,
             registry,
             requests,
             duration,

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod edges;
 pub mod graph;
 pub mod metrics;
+pub mod spans;
 pub mod versions;
 
 pub use access_log::{AccessEntry, AccessLog, AccessLogTarget};

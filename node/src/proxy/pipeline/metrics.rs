@@ -15,6 +15,7 @@ use crate::catalog::Protocol;
 use crate::proxy::grpc;
 use crate::proxy::http::ProxyBody;
 use crate::telemetry::access_log::AccessEntry;
+use crate::telemetry::spans::{Hop, SpanRecord, SpanSink, TraceParent};
 use crate::telemetry::{AccessLog, Metrics};
 
 /// Adds `Record`.
@@ -22,15 +23,42 @@ use crate::telemetry::{AccessLog, Metrics};
 pub struct MetricsLayer {
     metrics: Arc<Metrics>,
     access_log: AccessLog,
+    spans: Option<SpanSink>,
 }
 
 impl MetricsLayer {
-    /// Counts into `metrics`, logs into `access_log`.
-    pub fn new(metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
+    /// Counts into `metrics`, logs into `access_log`, and with `spans` makes a client
+    /// span of each request.
+    pub fn new(metrics: Arc<Metrics>, access_log: AccessLog, spans: Option<SpanSink>) -> Self {
         Self {
             metrics,
             access_log,
+            spans,
         }
+    }
+
+    /// This hop's client span, if spans are exported and the trace is sampled.
+    fn span(&self, ctx: &super::Ctx, status: u16, peer: Option<&str>, elapsed: f64) {
+        let Some(sink) = &self.spans else { return };
+        let Some(t) = TraceParent::parse(&ctx.traceparent).filter(TraceParent::sampled) else {
+            return;
+        };
+        let end = std::time::SystemTime::now();
+        sink.record(SpanRecord {
+            trace_id: t.trace_id,
+            span_id: t.span_id,
+            parent: ctx.span_parent,
+            hop: Hop::Outbound,
+            start: end - std::time::Duration::from_secs_f64(elapsed),
+            end,
+            source: ctx.src.clone(),
+            destination: ctx.dst.clone(),
+            method: ctx.method.to_string(),
+            path: ctx.path.clone(),
+            status,
+            peer: peer.map(str::to_owned),
+            version: ctx.version.get().map(|v| v.to_string()),
+        });
     }
 }
 
@@ -85,6 +113,7 @@ where
                             .metrics
                             .record_version(&ctx.dst, v, r.status().as_str(), elapsed);
                     }
+                    layer.span(&ctx, r.status().as_u16(), None, elapsed);
                     return Ok(r);
                 }
                 Outcome::Answered { resp, node } => (resp, node),
@@ -106,6 +135,7 @@ where
                     layer.metrics.record_version(&ctx.dst, v, code, elapsed);
                 }
             }
+            layer.span(&ctx, status.as_u16(), Some(&node), elapsed);
             layer.access_log.write(AccessEntry {
                 time: std::time::SystemTime::now(),
                 direction: "outbound",
@@ -157,7 +187,7 @@ mod tests {
         .await
         .expect("a log");
         let inner = Answer::new(StatusCode::SERVICE_UNAVAILABLE, Duration::from_millis(250));
-        let mut svc = MetricsLayer::new(metrics.clone(), log).layer(inner);
+        let mut svc = MetricsLayer::new(metrics.clone(), log, None).layer(inner);
         let r = svc
             .ready()
             .await

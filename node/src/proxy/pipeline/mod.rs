@@ -63,6 +63,8 @@ pub struct Ctx {
     pub timeout: Option<Duration>,
     /// W3C traceparent sent on.
     pub traceparent: String,
+    /// The span this hop continues (the app's), when spans are exported.
+    pub span_parent: Option<[u8; 8]>,
     /// Request body bytes from the app (announced length for a streamed body).
     pub bytes_out: u64,
     /// When the request arrived (tokio's clock: paused in tests).
@@ -212,6 +214,7 @@ pub fn stack(
         .layer(metrics::MetricsLayer::new(
             inputs.metrics.clone(),
             inputs.access_log.clone(),
+            inputs.spans.clone(),
         ))
         .layer(ratelimit::RateLimit::new(inputs.resilience.clone(), inputs.metrics.clone()).layer())
         .layer(fault::Fault.layer())
@@ -254,6 +257,7 @@ pub(crate) mod testing {
                 resilience,
                 applied: Arc::new(applied),
                 traceparent: String::new(),
+                span_parent: None,
                 bytes_out: 0,
                 started: tokio::time::Instant::now(),
                 version: std::sync::OnceLock::new(),
