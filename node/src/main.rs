@@ -29,7 +29,7 @@ fn init_logs(format: LogFormat, verbose: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Agent(_) | Command::Demo) {
+    if !matches!(cli.command, Command::Agent(_) | Command::Demo { .. }) {
         // `weft members --json | head`: end quietly when the reader goes away, as other
         // Unix tools do, instead of panicking on the broken pipe. (The agent keeps
         // SIGPIPE ignored: its sockets report EPIPE as errors.)
@@ -102,9 +102,9 @@ fn main() -> ExitCode {
                 clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
                 Ok(())
             }
-            Command::Demo => {
+            Command::Demo { tour } => {
                 init_logs(LogFormat::Human, false);
-                weft_node::demo::run().await
+                weft_node::demo::run(tour).await
             }
             Command::Service {
                 action: ServiceAction::Register(a),

@@ -1,15 +1,35 @@
 //! `weft demo` (the README's first command): three agents with sample services and
-//! traffic come up, requests flow through the mesh, and Ctrl-C leaves nothing behind.
+//! traffic come up, requests flow through the mesh, and Ctrl-C leaves nothing behind; and
+//! `weft demo --tour`, which shows a split, a deny and a rollout. (Both use the demo's
+//! fixed addresses 127.0.10.1-3, so they run one after the other.)
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weft_tests::{eventually, http_get, weft_bin};
 
+/// The demo's addresses are fixed: one demo at a time.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Demo(std::process::Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        // SIGTERM first: the demo stops its agents (SIGKILL would orphan them on the
+        // demo's fixed addresses, where the next demo would find them).
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -17,6 +37,7 @@ impl Drop for Demo {
 
 #[test]
 fn demo_runs_traffic_and_cleans_up() -> anyhow::Result<()> {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let mut demo = Demo(
         Command::new(weft_bin())
             .arg("demo")
@@ -163,5 +184,71 @@ fn demo_runs_traffic_and_cleans_up() -> anyhow::Result<()> {
         http_get(api, "/healthz").is_err(),
         "an agent is still running"
     );
+    Ok(())
+}
+
+#[test]
+fn demo_tour_shows_a_split_a_deny_and_a_rollout() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let mut demo = Demo(
+        Command::new(weft_bin())
+            .args(["demo", "--tour"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = demo.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    while !seen.iter().any(|l: &String| l.contains("tour done")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("the tour did not finish:\n{}", seen.join("\n")),
+        }
+    }
+    let text = seen.join("\n");
+    println!("{text}");
+    // The split: both versions answered some of the 40 requests.
+    let split = seen
+        .iter()
+        .find(|l| l.contains("40 requests from frontend"))
+        .unwrap_or_else(|| panic!("{text}"));
+    // "40 requests from frontend: 15 answered by v1, 25 by v2"
+    let words: Vec<&str> = split
+        .split([' ', ',', ':'])
+        .filter(|w| !w.is_empty())
+        .collect();
+    let count = |v: &str| -> u32 {
+        words
+            .iter()
+            .position(|w| *w == v)
+            .and_then(|i| words[..i].iter().rev().find_map(|w| w.parse().ok()))
+            .unwrap_or(0)
+    };
+    assert!(count("v1") > 0 && count("v2") > 0, "{split}");
+    assert!(text.contains("frontend now gets: 403"), "{text}");
+    assert!(text.contains("reviews: promoted at 100 % on v2"), "{text}");
+    let pid = demo.0.id();
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    let status = eventually("demo exits", Duration::from_secs(30), || {
+        Ok(demo.0.try_wait()?)
+    })?;
+    assert!(status.success(), "demo exited with {status}");
     Ok(())
 }

@@ -55,7 +55,12 @@ pub enum Command {
     /// List services and their instances, cluster-wide.
     Services(ClientArgs),
     /// Start a local 3-node mesh with sample services and traffic (Ctrl-C to stop).
-    Demo,
+    Demo {
+        /// Then walk through a split, a deny and a progressive rollout, printing each
+        /// command and what it did.
+        #[arg(long)]
+        tour: bool,
+    },
     /// Cluster config entries of any kind.
     Config {
         /// Config action.

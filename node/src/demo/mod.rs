@@ -6,6 +6,8 @@
 //! one request in five, so a rollout can be watched rolling back on its own. Ctrl-C stops
 //! the agents gracefully and removes everything it created.
 
+mod tour;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,9 +25,9 @@ fn ip(i: usize) -> String {
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run() -> anyhow::Result<()> {
+pub async fn run(tour: bool) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
-    let result = run_in(&dir).await;
+    let result = run_in(&dir, tour).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -36,10 +38,11 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A tiny HTTP backend answering with its version; while the file `broken` exists it
-/// answers 500 to one request in five.
+/// A tiny HTTP backend answering with its service and version; while the file `broken`
+/// exists it answers 500 to one request in five.
 async fn http_backend(
     listener: TcpListener,
+    service: &'static str,
     version: &'static str,
     broken: Option<PathBuf>,
     stop: CancellationToken,
@@ -86,12 +89,12 @@ async fn http_backend(
                 let (status, body) = if failing {
                     (
                         "500 Internal Server Error",
-                        format!("{{\"error\":\"reviews {version} is broken\"}}\n"),
+                        format!("{{\"error\":\"{service} {version} is broken\"}}\n"),
                     )
                 } else {
                     (
                         "200 OK",
-                        format!("{{\"service\":\"reviews\",\"version\":\"{version}\"}}\n"),
+                        format!("{{\"service\":\"{service}\",\"version\":\"{version}\"}}\n"),
                     )
                 };
                 let resp = format!(
@@ -259,15 +262,18 @@ async fn traffic(stop: CancellationToken) {
     }
 }
 
-async fn run_in(dir: &Path) -> anyhow::Result<()> {
+async fn run_in(dir: &Path, tour: bool) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let (l_v1, p_v1) = local_listener().await?;
     let (l_v2, p_v2) = local_listener().await?;
     let (l_echo, p_echo) = local_listener().await?;
     let break_v2 = dir.join("break-v2");
-    tokio::spawn(http_backend(l_v1, "v1", None, stop.clone()));
+    let (l_front, p_front) = local_listener().await?;
+    tokio::spawn(http_backend(l_front, "frontend", "v1", None, stop.clone()));
+    tokio::spawn(http_backend(l_v1, "reviews", "v1", None, stop.clone()));
     tokio::spawn(http_backend(
         l_v2,
+        "reviews",
         "v2",
         Some(break_v2.clone()),
         stop.clone(),
@@ -275,7 +281,7 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
     tokio::spawn(echo_backend(l_echo, stop.clone()));
 
     let frontend = format!(
-        "\n[[service]]\nname = \"frontend\"\nport = 1\nprotocol = \"http\"\n\n[[service.upstream]]\nservice = \"reviews\"\nlisten = \"{ip}:19001\"\n\n[[service.upstream]]\nservice = \"ratings\"\nlisten = \"{ip}:19002\"\n",
+        "\n[[service]]\nname = \"frontend\"\nport = {p_front}\nprotocol = \"http\"\n\n[[service.upstream]]\nservice = \"reviews\"\nlisten = \"{ip}:19001\"\n\n[[service.upstream]]\nservice = \"ratings\"\nlisten = \"{ip}:19002\"\n",
         ip = ip(0)
     );
     let reviews_v1 = format!(
@@ -290,6 +296,16 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         write_config(dir, 2, &reviews_v2)?,
     ];
 
+    // Another demo (or an agent) on these addresses would answer for ours.
+    for i in 0..3 {
+        if TcpStream::connect(format!("{}:7070", ip(i))).await.is_ok() {
+            bail!(
+                "something already listens on {}:7070: another `weft demo` still running? Stop it first (Ctrl-C there, or pkill -f 'weft agent --config {}')",
+                ip(i),
+                std::env::temp_dir().join("weft-demo-").display()
+            );
+        }
+    }
     println!(
         "weft demo: starting 3 agents on 127.0.10.1-3 (logs and data in {})",
         dir.display()
@@ -389,12 +405,40 @@ async fn run_in(dir: &Path) -> anyhow::Result<()> {
         "  and one that rolls back on its own: touch {} (v2 then fails 1 request in 5) before starting it; rm it to heal v2",
         break_v2.display()
     );
-    println!("traffic is flowing; press Ctrl-C to stop");
+    // Ctrl-C, or SIGTERM (`timeout`, `kill`): the agents are stopped either way, never
+    // left running on the demo's addresses.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    let stopped = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tokio::pin!(stopped);
+    let mut interrupted = false;
+    if tour {
+        let op = tour::Operator::new(exe.clone(), api0.clone(), &operator_dir);
+        let upstream = format!("{}:19001", ip(0));
+        tokio::select! {
+            r = tour::run(&op, &upstream) => {
+                if let Err(e) = r {
+                    println!("tour stopped: {e:#}");
+                }
+            }
+            _ = &mut stopped => interrupted = true,
+        }
+    } else {
+        println!("  a guided tour (split, deny, rollout): weft demo --tour");
+    }
 
     let mut exited = None;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        r = wait_any(&mut children) => exited = Some(r),
+    if !interrupted {
+        println!("traffic is flowing; press Ctrl-C to stop");
+        tokio::select! {
+            _ = &mut stopped => {}
+            r = wait_any(&mut children) => exited = Some(r),
+        }
     }
     stop.cancel();
     println!("\nstopping the agents…");
