@@ -296,6 +296,64 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
             base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default())?;
         std::fs::write(dir.join("rollouts.png"), &png)?;
         println!("screenshot: {}", dir.join("rollouts.png").display());
+
+        // The graph's edges carry arrowheads and a width by traffic.
+        call(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{api}/graph")})),
+        )?;
+        eventually("an arrowed edge", Duration::from_secs(10), || {
+            let v = call(
+                "POST",
+                "/execute/sync",
+                Some(
+                    serde_json::json!({"script": "const e = document.querySelector('#graph line.edge[marker-end]'); return e ? e.getAttribute('stroke-width') : null;", "args": []}),
+                ),
+            )?;
+            Ok(v.as_str()
+                .and_then(|w| w.parse::<f64>().ok())
+                .filter(|w| *w > 1.0))
+        })?;
+
+        // Every other page, as people see it (looked at by hand: target/test-logs/browser).
+        c.cli_ok(
+            "vm-1",
+            &["policy", "allow", "frontend", "reviews", "--path", "/api/*"],
+        )?;
+        for (name, path) in [
+            ("overview", "/"),
+            ("members", "/members"),
+            ("services", "/services"),
+            ("config", "/config"),
+            ("logs", "/logs"),
+        ] {
+            call(
+                "POST",
+                "/url",
+                Some(serde_json::json!({"url": format!("http://{api}{path}")})),
+            )?;
+            std::thread::sleep(Duration::from_millis(2500));
+            let shot = call("GET", "/screenshot", None)?;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(shot.as_str().unwrap_or_default())?;
+            std::fs::write(dir.join(format!("{name}.png")), &png)?;
+        }
+        call(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{api}/config")})),
+        )?;
+        let config = call(
+            "POST",
+            "/execute/sync",
+            Some(serde_json::json!({"script": "return document.body.innerText;", "args": []})),
+        )?;
+        let config = config.as_str().unwrap_or_default();
+        assert!(
+            config.contains("allow frontend → reviews (/api/*)"),
+            "the config page renders rules: {config}"
+        );
         let _ = wd(&driver.addr, "DELETE", &format!("/session/{sid}"), None);
         Ok(())
     })();

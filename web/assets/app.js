@@ -11,31 +11,85 @@ function el(name, attrs, text) {
   return e;
 }
 
+// Columns by depth: callers left, what they call to the right (longest path from a node
+// nobody calls), so a chain reads left to right and ten services do not crowd a circle.
+function layout(services, edges, w, h) {
+  const depth = {};
+  for (const s of services) depth[s] = 0;
+  for (let round = 0; round < services.length; round++) {
+    let moved = false;
+    for (const e of edges) {
+      if (e.source === e.destination || !(e.destination in depth)) continue;
+      const d = (depth[e.source] || 0) + 1;
+      if (d > depth[e.destination] && d < services.length) { depth[e.destination] = d; moved = true; }
+    }
+    if (!moved) break;
+  }
+  const columns = {};
+  for (const s of services) (columns[depth[s]] = columns[depth[s]] || []).push(s);
+  const keys = Object.keys(columns).map(Number).sort((a, b) => a - b);
+  const pos = {};
+  keys.forEach((k, ci) => {
+    const col = columns[k].sort();
+    const x = keys.length === 1 ? w / 2 : 110 + (ci * (w - 220)) / (keys.length - 1);
+    col.forEach((s, i) => { pos[s] = [x, ((i + 1) * h) / (col.length + 1)]; });
+  });
+  return pos;
+}
+
 function draw(svg, graph) {
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const w = svg.clientWidth || 900, h = svg.clientHeight || 480;
-  const services = graph.services || [];
-  const pos = {};
-  const r = Math.min(w, h) / 2 - 70;
-  services.forEach((s, i) => {
-    const a = (2 * Math.PI * i) / Math.max(services.length, 1) - Math.PI / 2;
-    pos[s] = [w / 2 + r * Math.cos(a), h / 2 + r * Math.sin(a)];
-  });
-  (graph.edges || []).forEach((e, i) => {
-    const a = pos[e.source] || [40, h / 2], b = pos[e.destination];
-    if (!b) return;
+  const edges = graph.edges || [];
+  // Anonymous local clients (HTTP proxy, virtual IPs without an identity) are a node too.
+  const services = [...(graph.services || [])];
+  if (edges.some((e) => e.source === "-") && !services.includes("-")) services.unshift("-");
+  if (services.length === 0) {
+    svg.appendChild(el("text", { x: w / 2, y: h / 2, "text-anchor": "middle", class: "empty" },
+      "No services yet: register one (weft service register) or add a [[service]] to the agent's file."));
+    return;
+  }
+  const defs = el("defs");
+  for (const k of ["ok", "warn", "bad"]) {
+    const m = el("marker", { id: "arrow-" + k, viewBox: "0 0 10 10", refX: 9, refY: 5, markerUnits: "userSpaceOnUse", markerWidth: 14, markerHeight: 14, orient: "auto" });
+    m.appendChild(el("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow " + k }));
+    defs.appendChild(m);
+  }
+  svg.appendChild(defs);
+  const pos = layout(services, edges, w, h);
+  const R = 11;
+  const maxRps = Math.max(1, ...edges.map((e) => e.rps));
+  const labels = [];
+  edges.forEach((e) => {
+    const a = pos[e.source], b = pos[e.destination];
+    if (!a || !b) return;
     const id = e.source + "->" + e.destination;
-    const cls = e.error_rate > 0.05 ? "edge bad" : "edge";
-    svg.appendChild(el("line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], class: cls, "data-edge": id }));
-    // Label at 60 % of the way, nudged off the line so neighbouring labels do not collide.
-    const x = a[0] + (b[0] - a[0]) * 0.6, y = a[1] + (b[1] - a[1]) * 0.6 + (i % 2 ? 14 : -8);
-    const label = `${e.rps.toFixed(1)} rps · ${(e.error_rate * 100).toFixed(1)}% err · p50 ${e.p50_ms} ms · p99 ${e.p99_ms} ms`;
-    svg.appendChild(el("text", { x: x, y: y, "text-anchor": "middle", class: "edge-label", "data-edge": id, "data-rps": e.rps.toFixed(2) }, label));
+    const health = e.error_rate > 0.05 ? "bad" : e.error_rate > 0.01 ? "warn" : "ok";
+    // Stop at the circles' edges so the arrowhead shows.
+    const dx = b[0] - a[0], dy = b[1] - a[1], len = Math.hypot(dx, dy) || 1;
+    const ux = dx / len, uy = dy / len;
+    const width = 1.5 + 6 * Math.sqrt(e.rps / maxRps);
+    svg.appendChild(el("line", {
+      x1: a[0] + ux * R, y1: a[1] + uy * R, x2: b[0] - ux * (R + 2), y2: b[1] - uy * (R + 2),
+      class: "edge " + health, "stroke-width": width.toFixed(1), "marker-end": `url(#arrow-${health})`, "data-edge": id,
+    }));
+    // The label beside the middle of the line (offset perpendicular to it), on a plate.
+    const mx = (a[0] + b[0]) / 2 + uy * 14, my = (a[1] + b[1]) / 2 - ux * 14;
+    const text = `${e.rps.toFixed(1)} req/s · ${(e.error_rate * 100).toFixed(1)} % errors · p50 ${e.p50_ms} ms · p99 ${e.p99_ms} ms`;
+    labels.push([mx, my, text, id, e.rps, health]);
   });
   for (const s of services) {
     const [x, y] = pos[s];
-    svg.appendChild(el("circle", { cx: x, cy: y, r: 9, class: "svc" }));
-    svg.appendChild(el("text", { x: x, y: y + 24, "text-anchor": "middle" }, s));
+    const anon = s === "-";
+    svg.appendChild(el("circle", { cx: x, cy: y, r: R, class: anon ? "svc anon" : "svc" }));
+    svg.appendChild(el("text", { x: x, y: y + R + 16, "text-anchor": "middle", class: "svc-name" }, anon ? "local clients without an identity" : s));
+  }
+  for (const [x, y, text, id, rps, health] of labels) {
+    svg.appendChild(el("text", { x: x, y: y, "text-anchor": "middle", class: "edge-label " + health, "data-edge": id, "data-rps": rps.toFixed(2) }, text));
+  }
+  if (edges.length === 0) {
+    svg.appendChild(el("text", { x: w / 2, y: 28, "text-anchor": "middle", class: "empty" },
+      "No traffic in the last minute: edges appear as services call each other through the mesh."));
   }
 }
 

@@ -39,6 +39,164 @@ fn page(title: &str, status: &NodeStatus, body: &str) -> String {
     )
 }
 
+/// Seconds since the Unix epoch now.
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A duration as people say it: `3 d 4 h`, `23 h 59 min`, `12 min`, `40 s`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (d, h, _) if d >= 2 => format!("{d} d {h} h"),
+        (d, h, m) if d == 1 || h > 0 => format!("{} h {m} min", d * 24 + h),
+        (_, _, m) if m > 0 => format!("{m} min"),
+        _ => format!("{secs} s"),
+    }
+}
+
+/// A moment relative to now (`in 23 h 59 min`, `5 min ago`), with the Unix time in the
+/// tooltip; `-` for 0 (unknown).
+pub fn when(unix: u64) -> String {
+    if unix == 0 {
+        return "-".into();
+    }
+    let now = now_unix();
+    let text = if unix >= now {
+        format!("in {}", human_duration(unix - now))
+    } else {
+        format!("{} ago", human_duration(now - unix))
+    };
+    format!("<span title=\"unix {unix}\">{text}</span>")
+}
+
+/// A config entry's value as a rule a person reads (`v1 90 % · v2 10 %`, `allow
+/// frontend → reviews (GET /api/*)`); the JSON stays in the tooltip.
+pub fn describe_entry(kind: &str, value: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match kind {
+        "route" => {
+            let mut parts = Vec::new();
+            for r in value["rules"].as_array().into_iter().flatten() {
+                let to: Vec<String> = r["to"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|w| format!("{} {} %", text(&w["version"]), w["weight"]))
+                    .collect();
+                let mut when = Vec::new();
+                for h in r["match"]["headers"].as_array().into_iter().flatten() {
+                    when.push(if h["present"] == true {
+                        format!("header {} present", text(&h["name"]))
+                    } else {
+                        format!("header {} = {}", text(&h["name"]), text(&h["exact"]))
+                    });
+                }
+                if let Some(p) = r["match"]["path"].as_object() {
+                    for (k, v) in p {
+                        when.push(format!("path {k} {}", text(v)));
+                    }
+                }
+                parts.push(if when.is_empty() {
+                    format!("otherwise {}", to.join(" · "))
+                } else {
+                    format!("if {}: {}", when.join(" and "), to.join(" · "))
+                });
+            }
+            if let Some(m) = value["mirror"].as_object() {
+                parts.push(format!(
+                    "mirror {} % to {}",
+                    m.get("percent").map(text).unwrap_or_default(),
+                    m.get("version").map(text).unwrap_or_default()
+                ));
+            }
+            parts.join("; ")
+        }
+        "policy" if value.get("default").is_some() => format!(
+            "by default {}{}",
+            text(&value["default"]),
+            if value["dry_run"] == true {
+                " (dry run: logged, not enforced)"
+            } else {
+                ""
+            }
+        ),
+        "policy" => {
+            let mut extra = Vec::new();
+            if let Some(m) = value["method"].as_str() {
+                extra.push(m.to_owned());
+            }
+            if let Some(p) = value["path"].as_str() {
+                extra.push(p.to_owned());
+            }
+            format!(
+                "{} {} → {}{}",
+                text(&value["action"]),
+                text(&value["source"]),
+                text(&value["destination"]),
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", extra.join(" "))
+                }
+            )
+        }
+        "rollout" => {
+            let steps: Vec<String> = value["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| w.to_string())
+                .collect();
+            let secs = value["interval_ms"].as_u64().unwrap_or(0) / 1000;
+            let mut gates = vec![format!(
+                "errors ≤ {:.1} %",
+                value["max_error_rate"].as_f64().unwrap_or(0.0) * 100.0
+            )];
+            if let Some(p99) = value["max_p99_ms"].as_u64() {
+                gates.push(format!("p99 ≤ {p99} ms"));
+            }
+            gates.push(format!("at least {} requests", value["min_requests"]));
+            format!(
+                "{} → {} in steps {} %, {secs} s each; gates: {}; command: {}",
+                text(&value["from"]),
+                text(&value["to"]),
+                steps.join(", "),
+                gates.join(", "),
+                text(&value["command"])
+            )
+        }
+        "rollout_progress" => {
+            let history = value["history"]
+                .as_array()
+                .map_or(&[][..], |h| h.as_slice());
+            let last = history
+                .last()
+                .map(|e| format!("; last: {} ({})", text(&e["action"]), text(&e["reason"])))
+                .unwrap_or_default();
+            format!(
+                "{} at {} % on the new version after {} decision(s){last}",
+                text(&value["state"]).replace('_', " "),
+                value["weight"],
+                history.len()
+            )
+        }
+        _ => match value.as_object() {
+            Some(map) => map
+                .iter()
+                .map(|(k, v)| format!("{} {}", k.replace('_', " "), text(v)))
+                .collect::<Vec<_>>()
+                .join(" · "),
+            None => text(value),
+        },
+    }
+}
+
 fn member_rows(members: &[MemberView]) -> String {
     let mut rows = String::new();
     for m in members {
@@ -57,13 +215,13 @@ fn member_rows(members: &[MemberView]) -> String {
             escape(&m.zone),
             escape(&m.version),
             if m.ca { "yes" } else { "" },
-            m.cert_expiry_unix,
+            when(m.cert_expiry_unix),
         ));
     }
     rows
 }
 
-const MEMBER_HEAD: &str = "<table><thead><tr><th>name</th><th>address</th><th>status</th><th>zone</th><th>version</th><th>CA</th><th>cert expiry (unix)</th></tr></thead><tbody>";
+const MEMBER_HEAD: &str = "<table><thead><tr><th>name</th><th>address</th><th>status</th><th>zone</th><th>version</th><th>CA</th><th>certificate expires</th></tr></thead><tbody>";
 
 /// The CA replicas: name, state, root holder, intermediate expiry.
 fn replica_list(members: &[MemberView]) -> String {
@@ -72,11 +230,11 @@ fn replica_list(members: &[MemberView]) -> String {
         .filter(|m| m.ca)
         .map(|m| {
             format!(
-                "<span class=\"{}\">{}</span>{} (intermediate until unix {})",
+                "<span class=\"{}\">{}</span>{} (intermediate expires {})",
                 escape(&m.status),
                 escape(&m.name),
                 if m.root_holder { ", root holder" } else { "" },
-                m.intermediate_expiry_unix
+                when(m.intermediate_expiry_unix)
             )
         })
         .collect();
@@ -102,8 +260,8 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
     let body = format!(
         r#"<h1>weft · {name}</h1>
 <p>cluster <b>{cluster}</b> · agent {version} · {ready}{ca}</p>
-<p>members: <span class="alive">{alive} alive</span> · <span class="failed">{failed} failed</span> · <span class="left">{left} left</span></p>
-<p>node certificate expires in {remaining}s (unix {expiry}) · cluster CA expires at unix {ca_expiry}</p>
+<p>members: <span class="alive">{alive} alive</span> · <span class="{failed_class}">{failed} failed</span> · <span class="left">{left} left</span></p>
+<p>node certificate expires {expiry} · cluster CA expires {ca_expiry}</p>
 <p>CA replicas: {replicas}</p>
 <p class="muted">gossip {gossip} · QUIC {quic} · {dropped} gossip datagrams dropped</p>
 {warnings}
@@ -118,9 +276,13 @@ pub fn overview(status: &NodeStatus, members: &[MemberView]) -> String {
         alive = count("alive"),
         failed = count("failed"),
         left = count("left"),
-        remaining = status.cert_remaining_secs,
-        expiry = status.cert_expiry_unix,
-        ca_expiry = status.ca_expiry_unix,
+        failed_class = if count("failed") > 0 {
+            "failed"
+        } else {
+            "muted"
+        },
+        expiry = when(status.cert_expiry_unix),
+        ca_expiry = when(status.ca_expiry_unix),
         gossip = escape(&status.gossip_address),
         quic = escape(&status.quic_address),
         dropped = status.gossip_dropped,
@@ -172,10 +334,14 @@ pub fn config(
     let mut rows = String::new();
     for e in entries.as_array().into_iter().flatten() {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td></tr>\n",
             escape(e["kind"].as_str().unwrap_or("")),
             escape(e["name"].as_str().unwrap_or("")),
             escape(&e["value"].to_string()),
+            escape(&describe_entry(
+                e["kind"].as_str().unwrap_or(""),
+                &e["value"]
+            )),
             escape(e["version"]["node"].as_str().unwrap_or("")),
         ));
     }
@@ -194,10 +360,16 @@ pub fn config(
             escape(d["rule"].as_str().unwrap_or("")),
         ),
     };
+    let empty = if rows.is_empty() {
+        "<p class=\"muted\">No entries yet: every request goes to any healthy instance and every source may call every service. Try <code>weft route set SERVICE --split v1=90,v2=10</code> or <code>weft policy default deny</code> then <code>weft policy allow SOURCE DESTINATION</code>.</p>"
+    } else {
+        ""
+    };
     let body = format!(
         r#"<h1>Routes, policies and traffic settings</h1>
-<table><thead><tr><th>kind</th><th>name</th><th>value</th><th>written by</th></tr></thead><tbody>
+<table><thead><tr><th>kind</th><th>name</th><th>rule</th><th>written through</th></tr></thead><tbody>
 {rows}</tbody></table>
+{empty}
 <h2>Explain a policy decision</h2>
 <form method="get" action="/config">
 <input name="source" placeholder="source service" required> → <input name="destination" placeholder="destination service" required>
@@ -243,4 +415,44 @@ pub fn graph(status: &NodeStatus) -> String {
         cluster = escape(&status.cluster),
     );
     page("service graph", status, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(human_duration(40), "40 s");
+        assert_eq!(human_duration(12 * 60 + 5), "12 min");
+        assert_eq!(human_duration(23 * 3600 + 59 * 60), "23 h 59 min");
+        assert_eq!(human_duration(86_400 + 3600), "25 h 0 min");
+        assert_eq!(human_duration(3 * 86_400 + 4 * 3600), "3 d 4 h");
+        assert_eq!(when(0), "-");
+        assert!(when(now_unix() + 3600).contains("in 1 h 0 min"));
+        assert!(when(now_unix() - 120).contains("2 min ago"));
+    }
+
+    #[test]
+    fn entries_read_as_rules() {
+        let route = serde_json::json!({"rules": [
+            {"match": {"headers": [{"name": "x-canary", "exact": "1", "present": false}]}, "to": [{"version": "v2", "weight": 100}]},
+            {"match": {}, "to": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]}
+        ]});
+        assert_eq!(
+            describe_entry("route", &route),
+            "if header x-canary = 1: v2 100 %; otherwise v1 90 % · v2 10 %"
+        );
+        let rule = serde_json::json!({"action": "deny", "source": "-", "destination": "db", "method": "POST"});
+        assert_eq!(describe_entry("policy", &rule), "deny - → db (POST)");
+        let default = serde_json::json!({"default": "deny", "dry_run": true});
+        assert_eq!(
+            describe_entry("policy", &default),
+            "by default deny (dry run: logged, not enforced)"
+        );
+        assert_eq!(
+            describe_entry("ratelimit", &serde_json::json!({"rps": 50})),
+            "rps 50"
+        );
+    }
 }
