@@ -53,7 +53,11 @@ fn main() -> ExitCode {
                 weft_node::agent::run(*args, settings).await?;
                 Ok(())
             }
-            Command::Members(c) => client::members(&c).await,
+            Command::Members(a) if a.prune => weft_node::cli::config_cmd::prune(&a.client).await,
+            Command::Members(a) => client::members(&a.client).await,
+            Command::ForceLeave { node, client: c } => {
+                weft_node::cli::config_cmd::force_leave(&c, &node).await
+            }
             Command::Status(c) => weft_node::cli::status_cmd::status(&c).await,
             Command::Doctor(c) => weft_node::cli::status_cmd::doctor(&c).await,
             Command::Token {

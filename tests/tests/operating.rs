@@ -338,3 +338,37 @@ fn spans_of_both_hops_reach_a_real_otlp_receiver() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn force_leave_forgets_a_dead_member_everywhere_until_it_returns() -> anyhow::Result<()> {
+    let mut c = Cluster::new("force_leave_forgets_a_dead_member_everywhere_until_it_returns");
+    c.formed(3)?;
+    let listed = |c: &Cluster, on: &str, name: &str| -> anyhow::Result<bool> {
+        Ok(c.agent(on).members()?.iter().any(|m| m["name"] == name))
+    };
+
+    // An alive member is not forgotten: the command says what to do instead.
+    let out = c.agent("vm-1").cli(&["force-leave", "vm-2"]);
+    let (_, err) = text(&out);
+    assert!(!out.status.success() && err.contains("is alive"), "{err}");
+
+    c.agent_mut("vm-3").kill();
+    c.wait_status("vm-1", "vm-3", "failed", Duration::from_secs(20))?;
+    // A node's own root cannot forget members for the cluster.
+    let out = c.agent("vm-2").cli_as_node(&["force-leave", "vm-3"], &[]);
+    assert!(!out.status.success(), "{:?}", text(&out));
+    let out = c.agent("vm-1").cli(&["force-leave", "vm-3"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    for on in ["vm-1", "vm-2"] {
+        eventually(
+            &format!("{on} forgets vm-3"),
+            Duration::from_secs(15),
+            || Ok((!listed(&c, on, "vm-3")?).then_some(())),
+        )?;
+    }
+
+    // Back with a new generation: listed again, alive.
+    c.spawn("vm-3", &[]);
+    c.wait_status("vm-1", "vm-3", "alive", Duration::from_secs(30))?;
+    Ok(())
+}

@@ -53,6 +53,9 @@ pub struct MemberView {
     /// The digest of the cluster config it has applied (empty: not published yet).
     #[serde(default)]
     pub config_digest: String,
+    /// Its agent's generation (start time): a restart makes a new one.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// This node's state, for `/v1/self`, `/readyz` and the overview page.

@@ -79,6 +79,7 @@ impl NodeApi for Agent {
                 revoked: m.revoked,
                 is_self: m.is_self,
                 config_digest: m.config_digest,
+                generation: m.generation,
             })
             .collect()
     }

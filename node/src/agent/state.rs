@@ -96,8 +96,21 @@ impl Agent {
     /// Verified members. Adopts a newer revocation list seen with them at once, so TLS
     /// refuses a revoked peer as soon as any view shows it revoked.
     pub async fn members(&self) -> Vec<Member> {
-        let members = self.gossip.members().await;
+        let mut members = self.gossip.members().await;
         self.identity.adopt_revocations(self.gossip.revocations());
+        // Failed and departed members an admin forgot (`weft force-leave`), until they
+        // come back with a newer generation.
+        members.retain(|m| {
+            m.status == weft_gossip::MemberStatus::Alive
+                || !self
+                    .config
+                    .get(crate::cluster_config::Kind::Forget, &m.name)
+                    .and_then(|e| e.value)
+                    .and_then(|v| {
+                        serde_json::from_value::<crate::cluster_config::Forgotten>(v).ok()
+                    })
+                    .is_some_and(|f| f.generation >= m.generation)
+        });
         members
     }
 

@@ -98,6 +98,10 @@ impl Act {
     /// The least role that may do this.
     pub fn needs(&self) -> Role {
         match self {
+            // Forgetting a member changes what every node lists: an admin's call.
+            Self::ConfigWrite {
+                kind: Kind::Forget, ..
+            } => Role::Admin,
             Self::ConfigWrite { .. } => Role::Operator,
             Self::OperatorList => Role::Viewer,
             Self::CreateToken { .. }

@@ -24,8 +24,18 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent (usually under systemd).
     Agent(Box<AgentArgs>),
-    /// List the cluster's nodes as this agent sees them.
-    Members(ClientArgs),
+    /// List the cluster's nodes as this agent sees them (--prune: forget every failed or
+    /// departed one, as `force-leave` does).
+    Members(MembersArgs),
+    /// Forget a failed or departed member cluster-wide (admin): every node stops listing
+    /// it; it reappears if its agent starts again.
+    ForceLeave {
+        /// The node.
+        node: String,
+        /// Common client options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// This agent at a glance: ready or why not, certificate and CA expiry, members,
     /// config agreement, listeners (exit status 1 when not ready).
     Status(ClientArgs),
@@ -128,6 +138,17 @@ pub enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+}
+
+/// `weft members`
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Forget every failed or departed member cluster-wide (admin).
+    #[arg(long)]
+    pub prune: bool,
+    /// Common client options.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `weft service …`

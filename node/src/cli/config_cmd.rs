@@ -209,6 +209,57 @@ async fn put(
     client.config_write(kind, name, Some(value)).await
 }
 
+/// `weft force-leave NODE`: writes the admin-signed `forget` entry for a failed or
+/// departed member at its current generation.
+pub async fn force_leave(args: &ClientArgs, node: &str) -> anyhow::Result<()> {
+    let c = ApiClient::new(args)?;
+    let members: Vec<weft_web::MemberView> = c.get("/v1/members").await?;
+    let Some(m) = members.iter().find(|m| m.name == node) else {
+        let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let hint = closest(node, names.iter())
+            .map(|n| format!("; did you mean {n}?"))
+            .unwrap_or_default();
+        bail!("no member named {node:?} (`weft members` lists them){hint}");
+    };
+    forget(&c, m).await
+}
+
+async fn forget(c: &ApiClient, m: &weft_web::MemberView) -> anyhow::Result<()> {
+    if m.status == "alive" {
+        bail!(
+            "{} is alive: stop its agent first (systemctl stop weft there, which leaves by itself), or shut it out with weft node revoke {}",
+            m.name,
+            m.name
+        );
+    }
+    put(
+        c,
+        "forget",
+        &m.name,
+        serde_json::json!({ "generation": m.generation }),
+    )
+    .await?;
+    println!(
+        "{} ({}) forgotten cluster-wide; it is listed again if its agent starts",
+        m.name, m.status
+    );
+    Ok(())
+}
+
+/// `weft members --prune`: forgets every failed or departed member.
+pub async fn prune(args: &ClientArgs) -> anyhow::Result<()> {
+    let c = ApiClient::new(args)?;
+    let members: Vec<weft_web::MemberView> = c.get("/v1/members").await?;
+    let gone: Vec<&weft_web::MemberView> = members.iter().filter(|m| m.status != "alive").collect();
+    if gone.is_empty() {
+        println!("no failed or departed member to forget");
+    }
+    for m in gone {
+        forget(&c, m).await?;
+    }
+    Ok(())
+}
+
 /// Runs a `weft config` command.
 pub async fn config(action: &ConfigAction) -> anyhow::Result<()> {
     match action {

@@ -251,7 +251,7 @@ pub async fn doctor(args: &ClientArgs) -> anyhow::Result<()> {
     if failed.is_empty() {
         r.say(Verdict::Ok, "members", "no failed member");
     } else {
-        r.say(Verdict::Warn, "members", format!("failed: {}; fix: UDP 7946 (gossip) and 7443 (QUIC) must pass between the hosts; a host gone for good drops out of the list after 25 h", failed.join(", ")));
+        r.say(Verdict::Warn, "members", format!("failed: {}; fix: UDP 7946 (gossip) and 7443 (QUIC) must pass between the hosts; a host gone for good: weft force-leave NAME", failed.join(", ")));
     }
     let differ = disagreeing(&me, &members);
     if differ.is_empty() {

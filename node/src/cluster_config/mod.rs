@@ -44,6 +44,9 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), ValueError> {
     ) {
         weft_ca::ServiceName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
     }
+    if kind == Kind::Forget {
+        weft_ca::NodeName::new(name).map_err(|e| ValueError::new("name", e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -78,5 +81,17 @@ pub fn validate(kind: Kind, name: &str, value: &serde_json::Value) -> Result<(),
         Kind::RolloutProgress => serde_json::from_value::<crate::rollout::Progress>(value.clone())
             .map_err(parse_err)?
             .validate(),
+        Kind::Forget => serde_json::from_value::<Forgotten>(value.clone())
+            .map(|_| ())
+            .map_err(parse_err),
     }
+}
+
+/// The value of a `forget` entry: the member's generation (its agent's start) it was
+/// forgotten at; a restart of the node (a newer generation) brings it back.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forgotten {
+    /// The generation forgotten, and every older one.
+    pub generation: u64,
 }

@@ -40,13 +40,16 @@ pub enum Kind {
     /// the service); accepted only within its operator-signed plan.
     #[serde(rename = "rollout_progress")]
     RolloutProgress,
+    /// A failed or departed member forgotten cluster-wide (entry name = the node; admin):
+    /// hidden from every node's member list until it comes back with a newer generation.
+    Forget,
 }
 
 /// A config kind name that this agent does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KindError {
     /// Not a kind at all.
-    #[error("unknown config kind {0:?} (expected route, policy, resilience, fault, ratelimit or rollout)")]
+    #[error("unknown config kind {0:?} (expected route, policy, resilience, fault, ratelimit, rollout or forget)")]
     Unknown(String),
 }
 
@@ -61,6 +64,7 @@ impl std::str::FromStr for Kind {
             "ratelimit" => Ok(Self::Ratelimit),
             "rollout" => Ok(Self::Rollout),
             "rollout_progress" => Ok(Self::RolloutProgress),
+            "forget" => Ok(Self::Forget),
             other => Err(KindError::Unknown(other.to_owned())),
         }
     }
@@ -76,6 +80,7 @@ impl std::fmt::Display for Kind {
             Self::Ratelimit => "ratelimit",
             Self::Rollout => "rollout",
             Self::RolloutProgress => "rollout_progress",
+            Self::Forget => "forget",
         })
     }
 }

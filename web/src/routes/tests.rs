@@ -32,6 +32,7 @@ fn member(name: &str) -> MemberView {
         revoked: false,
         is_self: false,
         config_digest: String::new(),
+        generation: 1,
     }
 }
 
