@@ -102,14 +102,14 @@ impl Agent {
         // come back with a newer generation.
         members.retain(|m| {
             m.status == weft_gossip::MemberStatus::Alive
-                || !self
+                || self
                     .config
                     .get(crate::cluster_config::Kind::Forget, &m.name)
                     .and_then(|e| e.value)
                     .and_then(|v| {
                         serde_json::from_value::<crate::cluster_config::Forgotten>(v).ok()
                     })
-                    .is_some_and(|f| f.generation >= m.generation)
+                    .is_none_or(|f| f.generation < m.generation)
         });
         members
     }
