@@ -374,7 +374,8 @@ impl Cluster {
             agents: HashMap::new(),
             dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
             logs,
-            allowed_errors: Vec::new(),
+            // A node a test revokes says so at ERROR, with how to recover: expected.
+            allowed_errors: vec!["certificate is revoked (weft node revoke)".to_owned()],
             operator_credential: None,
             next_host: 1,
             lab: None,

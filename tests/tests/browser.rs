@@ -350,6 +350,27 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
             Some(serde_json::json!({"script": "return document.body.innerText;", "args": []})),
         )?;
         let config = config.as_str().unwrap_or_default();
+        // A service's page: 15 minutes per version, drawn from its series.
+        call(
+            "POST",
+            "/url",
+            Some(serde_json::json!({"url": format!("http://{api}/service/reviews")})),
+        )?;
+        let lines = eventually("the service page's charts", Duration::from_secs(15), || {
+            let v = call(
+                "POST",
+                "/execute/sync",
+                Some(
+                    serde_json::json!({"script": "return document.querySelectorAll('#series svg path.series').length;", "args": []}),
+                ),
+            )?;
+            Ok(v.as_u64().filter(|n| *n >= 3))
+        })?;
+        println!("service page: {lines} plotted series");
+        let shot = call("GET", "/screenshot", None)?;
+        let png =
+            base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default())?;
+        std::fs::write(dir.join("service.png"), &png)?;
         assert!(
             config.contains("allow frontend → reviews (/api/*)"),
             "the config page renders rules: {config}"

@@ -294,3 +294,67 @@ if (document.getElementById("rollouts")) {
   refreshRollouts();
   setInterval(refreshRollouts, 2000);
 }
+
+// Service page: 15 minutes per version in 5-second buckets, three charts (requests/s,
+// error rate, p50 and p99), from /v1/services/NAME/series every 5 s.
+function seriesChart(title, lines, fmt, span, floor) {
+  const w = 900, h = 170, left = 60, right = 16, top = 26, bottom = 26;
+  const svg = el("svg", { viewBox: `0 0 ${w} ${h}`, class: "chart", role: "img", "aria-label": title });
+  svg.appendChild(el("text", { x: left, y: 15, class: "chart-title" }, title));
+  const all = lines.flatMap((l) => l.points);
+  if (all.length === 0) {
+    svg.appendChild(el("text", { x: left, y: h / 2, class: "muted" }, "no requests in the last 15 minutes"));
+    return svg;
+  }
+  // One time axis for the three charts (15 minutes), a y axis of at least `floor`.
+  const [t0, t1] = span;
+  const yMax = Math.max(...all.map((p) => p.v), floor) * 1.1;
+  const X = (t) => left + ((t - t0) / (t1 - t0)) * (w - left - right);
+  const Y = (v) => top + (1 - v / yMax) * (h - top - bottom);
+  svg.appendChild(el("line", { x1: left, y1: Y(0), x2: w - right, y2: Y(0), class: "axis" }));
+  svg.appendChild(el("text", { x: left - 6, y: Y(yMax) + 10, "text-anchor": "end", class: "tick" }, fmt(yMax)));
+  svg.appendChild(el("text", { x: left - 6, y: Y(0) + 4, "text-anchor": "end", class: "tick" }, fmt(0)));
+  svg.appendChild(el("text", { x: left, y: h - 6, class: "tick" }, new Date(t0 * 1000).toLocaleTimeString()));
+  svg.appendChild(el("text", { x: w - right, y: h - 6, "text-anchor": "end", class: "tick" }, "now"));
+  lines.forEach((l, i) => {
+    const d = l.points.map((p, k) => (k ? "L" : "M") + X(p.t).toFixed(1) + "," + Y(p.v).toFixed(1)).join(" ");
+    svg.appendChild(el("path", { d: d, class: "series c" + (i % 6), "data-series": l.label }));
+    svg.appendChild(el("text", { x: w - right - i * 110, y: 15, "text-anchor": "end", class: "legend c" + (i % 6) }, "● " + l.label));
+  });
+  return svg;
+}
+
+async function refreshSeries() {
+  const box = document.getElementById("series");
+  if (!box) return;
+  const status = document.getElementById("series-status");
+  try {
+    const resp = await fetch("/v1/services/" + encodeURIComponent(box.dataset.service) + "/series", { cache: "no-store" });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const data = await resp.json();
+    const vs = data.versions || [];
+    const pick = (key, scale) => vs.map((v) => ({ label: v.version, points: v.points.map((p) => ({ t: p.t, v: p[key] * scale })) }));
+    // Latency only where there were requests (an empty bucket is not 0 ms).
+    const lat = (key) => vs.map((v) => ({ label: `${v.version} ${key.slice(0, 3)}`, points: v.points.filter((p) => p.rps > 0).map((p) => ({ t: p.t, v: p[key] })) }));
+    const ts = vs.flatMap((v) => v.points.map((p) => p.t));
+    const span = [Math.min(...ts), Math.max(...ts, Math.min(...ts) + 1)];
+    while (box.firstChild) box.removeChild(box.firstChild);
+    if (vs.length === 0) {
+      const p = document.createElement("p");
+      p.textContent = "This node has routed no requests to this service in the last 15 minutes (each node charts what it sends; the service graph shows the whole mesh).";
+      box.appendChild(p);
+    } else {
+      box.appendChild(seriesChart("requests per second", pick("rps", 1), (v) => v.toFixed(1), span, 1));
+      box.appendChild(seriesChart("error rate", pick("error_rate", 100), (v) => v.toFixed(1) + " %", span, 1));
+      box.appendChild(seriesChart("latency p50 and p99", [...lat("p50_ms"), ...lat("p99_ms")], (v) => Math.round(v) + " ms", span, 1));
+    }
+    status.textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    status.textContent = "agent unreachable, retrying… (" + e.message + ")";
+  }
+}
+
+if (document.getElementById("series")) {
+  refreshSeries();
+  setInterval(refreshSeries, 5000);
+}

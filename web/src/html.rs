@@ -306,7 +306,8 @@ pub fn services(status: &NodeStatus, services: &[crate::ServiceView]) -> String 
     for s in services {
         for i in &s.instances {
             rows.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n",
+                "<tr><td><a href=\"/service/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>\n",
+                escape(&s.service),
                 escape(&s.service),
                 escape(&s.vip.as_ref().map_or("-".into(), |ip| format!("{}.weft → {ip}", s.service))),
                 escape(&i.node),
@@ -323,6 +324,19 @@ pub fn services(status: &NodeStatus, services: &[crate::ServiceView]) -> String 
         "<h1>Services</h1>\n<table><thead><tr><th>service</th><th>name and virtual IP</th><th>node</th><th>address</th><th>port</th><th>protocol</th><th>version</th><th>health</th></tr></thead><tbody>\n{rows}</tbody></table>"
     );
     page("services", status, &body)
+}
+
+/// A service's page: 15-minute charts of requests/s, error rate and p50/p99 per version,
+/// drawn as SVG by /assets/app.js from `/v1/services/{name}/series`.
+pub fn service(status: &NodeStatus, name: &str) -> String {
+    let body = format!(
+        r#"<h1>{name} <span class="muted">· last 15 minutes, per version, as {node} routed it</span></h1>
+<p class="muted"><a href="/services">all services</a> · 5-second buckets, refreshed every 5 s. <span id="series-status">loading…</span></p>
+<div id="series" data-service="{name}"></div>"#,
+        name = escape(name),
+        node = escape(&status.name),
+    );
+    page(name, status, &body)
 }
 
 /// The routes and policies page, with the answer of an explain query if one was asked.

@@ -394,6 +394,9 @@ pub trait NodeApi: Send + Sync + 'static {
     /// Every rollout: plan, state, weight, history, who drives it, and both versions'
     /// figures now (`{rollouts: [...]}`).
     fn rollouts(&self) -> impl Future<Output = serde_json::Value> + Send;
+    /// The last 15 minutes of `service` per version, in 5-second buckets, as this node
+    /// routed it (`{service, bucket_secs, versions: [{version, points: [...]}]}`).
+    fn service_series(&self, service: String) -> impl Future<Output = serde_json::Value> + Send;
     /// Checks for `weft doctor` that only the agent can make (its clock against each
     /// alive peer's), as JSON.
     fn doctor(&self) -> impl Future<Output = serde_json::Value> + Send;

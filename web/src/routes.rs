@@ -22,6 +22,8 @@ pub fn router<N: NodeApi>(node: Arc<N>) -> Router {
         .route("/rollouts", get(rollouts_page::<N>))
         .route("/members", get(members_page::<N>))
         .route("/services", get(services_page::<N>))
+        .route("/service/{name}", get(service_page::<N>))
+        .route("/v1/services/{name}/series", get(service_series::<N>))
         .route("/config", get(config_page::<N>))
         .route("/logs", get(logs_page::<N>))
         .route("/v1/logs", get(logs_json::<N>))
@@ -235,6 +237,20 @@ async fn logs_json<N: NodeApi>(
     axum::extract::Query(q): axum::extract::Query<LogsQuery>,
 ) -> Response {
     Json(node.logs(q.filter.filter(|f| !f.is_empty())).await).into_response()
+}
+
+async fn service_page<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path(name): Path<String>,
+) -> Html<String> {
+    Html(html::service(&node.status().await, &name))
+}
+
+async fn service_series<N: NodeApi>(
+    State(node): State<Arc<N>>,
+    Path(name): Path<String>,
+) -> Response {
+    Json(node.service_series(name).await).into_response()
 }
 
 async fn graph_page<N: NodeApi>(State(node): State<Arc<N>>) -> Html<String> {

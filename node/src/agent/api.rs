@@ -148,6 +148,24 @@ impl NodeApi for Agent {
         }
     }
 
+    async fn service_series(&self, service: String) -> serde_json::Value {
+        let series = self
+            .data
+            .metrics
+            .version_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .series(&service, crate::clock::unix_secs());
+        serde_json::json!({
+            "service": service,
+            "bucket_secs": crate::telemetry::edges::BUCKET_SECS,
+            "versions": series
+                .into_iter()
+                .map(|(version, points)| serde_json::json!({ "version": version, "points": points }))
+                .collect::<Vec<_>>(),
+        })
+    }
+
     async fn doctor(&self) -> serde_json::Value {
         let peers: Vec<_> = Agent::members(self)
             .await

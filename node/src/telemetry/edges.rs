@@ -73,10 +73,28 @@ pub struct EdgeSummary {
     pub p99_ms: f64,
 }
 
-/// All edges of this node.
+/// All edges of this node, by source then destination (looked up by `&str`: nothing is
+/// allocated per request once an edge exists). The same structure keeps the per-version
+/// series of the service pages, keyed by destination then version.
 #[derive(Debug, Default)]
 pub struct EdgeStats {
-    rings: HashMap<(String, String), Ring>,
+    rings: HashMap<String, HashMap<String, Ring>>,
+    count: usize,
+}
+
+/// One 5-second bucket of a series, as the service page draws it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// Start of the bucket, Unix seconds.
+    pub t: u64,
+    /// Requests per second in it.
+    pub rps: f64,
+    /// Share that failed, 0..1 (0 with no requests).
+    pub error_rate: f64,
+    /// Median latency, ms (bucket upper bound; 0 with no requests).
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
 }
 
 impl EdgeStats {
@@ -89,11 +107,27 @@ impl EdgeStats {
         latency_ms: f64,
         now: u64,
     ) {
-        let key = (source.to_owned(), destination.to_owned());
-        if !self.rings.contains_key(&key) && self.rings.len() >= MAX_EDGES {
-            return;
+        let known = self
+            .rings
+            .get(source)
+            .is_some_and(|d| d.contains_key(destination));
+        if !known {
+            if self.count >= MAX_EDGES {
+                return;
+            }
+            self.count += 1;
+            self.rings
+                .entry(source.to_owned())
+                .or_default()
+                .insert(destination.to_owned(), Ring::default());
         }
-        let ring = self.rings.entry(key).or_default();
+        let Some(ring) = self
+            .rings
+            .get_mut(source)
+            .and_then(|d| d.get_mut(destination))
+        else {
+            return;
+        };
         let epoch = now / BUCKET_SECS;
         let b = &mut ring.buckets[(epoch % BUCKETS as u64) as usize];
         if b.epoch != epoch {
@@ -117,7 +151,8 @@ impl EdgeStats {
         let mut out: Vec<EdgeSummary> = self
             .rings
             .iter()
-            .filter_map(|((src, dst), ring)| {
+            .flat_map(|(src, dsts)| dsts.iter().map(move |(dst, ring)| (src, dst, ring)))
+            .filter_map(|(src, dst, ring)| {
                 let (mut req, mut err, mut lat) = (0u64, 0u64, [0u64; LAT_BUCKETS]);
                 for b in &ring.buckets {
                     if b.epoch + n > current && b.epoch <= current {
@@ -139,6 +174,51 @@ impl EdgeStats {
             })
             .collect();
         out.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
+        out
+    }
+
+    /// The last 15 minutes of every ring under `first`, bucket by bucket (oldest first,
+    /// empty buckets included), by second key: for the version series, a service's
+    /// versions.
+    pub fn series(&self, first: &str, now: u64) -> Vec<(String, Vec<Point>)> {
+        let current = now / BUCKET_SECS;
+        let oldest = current.saturating_sub(BUCKETS as u64 - 1);
+        let mut out: Vec<(String, Vec<Point>)> = self
+            .rings
+            .get(first)
+            .into_iter()
+            .flatten()
+            .map(|(second, ring)| {
+                let points = (oldest..=current)
+                    .map(|epoch| {
+                        let b = &ring.buckets[(epoch % BUCKETS as u64) as usize];
+                        let (req, err) = if b.epoch == epoch {
+                            (u64::from(b.requests), u64::from(b.errors))
+                        } else {
+                            (0, 0)
+                        };
+                        let lat: [u64; LAT_BUCKETS] = if b.epoch == epoch {
+                            b.latency.map(u64::from)
+                        } else {
+                            [0; LAT_BUCKETS]
+                        };
+                        Point {
+                            t: epoch * BUCKET_SECS,
+                            rps: req as f64 / BUCKET_SECS as f64,
+                            error_rate: if req > 0 {
+                                err as f64 / req as f64
+                            } else {
+                                0.0
+                            },
+                            p50_ms: quantile_of(&lat, req, 0.50),
+                            p99_ms: quantile_of(&lat, req, 0.99),
+                        }
+                    })
+                    .collect();
+                (second.clone(), points)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 }
@@ -217,6 +297,28 @@ mod tests {
             s.record("a", &format!("svc{i}"), false, 1.0, 100);
         }
         assert_eq!(s.summaries(60, 100).len(), MAX_EDGES);
+    }
+
+    #[test]
+    fn a_series_has_every_bucket_of_fifteen_minutes() {
+        let mut s = EdgeStats::default();
+        let now = 1_000_000;
+        for _ in 0..10 {
+            s.record("reviews", "v1", false, 2.0, now);
+            s.record("reviews", "v2", true, 50.0, now - 60);
+        }
+        let series = s.series("reviews", now);
+        assert_eq!(series.len(), 2);
+        let (v1, v2) = (&series[0], &series[1]);
+        assert_eq!((v1.0.as_str(), v2.0.as_str()), ("v1", "v2"));
+        assert_eq!(v1.1.len(), BUCKETS);
+        let last = v1.1.last().expect("points");
+        assert_eq!(last.rps, 2.0);
+        assert_eq!(last.error_rate, 0.0);
+        let v2_hit = v2.1.iter().find(|p| p.rps > 0.0).expect("a v2 bucket");
+        assert_eq!(v2_hit.error_rate, 1.0);
+        assert!(v2_hit.p99_ms >= 50.0);
+        assert!(s.series("ratings", now).is_empty());
     }
 
     #[test]

@@ -272,6 +272,9 @@ pub struct Metrics {
     pub config_digest_age_seconds: Gauge<f64, AtomicU64>,
     /// Per-edge ring buffers for the dashboard.
     pub edges: std::sync::Mutex<super::edges::EdgeStats>,
+    /// Per-version 15-minute series of the requests this node routed, keyed by
+    /// destination then version (the service pages).
+    pub version_series: std::sync::Mutex<super::edges::EdgeStats>,
     /// Per-version totals (gossiped; rollouts are judged on them).
     pub versions: Arc<std::sync::Mutex<super::versions::VersionTotals>>,
     /// `weft_rollout_weight{service,version}`: percent of traffic on each version of a
@@ -489,6 +492,7 @@ impl Metrics {
             authority_refused,
             config_digest_age_seconds,
             edges: std::sync::Mutex::default(),
+            version_series: std::sync::Mutex::default(),
             versions,
             rollout_weight,
             rollout_state,
@@ -582,6 +586,24 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(destination, version, is_failure(code), seconds * 1000.0);
+    }
+
+    /// Adds one request to `destination`'s 15-minute series of `version` (the version a
+    /// route chose, or `any version` when no route chose one).
+    pub fn record_series(&self, destination: &str, version: &str, code: &str, seconds: f64) {
+        if destination == "unknown" {
+            return;
+        }
+        self.version_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(
+                destination,
+                version,
+                is_failure(code),
+                seconds * 1000.0,
+                crate::clock::unix_secs(),
+            );
     }
 
     /// Counts one mirrored copy's outcome.

@@ -73,6 +73,9 @@ impl NodeApi for Fake {
             proxy: "127.0.0.1:15001".into(),
         }
     }
+    async fn service_series(&self, service: String) -> serde_json::Value {
+        serde_json::json!({ "service": service, "versions": [] })
+    }
     async fn doctor(&self) -> serde_json::Value {
         serde_json::json!({ "clock": [] })
     }

@@ -18,6 +18,9 @@ use crate::telemetry::access_log::AccessEntry;
 use crate::telemetry::spans::{Hop, SpanRecord, SpanSink, TraceParent};
 use crate::telemetry::{AccessLog, Metrics};
 
+/// The series label of requests no route pinned to a version.
+const ANY_VERSION: &str = "any version";
+
 /// Adds `Record`.
 #[derive(Clone)]
 pub struct MetricsLayer {
@@ -113,6 +116,12 @@ where
                             .metrics
                             .record_version(&ctx.dst, v, r.status().as_str(), elapsed);
                     }
+                    layer.metrics.record_series(
+                        &ctx.dst,
+                        ctx.version.get().map_or(ANY_VERSION, |v| v),
+                        r.status().as_str(),
+                        elapsed,
+                    );
                     layer.span(&ctx, r.status().as_u16(), None, elapsed);
                     return Ok(r);
                 }
@@ -134,6 +143,12 @@ where
                 if let Some(v) = ctx.version.get() {
                     layer.metrics.record_version(&ctx.dst, v, code, elapsed);
                 }
+                layer.metrics.record_series(
+                    &ctx.dst,
+                    ctx.version.get().map_or(ANY_VERSION, |v| v),
+                    code,
+                    elapsed,
+                );
             }
             layer.span(&ctx, status.as_u16(), Some(&node), elapsed);
             layer.access_log.write(AccessEntry {
