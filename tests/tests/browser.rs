@@ -213,17 +213,23 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
         assert_eq!(marker, 42, "the page was reloaded");
         println!("graph edge frontend → reviews: {first} rps, then {second} rps without a reload");
 
-        let shot = call("GET", "/screenshot", None)?;
-        let png =
-            base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default())?;
         let dir = weft_tests::weft_bin()
             .parent()
             .and_then(|p| p.parent())
             .map(|p| p.join("test-logs").join("browser"))
             .unwrap_or_default();
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("graph.png"), &png)?;
-        println!("screenshot: {}", dir.join("graph.png").display());
+        // The page as it is now, in target/test-logs/browser/NAME.png.
+        let screenshot = |name: &str| -> anyhow::Result<()> {
+            let shot = call("GET", "/screenshot", None)?;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(shot.as_str().unwrap_or_default())?;
+            let path = dir.join(format!("{name}.png"));
+            std::fs::write(&path, &png)?;
+            println!("screenshot: {}", path.display());
+            Ok(())
+        };
+        screenshot("graph")?;
 
         // Rollouts: start one; the page draws its timeline and both versions' figures,
         // and they grow as the rollout moves, without a reload.
@@ -291,11 +297,7 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
             "rollouts page: {} decision(s) at first, then {} with {} plotted series: {}",
             first.0, done.0, done.1, done.2
         );
-        let shot = call("GET", "/screenshot", None)?;
-        let png =
-            base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default())?;
-        std::fs::write(dir.join("rollouts.png"), &png)?;
-        println!("screenshot: {}", dir.join("rollouts.png").display());
+        screenshot("rollouts")?;
 
         // The graph's edges carry arrowheads and a width by traffic.
         call(
@@ -334,10 +336,7 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
                 Some(serde_json::json!({"url": format!("http://{api}{path}")})),
             )?;
             std::thread::sleep(Duration::from_millis(2500));
-            let shot = call("GET", "/screenshot", None)?;
-            let png = base64::engine::general_purpose::STANDARD
-                .decode(shot.as_str().unwrap_or_default())?;
-            std::fs::write(dir.join(format!("{name}.png")), &png)?;
+            screenshot(name)?;
         }
         call(
             "POST",
@@ -367,10 +366,7 @@ fn dashboard_shows_nodes_and_a_live_graph() -> anyhow::Result<()> {
             Ok(v.as_u64().filter(|n| *n >= 3))
         })?;
         println!("service page: {lines} plotted series");
-        let shot = call("GET", "/screenshot", None)?;
-        let png =
-            base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap_or_default())?;
-        std::fs::write(dir.join("service.png"), &png)?;
+        screenshot("service")?;
         assert!(
             config.contains("allow frontend → reviews (/api/*)"),
             "the config page renders rules: {config}"

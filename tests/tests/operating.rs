@@ -120,21 +120,29 @@ fn a_bad_file_is_refused_before_anything_is_created() -> anyhow::Result<()> {
         &bad,
         "[[service]]\nname = \"web\"\nport = 0\n[[service]]\nname = \"api\"\nport = 80\nprotocol = \"ftp\"\n",
     )?;
+    // Starts vm-1 on `path`: it must exit, log every `says`, and leave its data dir empty.
+    let refused = |c: &mut Cluster, path: &str, says: &[&str]| -> anyhow::Result<()> {
+        c.spawn("vm-1", &["--bootstrap", "--config", path]);
+        assert_ne!(
+            c.agent_mut("vm-1").wait_exit(Duration::from_secs(20))?,
+            Some(0)
+        );
+        let log = c.agent("vm-1").log_text();
+        assert!(says.iter().all(|s| log.contains(s)), "{log}");
+        let created: Vec<_> = std::fs::read_dir(c.data_dir("vm-1"))?.collect();
+        assert!(created.is_empty(), "the data dir holds {created:?}");
+        Ok(())
+    };
     let path = bad.display().to_string();
-    c.spawn("vm-1", &["--bootstrap", "--config", &path]);
-    assert_ne!(
-        c.agent_mut("vm-1").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    let log = c.agent("vm-1").log_text();
-    assert!(
-        log.contains("service web: invalid `port`")
-            && log.contains("service api: invalid `protocol`")
-            && log.contains("nothing was changed"),
-        "{log}"
-    );
-    let created: Vec<_> = std::fs::read_dir(c.data_dir("vm-1"))?.collect();
-    assert!(created.is_empty(), "the data dir holds {created:?}");
+    refused(
+        &mut c,
+        &path,
+        &[
+            "service web: invalid `port`",
+            "service api: invalid `protocol`",
+            "nothing was changed",
+        ],
+    )?;
 
     // `weft validate` says the same without starting anything.
     let out = c.agent("vm-1").cli(&["validate", &path]);
@@ -153,18 +161,11 @@ fn a_bad_file_is_refused_before_anything_is_created() -> anyhow::Result<()> {
         format!("[[service]]\nname = \"web\"\nport = 1\n[[service.upstream]]\nservice = \"api\"\nlisten = \"127.0.0.1:{port}\"\n"),
     )?;
     let path = taken.display().to_string();
-    c.spawn("vm-1", &["--bootstrap", "--config", &path]);
-    assert_ne!(
-        c.agent_mut("vm-1").wait_exit(Duration::from_secs(20))?,
-        Some(0)
-    );
-    let log = c.agent("vm-1").log_text();
-    assert!(
-        log.contains(&format!("cannot listen on 127.0.0.1:{port}/tcp")),
-        "{log}"
-    );
-    let created: Vec<_> = std::fs::read_dir(c.data_dir("vm-1"))?.collect();
-    assert!(created.is_empty(), "the data dir holds {created:?}");
+    refused(
+        &mut c,
+        &path,
+        &[&format!("cannot listen on 127.0.0.1:{port}/tcp")],
+    )?;
 
     // With the port free, the same file starts a cluster.
     drop(holder);
