@@ -20,10 +20,12 @@ pub mod seal;
 pub mod stats;
 pub mod transport;
 pub mod trust;
+pub mod wire;
 
 pub use chitchat::transport::Transport;
 pub use membership::{
-    Gossip, GossipConfig, GossipError, Member, MemberStatus, FIGURES_KEY, MAX_FIGURES_VALUE,
+    Gossip, GossipChanges, GossipConfig, GossipError, Member, MemberStatus, FIGURES_KEY,
+    MAX_CONFIG_ENTRIES_VALUE, MAX_FIGURES_VALUE,
 };
 pub use memory::{MemoryNetwork, MemoryStats};
 pub use record::{

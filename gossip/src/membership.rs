@@ -34,6 +34,29 @@ pub const MAX_FIGURES_VALUE: usize = 12 * 1024;
 /// chitchat key carrying a node's config digest.
 pub const CONFIG_DIGEST_KEY: &str = "weft.cfg";
 
+/// chitchat key carrying the signed config entries this node wrote recently, so a write
+/// rides the gossip deltas to every node instead of waiting for a pull.
+pub const CONFIG_ENTRIES_KEY: &str = "weft.cfg.new";
+
+/// Largest value of recent config entries published or read.
+pub const MAX_CONFIG_ENTRIES_VALUE: usize = 16 * 1024;
+
+/// Wakes when gossip state changes; see [`Gossip::changes`].
+pub struct GossipChanges {
+    keys: tokio::sync::watch::Receiver<u64>,
+    live: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
+}
+
+impl GossipChanges {
+    /// Waits for the next change; false once gossip has stopped.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.keys.changed() => r.is_ok(),
+            r = self.live.changed() => r.is_ok(),
+        }
+    }
+}
+
 /// Settings for one gossip participant.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
@@ -117,6 +140,10 @@ pub struct Member {
     pub services: Vec<ServiceRecord>,
     /// Digest of the cluster config it holds (a hint for pulls; not trusted otherwise).
     pub config_digest: String,
+    /// The signed config entries it wrote recently (JSON; each entry is verified by the
+    /// config replica before it is applied, never trusted because of who carried it).
+    #[serde(skip)]
+    pub config_entries: String,
     /// Its recent per-edge traffic summary (JSON, for dashboards; not trusted otherwise).
     #[serde(skip)]
     pub edge_summary: String,
@@ -162,6 +189,12 @@ pub struct Gossip {
     stats: Arc<GossipStats>,
     keyring: SharedKeyring,
     interval: Duration,
+    /// Bumped by chitchat's key-change callback (see `changes`).
+    key_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Bumped when a member's recent config entries changed.
+    entry_changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Keeps that callback subscribed.
+    _key_listener: chitchat::ListenerHandle,
 }
 
 /// Gossip could not start.
@@ -219,7 +252,11 @@ impl Gossip {
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
             extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
+            // V1 compresses the digest (zstd): the digest of every member is most of
+            // what gossip sends (BENCHMARKS.md, "Gossip at fleet scale"), and V1 is what
+            // lets it fit in a datagram past ~1 400 members. Every weft agent runs
+            // chitchat 0.13, which reads both versions.
+            protocol_version: chitchat::ProtocolVersion::V1,
         };
         let handle = spawn_chitchat(
             chitchat_config,
@@ -228,6 +265,22 @@ impl Gossip {
         )
         .await
         .map_err(|e| GossipError(format!("{e:#}")))?;
+        let key_changes = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let entry_changes = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (tx, entries_tx) = (key_changes.clone(), entry_changes.clone());
+        let entries_key = &CONFIG_ENTRIES_KEY["weft.".len()..];
+        // Runs inside chitchat's lock for every key a delta changes: only counter bumps.
+        let key_listener = handle
+            .with_chitchat(|c| {
+                let (tx, entries_tx) = (tx.clone(), entries_tx.clone());
+                c.subscribe_event("weft.", move |e| {
+                    tx.send_modify(|n| *n += 1);
+                    if e.key == entries_key {
+                        entries_tx.send_modify(|n| *n += 1);
+                    }
+                })
+            })
+            .await;
         info!(listen = %config.listen, seeds = ?config.seeds, "gossip started");
         Ok(Self {
             handle: tokio::sync::Mutex::new(Some(handle)),
@@ -237,6 +290,9 @@ impl Gossip {
             stats,
             keyring,
             interval: config.interval,
+            key_changes,
+            entry_changes,
+            _key_listener: key_listener,
         })
     }
 
@@ -286,6 +342,34 @@ impl Gossip {
     /// Publishes the digest of this node's cluster config.
     pub async fn publish_config_digest(&self, digest: String) {
         self.set(CONFIG_DIGEST_KEY, digest).await;
+    }
+
+    /// Publishes the signed config entries this node wrote recently (values over
+    /// `MAX_CONFIG_ENTRIES_VALUE` are not sent: those entries travel by pull only).
+    pub async fn publish_config_entries(&self, entries: String) {
+        if entries.len() <= MAX_CONFIG_ENTRIES_VALUE {
+            self.set(CONFIG_ENTRIES_KEY, entries).await;
+        }
+    }
+
+    /// A handle that wakes whenever gossip learned something: as soon as a delta changed
+    /// one of weft's keys of any member, and when a member joined, failed or left
+    /// (chitchat decides liveness once per gossip round). `None` once gossip has
+    /// stopped.
+    pub async fn changes(&self) -> Option<GossipChanges> {
+        let guard = self.handle.lock().await;
+        let handle = guard.as_ref()?;
+        let live = handle.with_chitchat(|c| c.live_nodes_watcher()).await;
+        Some(GossipChanges {
+            keys: self.key_changes.subscribe(),
+            live,
+        })
+    }
+
+    /// Wakes as soon as a delta brought a member's new recent config entries
+    /// (`CONFIG_ENTRIES_KEY`); read them from [`Member::config_entries`].
+    pub fn config_entry_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.entry_changes.subscribe()
     }
 
     /// Publishes a signed trust bundle (root holder only).
@@ -568,6 +652,11 @@ impl Gossip {
                         .and_then(|kv| kv.get(CONFIG_DIGEST_KEY))
                         .cloned()
                         .unwrap_or_default(),
+                    config_entries: states
+                        .get(id)
+                        .and_then(|kv| kv.get(CONFIG_ENTRIES_KEY))
+                        .cloned()
+                        .unwrap_or_default(),
                     cert_der: v.record.cert_der().unwrap_or_default(),
                 }
             })
@@ -607,6 +696,7 @@ impl Gossip {
                                         || *k == crate::trust::ROOTS_KEY
                                         || *k == SERVICES_KEY
                                         || *k == CONFIG_DIGEST_KEY
+                                        || *k == CONFIG_ENTRIES_KEY
                                         || *k == EDGES_KEY
                                         || *k == FIGURES_KEY
                                 })

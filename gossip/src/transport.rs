@@ -363,6 +363,7 @@ impl Socket for SealedSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let plain = self.encode(envelope).await?;
+        self.stats.wire.record(&plain);
         self.refresh_sealer();
         let chunks: Vec<&[u8]> = if plain.is_empty() {
             vec![&[]]

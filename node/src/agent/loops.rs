@@ -125,17 +125,29 @@ async fn renew_once(agent: &Agent) -> Result<(), RenewError> {
     Ok(())
 }
 
-/// Every gossip round: rebuild the catalog from verified gossip (instances leave the
-/// load-balancing set within one round of their node failing or their check failing).
+/// Rebuilds the catalog from verified gossip as soon as gossip learns something (a
+/// delta changed a member's keys, or a member failed or left: instances leave the
+/// load-balancing set in the round their node is marked failed), at most every
+/// `CATALOG_SPACING`, and every second regardless (certificate expiry, revocations).
 pub async fn catalog_loop(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(agent.settings().gossip_interval);
+    /// Coalesces bursts of changes (one delta often changes many keys).
+    const CATALOG_SPACING: Duration = Duration::from_millis(20);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = agent.gossip.changes().await;
     loop {
         tokio::select! {
             _ = agent.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            alive = async {
+                match changes.as_mut() {
+                    Some(c) => c.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => if !alive { changes = None },
         }
         agent.refresh_catalog().await;
+        tokio::time::sleep(CATALOG_SPACING).await;
     }
 }
 

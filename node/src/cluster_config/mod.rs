@@ -8,6 +8,7 @@
 pub mod applied;
 pub mod hlc;
 pub mod replica;
+pub mod riding;
 pub mod state;
 pub mod sync;
 

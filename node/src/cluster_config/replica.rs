@@ -54,6 +54,8 @@ pub struct ConfigReplica {
     synced_at_ms: AtomicU64,
     store: Store,
     version: watch::Sender<u64>,
+    /// Writes this node accepted recently: they ride the gossip (`riding`).
+    recent: Mutex<super::riding::Recent>,
 }
 
 impl std::fmt::Debug for ConfigReplica {
@@ -109,6 +111,7 @@ impl ConfigReplica {
             synced_at_ms: AtomicU64::new(crate::clock::unix_ms()),
             store,
             version: watch::channel(0).0,
+            recent: Mutex::new(super::riding::Recent::default()),
         })
     }
 
@@ -210,6 +213,10 @@ impl ConfigReplica {
         self.store.put_config(&entry.store_key(), &entry)?;
         self.remember(&entry);
         state.merge(entry.clone());
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(entry.clone(), now);
         self.changed(state);
         self.audit(&entry, &operator, None);
         Ok(entry)
@@ -281,6 +288,14 @@ impl ConfigReplica {
             self.changed(state);
         }
         changed
+    }
+
+    /// The gossip value carrying the writes this node accepted recently (`riding`).
+    pub fn riding_value(&self) -> String {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .value(crate::clock::unix_ms())
     }
 
     /// The digest of this replica.

@@ -1,8 +1,11 @@
-//! Anti-entropy: publishes this node's config digest in gossip on every change, and
-//! every second pulls from one alive peer whose digest differs (merges are idempotent, so
-//! pulling from anyone converges). How a pull reaches the peer is a seam (`Pull`): mTLS
-//! QUIC in the agent (`rpc::CtlClient`), in memory in tests.
+//! Anti-entropy: publishes this node's config digest in gossip on every change, with the
+//! writes it accepted recently riding along (`riding`); applies the writes other members
+//! publish as soon as a delta brings them; and every second pulls from one alive peer
+//! whose digest still differs (merges are idempotent, so pulling from anyone converges).
+//! How a pull reaches the peer is a seam (`Pull`): mTLS QUIC in the agent
+//! (`rpc::CtlClient`), in memory in tests.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +38,36 @@ pub trait Pull: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Entry>, PullError>> + Send;
 }
 
+/// Applies the entries members publish in gossip (each verified as if pulled). `seen`
+/// remembers the value last read from each member, so a value is read once.
+async fn apply_riding(replica: &ConfigReplica, gossip: &Gossip, seen: &mut HashMap<String, u64>) {
+    let members = gossip.members().await;
+    seen.retain(|name, _| members.iter().any(|m| m.name == *name));
+    for m in members {
+        if m.is_self || m.revoked || m.config_entries.is_empty() {
+            continue;
+        }
+        let hash = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.config_entries.hash(&mut h);
+            h.finish()
+        };
+        if seen.insert(m.name.clone(), hash) == Some(hash) {
+            continue;
+        }
+        match super::riding::decode(&m.config_entries) {
+            Ok(entries) => {
+                let n = replica.merge_remote(entries, &m.name);
+                if n > 0 {
+                    info!(peer = %m.name, changed = n, "cluster config applied from gossip");
+                }
+            }
+            Err(e) => warn!(peer = %m.name, error = %e, "ignoring a member's riding config entries"),
+        }
+    }
+}
+
 /// Runs until `shutdown`.
 pub async fn run(
     replica: Arc<ConfigReplica>,
@@ -43,29 +76,55 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut changes = replica.subscribe();
+    let mut riding = gossip.config_entry_changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     gossip.publish_config_digest(replica.digest()).await;
+    let mut published = String::new();
+    let mut seen = HashMap::new();
+    // Peers whose digest differed from ours at the last tick.
+    let mut mismatched: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = changes.changed() => {
                 if r.is_err() { return }
+                let value = replica.riding_value();
+                if value != published {
+                    gossip.publish_config_entries(value.clone()).await;
+                    published = value;
+                }
                 gossip.publish_config_digest(replica.digest()).await;
+                continue;
+            }
+            r = riding.changed() => {
+                if r.is_err() { return }
+                apply_riding(&replica, &gossip, &mut seen).await;
                 continue;
             }
             _ = tick.tick() => {}
         }
         let ours = replica.digest();
-        let candidates: Vec<_> = gossip
+        let differing: Vec<_> = gossip
             .members()
             .await
             .into_iter()
             .filter(|m| !m.is_self && m.status == MemberStatus::Alive && !m.revoked)
             .filter(|m| !m.config_digest.is_empty() && m.config_digest != ours)
             .collect();
-        if candidates.is_empty() {
+        if differing.is_empty() {
             replica.mark_synced();
+            mismatched.clear();
+            continue;
+        }
+        // A digest that differs for the first time is most likely a write whose entries
+        // ride the same delta: pull only from peers whose digest still differed a tick ago.
+        let candidates: Vec<_> = differing
+            .iter()
+            .filter(|m| mismatched.contains(&m.name))
+            .collect();
+        mismatched = differing.iter().map(|m| m.name.clone()).collect();
+        if candidates.is_empty() {
             continue;
         }
         let peer = &candidates[rand::random_range(0..candidates.len())];

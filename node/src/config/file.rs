@@ -53,7 +53,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Lifetime of node certificates issued by this node's CA (e.g. "24h").
     pub leaf_ttl: Option<String>,
-    /// Interval between gossip rounds (e.g. "250ms").
+    /// Interval between gossip rounds (default "200ms").
     pub gossip_interval: Option<String>,
     /// Default time an HTTP request may wait for its response head ("0s": none).
     pub request_timeout: Option<String>,

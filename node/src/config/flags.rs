@@ -80,7 +80,7 @@ pub struct AgentArgs {
     /// Lifetime of node certificates this node's CA issues (default 24h).
     #[arg(long, value_name = "DURATION")]
     pub leaf_ttl: Option<String>,
-    /// Interval between gossip rounds (default 250ms).
+    /// Interval between gossip rounds (default 200ms).
     #[arg(long, value_name = "DURATION")]
     pub gossip_interval: Option<String>,
     /// How long an app's HTTP request may wait for the response head when no resilience

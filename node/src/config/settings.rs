@@ -302,7 +302,7 @@ impl Settings {
             args.gossip_interval
                 .as_deref()
                 .or(file.gossip_interval.as_deref()),
-            "250ms",
+            "200ms",
         )
         .map_err(|m| invalid("gossip_interval", m.to_string()))?;
         if gossip_interval < Duration::from_millis(50) || gossip_interval > Duration::from_secs(10)

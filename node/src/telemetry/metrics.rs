@@ -167,6 +167,21 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key: String,
+}
+
 impl Collector for GossipCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = &self.0;
@@ -213,6 +228,58 @@ impl Collector for GossipCollector {
             };
             ConstCounter::new(n).encode(bytes.encode_family(&labels)?)?;
         }
+        let wire = stats.wire.totals();
+        let mut family = encoder.encode_descriptor(
+            "gossip_sent_messages",
+            "Gossip messages sent, by chitchat message kind",
+            None,
+            c.metric_type(),
+        )?;
+        for (kind, n) in weft_gossip::wire::MessageKind::ALL
+            .iter()
+            .zip(wire.messages)
+        {
+            let labels = KindLabels {
+                kind: kind.label().into(),
+            };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "gossip_sent_payload_bytes",
+            "Bytes of the gossip messages sent before sealing, by part (header, digest, delta)",
+            None,
+            c.metric_type(),
+        )?;
+        for (part, n) in [
+            ("header", wire.header),
+            ("digest", wire.digest),
+            ("delta", wire.delta),
+        ] {
+            let labels = PartLabels { part: part.into() };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "gossip_sent_delta_content_bytes",
+            "What the gossip deltas sent carried before compression, by key (framing: node and version ops)",
+            None,
+            c.metric_type(),
+        )?;
+        let keys = weft_gossip::wire::KeyClass::ALL
+            .iter()
+            .map(|k| k.label())
+            .zip(wire.delta_keys)
+            .chain([("framing", wire.delta_framing)]);
+        for (key, n) in keys {
+            let labels = KeyLabels { key: key.into() };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        let members = ConstCounter::new(wire.digest_members);
+        members.encode(encoder.encode_descriptor(
+            "gossip_sent_digest_entries",
+            "Member entries listed in the gossip digests sent",
+            None,
+            members.metric_type(),
+        )?)?;
         Ok(())
     }
 }

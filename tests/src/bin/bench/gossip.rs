@@ -145,8 +145,11 @@ pub fn measure(size: &Size, lossy: bool, report: &mut Report) -> anyhow::Result<
             .collect()
     };
     let before = out(&c)?;
+    let profile_before = profile(&c, n)?;
     std::thread::sleep(size.window);
     let after = out(&c)?;
+    let profile_after = profile(&c, n)?;
+    print_profile(&profile_before, &profile_after, n, size.window, report);
     let rates: Vec<f64> = before
         .iter()
         .zip(&after)
@@ -190,17 +193,20 @@ pub fn measure(size: &Size, lossy: bool, report: &mut Report) -> anyhow::Result<
 
     // A config write on one agent → applied on all.
     let mut times = Vec::new();
+    let mut cli_times = Vec::new();
     for r in 0..size.reps {
         let on = name((r * 11 + 5) % n);
         let svc = format!("cfg-{r}");
         let t0 = Instant::now();
         c.cli_ok(&on, &["route", "set", &svc, "--split", "v1=100", "--force"])?;
+        cli_times.push(t0.elapsed());
         let path = format!("/v1/config/route/{svc}");
         times.push(slowest_until(&apis, &path, poll, t0, |_, _| true, &svc)?);
     }
     let (p50, p99) = quantiles(times);
+    let (cli50, cli99) = quantiles(cli_times);
     println!(
-        "config write applied on all {n}: p50 {p50:.3} s, p99 {p99:.3} s ({} writes)",
+        "config write applied on all {n}: p50 {p50:.3} s, p99 {p99:.3} s ({} writes; of which the `weft route set` command itself: p50 {cli50:.3} s, p99 {cli99:.3} s)",
         size.reps
     );
     report.note(format!(
@@ -235,6 +241,106 @@ pub fn measure(size: &Size, lossy: bool, report: &mut Report) -> anyhow::Result<
         if lossy { 5.0 } else { 2.0 },
     ));
     Ok(())
+}
+
+/// The gossip byte profile counters (`weft_gossip_sent_*`), summed over every agent.
+fn profile(c: &Cluster, n: usize) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut sum = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let body = http_get(&c.agent(&name(i)).api(), "/metrics")?;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("weft_gossip_") else {
+                continue;
+            };
+            let Some((key, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let wanted = ["sent_", "bytes_total{direction=\"out\"}", "datagrams"];
+            if wanted.iter().any(|w| key.starts_with(w)) {
+                *sum.entry(key.to_owned()).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    Ok(sum)
+}
+
+/// Prints where the gossip bytes went during the window: per message kind, per part of
+/// a message, and what the deltas carried by key (before compression).
+fn print_profile(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    n: usize,
+    window: Duration,
+    report: &mut Report,
+) {
+    let per_agent_s = |key: &str| {
+        (after.get(key).unwrap_or(&0.0) - before.get(key).unwrap_or(&0.0))
+            / n as f64
+            / window.as_secs_f64()
+    };
+    let wire = per_agent_s("bytes_total{direction=\"out\"}");
+    let label = |family: &str, l: &str, v: &str| format!("{family}{{{l}=\"{v}\"}}");
+    println!("where the gossip bytes go (per agent per second, sent):");
+    let mut kinds = Vec::new();
+    for k in ["syn", "synack", "ack"] {
+        kinds.push(format!(
+            "{k} {:.1}/s",
+            per_agent_s(&label("sent_messages_total", "kind", k))
+        ));
+    }
+    println!("  messages: {}", kinds.join(", "));
+    let mut parts = Vec::new();
+    for p in ["header", "digest", "delta"] {
+        let v = per_agent_s(&label("sent_payload_bytes_total", "part", p));
+        parts.push(format!(
+            "{p} {:.1} KB/s ({:.0} %)",
+            v / 1000.0,
+            100.0 * v / wire.max(1.0)
+        ));
+    }
+    let payload: f64 = ["header", "digest", "delta"]
+        .iter()
+        .map(|p| per_agent_s(&label("sent_payload_bytes_total", "part", p)))
+        .sum();
+    parts.push(format!(
+        "sealing and fragments {:.1} KB/s",
+        (wire - payload) / 1000.0
+    ));
+    println!("  on the wire {:.1} KB/s: {}", wire / 1000.0, parts.join(", "));
+    let entries = per_agent_s("sent_digest_entries_total");
+    let digests = per_agent_s(&label("sent_messages_total", "kind", "syn"))
+        + per_agent_s(&label("sent_messages_total", "kind", "synack"));
+    println!(
+        "  digests: {:.1}/s listing {:.0} members each, {:.1} bytes per member entry",
+        digests,
+        entries / digests.max(1e-9),
+        per_agent_s(&label("sent_payload_bytes_total", "part", "digest")) / entries.max(1e-9)
+    );
+    let mut keys = Vec::new();
+    for k in [
+        "record",
+        "services",
+        "config_digest",
+        "config_entries",
+        "edges",
+        "figures",
+        "revocations",
+        "roots",
+        "other",
+        "framing",
+    ] {
+        let v = per_agent_s(&label("sent_delta_content_bytes_total", "key", k));
+        if v > 0.0 {
+            keys.push(format!("{k} {:.0} B/s", v));
+        }
+    }
+    println!("  delta content before compression: {}", keys.join(", "));
+    report.note(format!(
+        "gossip profile per agent: wire {:.1} KB/s; {}; delta content {}",
+        wire / 1000.0,
+        parts.join(", "),
+        keys.join(", ")
+    ));
 }
 
 /// True when `/v1/members` JSON lists `who` as failed.
