@@ -11,12 +11,14 @@
 //! multi-node tests (partitions, failure detection, propagation) need neither root nor a
 //! network namespace, and can run on tokio's paused clock.
 
+pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod membership;
 pub mod memory;
 pub mod record;
 pub mod seal;
+pub mod sim;
 pub mod stats;
 pub mod transport;
 pub mod trust;

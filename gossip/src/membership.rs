@@ -41,6 +41,33 @@ pub const CONFIG_ENTRIES_KEY: &str = "weft.cfg.new";
 /// Largest value of recent config entries published or read.
 pub const MAX_CONFIG_ENTRIES_VALUE: usize = 16 * 1024;
 
+/// chitchat's settings for `config`: weft's protocol version, failure detector and
+/// grace periods. Public so the simulation (`sim`) runs exactly what agents run.
+pub fn chitchat_config(config: &GossipConfig) -> ChitchatConfig {
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(config.name.as_str(), config.generation, config.advertise),
+        cluster_id: config.cluster.clone(),
+        gossip_interval: config.interval,
+        listen_addr: config.listen,
+        seed_nodes: config.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: config.phi_threshold,
+            sampling_window_size: 1000,
+            max_interval: Duration::from_secs(10),
+            initial_interval: config.interval,
+            dead_node_grace_period: Duration::from_secs(24 * 3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        // V1 compresses the digest (zstd): the digest of every member is most of
+        // what gossip sends (BENCHMARKS.md, "Gossip at fleet scale"), and V1 is what
+        // lets it fit in a datagram past ~1 400 members. Every weft agent runs
+        // chitchat 0.13, which reads both versions.
+        protocol_version: chitchat::ProtocolVersion::V1,
+    }
+}
+
 /// Wakes when gossip state changes; see [`Gossip::changes`].
 pub struct GossipChanges {
     keys: tokio::sync::watch::Receiver<u64>,
@@ -236,28 +263,7 @@ impl Gossip {
         signed_record: String,
     ) -> Result<Self, GossipError> {
         let self_id = ChitchatId::new(config.name.as_str(), config.generation, config.advertise);
-        let chitchat_config = ChitchatConfig {
-            chitchat_id: self_id.clone(),
-            cluster_id: config.cluster.clone(),
-            gossip_interval: config.interval,
-            listen_addr: config.listen,
-            seed_nodes: config.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: config.phi_threshold,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: config.interval,
-                dead_node_grace_period: Duration::from_secs(24 * 3600),
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            // V1 compresses the digest (zstd): the digest of every member is most of
-            // what gossip sends (BENCHMARKS.md, "Gossip at fleet scale"), and V1 is what
-            // lets it fit in a datagram past ~1 400 members. Every weft agent runs
-            // chitchat 0.13, which reads both versions.
-            protocol_version: chitchat::ProtocolVersion::V1,
-        };
+        let chitchat_config = chitchat_config(&config);
         let handle = spawn_chitchat(
             chitchat_config,
             vec![(NODE_KEY.to_owned(), signed_record)],

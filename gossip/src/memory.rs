@@ -15,10 +15,13 @@
 //! Envelopes already queued when a link is cut are still delivered, like datagrams in
 //! flight.
 //!
-//! Envelopes are handed over as values: chitchat's codec is private, so nothing is encoded,
-//! byte counts are reported as 0, and there is no MTU (chitchat sizes its deltas for UDP
-//! itself). Everything above the transport (signed records, verification, failure
-//! detection) is the production code.
+//! Envelopes are handed over as values: chitchat's codec is private, so by default nothing
+//! is encoded, byte counts are reported as 0, and there is no MTU (chitchat sizes its
+//! deltas for UDP itself). [`MemoryNetwork::measure_bytes`] turns on encoding: every
+//! envelope goes through chitchat's own codec (its `ChannelTransport`, which encodes and
+//! decodes in memory), its size is counted for the sender, and a message over the MTU is
+//! dropped and counted, as the UDP socket would refuse it. Everything above the transport
+//! (signed records, verification, failure detection) is the production code.
 //!
 //! [`Gossip::start_with_transport`]: crate::Gossip::start_with_transport
 
@@ -47,6 +50,13 @@ pub struct MemoryStats {
     pub overflow: u64,
     /// Sent to an address no open socket holds.
     pub unreachable: u64,
+    /// Encoded bytes sent (only with [`MemoryNetwork::measure_bytes`]).
+    pub bytes: u64,
+    /// Messages dropped because their encoding exceeded the MTU (only with
+    /// [`MemoryNetwork::measure_bytes`]).
+    pub oversize: u64,
+    /// Round-opening SYNs not sent because the network is large (`fanout`).
+    pub syns_skipped: u64,
 }
 
 struct Endpoint {
@@ -65,6 +75,10 @@ struct Net {
     rng: StdRng,
     queue: usize,
     stats: MemoryStats,
+    /// The codec network and MTU when bytes are measured.
+    codec: Option<(chitchat::transport::ChannelTransport, usize)>,
+    /// Encoded bytes sent per sender address.
+    sent: HashMap<SocketAddr, u64>,
 }
 
 /// An in-memory network of chitchat sockets with scriptable link cuts and loss; see the
@@ -116,6 +130,8 @@ impl MemoryNetwork {
                 rng: StdRng::seed_from_u64(0),
                 queue: capacity.max(1),
                 stats: MemoryStats::default(),
+                codec: None,
+                sent: HashMap::new(),
             })),
         }
     }
@@ -200,6 +216,19 @@ impl MemoryNetwork {
         net.rng = StdRng::seed_from_u64(seed);
     }
 
+    /// From now on, sockets opened on this network encode every envelope with chitchat's
+    /// codec: sizes are counted per sender ([`Self::bytes_sent`]) and a message larger
+    /// than `mtu` bytes is dropped and counted ([`MemoryStats::oversize`]). Costs one
+    /// encode and decode per message.
+    pub fn measure_bytes(&self, mtu: usize) {
+        self.lock().codec = Some((chitchat::transport::ChannelTransport::with_mtu(mtu), mtu));
+    }
+
+    /// Encoded bytes `addr` sent so far (0 unless [`Self::measure_bytes`] is on).
+    pub fn bytes_sent(&self, addr: SocketAddr) -> u64 {
+        self.lock().sent.get(&addr).copied().unwrap_or(0)
+    }
+
     /// Counters of what happened to the envelopes sent so far.
     pub fn stats(&self) -> MemoryStats {
         self.lock().stats
@@ -212,8 +241,18 @@ impl MemoryNetwork {
         addrs
     }
 
-    fn send(&self, from: SocketAddr, to: SocketAddr, envelope: ChitchatEnvelope) {
+    fn send(
+        &self,
+        from: SocketAddr,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+        bytes: Option<usize>,
+    ) {
         let mut net = self.lock();
+        if let Some(n) = bytes {
+            net.stats.bytes += n as u64;
+            *net.sent.entry(from).or_insert(0) += n as u64;
+        }
         if net.cuts.contains(&(from, to)) {
             net.stats.cut += 1;
             return;
@@ -229,7 +268,7 @@ impl MemoryNetwork {
             endpoint.tx.try_send(RecvOutcome {
                 from_addr: from,
                 envelope,
-                num_bytes_received: 0,
+                num_bytes_received: bytes.unwrap_or(0),
             })
         });
         match outcome {
@@ -241,17 +280,17 @@ impl MemoryNetwork {
         }
     }
 
-    fn close(&self, addr: SocketAddr, id: u64) {
-        let mut net = self.lock();
-        if net.endpoints.get(&addr).is_some_and(|e| e.id == id) {
-            net.endpoints.remove(&addr);
-        }
-    }
-}
-
-#[async_trait]
-impl Transport for MemoryNetwork {
-    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+    /// Takes `listen_addr` (port 0: a free one) for a new socket.
+    #[allow(clippy::type_complexity)]
+    fn register(
+        &self,
+        listen_addr: SocketAddr,
+    ) -> anyhow::Result<(
+        SocketAddr,
+        u64,
+        mpsc::Receiver<RecvOutcome>,
+        Option<(chitchat::transport::ChannelTransport, usize)>,
+    )> {
         let mut net = self.lock();
         let mut addr = listen_addr;
         if addr.port() == 0 {
@@ -268,11 +307,34 @@ impl Transport for MemoryNetwork {
         let id = net.next_id;
         net.next_id += 1;
         net.endpoints.insert(addr, Endpoint { id, tx });
+        Ok((addr, id, rx, net.codec.clone()))
+    }
+
+    fn close(&self, addr: SocketAddr, id: u64) {
+        let mut net = self.lock();
+        if net.endpoints.get(&addr).is_some_and(|e| e.id == id) {
+            net.endpoints.remove(&addr);
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryNetwork {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let (addr, id, rx, codec) = self.register(listen_addr)?;
+        let codec = match codec {
+            // The codec socket holds the same address on the codec's own network: an
+            // envelope sent to itself comes back encoded, decoded and measured.
+            Some((transport, _)) => Some(transport.open(addr).await?),
+            None => None,
+        };
         Ok(Box::new(MemorySocket {
             addr,
             id,
             network: self.clone(),
             rx,
+            codec,
+            thinning: crate::fanout::Thinning::default(),
         }))
     }
 }
@@ -283,6 +345,10 @@ struct MemorySocket {
     id: u64,
     network: MemoryNetwork,
     rx: mpsc::Receiver<RecvOutcome>,
+    codec: Option<Box<dyn Socket>>,
+    /// Which round-opening SYNs go out, as on the sealed transport (`fanout`; only
+    /// with [`MemoryNetwork::measure_bytes`], which gives it the SYN sizes).
+    thinning: crate::fanout::Thinning,
 }
 
 #[async_trait]
@@ -296,8 +362,31 @@ impl Socket for MemorySocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
-        self.network.send(self.addr, to, envelope);
-        Ok(SendOutcome { num_bytes_sent: 0 })
+        let syn = matches!(envelope.message, chitchat::ChitchatMessage::Syn { .. });
+        if syn {
+            if !self.thinning.allow_syn() {
+                self.network.lock().stats.syns_skipped += 1;
+                return Ok(SendOutcome { num_bytes_sent: 0 });
+            }
+        } else {
+            self.thinning.other_sent();
+        }
+        let Some(codec) = self.codec.as_mut() else {
+            self.network.send(self.addr, to, envelope, None);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        };
+        if codec.send(self.addr, envelope).await.is_err() {
+            // chitchat's codec refuses a message over the MTU, as UDP would.
+            self.network.lock().stats.oversize += 1;
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        let back = codec.recv().await?;
+        let n = back.num_bytes_received;
+        if syn {
+            self.thinning.syn_sent(n);
+        }
+        self.network.send(self.addr, to, back.envelope, Some(n));
+        Ok(SendOutcome { num_bytes_sent: n })
     }
 
     /// Cancel-safe: chitchat drops this future whenever its gossip timer fires first.

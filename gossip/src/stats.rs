@@ -37,6 +37,8 @@ pub struct GossipStats {
     pub rejected_records: AtomicU64,
     /// Records claiming the CA role without the root's proof (the claim is ignored).
     pub false_ca_claims: AtomicU64,
+    /// Round-opening SYNs not sent because the cluster is large (`fanout`).
+    pub syns_skipped: AtomicU64,
     /// What the messages this node sent carried (digests, deltas by key).
     pub wire: crate::wire::WireCounters,
 }

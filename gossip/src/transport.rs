@@ -163,6 +163,8 @@ pub struct SealedSocket {
     next_message_id: u16,
     buf: Box<[u8]>,
     stats: Arc<GossipStats>,
+    /// Which round-opening SYNs go out (`fanout`).
+    thinning: crate::fanout::Thinning,
 }
 
 fn now_ms() -> u64 {
@@ -205,6 +207,7 @@ impl SealedSocket {
             sealer,
             partials: HashMap::new(),
             next_message_id: rand::random(),
+            thinning: crate::fanout::Thinning::default(),
             buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
             stats,
             codec,
@@ -362,7 +365,19 @@ impl Socket for SealedSocket {
         to: SocketAddr,
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
+        let syn = matches!(envelope.message, ChitchatMessage::Syn { .. });
+        if syn {
+            if !self.thinning.allow_syn() {
+                self.stats.syns_skipped.fetch_add(1, Ordering::Relaxed);
+                return Ok(SendOutcome { num_bytes_sent: 0 });
+            }
+        } else {
+            self.thinning.other_sent();
+        }
         let plain = self.encode(envelope).await?;
+        if syn {
+            self.thinning.syn_sent(plain.len());
+        }
         self.stats.wire.record(&plain);
         self.refresh_sealer();
         let chunks: Vec<&[u8]> = if plain.is_empty() {

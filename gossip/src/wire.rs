@@ -416,7 +416,10 @@ mod tests {
         let mut content = vec![0];
         content.extend(id_bytes("a"));
         content.extend_from_slice(&[0; 16]);
-        for (k, v) in [("weft.node", "x".repeat(300)), ("weft.edges", "y".repeat(40))] {
+        for (k, v) in [
+            ("weft.node", "x".repeat(300)),
+            ("weft.edges", "y".repeat(40)),
+        ] {
             content.push(1);
             content.extend_from_slice(&(k.len() as u16).to_le_bytes());
             content.extend_from_slice(k.as_bytes());

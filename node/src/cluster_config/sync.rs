@@ -63,7 +63,9 @@ async fn apply_riding(replica: &ConfigReplica, gossip: &Gossip, seen: &mut HashM
                     info!(peer = %m.name, changed = n, "cluster config applied from gossip");
                 }
             }
-            Err(e) => warn!(peer = %m.name, error = %e, "ignoring a member's riding config entries"),
+            Err(e) => {
+                warn!(peer = %m.name, error = %e, "ignoring a member's riding config entries")
+            }
         }
     }
 }

@@ -273,6 +273,13 @@ impl Collector for GossipCollector {
             let labels = KeyLabels { key: key.into() };
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
+        let skipped = ConstCounter::new(stats.syns_skipped.load(Ordering::Relaxed));
+        skipped.encode(encoder.encode_descriptor(
+            "gossip_syns_skipped",
+            "Round-opening gossip SYNs not sent because the cluster is large (fewer peers per round)",
+            None,
+            skipped.metric_type(),
+        )?)?;
         let members = ConstCounter::new(wire.digest_members);
         members.encode(encoder.encode_descriptor(
             "gossip_sent_digest_entries",

@@ -306,7 +306,11 @@ fn print_profile(
         "sealing and fragments {:.1} KB/s",
         (wire - payload) / 1000.0
     ));
-    println!("  on the wire {:.1} KB/s: {}", wire / 1000.0, parts.join(", "));
+    println!(
+        "  on the wire {:.1} KB/s: {}",
+        wire / 1000.0,
+        parts.join(", ")
+    );
     let entries = per_agent_s("sent_digest_entries_total");
     let digests = per_agent_s(&label("sent_messages_total", "kind", "syn"))
         + per_agent_s(&label("sent_messages_total", "kind", "synack"));

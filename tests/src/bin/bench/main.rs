@@ -6,11 +6,14 @@
 //! Usage (release build of the agent first):
 //! `cargo build --release -p weft-node && cargo run --release -p weft-tests --bin bench -- [SCENARIO] [--quick]`
 //! where SCENARIO is `dataplane` (latency, throughput, bulk, connections, memory — or any
-//! one of them), `serve` (start the arrangements, print their addresses and process ids, and wait: for profiling), `gossip`, `gossip-lossy`, `gossip-soak [--minutes N]`, `startup` or `all`
+//! one of them), `serve` (start the arrangements, print their addresses and process ids, and wait: for profiling), `gossip`, `gossip-lossy`, `gossip-soak [--minutes N]`,
+//! `gossip-sim [--nodes N] [--interval MS] [--v0]` (the in-process fleet simulation,
+//! 1 000 nodes by default), `startup` or `all`
 //! (everything but the soak).
 
 mod dataplane;
 mod gossip;
+mod gossip_sim;
 mod load;
 mod pairs;
 mod procstat;
@@ -94,6 +97,20 @@ fn main() -> anyhow::Result<()> {
         }
         "gossip" => gossip::measure(&size, false, &mut report)?,
         "gossip-lossy" => gossip::lossy(quick)?,
+        "gossip-sim" => {
+            let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+            let opts = gossip_sim::Options {
+                nodes: value("--nodes")
+                    .map(|n| n.parse())
+                    .transpose()?
+                    .unwrap_or(if quick { 100 } else { 1000 }),
+                interval: value("--interval")
+                    .map(|n| n.parse().map(Duration::from_millis))
+                    .transpose()?,
+                v0: args.iter().any(|a| a == "--v0"),
+            };
+            gossip_sim::simulate(&opts, &mut report)?
+        }
         "gossip-lossy-inner" => gossip::measure(&size, true, &mut report)?,
         "gossip-soak" => {
             let d = if quick {
@@ -121,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             return gossip::lossy(quick);
         }
         other => anyhow::bail!(
-            "unknown scenario {other:?}: dataplane, latency, throughput, bulk, connections, memory, gossip, gossip-lossy, gossip-soak, startup or all"
+            "unknown scenario {other:?}: dataplane, latency, throughput, bulk, connections, memory, gossip, gossip-lossy, gossip-soak, gossip-sim, startup or all"
         ),
     }
     report.print();
