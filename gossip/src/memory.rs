@@ -57,6 +57,8 @@ pub struct MemoryStats {
     pub oversize: u64,
     /// Round-opening SYNs not sent because the network is large (`fanout`).
     pub syns_skipped: u64,
+    /// The largest encoded message sent (only with [`MemoryNetwork::measure_bytes`]).
+    pub largest: u64,
 }
 
 struct Endpoint {
@@ -251,6 +253,7 @@ impl MemoryNetwork {
         let mut net = self.lock();
         if let Some(n) = bytes {
             net.stats.bytes += n as u64;
+            net.stats.largest = net.stats.largest.max(n as u64);
             *net.sent.entry(from).or_insert(0) += n as u64;
         }
         if net.cuts.contains(&(from, to)) {

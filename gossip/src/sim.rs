@@ -284,6 +284,39 @@ fn bytes_of(net: &MemoryNetwork, nodes: &[Node]) -> Vec<u64> {
         .collect()
 }
 
+/// The encoded size of the SYN a node sends when it knows `members` members (chitchat's
+/// own encoder: one node holding `members - 1` other node states, with the ids of a real
+/// fleet, gossiping to a seed); `None` when it exceeds the UDP datagram, so chitchat
+/// cannot send it at all. Call it on a current-thread runtime with the clock paused.
+pub async fn syn_size(members: usize, protocol: Protocol) -> Result<Option<usize>, SimError> {
+    let net = MemoryNetwork::new();
+    net.measure_bytes(UDP_MTU);
+    let mut cfg = SimConfig::agents(members.max(4));
+    cfg.protocol = protocol;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let node = start_node(&net, &cfg, 0, &[addr(1).to_string()], &mut rng).await?;
+    let Some(h) = &node.handle else {
+        return Err(SimError::Config("node did not start"));
+    };
+    h.with_chitchat(|c| {
+        for i in 1..members {
+            let id = ChitchatId::new(
+                format!("vm-{}-{i:04}", ["eu-west", "us-east", "ap-south"][i % 3]),
+                generation(i),
+                addr(i),
+            );
+            c.reset_node_state_if_update(&id, std::iter::empty(), 3 + (i % 50) as u64, 0);
+        }
+    })
+    .await;
+    tokio::time::sleep(cfg.interval * 3).await;
+    let stats = net.stats();
+    if let Some(h) = node.handle {
+        let _ = h.shutdown().await;
+    }
+    Ok((stats.oversize == 0 && stats.largest > 0).then_some(stats.largest as usize))
+}
+
 /// Runs the script of the module documentation. Call it on a current-thread runtime
 /// with the clock paused.
 pub async fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {

@@ -427,14 +427,14 @@ mod tests {
             content.extend_from_slice(v.as_bytes());
             content.extend_from_slice(&[0; 9]);
         }
-        let z = zstd::bulk::compress(&content, 0).unwrap();
+        let z = zstd::bulk::compress(&content, 0).expect("compress");
         let mut stream = vec![1];
         stream.extend_from_slice(&(z.len() as u16).to_le_bytes());
         stream.extend_from_slice(&z);
         stream.push(0);
         msg.extend_from_slice(&stream);
 
-        let b = breakdown(&msg).unwrap();
+        let b = breakdown(&msg).expect("readable");
         assert_eq!(b.kind, MessageKind::SynAck);
         assert_eq!(b.digest, digest_len);
         assert_eq!(b.digest_members, 2);
@@ -457,7 +457,7 @@ mod tests {
         msg.extend(raw_stream(&entries));
         msg.extend_from_slice(&4u16.to_le_bytes());
         msg.extend_from_slice(b"weft");
-        let b = breakdown(&msg).unwrap();
+        let b = breakdown(&msg).expect("readable");
         assert_eq!((b.kind, b.digest_members), (MessageKind::Syn, 3));
         assert_eq!(b.header, 4 + 6);
         assert_eq!(b.header + b.digest, msg.len());

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use weft_gossip::sim::{run, SimConfig};
+use weft_gossip::sim::{run, syn_size, Protocol, SimConfig, UDP_MTU};
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_nodes_converge_detect_and_heal_within_the_bars() {
@@ -49,4 +49,18 @@ async fn a_hundred_nodes_converge_detect_and_heal_within_the_bars() {
         r.false_failures, 0,
         "alive nodes seen failed under 5 % loss"
     );
+}
+
+/// chitchat's uncompressed digest (V0, what agents sent before) stops fitting a datagram
+/// between 1 000 and 1 500 members with a real fleet's ids: past that a node cannot open a
+/// round at all. The compressed digest agents send now (V1) fits at 3 000.
+#[tokio::test(start_paused = true)]
+async fn the_digest_fits_a_datagram_past_a_thousand_members() {
+    let v0_1000 = syn_size(1000, Protocol::V0).await.expect("runs");
+    let v0_1500 = syn_size(1500, Protocol::V0).await.expect("runs");
+    let v1_3000 = syn_size(3000, Protocol::V1).await.expect("runs");
+    println!("SYN: V0 1000 {v0_1000:?}, V0 1500 {v0_1500:?}, V1 3000 {v1_3000:?}");
+    assert!(v0_1000.is_some_and(|n| n > UDP_MTU / 2), "{v0_1000:?}");
+    assert_eq!(v0_1500, None, "V0 at 1 500 members should not fit");
+    assert!(v1_3000.is_some_and(|n| n < UDP_MTU), "{v1_3000:?}");
 }

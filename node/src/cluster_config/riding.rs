@@ -114,15 +114,15 @@ mod tests {
         for i in 0..12 {
             r.push(entry(&format!("s{i}"), i, 10), 1_000 + i);
         }
-        let got = decode(&r.value(2_000)).unwrap();
+        let got = decode(&r.value(2_000)).expect("decodes");
         assert_eq!(got.len(), MAX_RIDING);
-        assert_eq!(got.last().unwrap().name, "s11");
-        assert_eq!(got.first().unwrap().name, "s4");
+        assert_eq!(got.last().expect("one").name, "s11");
+        assert_eq!(got.first().expect("one").name, "s4");
         // A newer write of the same entry replaces the older one.
         r.push(entry("s11", 99, 10), 3_000);
-        let got = decode(&r.value(3_000)).unwrap();
+        let got = decode(&r.value(3_000)).expect("decodes");
         assert_eq!(got.iter().filter(|e| e.name == "s11").count(), 1);
-        assert_eq!(got.last().unwrap().version.wall, 99);
+        assert_eq!(got.last().expect("one").version.wall, 99);
         // Old writes stop riding.
         assert_eq!(r.value(3_000 + RIDE_FOR_MS), "[]");
     }
@@ -137,7 +137,7 @@ mod tests {
         }
         let v = r.value(1);
         assert!(v.len() <= MAX_RIDING_VALUE, "{}", v.len());
-        assert!(decode(&v).unwrap().len() >= 2);
+        assert!(decode(&v).expect("decodes").len() >= 2);
     }
 
     #[test]
@@ -147,7 +147,7 @@ mod tests {
             Err(RidingError::TooLarge(_))
         ));
         assert!(decode("{\"kind\":1}").is_err());
-        assert!(decode("").unwrap().is_empty());
+        assert!(decode("").expect("empty is fine").is_empty());
     }
 
     proptest! {

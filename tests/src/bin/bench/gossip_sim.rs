@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use weft_gossip::sim::{run, SimConfig};
+use weft_gossip::sim::{run, syn_size, Protocol, SimConfig, UDP_MTU};
 
 use crate::report::{Goal, Report};
 
@@ -29,12 +29,25 @@ pub fn simulate(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
         cfg.interval = i;
     }
     if opts.v0 {
-        cfg.protocol = weft_gossip::sim::Protocol::V0;
+        cfg.protocol = Protocol::V0;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()?;
+    let mut sizes = Vec::new();
+    for members in [1_000, 1_500, 3_000, 5_000] {
+        let show = |s: Option<usize>| s.map_or_else(|| "too large".into(), |b| format!("{b} B"));
+        let v0 = rt.block_on(syn_size(members, Protocol::V0))?;
+        let v1 = rt.block_on(syn_size(members, Protocol::V1))?;
+        sizes.push(format!("{members}: {} (V0 {})", show(v1), show(v0)));
+    }
+    println!(
+        "\na SYN (the digest of every member) by members, datagram {} B: {}",
+        UDP_MTU,
+        sizes.join("; ")
+    );
+    report.note(format!("SYN size by members: {}", sizes.join("; ")));
     let wall = std::time::Instant::now();
     let r = rt.block_on(run(&cfg))?;
     let n = opts.nodes;
