@@ -61,6 +61,16 @@ fn config_replicates_survives_restarts_and_reaches_late_joiners() -> anyhow::Res
         Duration::from_secs(3),
     )?;
     println!("route replicated to vm-1 and vm-3 in {:?}", t.elapsed());
+    // It rode the gossip: the others applied vm-2's gossiped entry (verified as a pulled
+    // one would be) without pulling.
+    for n in ["vm-1", "vm-3"] {
+        let log = c.agent(n).log_text();
+        assert!(
+            log.contains("cluster config applied from gossip"),
+            "{n} did not apply the write from gossip:\n{log}"
+        );
+        assert!(!log.contains("cluster config pulled"), "{n} pulled:\n{log}");
+    }
     assert!(seen
         .iter()
         .all(|e| e["value"]["rules"][0]["to"][1]["version"] == "v2"));
