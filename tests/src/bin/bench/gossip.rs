@@ -64,7 +64,7 @@ pub fn start(label: &str, n: usize) -> anyhow::Result<Cluster> {
     }
     let names: Vec<String> = (0..n).map(name).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    c.wait_all_alive(&refs, &refs, Duration::from_secs(60))?;
+    c.wait_all_alive(&refs, &refs, Duration::from_secs(60 + n as u64 / 2))?;
     Ok(c)
 }
 
@@ -133,7 +133,9 @@ pub fn measure(size: &Size, lossy: bool, report: &mut Report) -> anyhow::Result<
         println!("from now on loopback drops 20 % of UDP datagrams at random");
     }
     let apis: Vec<String> = (0..n).map(|i| c.agent(&name(i)).api()).collect();
-    let poll = Duration::from_millis(25);
+    // One polling thread per agent: every 25 ms at 50 agents, less often beyond so the
+    // pollers do not starve the agents they measure.
+    let poll = Duration::from_millis(25 * (n as u64 / 50).max(1));
 
     // Gossip bytes per agent, measured while nothing else happens.
     let out = |c: &Cluster| -> anyhow::Result<Vec<f64>> {

@@ -90,7 +90,14 @@ fn main() -> anyhow::Result<()> {
         .map(String::as_str)
         .unwrap_or("all");
     let mut report = Report::default();
-    let size = gossip::Size::new(quick);
+    let mut size = gossip::Size::new(quick);
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--agents")
+        .and_then(|i| args.get(i + 1))
+    {
+        size.agents = n.parse()?;
+    }
     match scenario {
         "dataplane" | "latency" | "throughput" | "bulk" | "connections" | "memory" => {
             dataplane(scenario, quick, &mut report)?
