@@ -70,13 +70,18 @@ async fn apply_riding(replica: &ConfigReplica, gossip: &Gossip, seen: &mut HashM
     }
 }
 
-/// Runs until `shutdown`.
+/// Runs until `shutdown`. Pulls run in their own task, one at a time, so a slow pull
+/// (a lossy link: QUIC handshakes and retransmissions) never holds up the entries that
+/// ride the gossip.
 pub async fn run(
     replica: Arc<ConfigReplica>,
     gossip: Arc<Gossip>,
-    peers: impl Pull,
+    peers: impl Pull + 'static,
     shutdown: CancellationToken,
 ) {
+    let peers = Arc::new(peers);
+    // At most one pull at a time; dropping the set (on shutdown) aborts it.
+    let mut pulls = tokio::task::JoinSet::new();
     let mut changes = replica.subscribe();
     let mut riding = gossip.config_entry_changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -129,15 +134,23 @@ pub async fn run(
         if candidates.is_empty() {
             continue;
         }
-        let peer = &candidates[rand::random_range(0..candidates.len())];
-        match peers.pull(&peer.name, peer.address).await {
-            Ok(entries) => {
-                let n = replica.merge_remote(entries, &peer.name);
-                if n > 0 {
-                    info!(peer = %peer.name, changed = n, "cluster config pulled");
-                }
-            }
-            Err(e) => warn!(error = %e, "cluster config pull failed"),
+        while pulls.try_join_next().is_some() {}
+        if !pulls.is_empty() {
+            continue;
         }
+        let peer = candidates[rand::random_range(0..candidates.len())];
+        let (name, address) = (peer.name.clone(), peer.address);
+        let (replica, peers) = (replica.clone(), peers.clone());
+        pulls.spawn(async move {
+            match peers.pull(&name, address).await {
+                Ok(entries) => {
+                    let n = replica.merge_remote(entries, &name);
+                    if n > 0 {
+                        info!(peer = %name, changed = n, "cluster config pulled");
+                    }
+                }
+                Err(e) => warn!(error = %e, "cluster config pull failed"),
+            }
+        });
     }
 }
