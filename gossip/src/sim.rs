@@ -158,6 +158,11 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), 7946)
 }
 
+/// Node `i`'s name, like a fleet's host names.
+fn node_name(i: usize) -> String {
+    format!("vm-{}-{i:04}", ["eu-west", "us-east", "ap-south"][i % 3])
+}
+
 /// Node `i`'s generation: its start time in Unix ms, spread over a month as restarts
 /// spread them in a fleet.
 fn generation(i: usize) -> u64 {
@@ -179,11 +184,7 @@ async fn start_node(
     seeds: &[String],
     rng: &mut StdRng,
 ) -> Result<Node, SimError> {
-    let name = NodeName::new(format!(
-        "vm-{}-{i:04}",
-        ["eu-west", "us-east", "ap-south"][i % 3]
-    ))
-    .map_err(|e| SimError::Start(i, e.to_string()))?;
+    let name = NodeName::new(node_name(i)).map_err(|e| SimError::Start(i, e.to_string()))?;
     let gossip = GossipConfig {
         name,
         generation: generation(i),
@@ -297,11 +298,7 @@ pub async fn syn_size(members: usize, protocol: Protocol) -> Result<Option<usize
     };
     h.with_chitchat(|c| {
         for i in 1..members {
-            let id = ChitchatId::new(
-                format!("vm-{}-{i:04}", ["eu-west", "us-east", "ap-south"][i % 3]),
-                generation(i),
-                addr(i),
-            );
+            let id = ChitchatId::new(node_name(i), generation(i), addr(i));
             c.reset_node_state_if_update(&id, std::iter::empty(), 3 + (i % 50) as u64, 0);
         }
     })
