@@ -25,6 +25,7 @@ pub mod trust;
 pub mod wire;
 
 pub use chitchat::transport::Transport;
+pub use fanout::GossipTransport;
 pub use membership::{
     Gossip, GossipChanges, GossipConfig, GossipError, Member, MemberStatus, FIGURES_KEY,
     MAX_CONFIG_ENTRIES_VALUE, MAX_FIGURES_VALUE,

@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use chitchat::transport::Transport;
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 use weft_ca::{LeafInfo, NodeName, TrustRoot};
 
+use crate::fanout::GossipTransport;
 use crate::record::{
     verify_crl, verify_node_record, verify_service_set, NodeRecord, RecordError, RevocationList,
     ServiceRecord, ServiceSet, CRL_KEY, NODE_KEY, SERVICES_KEY,
@@ -222,6 +222,8 @@ pub struct Gossip {
     entry_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Keeps that callback subscribed.
     _key_listener: chitchat::ListenerHandle,
+    /// Tells the transport about membership news (`fanout`).
+    _news_watch: crate::fanout::MembersWatch,
 }
 
 /// Gossip could not start.
@@ -256,7 +258,7 @@ impl Gossip {
     /// [`MemoryNetwork`]: crate::memory::MemoryNetwork
     pub async fn start_with_transport(
         config: GossipConfig,
-        transport: &dyn Transport,
+        transport: &dyn GossipTransport,
         keyring: SharedKeyring,
         root: Arc<RwLock<TrustRoot>>,
         stats: Arc<GossipStats>,
@@ -264,6 +266,7 @@ impl Gossip {
     ) -> Result<Self, GossipError> {
         let self_id = ChitchatId::new(config.name.as_str(), config.generation, config.advertise);
         let chitchat_config = chitchat_config(&config);
+        let news = transport.news(config.listen);
         let handle = spawn_chitchat(
             chitchat_config,
             vec![(NODE_KEY.to_owned(), signed_record)],
@@ -271,6 +274,7 @@ impl Gossip {
         )
         .await
         .map_err(|e| GossipError(format!("{e:#}")))?;
+        let news_watch = crate::fanout::spawn_watch(&handle, news, config.interval);
         let key_changes = Arc::new(tokio::sync::watch::channel(0u64).0);
         let entry_changes = Arc::new(tokio::sync::watch::channel(0u64).0);
         let (tx, entries_tx) = (key_changes.clone(), entry_changes.clone());
@@ -299,6 +303,7 @@ impl Gossip {
             key_changes,
             entry_changes,
             _key_listener: key_listener,
+            _news_watch: news_watch,
         })
     }
 

@@ -57,6 +57,8 @@ pub struct MemoryStats {
     pub oversize: u64,
     /// Round-opening SYNs not sent because the network is large (`fanout`).
     pub syns_skipped: u64,
+    /// Rounds opened with all three live peers because of membership news (`fanout`).
+    pub news_rounds: u64,
     /// The largest encoded message sent (only with [`MemoryNetwork::measure_bytes`]).
     pub largest: u64,
 }
@@ -77,6 +79,8 @@ struct Net {
     rng: StdRng,
     queue: usize,
     stats: MemoryStats,
+    /// Each address's membership news, read by the socket there (`fanout`).
+    news: HashMap<SocketAddr, Arc<crate::fanout::News>>,
     /// The codec network and MTU when bytes are measured.
     codec: Option<(chitchat::transport::ChannelTransport, usize)>,
     /// Encoded bytes sent per sender address.
@@ -132,6 +136,7 @@ impl MemoryNetwork {
                 rng: StdRng::seed_from_u64(0),
                 queue: capacity.max(1),
                 stats: MemoryStats::default(),
+                news: HashMap::new(),
                 codec: None,
                 sent: HashMap::new(),
             })),
@@ -324,6 +329,7 @@ impl MemoryNetwork {
 #[async_trait]
 impl Transport for MemoryNetwork {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let news = crate::fanout::GossipTransport::news(self, listen_addr);
         let (addr, id, rx, codec) = self.register(listen_addr)?;
         let codec = match codec {
             // The codec socket holds the same address on the codec's own network: an
@@ -337,8 +343,19 @@ impl Transport for MemoryNetwork {
             network: self.clone(),
             rx,
             codec,
-            thinning: crate::fanout::Thinning::default(),
+            thinning: crate::fanout::Thinning::new(news),
         }))
+    }
+}
+
+impl crate::fanout::GossipTransport for MemoryNetwork {
+    /// One per address as asked for (port 0 included), kept while the network lives.
+    fn news(&self, listen: SocketAddr) -> Arc<crate::fanout::News> {
+        self.lock()
+            .news
+            .entry(listen)
+            .or_insert_with(crate::fanout::News::new)
+            .clone()
     }
 }
 
@@ -367,7 +384,12 @@ impl Socket for MemorySocket {
     ) -> anyhow::Result<SendOutcome> {
         let syn = matches!(envelope.message, chitchat::ChitchatMessage::Syn { .. });
         if syn {
-            if !self.thinning.allow_syn() {
+            let boosted = self.thinning.boosted();
+            let allowed = self.thinning.allow_syn();
+            if self.thinning.boosted() > boosted {
+                self.network.lock().stats.news_rounds += 1;
+            }
+            if !allowed {
                 self.network.lock().stats.syns_skipped += 1;
                 return Ok(SendOutcome { num_bytes_sent: 0 });
             }

@@ -27,6 +27,7 @@ use rand::{RngCore as _, SeedableRng as _};
 use tokio::time::Instant;
 use weft_ca::NodeName;
 
+use crate::fanout::{spawn_watch, GossipTransport, MembersWatch};
 use crate::membership::{chitchat_config, GossipConfig, CONFIG_DIGEST_KEY};
 use crate::memory::MemoryNetwork;
 use crate::record::{NODE_KEY, SERVICES_KEY};
@@ -102,6 +103,10 @@ pub struct SimReport {
     pub new_key: Option<Duration>,
     /// From the joiners starting to every node seeing every node alive (under loss).
     pub joined: Option<Duration>,
+    /// From the joiners starting to every earlier node seeing every joiner alive.
+    pub joiners_seen: Option<Duration>,
+    /// From the joiners starting to every joiner seeing every node alive.
+    pub joiners_see_all: Option<Duration>,
     /// Per killed node: from the kill to no survivor seeing it alive, sorted.
     pub detection: Vec<Duration>,
     /// Kills never detected everywhere within `phase_limit`.
@@ -114,6 +119,8 @@ pub struct SimReport {
     pub lost: u64,
     /// Round-opening SYNs skipped by the fanout for this size (`fanout`).
     pub syns_skipped: u64,
+    /// Rounds opened with all three live peers because of membership news (`fanout`).
+    pub news_rounds: u64,
 }
 
 impl SimReport {
@@ -141,6 +148,7 @@ pub enum SimError {
 struct Node {
     id: ChitchatId,
     handle: Option<ChitchatHandle>,
+    _watch: MembersWatch,
 }
 
 /// How often the observer samples every node's view: once a round (finer sampling costs
@@ -205,12 +213,15 @@ async fn start_node(
         (SERVICES_KEY.to_owned(), random_value(rng, 300)),
         (CONFIG_DIGEST_KEY.to_owned(), random_value(rng, 32)),
     ];
+    let news = GossipTransport::news(net, gossip.listen);
     let handle = spawn_chitchat(chitchat, values, net)
         .await
         .map_err(|e| SimError::Start(i, format!("{e:#}")))?;
+    let watch = spawn_watch(&handle, news, cfg.interval);
     Ok(Node {
         id,
         handle: Some(handle),
+        _watch: watch,
     })
 }
 
@@ -227,6 +238,23 @@ async fn all_see_alive(nodes: &[Node], expect: &HashSet<ChitchatId>) -> bool {
         let Some(h) = &n.handle else { continue };
         let ok = h
             .with_chitchat(|c| c.live_nodes().all(|id| expect.contains(id)))
+            .await;
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether every running node of `observers` sees every node of `expect` alive.
+async fn observers_see(observers: &[Node], expect: &HashSet<ChitchatId>) -> bool {
+    for n in observers {
+        let Some(h) = &n.handle else { continue };
+        let ok = h
+            .with_chitchat(|c| {
+                let live: HashSet<&ChitchatId> = c.live_nodes().collect();
+                expect.iter().all(|id| live.contains(id))
+            })
             .await;
         if !ok {
             return false;
@@ -398,7 +426,28 @@ pub async fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
         nodes.push(start_node(&net, cfg, i, &seeds, &mut rng).await?);
     }
     let all = running_ids(&nodes);
-    report.joined = until(every, cfg.phase_limit, || all_see_alive(&nodes, &all)).await;
+    let (earlier, joiners) = nodes.split_at(cfg.nodes);
+    let joiner_ids = running_ids(joiners);
+    let t_join = Instant::now();
+    loop {
+        if report.joiners_seen.is_none() && observers_see(earlier, &joiner_ids).await {
+            report.joiners_seen = Some(t_join.elapsed());
+        }
+        if report.joiners_see_all.is_none() && observers_see(joiners, &all).await {
+            report.joiners_see_all = Some(t_join.elapsed());
+        }
+        if report.joiners_seen.is_some()
+            && report.joiners_see_all.is_some()
+            && all_see_alive(&nodes, &all).await
+        {
+            report.joined = Some(t_join.elapsed());
+            break;
+        }
+        if t_join.elapsed() >= cfg.phase_limit {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
 
     // 6. Kills at once (never a seed): each victim's time until no survivor sees it.
     let victims: Vec<usize> = (0..cfg.kills).map(|k| nodes.len() - 1 - k * 3).collect();
@@ -454,6 +503,7 @@ pub async fn run(cfg: &SimConfig) -> Result<SimReport, SimError> {
     report.oversize = stats.oversize;
     report.lost = stats.lost;
     report.syns_skipped = stats.syns_skipped;
+    report.news_rounds = stats.news_rounds;
     for n in &mut nodes {
         if let Some(h) = n.handle.take() {
             let _ = h.shutdown().await;

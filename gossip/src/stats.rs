@@ -39,6 +39,8 @@ pub struct GossipStats {
     pub false_ca_claims: AtomicU64,
     /// Round-opening SYNs not sent because the cluster is large (`fanout`).
     pub syns_skipped: AtomicU64,
+    /// Rounds opened with all three live peers because of membership news (`fanout`).
+    pub news_rounds: AtomicU64,
     /// What the messages this node sent carried (digests, deltas by key).
     pub wire: crate::wire::WireCounters,
 }

@@ -90,12 +90,24 @@ impl SharedKeyring {
 pub struct SealedTransport {
     keyring: SharedKeyring,
     stats: Arc<GossipStats>,
+    news: Arc<crate::fanout::News>,
 }
 
 impl SealedTransport {
     /// A transport sealing with `keyring` and counting into `stats`.
     pub fn new(keyring: SharedKeyring, stats: Arc<GossipStats>) -> Self {
-        Self { keyring, stats }
+        Self {
+            keyring,
+            stats,
+            news: crate::fanout::News::new(),
+        }
+    }
+}
+
+impl crate::fanout::GossipTransport for SealedTransport {
+    /// One node's transport: every socket it opens shares the node's news.
+    fn news(&self, _listen: SocketAddr) -> Arc<crate::fanout::News> {
+        self.news.clone()
     }
 }
 
@@ -103,7 +115,13 @@ impl SealedTransport {
 impl Transport for SealedTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
         Ok(Box::new(
-            SealedSocket::open(listen_addr, self.keyring.clone(), self.stats.clone()).await?,
+            SealedSocket::open(
+                listen_addr,
+                self.keyring.clone(),
+                self.stats.clone(),
+                self.news.clone(),
+            )
+            .await?,
         ))
     }
 }
@@ -182,6 +200,7 @@ impl SealedSocket {
         listen_addr: SocketAddr,
         keyring: SharedKeyring,
         stats: Arc<GossipStats>,
+        news: Arc<crate::fanout::News>,
     ) -> anyhow::Result<Self> {
         let wire = tokio::net::UdpSocket::bind(listen_addr)
             .await
@@ -207,7 +226,7 @@ impl SealedSocket {
             sealer,
             partials: HashMap::new(),
             next_message_id: rand::random(),
-            thinning: crate::fanout::Thinning::default(),
+            thinning: crate::fanout::Thinning::new(news),
             buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
             stats,
             codec,
@@ -367,7 +386,12 @@ impl Socket for SealedSocket {
     ) -> anyhow::Result<SendOutcome> {
         let syn = matches!(envelope.message, ChitchatMessage::Syn { .. });
         if syn {
-            if !self.thinning.allow_syn() {
+            let boosted = self.thinning.boosted();
+            let allowed = self.thinning.allow_syn();
+            if self.thinning.boosted() > boosted {
+                self.stats.news_rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            if !allowed {
                 self.stats.syns_skipped.fetch_add(1, Ordering::Relaxed);
                 return Ok(SendOutcome { num_bytes_sent: 0 });
             }
@@ -498,13 +522,25 @@ mod tests {
     async fn recv_survives_cancellation() {
         let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
         let stats = Arc::new(GossipStats::default());
-        let mut a = SealedSocket::open(LOOPBACK, ring.clone(), stats.clone())
+        let mut a = SealedSocket::open(
+            LOOPBACK,
+            ring.clone(),
+            stats.clone(),
+            crate::fanout::News::new(),
+        )
+        .await
+        .expect("a");
+        let mut b = SealedSocket::open(
+            LOOPBACK,
+            ring.clone(),
+            stats.clone(),
+            crate::fanout::News::new(),
+        )
+        .await
+        .expect("b");
+        let mut c = SealedSocket::open(LOOPBACK, ring, stats, crate::fanout::News::new())
             .await
-            .expect("a");
-        let mut b = SealedSocket::open(LOOPBACK, ring.clone(), stats.clone())
-            .await
-            .expect("b");
-        let mut c = SealedSocket::open(LOOPBACK, ring, stats).await.expect("c");
+            .expect("c");
         let a_addr = a.local_addr().expect("addr");
         let (b_addr, c_addr) = (b.local_addr().expect("addr"), c.local_addr().expect("addr"));
         const N: usize = 200;
@@ -568,13 +604,23 @@ mod tests {
     async fn lost_codec_datagrams_do_not_stall_or_misattribute() {
         let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
         let stats = Arc::new(GossipStats::default());
-        let mut a = SealedSocket::open(LOOPBACK, ring.clone(), stats.clone())
-            .await
-            .expect("a");
-        let mut b = SealedSocket::open(LOOPBACK, ring.clone(), Arc::default())
-            .await
-            .expect("b");
-        let mut c = SealedSocket::open(LOOPBACK, ring, Arc::default())
+        let mut a = SealedSocket::open(
+            LOOPBACK,
+            ring.clone(),
+            stats.clone(),
+            crate::fanout::News::new(),
+        )
+        .await
+        .expect("a");
+        let mut b = SealedSocket::open(
+            LOOPBACK,
+            ring.clone(),
+            Arc::default(),
+            crate::fanout::News::new(),
+        )
+        .await
+        .expect("b");
+        let mut c = SealedSocket::open(LOOPBACK, ring, Arc::default(), crate::fanout::News::new())
             .await
             .expect("c");
         let ghost: SocketAddr = "127.0.0.1:9".parse().expect("addr");
@@ -609,7 +655,9 @@ mod tests {
     async fn large_messages_are_fragmented_and_reassembled() {
         let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
         let stats = Arc::new(GossipStats::default());
-        let mut a = SealedSocket::open(LOOPBACK, ring, stats).await.expect("a");
+        let mut a = SealedSocket::open(LOOPBACK, ring, stats, crate::fanout::News::new())
+            .await
+            .expect("a");
         // A plaintext larger than one sealed datagram takes two fragments.
         let big = vec![7u8; MAX_CHUNK + 100];
         let from: SocketAddr = "127.0.0.1:9".parse().expect("addr");

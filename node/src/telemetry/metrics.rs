@@ -280,6 +280,13 @@ impl Collector for GossipCollector {
             None,
             skipped.metric_type(),
         )?)?;
+        let news = ConstCounter::new(stats.news_rounds.load(Ordering::Relaxed));
+        news.encode(encoder.encode_descriptor(
+            "gossip_news_rounds",
+            "Gossip rounds opened with all three live peers because a member appeared or came alive",
+            None,
+            news.metric_type(),
+        )?)?;
         let members = ConstCounter::new(wire.digest_members);
         members.encode(encoder.encode_descriptor(
             "gossip_sent_digest_entries",

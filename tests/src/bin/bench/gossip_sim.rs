@@ -16,6 +16,8 @@ pub struct Options {
     pub interval: Option<Duration>,
     /// chitchat's uncompressed digests (what agents ran before), for comparison.
     pub v0: bool,
+    /// Length of each quiet window (default 10 s); shorter runs the script faster.
+    pub window: Option<Duration>,
 }
 
 fn secs(d: Option<Duration>) -> String {
@@ -30,6 +32,9 @@ pub fn simulate(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
     }
     if opts.v0 {
         cfg.protocol = Protocol::V0;
+    }
+    if let Some(w) = opts.window {
+        cfg.window = w;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -76,9 +81,11 @@ pub fn simulate(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
     );
     println!("a new value on every node: {}", secs(r.new_key));
     println!(
-        "{} joiners seen alive by all: {}",
+        "{} joiners seen alive by all: {} (every earlier node sees them: {}; they see everyone: {})",
         cfg.joins,
-        secs(r.joined)
+        secs(r.joined),
+        secs(r.joiners_seen),
+        secs(r.joiners_see_all)
     );
     println!(
         "{} killed at once, failed everywhere: p50 {}, p99 {}, {} never",
@@ -93,12 +100,13 @@ pub fn simulate(opts: &Options, report: &mut Report) -> anyhow::Result<()> {
         secs(r.healed)
     );
     println!(
-        "messages over the {}-byte datagram: {}; lost to loss: {}; round-opening SYNs skipped to keep digests within {:.0} KB/s: {}",
+        "messages over the {}-byte datagram: {}; lost to loss: {}; round-opening SYNs skipped to keep digests within {:.0} KB/s: {}; rounds at full fanout on membership news: {}",
         weft_gossip::sim::UDP_MTU,
         r.oversize,
         r.lost,
         weft_gossip::fanout::DIGEST_BUDGET / 1000.0,
-        r.syns_skipped
+        r.syns_skipped,
+        r.news_rounds
     );
     let never = 1e9;
     let d = |x: Option<Duration>| x.map_or(never, |d| d.as_secs_f64());

@@ -7,7 +7,7 @@
 //! `cargo build --release -p weft-node && cargo run --release -p weft-tests --bin bench -- [SCENARIO] [--quick]`
 //! where SCENARIO is `dataplane` (latency, throughput, bulk, connections, memory — or any
 //! one of them), `serve` (start the arrangements, print their addresses and process ids, and wait: for profiling), `gossip`, `gossip-lossy`, `gossip-soak [--minutes N]`,
-//! `gossip-sim [--nodes N] [--interval MS] [--v0]` (the in-process fleet simulation,
+//! `gossip-sim [--nodes N] [--interval MS] [--window S] [--v0]` (the in-process fleet simulation,
 //! 1 000 nodes by default), `startup` or `all`
 //! (everything but the soak).
 
@@ -115,6 +115,9 @@ fn main() -> anyhow::Result<()> {
                     .map(|n| n.parse().map(Duration::from_millis))
                     .transpose()?,
                 v0: args.iter().any(|a| a == "--v0"),
+                window: value("--window")
+                    .map(|n| n.parse().map(Duration::from_secs))
+                    .transpose()?,
             };
             gossip_sim::simulate(&opts, &mut report)?
         }
