@@ -54,7 +54,14 @@ pub fn chitchat_config(config: &GossipConfig) -> ChitchatConfig {
             phi_threshold: config.phi_threshold,
             sampling_window_size: 1000,
             max_interval: Duration::from_secs(10),
-            initial_interval: config.interval,
+            // The prior mean heartbeat interval, which chitchat weighs as five samples:
+            // three rounds keep a young window (a cluster just formed, whose first
+            // intervals were shortened by rounds at full fanout on news: `fanout`) from
+            // reading the first ordinary gaps as failures, and weigh little once the
+            // window holds its samples. One round gave 725 false failures in a quiet 10 s
+            // at 1 000 simulated nodes; five delayed detecting a just-joined member past
+            // 5 s at 100 (GOSSIP.md, BENCHMARKS.md).
+            initial_interval: config.interval * 3,
             dead_node_grace_period: Duration::from_secs(24 * 3600),
         },
         marked_for_deletion_grace_period: Duration::from_secs(3600),

@@ -509,6 +509,18 @@ mod tests {
     use super::*;
     use crate::seal::GossipKey;
 
+    /// A sealed socket on a loopback port of its own, with no news.
+    async fn socket(ring: &SharedKeyring, stats: &Arc<GossipStats>) -> SealedSocket {
+        SealedSocket::open(
+            LOOPBACK,
+            ring.clone(),
+            stats.clone(),
+            crate::fanout::News::new(),
+        )
+        .await
+        .expect("a loopback socket")
+    }
+
     fn bad_cluster() -> ChitchatEnvelope {
         ChitchatEnvelope {
             version: ProtocolVersion::V0,
@@ -522,25 +534,9 @@ mod tests {
     async fn recv_survives_cancellation() {
         let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
         let stats = Arc::new(GossipStats::default());
-        let mut a = SealedSocket::open(
-            LOOPBACK,
-            ring.clone(),
-            stats.clone(),
-            crate::fanout::News::new(),
-        )
-        .await
-        .expect("a");
-        let mut b = SealedSocket::open(
-            LOOPBACK,
-            ring.clone(),
-            stats.clone(),
-            crate::fanout::News::new(),
-        )
-        .await
-        .expect("b");
-        let mut c = SealedSocket::open(LOOPBACK, ring, stats, crate::fanout::News::new())
-            .await
-            .expect("c");
+        let mut a = socket(&ring, &stats).await;
+        let mut b = socket(&ring, &stats).await;
+        let mut c = socket(&ring, &stats).await;
         let a_addr = a.local_addr().expect("addr");
         let (b_addr, c_addr) = (b.local_addr().expect("addr"), c.local_addr().expect("addr"));
         const N: usize = 200;
@@ -604,25 +600,9 @@ mod tests {
     async fn lost_codec_datagrams_do_not_stall_or_misattribute() {
         let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
         let stats = Arc::new(GossipStats::default());
-        let mut a = SealedSocket::open(
-            LOOPBACK,
-            ring.clone(),
-            stats.clone(),
-            crate::fanout::News::new(),
-        )
-        .await
-        .expect("a");
-        let mut b = SealedSocket::open(
-            LOOPBACK,
-            ring.clone(),
-            Arc::default(),
-            crate::fanout::News::new(),
-        )
-        .await
-        .expect("b");
-        let mut c = SealedSocket::open(LOOPBACK, ring, Arc::default(), crate::fanout::News::new())
-            .await
-            .expect("c");
+        let mut a = socket(&ring, &stats).await;
+        let mut b = socket(&ring, &Arc::default()).await;
+        let mut c = socket(&ring, &Arc::default()).await;
         let ghost: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         // Slot 0: payload and sentinel lost. Slot 1: payload returned, sentinel lost.
         for (slot, returned) in a.slots.iter_mut().zip([false, true]) {
@@ -655,9 +635,7 @@ mod tests {
     async fn large_messages_are_fragmented_and_reassembled() {
         let ring = SharedKeyring::new(Keyring::single(GossipKey::generate()));
         let stats = Arc::new(GossipStats::default());
-        let mut a = SealedSocket::open(LOOPBACK, ring, stats, crate::fanout::News::new())
-            .await
-            .expect("a");
+        let mut a = socket(&ring, &stats).await;
         // A plaintext larger than one sealed datagram takes two fragments.
         let big = vec![7u8; MAX_CHUNK + 100];
         let from: SocketAddr = "127.0.0.1:9".parse().expect("addr");
