@@ -158,6 +158,17 @@ impl Collector for VersionCollector {
     }
 }
 
+/// Encodes one counter without labels, read at scrape time.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
 /// Gossip's own counters, read at each scrape.
 #[derive(Debug)]
 struct GossipCollector(Arc<weft_gossip::GossipStats>);
@@ -199,20 +210,18 @@ impl Collector for GossipCollector {
             };
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
-        let rejected = ConstCounter::new(stats.rejected_records.load(Ordering::Relaxed));
-        rejected.encode(encoder.encode_descriptor(
+        counter(
+            &mut encoder,
             "gossip_rejected_records",
             "Gossiped records whose signature or certificate did not verify",
-            None,
-            rejected.metric_type(),
-        )?)?;
-        let false_ca = ConstCounter::new(stats.false_ca_claims.load(Ordering::Relaxed));
-        false_ca.encode(encoder.encode_descriptor(
+            stats.rejected_records.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "gossip_false_ca_claims",
             "Gossiped records that claimed the CA role without the root's proof",
-            None,
-            false_ca.metric_type(),
-        )?)?;
+            stats.false_ca_claims.load(Ordering::Relaxed),
+        )?;
         let mut bytes = encoder.encode_descriptor(
             "gossip_bytes",
             "Gossip bytes on the wire, by direction",
@@ -273,27 +282,19 @@ impl Collector for GossipCollector {
             let labels = KeyLabels { key: key.into() };
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
-        let skipped = ConstCounter::new(stats.syns_skipped.load(Ordering::Relaxed));
-        skipped.encode(encoder.encode_descriptor(
-            "gossip_syns_skipped",
-            "Round-opening gossip SYNs not sent because the cluster is large (fewer peers per round)",
-            None,
-            skipped.metric_type(),
-        )?)?;
-        let news = ConstCounter::new(stats.news_rounds.load(Ordering::Relaxed));
-        news.encode(encoder.encode_descriptor(
+        counter(&mut encoder, "gossip_syns_skipped", "Round-opening gossip SYNs not sent because the cluster is large (fewer peers per round)", stats.syns_skipped.load(Ordering::Relaxed))?;
+        counter(
+            &mut encoder,
             "gossip_news_rounds",
-            "Gossip rounds opened with all three live peers because a member appeared or came alive",
-            None,
-            news.metric_type(),
-        )?)?;
-        let members = ConstCounter::new(wire.digest_members);
-        members.encode(encoder.encode_descriptor(
+            "Gossip rounds opened with all three live peers because a new member appeared",
+            stats.news_rounds.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "gossip_sent_digest_entries",
             "Member entries listed in the gossip digests sent",
-            None,
-            members.metric_type(),
-        )?)?;
+            wire.digest_members,
+        )?;
         Ok(())
     }
 }
