@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
-use weft_ca::{unix, SpiffeId};
+use weft_ca::SpiffeId;
 use weft_gossip::MemberStatus;
 
 use super::state::Agent;
@@ -46,38 +46,44 @@ enum RenewError {
 
 /// Renews the node certificate at about half its lifetime, over mTLS with the current
 /// certificate (never the token). On failure keeps the certificate and retries with
-/// backoff, warning with the time left.
+/// backoff, warning with the time left. The backoff runs from the start of the failed
+/// attempt, so an attempt that timed out has already paid its wait.
 pub async fn renew_loop(agent: Arc<Agent>) {
     let metrics = agent.data.metrics.clone();
     let mut attempt: u32 = 0;
+    let mut last_took = Duration::ZERO;
     loop {
         let leaf = agent.identity.leaf();
         let lifetime = leaf.lifetime();
         if attempt == 0 {
-            let at = leaf.issued_at_unix()
-                + renew_after(lifetime, rand::random_range(-1.0..=1.0)).as_secs();
+            let at = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(leaf.issued_at_unix())
+                + renew_after(lifetime, rand::random_range(-1.0..=1.0));
             // Wakes at least every second so a stepped test clock is noticed.
-            loop {
-                let now = unix(crate::clock::now());
-                if now >= at || agent.identity.leaf().serial != leaf.serial {
+            while let Ok(wait) = at.duration_since(crate::clock::now()) {
+                if wait.is_zero() || agent.identity.leaf().serial != leaf.serial {
                     break;
                 }
-                let wait = Duration::from_secs(at - now).min(Duration::from_secs(1));
                 tokio::select! {
                     _ = agent.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
                 }
             }
         } else {
-            let wait = retry_backoff(attempt - 1, lifetime).mul_f64(rand::random_range(0.8..=1.2));
+            let remaining = leaf.remaining(crate::clock::now());
+            let wait = retry_backoff(attempt - 1, lifetime, remaining)
+                .mul_f64(rand::random_range(0.8..=1.2))
+                .saturating_sub(last_took);
             tokio::select! {
                 _ = agent.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(attempt_timeout(lifetime), renew_once(&agent))
             .await
             .unwrap_or(Err(RenewError::Timeout));
+        last_took = started.elapsed();
         match result {
             Ok(()) => {
                 attempt = 0;
