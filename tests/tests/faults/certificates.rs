@@ -14,20 +14,9 @@ use weft_tests::backends::http_get_host;
 use weft_tests::{eventually, Cluster};
 
 use crate::common::{
-    api_backend_on, logged, long, loopback_with_api, renewals, report, routable_on, steady_client,
-    steady_client_on, wait_api_via, wait_fresh_certificate,
+    api_backend_on, logged, long, loopback_with_api, renewal_log, renewals, report, routable_on,
+    steady_client, steady_client_on, wait_api_via, wait_fresh_certificate, wait_renewal_past,
 };
-
-/// `name`'s renewal log lines, for a failure's message.
-fn renewal_log(c: &Cluster, name: &str) -> String {
-    let log = c.agent(name).log_text();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("renew") || l.contains("expired"))
-        .map(str::trim)
-        .collect();
-    format!("{name}'s renewal log:\n{}", lines.join("\n"))
-}
 
 /// Scenario 5: 10 s certificates under steady traffic: every node renews several times
 /// and not one request fails.
@@ -92,12 +81,12 @@ fn ca_unreachable_keeps_serving_then_fails_closed_at_expiry() -> anyhow::Result<
     let cut_for = cut.elapsed();
     c.lab().heal()?;
     let healed = Instant::now();
-    eventually(
-        "vm-2 renews once the CA is back",
+    wait_renewal_past(
+        &c,
+        "vm-2",
+        renewed_before,
         Duration::from_secs_f64(left.max(0.0) + 2.0),
-        || Ok((renewals(&c, "vm-2") > renewed_before).then_some(())),
-    )
-    .map_err(|e| e.context(renewal_log(&c, "vm-2")))?;
+    )?;
     let renewed_after = healed.elapsed();
     let samples = client.stop()?;
     let failed_a = samples.iter().filter(|s| s.answered_by.is_none()).count();
@@ -113,6 +102,7 @@ fn ca_unreachable_keeps_serving_then_fails_closed_at_expiry() -> anyhow::Result<
         failed_a, 0,
         "requests failed while the certificate was still valid"
     );
+
     // B: cut past expiry.
     wait_fresh_certificate(&c, "vm-2")?;
     c.lab().cut(v1, v2)?;

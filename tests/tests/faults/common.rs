@@ -209,10 +209,32 @@ pub(crate) fn renewals(c: &Cluster, name: &str) -> usize {
 
 /// Waits up to `timeout` for `name`'s next certificate renewal.
 pub(crate) fn wait_next_renewal(c: &Cluster, name: &str, timeout: Duration) -> anyhow::Result<()> {
-    let seen = renewals(c, name);
+    wait_renewal_past(c, name, renewals(c, name), timeout)
+}
+
+/// Waits up to `timeout` until `name` has logged more than `seen` renewals; a timeout
+/// carries `name`'s renewal log lines.
+pub(crate) fn wait_renewal_past(
+    c: &Cluster,
+    name: &str,
+    seen: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     eventually(&format!("{name} renews"), timeout, || {
         Ok((renewals(c, name) > seen).then_some(()))
     })
+    .map_err(|e| e.context(renewal_log(c, name)))
+}
+
+/// `name`'s renewal log lines, for a failure's message.
+pub(crate) fn renewal_log(c: &Cluster, name: &str) -> String {
+    let log = c.agent(name).log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("renew") || l.contains("expired"))
+        .map(str::trim)
+        .collect();
+    format!("{name}'s renewal log:\n{}", lines.join("\n"))
 }
 
 /// Waits for `name`'s next renewal, so that its certificate has a whole life ahead.
